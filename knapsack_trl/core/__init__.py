@@ -1,0 +1,1 @@
+"""The pure allocation core: numpy and ortools only, no torch, no trl."""
