@@ -1,0 +1,200 @@
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from knapsack_trl.benchmarks.solvers import batch_success_rates
+from knapsack_trl.core.solvers import SOLVERS, SolverResult, check_solver_name, solve
+from knapsack_trl.core.values import knapsack_value, value_table
+
+SETTINGS = settings(max_examples=60, deadline=None)
+
+
+def brute_force(table, budget, lower, upper, costs=None, token_budget=None):
+    """Best objective over every allocation (None if none is feasible), by enumeration."""
+    ranges = [range(lo, hi + 1) for lo, hi in zip(lower, upper)]
+    combos = np.array(list(itertools.product(*ranges)), dtype=np.int64)
+    feasible = combos.sum(axis=1) == budget
+    if costs is not None:
+        feasible &= combos @ costs <= token_budget
+    if not feasible.any():
+        return None
+    rows = np.arange(table.shape[0])
+    return max(float(table[rows, c].sum()) for c in combos[feasible])
+
+
+@st.composite
+def instances(draw, concave: bool, min_lower: int = 0):
+    """A small feasible instance: bounds, any feasible budget (odd too), and a value table."""
+    m = draw(st.integers(1, 5))
+    n_max = draw(st.integers(1, 7))
+    lower = np.array([draw(st.integers(min(min_lower, n_max), min(2, n_max))) for _ in range(m)])
+    upper = np.array([draw(st.integers(int(lo), n_max)) for lo in lower])
+    budget = draw(st.integers(int(lower.sum()), int(upper.sum())))
+    if concave:
+        p = np.array(draw(st.lists(st.floats(0.0, 1.0), min_size=m, max_size=m)))
+        table = value_table(knapsack_value, p, n_max)
+    else:
+        cells = st.floats(-1.0, 1.0, allow_nan=False) | st.sampled_from([0.0, 0.5, 1.0])
+        table = np.array(draw(st.lists(cells, min_size=m * (n_max + 1), max_size=m * (n_max + 1))))
+        table = table.reshape(m, n_max + 1)
+    return table, budget, lower, upper
+
+
+def assert_feasible(result: SolverResult, budget, lower, upper):
+    assert result.rollouts.dtype == np.int64
+    assert int(result.rollouts.sum()) == budget
+    assert (result.rollouts >= lower).all() and (result.rollouts <= upper).all()
+
+
+@pytest.mark.parametrize("solver", ["dp", "cpsat"])
+@SETTINGS
+@given(data=st.data())
+def test_exact_solvers_match_brute_force(solver, data):
+    table, budget, lower, upper = data.draw(instances(concave=data.draw(st.booleans())))
+    result = solve(table, budget, lower, upper, solver=solver)
+    assert_feasible(result, budget, lower, upper)
+    optimum = brute_force(table, budget, lower, upper)
+    assert result.objective == pytest.approx(optimum, abs=1e-9)
+    assert result.objective == pytest.approx(float(table[np.arange(len(lower)), result.rollouts].sum()))
+    assert result.optimal and result.solver == solver
+
+
+@SETTINGS
+@given(instances(concave=True, min_lower=1))
+def test_greedy_is_exact_on_concave_rows_from_one_rollout(instance):
+    table, budget, lower, upper = instance
+    result = solve(table, budget, lower, upper, solver="greedy")
+    assert_feasible(result, budget, lower, upper)
+    assert result.optimal
+    assert result.objective == pytest.approx(brute_force(table, budget, lower, upper), abs=1e-12)
+
+
+@SETTINGS
+@given(data=st.data())
+def test_greedy_optimal_flag_is_truthful(data):
+    table, budget, lower, upper = data.draw(instances(concave=data.draw(st.booleans())))
+    result = solve(table, budget, lower, upper, solver="greedy")
+    assert_feasible(result, budget, lower, upper)
+    optimum = brute_force(table, budget, lower, upper)
+    assert result.objective <= optimum + 1e-12
+    if result.optimal:
+        assert result.objective == pytest.approx(optimum, abs=1e-12)
+
+
+def test_greedy_flags_the_non_concave_start_and_can_miss_the_optimum():
+    # v(1) = 0: with 3 rollouts for two prompts from 0, the exact answer is (3, 0) or (0, 3).
+    table = value_table(knapsack_value, np.array([0.4, 0.5]), 4)
+    greedy = solve(table, 3, 0, 4, solver="greedy")
+    exact = brute_force(table, 3, [0, 0], [4, 4])
+    assert not greedy.optimal
+    assert solve(table, 3, 0, 4, solver="dp").objective == pytest.approx(exact, abs=1e-15)
+    assert greedy.objective <= exact
+
+
+@SETTINGS
+@given(data=st.data())
+def test_cpsat_token_budget_matches_brute_force(data):
+    table, budget, lower, upper = data.draw(instances(concave=data.draw(st.booleans())))
+    m = len(lower)
+    costs = np.array(data.draw(st.lists(st.integers(0, 6), min_size=m, max_size=m)), dtype=np.float64)
+    token_budget = float(data.draw(st.integers(int(costs @ lower), int(costs @ upper))))
+    optimum = brute_force(table, budget, lower, upper, costs, token_budget)
+    if optimum is None:
+        with pytest.raises(ValueError, match="token_budget"):
+            solve(table, budget, lower, upper, costs=costs, token_budget=token_budget)
+        return
+    result = solve(table, budget, lower, upper, costs=costs, token_budget=token_budget)
+    assert_feasible(result, budget, lower, upper)
+    assert costs @ result.rollouts <= token_budget
+    assert result.objective == pytest.approx(optimum, abs=1e-9)
+    assert result.optimal
+
+
+def test_cpsat_token_budget_moves_rollouts_to_cheap_prompts():
+    p = np.array([0.3, 0.3, 0.5, 0.5])
+    table = value_table(knapsack_value, p, 32)
+    costs = np.array([100.0, 100.0, 900.5, 900.5])
+    free = solve(table, 32, 2, 32)
+    tight = solve(table, 32, 2, 32, costs=costs, token_budget=12_000.25)
+    assert costs @ free.rollouts > 12_000.25
+    assert costs @ tight.rollouts <= 12_000.25
+    assert tight.rollouts[:2].sum() > free.rollouts[:2].sum()
+    assert tight.objective == pytest.approx(
+        brute_force(table, 32, [2] * 4, [32] * 4, costs, 12_000.25), abs=1e-12
+    )
+
+
+@pytest.mark.parametrize("n_min", [0, 2])
+def test_cpsat_matches_dp_on_a_realistic_batch(n_min):
+    rng = np.random.default_rng(7)
+    table = value_table(knapsack_value, batch_success_rates(256, rng), 128)
+    budget = 8 * 256 + 1  # odd, so the 0 -> 2 activation parity matters when n_min = 0
+    dp = solve(table, budget, n_min, 128, solver="dp")
+    cpsat = solve(table, budget, n_min, 128, solver="cpsat")
+    greedy = solve(table, budget, n_min, 128, solver="greedy")
+    assert_feasible(cpsat, budget, n_min, 128)
+    assert cpsat.optimal and cpsat.objective == pytest.approx(dp.objective, abs=1e-9)
+    assert greedy.objective <= dp.objective + 1e-12
+    assert greedy.optimal == (n_min >= 1)
+
+
+def test_cpsat_never_returns_less_than_its_hint():
+    # Greedy's 0 -> 2 activation strands the odd rollout: the hint is strictly suboptimal, so
+    # CP-SAT must run on the undecided prompts and must not lose value to the hint.
+    table = value_table(knapsack_value, np.array([0.4, 0.5, 0.6, 0.45, 0.55]), 6)
+    optimum = brute_force(table, 7, [0] * 5, [6] * 5)
+    for time_limit in (1.0, 1e-9):
+        result = solve(table, 7, 0, 6, time_limit_s=time_limit)
+        assert result.hint_objective is not None
+        assert result.hint_objective < optimum - 1e-6
+        assert result.objective >= result.hint_objective
+    assert solve(table, 7, 0, 6).objective == pytest.approx(optimum, abs=1e-12)
+
+
+def test_all_solvers_agree_on_uniform_rows_and_fixed_prompts():
+    table = np.zeros((6, 9))
+    for solver in SOLVERS:
+        result = solve(table, 20, [1, 2, 3, 3, 0, 0], [8, 2, 3, 8, 8, 8], solver=solver)
+        assert_feasible(result, 20, [1, 2, 3, 3, 0, 0], [8, 2, 3, 8, 8, 8])
+        assert result.objective == 0.0 and result.optimal
+
+
+def test_check_solver_name():
+    assert check_solver_name("dp") == "dp"
+    with pytest.raises(ValueError, match=r"knapsack_solver.*cpsat.*dp.*greedy"):
+        check_solver_name("simplex")
+
+
+TABLE = value_table(knapsack_value, np.array([0.2, 0.5, 0.7]), 8)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"budget": 5, "lower": 2}, "smaller than n_min x prompts"),
+        ({"budget": 25, "upper": 8}, "larger than n_max x prompts"),
+        ({"lower": np.array([2, 5, 2]), "upper": np.array([8, 4, 8])}, "knapsack_n_min <= knapsack_n_max"),
+        ({"lower": -1}, r"lower \(knapsack_n_min\) must be >= 0"),
+        ({"upper": 9}, "table has 9 columns"),
+        ({"table": np.where(np.eye(3, 9) > 0, np.nan, TABLE)}, "NaN or inf"),
+        ({"table": np.full((3, 9), np.inf)}, "NaN or inf"),
+        ({"table": np.zeros((0, 9)), "lower": 0, "budget": 0}, "empty"),
+        ({"solver": "simplex"}, "knapsack_solver"),
+        ({"costs": np.array([1.0, -2.0, 1.0]), "token_budget": 50.0}, "costs"),
+        ({"costs": np.ones(3)}, "token_budget"),
+        ({"token_budget": 10.0}, "without costs"),
+        ({"costs": np.ones(3), "token_budget": 5.0}, "token_budget 5 is below the cheapest"),
+        ({"costs": np.ones(3), "token_budget": 99.0, "solver": "dp"}, 'knapsack_solver="cpsat"'),
+        ({"costs": np.ones(3), "token_budget": 99.0, "solver": "greedy"}, 'knapsack_solver="cpsat"'),
+        ({"lower": np.array([1, 2])}, "one entry per prompt"),
+        ({"budget": 12.5}, "whole number"),
+        ({"time_limit_s": 0.0}, "time_limit_s"),
+    ],
+)
+def test_bad_inputs_raise_before_solving(kwargs, match):
+    args = {"table": TABLE, "budget": 12, "lower": 2, "upper": 8, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        solve(args.pop("table"), args.pop("budget"), args.pop("lower"), args.pop("upper"), **args)
