@@ -249,6 +249,10 @@ def test_state_dict_round_trip_gives_identical_next_allocation():
     assert live.state_dict() == resumed.state_dict()
     with pytest.raises(ValueError, match="version"):
         resumed.load_state_dict({"version": 0})
+    other = KnapsackRolloutAllocator(AllocatorConfig(**config), SuccessRateTracker(window=4))
+    with pytest.warns(UserWarning, match=r"window=16 \(now 4\)"):
+        other.load_state_dict(live.state_dict())
+    assert other.tracker.window == 16
 
 
 @st.composite

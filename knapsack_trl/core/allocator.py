@@ -10,6 +10,7 @@ token-cost mode are this package's additions and are off by default.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -363,10 +364,20 @@ class KnapsackRolloutAllocator:
         return {"version": _STATE_VERSION, "tracker": self.tracker.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore from :meth:`state_dict`."""
+        """Restore from :meth:`state_dict`; the tracker keeps its saved settings (warns if they differ)."""
         if state.get("version") != _STATE_VERSION:
             raise ValueError(
                 f"allocator state version {state.get('version')!r} is not supported (expected {_STATE_VERSION})."
+            )
+        saved = state["tracker"].get("config", {})
+        current = self.tracker.config()
+        changed = sorted(k for k in saved if current.get(k) != saved[k])
+        if changed:
+            warnings.warn(
+                "the saved success-rate tracker was built with different settings "
+                + ", ".join(f"{k}={saved[k]!r} (now {current.get(k)!r})" for k in changed)
+                + "; the saved settings are kept so the history stays consistent.",
+                stacklevel=2,
             )
         self.tracker.load_state_dict(state["tracker"])
 
