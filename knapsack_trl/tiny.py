@@ -1,0 +1,148 @@
+"""A tiny offline world: character tokenizer, ~100k-parameter Llama, arithmetic prompts, binary reward.
+
+Tests, benchmarks and the demo need a policy that trains on 2 CPU cores with nothing from the Hub.
+Everything here is built from code; :func:`save_tiny` writes a folder that ``from_pretrained`` (and so
+TRL's reference-model and CLI paths) can load with ``HF_HUB_OFFLINE=1``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Sequence
+from typing import Any
+
+PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
+SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
+CHARS = tuple("0123456789+-*=? ")
+
+# A plain template: message contents concatenated, nothing else. Conversational prompts then cost the
+# same tokens as text ones, and the assistant's reply simply continues the prompt.
+CHAT_TEMPLATE = "{% for message in messages %}{{ message['content'] }}{% endfor %}"
+
+
+def build_tokenizer() -> Any:
+    """A character-level ``PreTrainedTokenizerFast`` (WordLevel over single characters), left padding."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate((*SPECIAL_TOKENS, *CHARS))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token=PAD,
+        bos_token=BOS,
+        eos_token=EOS,
+        unk_token=UNK,
+        padding_side="left",
+        clean_up_tokenization_spaces=False,
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_model(
+    tokenizer: Any | None = None,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    seed: int = 0,
+) -> Any:
+    """A freshly initialised tiny ``LlamaForCausalLM`` (deterministic for a given ``seed``)."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = tokenizer or build_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return model
+
+
+def save_tiny(folder: str | os.PathLike[str], model: Any | None = None, tokenizer: Any | None = None) -> str:
+    """Write model and tokenizer to ``folder`` (``save_pretrained``); returns the folder as a string.
+
+    A model loaded from a local folder has that folder as its ``name_or_path``, which is what TRL
+    reloads the reference model from when ``beta > 0`` without PEFT.
+    """
+    tokenizer = tokenizer or build_tokenizer()
+    model = model or build_model(tokenizer)
+    folder = os.fspath(folder)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def load_tiny(folder: str | os.PathLike[str]) -> tuple[Any, Any]:
+    """Load ``(model, tokenizer)`` saved by :func:`save_tiny`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = os.fspath(folder)
+    return AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+
+
+def arithmetic_rows(n: int = 64, digits: Sequence[int] = (1, 2, 3), seed: int = 0) -> list[dict[str, str]]:
+    """``n`` distinct addition problems ``"a+b="``, cycling through operand sizes for mixed difficulty.
+
+    Each row has ``prompt``, ``answer`` and a stable ``prompt_id`` (the problem itself, so it survives
+    re-shuffling and re-generation with another seed).
+    """
+    rng = random.Random(seed)
+    rows: list[dict[str, str]] = []
+    seen: set[str] = set()
+    while len(rows) < n:
+        d = digits[len(rows) % len(digits)]
+        lo = 0 if d == 1 else 10 ** (d - 1)
+        a, b = rng.randint(lo, 10**d - 1), rng.randint(0, 10**d - 1)
+        prompt = f"{a}+{b}="
+        if prompt in seen:
+            continue
+        seen.add(prompt)
+        rows.append({"prompt": prompt, "answer": str(a + b), "prompt_id": f"add:{a}+{b}"})
+    return rows
+
+
+def arithmetic_dataset(n: int = 64, digits: Sequence[int] = (1, 2, 3), seed: int = 0) -> Any:
+    """:func:`arithmetic_rows` as a ``datasets.Dataset``."""
+    from datasets import Dataset
+
+    return Dataset.from_list(arithmetic_rows(n, digits, seed))
+
+
+def _completion_text(completion: Any) -> str:
+    if isinstance(completion, str):
+        return completion
+    return "".join(message.get("content", "") for message in completion)
+
+
+def arithmetic_reward(completions: Sequence[Any], answer: Sequence[str], **kwargs: Any) -> list[float]:
+    """1.0 when the completion's leading number equals the answer, else 0.0 (a binary success signal)."""
+    rewards = []
+    for completion, target in zip(completions, answer, strict=True):
+        text = _completion_text(completion).lstrip()
+        digits = ""
+        for ch in text:
+            if not ch.isdigit():
+                break
+            digits += ch
+        rewards.append(1.0 if digits == str(target) else 0.0)
+    return rewards
