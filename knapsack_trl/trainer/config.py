@@ -1,0 +1,277 @@
+"""``knapsack_*`` config fields shared by the GRPO and RLOO configs.
+
+The fields live in one dataclass mixin so both trainers (and TrlParser / YAML recipes, which read the
+dataclass fields and their ``help`` metadata) see the same names. ``num_generations`` keeps TRL's
+meaning for the *sampler* and becomes the *average* rollouts per prompt: each generation batch holds
+``P = generation_batch_size // num_generations`` distinct prompts, and the knapsack splits
+``generation_batch_size`` rollouts among them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import trl
+from packaging.version import Version
+from trl import GRPOConfig, RLOOConfig
+
+SUPPORTED_TRL = (">=1.16", "<1.17")
+SKIP_VERSION_CHECK_ENV = "KNAPSACK_TRL_SKIP_VERSION_CHECK"
+
+MODES = ("knapsack", "uniform")
+
+
+def check_trl_version(installed: str | None = None) -> None:
+    """Refuse a trl outside the tested range: the trainers override private TRL methods that move.
+
+    Set ``KNAPSACK_TRL_SKIP_VERSION_CHECK=1`` to downgrade the error to a warning (for trying a newer trl;
+    run the contract tests first).
+    """
+    installed = installed or trl.__version__
+    version = Version(installed)
+    if Version("1.16") <= Version(version.base_version) < Version("1.17"):
+        return
+    message = (
+        f"knapsack-trl supports trl {','.join(SUPPORTED_TRL)} but trl {installed} is installed. Its trainers "
+        "override private GRPOTrainer/RLOOTrainer methods that change between trl releases. Install a supported "
+        f"version (pip install 'trl{','.join(SUPPORTED_TRL)}'), or set {SKIP_VERSION_CHECK_ENV}=1 to try anyway "
+        "(then run tests/test_trainer_grpo.py and tests/test_trainer_rloo.py)."
+    )
+    if os.environ.get(SKIP_VERSION_CHECK_ENV, "").strip().lower() in ("1", "true", "yes"):
+        warnings.warn(message, stacklevel=2)
+        return
+    raise RuntimeError(message)
+
+
+PROMPT_WEIGHTINGS = ("rollout", "prompt")
+
+
+@dataclass
+class KnapsackConfigMixin:
+    """Knapsack rollout allocation settings (all prefixed ``knapsack_``)."""
+
+    knapsack_enabled: bool = field(
+        default=True,
+        metadata={
+            "help": "Re-allocate each generation batch's rollouts across its prompts. False gives exactly the "
+            "stock trainer's behaviour (every override passes straight through)."
+        },
+    )
+    knapsack_mode: str = field(
+        default="knapsack",
+        metadata={
+            "help": "`'knapsack'`: solve the knapsack each batch. `'uniform'`: same pipeline, tracking and metrics, "
+            "but every prompt gets `num_generations` rollouts (an ablation baseline; reproduces the stock "
+            "trainer's advantages exactly).",
+            "choices": list(MODES),
+        },
+    )
+    knapsack_solver: str = field(
+        default="greedy",
+        metadata={
+            "help": "Knapsack solver: `'greedy'` (marginal gains; exact when knapsack_n_min >= 1, milliseconds), "
+            "`'dp'` (exact dynamic programme), `'cpsat'` (OR-Tools CP-SAT, hinted with the greedy answer; needed "
+            "for knapsack_token_cost).",
+            "choices": ["greedy", "dp", "cpsat"],
+        },
+    )
+    knapsack_time_limit_s: float = field(
+        default=1.0, metadata={"help": "Time limit for the CP-SAT solver, in seconds."}
+    )
+    knapsack_value_function: str = field(
+        default="knapsack",
+        metadata={
+            "help": "Item value v(n, p): `'knapsack'` (Knapsack RL: P(non-zero gradient) x p(1-p)^2) or "
+            "`'nonzero_gradient'` (P(non-zero gradient) only).",
+        },
+    )
+    knapsack_n_min: int = field(
+        default=2,
+        metadata={
+            "help": "Fewest rollouts any prompt of the batch gets. Keep >= 2: a group of one has zero advantage."
+        },
+    )
+    knapsack_n_max: int = field(default=128, metadata={"help": "Most rollouts any prompt of the batch gets."})
+    knapsack_zero_success_budget: int = field(
+        default=2,
+        metadata={
+            "help": "Rollouts for a prompt whose recorded rollouts all failed (reference: `negative_n`)."
+        },
+    )
+    knapsack_full_success_budget: int = field(
+        default=2,
+        metadata={
+            "help": "Rollouts for a prompt whose recorded rollouts all succeeded (reference: `positive_n`)."
+        },
+    )
+    knapsack_success_threshold: float = field(
+        default=0.5,
+        metadata={
+            "help": "A rollout counts as a success when its reward (the weighted sum of the reward functions, as "
+            "TRL aggregates it) is strictly above this threshold."
+        },
+    )
+    knapsack_tracker_window: int | None = field(
+        default=16,
+        metadata={
+            "help": "Success history per prompt: the last N outcomes. Set to None to use the EMA instead."
+        },
+    )
+    knapsack_tracker_ema_decay: float | None = field(
+        default=None,
+        metadata={
+            "help": "EMA mode (with knapsack_tracker_window=None): decay of the success counts, in (0, 1)."
+        },
+    )
+    knapsack_prior_strength: float = field(
+        default=2.0, metadata={"help": "Beta prior pseudo-count k in the estimate (s + k*m) / (n + k)."}
+    )
+    knapsack_prior_mean: float = field(default=0.5, metadata={"help": "Beta prior mean m in the estimate."})
+    knapsack_token_cost: bool = field(
+        default=False,
+        metadata={
+            "help": "Also bound the batch's expected completion tokens by what the uniform allocation would spend "
+            "(cost of a rollout = the prompt's mean completion length). Needs knapsack_solver='cpsat'."
+        },
+    )
+    knapsack_n_max_schedule: str | None = field(
+        default=None,
+        metadata={
+            "help": "Schedule for n_max over training, e.g. `'cosine:128:32'` or `'linear:64:16:500'` "
+            "(kind:start:end[:steps]); steps default to knapsack_total_steps, else the run's max_steps."
+        },
+    )
+    knapsack_exploration_schedule: str | None = field(
+        default=None,
+        metadata={
+            "help": "Share of the budget reserved for unseen / never-solved prompts over training, e.g. "
+            "`'linear:0.2:0'`. None = 0 (the reference behaviour)."
+        },
+    )
+    knapsack_total_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "Horizon of the schedules. None = the trainer's max_steps, known when training starts."
+        },
+    )
+    knapsack_prompt_id_column: str = field(
+        default="prompt_id",
+        metadata={
+            "help": "Dataset column with a stable id per prompt. If the dataset has no such column, the id is a "
+            "content hash of the `prompt` column."
+        },
+    )
+    knapsack_prompt_weighting: str = field(
+        default="rollout",
+        metadata={
+            "help": "`'rollout'`: every rollout weighs the same, so a prompt's weight grows with its rollouts "
+            "(TRL's semantics). `'prompt'`: scale advantages by num_generations / n_i so each prompt weighs "
+            "what it would under uniform allocation.",
+            "choices": list(PROMPT_WEIGHTINGS),
+        },
+    )
+    knapsack_balance_tokens: bool = field(
+        default=True,
+        metadata={
+            "help": "With several processes, permute rollouts across processes (each keeps the same count) to "
+            "balance their expected completion tokens, using each prompt's mean completion length so far."
+        },
+    )
+    knapsack_history_size: int = field(
+        default=1000,
+        metadata={"help": "Allocations kept in memory on every process (`trainer.knapsack_history`)."},
+    )
+
+    def __post_init__(self) -> None:
+        check_trl_version()
+        super().__post_init__()  # type: ignore[misc]  # the TRL config's own checks set generation_batch_size
+        if not self.knapsack_enabled:
+            return
+        if self.knapsack_mode not in MODES:
+            raise ValueError(f"knapsack_mode={self.knapsack_mode!r} is not known; use one of {list(MODES)}.")
+        if self.knapsack_prompt_weighting not in PROMPT_WEIGHTINGS:
+            raise ValueError(
+                f"knapsack_prompt_weighting={self.knapsack_prompt_weighting!r} is not known; use one of "
+                f"{list(PROMPT_WEIGHTINGS)}."
+            )
+        if self.knapsack_history_size < 0:
+            raise ValueError(f"knapsack_history_size={self.knapsack_history_size} must be >= 0.")
+        if not self.knapsack_prompt_id_column:
+            raise ValueError("knapsack_prompt_id_column is empty; name the dataset's prompt id column.")
+        # Build both core objects once: their constructors name the knapsack_* field for any bad value.
+        # Schedules without an explicit horizon get max_steps at train time; validate with a stand-in.
+        allocator_config = self.knapsack_allocator_config(
+            total_steps=self.max_steps if self.max_steps > 0 else 1
+        )
+        allocator_config.validate()
+        self.knapsack_tracker()
+        lowest_n_max = math.floor(allocator_config.budget_schedule().n_max.bounds[0] + 0.5)
+        check_budget(self, lowest_n_max)
+
+    def knapsack_allocator_config(self, total_steps: int | None = None) -> Any:
+        """The core :class:`AllocatorConfig` these fields describe."""
+        from knapsack_trl.core.allocator import AllocatorConfig
+
+        return AllocatorConfig(
+            n_min=self.knapsack_n_min,
+            n_max=self.knapsack_n_max,
+            solver=self.knapsack_solver,
+            value_function=self.knapsack_value_function,
+            zero_success_budget=self.knapsack_zero_success_budget,
+            full_success_budget=self.knapsack_full_success_budget,
+            time_limit_s=self.knapsack_time_limit_s,
+            token_cost=self.knapsack_token_cost,
+            n_max_schedule=self.knapsack_n_max_schedule,
+            exploration_schedule=self.knapsack_exploration_schedule,
+            total_steps=self.knapsack_total_steps if self.knapsack_total_steps is not None else total_steps,
+        )
+
+    def knapsack_tracker(self) -> Any:
+        """A fresh core :class:`SuccessRateTracker` with these settings."""
+        from knapsack_trl.core.tracker import SuccessRateTracker
+
+        return SuccessRateTracker(
+            window=self.knapsack_tracker_window,
+            ema_decay=self.knapsack_tracker_ema_decay,
+            prior_strength=self.knapsack_prior_strength,
+            prior_mean=self.knapsack_prior_mean,
+            success_threshold=self.knapsack_success_threshold,
+        )
+
+
+def check_budget(args: Any, n_max: int | None = None) -> None:
+    """Raise if ``generation_batch_size`` rollouts cannot be split among its prompts within [n_min, n_max].
+
+    With ``P = generation_batch_size // num_generations`` prompts per batch the budget is feasible iff
+    ``n_min * P <= generation_batch_size <= n_max * P``, i.e. ``n_min <= num_generations <= n_max``.
+    """
+    budget = args.generation_batch_size
+    prompts = budget // args.num_generations
+    n_min = args.knapsack_n_min
+    n_max = args.knapsack_n_max if n_max is None else int(n_max)
+    if budget < n_min * prompts:
+        raise ValueError(
+            f"generation_batch_size={budget} rollouts cannot give each of its {prompts} prompts "
+            f"(generation_batch_size // num_generations) knapsack_n_min={n_min} rollouts: set knapsack_n_min <= "
+            f"num_generations={args.num_generations}, or raise num_generations."
+        )
+    if budget > n_max * prompts:
+        raise ValueError(
+            f"generation_batch_size={budget} rollouts exceed knapsack_n_max={n_max} (the lowest value of "
+            f"knapsack_n_max / knapsack_n_max_schedule) x {prompts} prompts (generation_batch_size // "
+            f"num_generations): keep n_max >= num_generations={args.num_generations}, or lower num_generations."
+        )
+
+
+@dataclass
+class KnapsackGRPOConfig(KnapsackConfigMixin, GRPOConfig):
+    """:class:`trl.GRPOConfig` plus the ``knapsack_*`` fields; ``num_generations`` is the average budget."""
+
+
+@dataclass
+class KnapsackRLOOConfig(KnapsackConfigMixin, RLOOConfig):
+    """:class:`trl.RLOOConfig` plus the ``knapsack_*`` fields; ``num_generations`` is the average budget."""

@@ -1,0 +1,80 @@
+"""``KnapsackGRPOTrainer``: TRL's GRPOTrainer with a knapsack-allocated number of rollouts per prompt."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from trl import GRPOTrainer
+from trl.trainer.utils import get_config_model_id
+
+from knapsack_trl.trainer.advantages import AdvantageResult, grpo_advantages
+from knapsack_trl.trainer.config import KnapsackGRPOConfig, check_trl_version
+from knapsack_trl.trainer.mixin import KnapsackTrainerMixin
+
+
+def _num_generations_parameter() -> inspect.Signature:
+    """Signature of ``GRPOTrainer._generate_single_turn``; it must take ``num_generations``."""
+    signature = inspect.signature(GRPOTrainer._generate_single_turn)
+    if "num_generations" not in signature.parameters:
+        raise RuntimeError(
+            "GRPOTrainer._generate_single_turn has no `num_generations` parameter in this trl version "
+            f"(signature {signature}); KnapsackGRPOTrainer cannot ask vLLM for one completion per rollout."
+        )
+    return signature
+
+
+class KnapsackGRPOTrainer(KnapsackTrainerMixin, GRPOTrainer):
+    """Drop-in :class:`trl.GRPOTrainer`: same arguments, a :class:`KnapsackGRPOConfig` for ``args``.
+
+    Each generation batch's ``generation_batch_size`` rollouts are split among its
+    ``generation_batch_size // num_generations`` prompts by a knapsack over their estimated success
+    rates; advantages follow GRPO's rules per (variable-size) group.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        reward_funcs: Any = None,
+        args: KnapsackGRPOConfig | None = None,
+        train_dataset: Any = None,
+        *rest: Any,
+        **kwargs: Any,
+    ):
+        check_trl_version()
+        if args is None:
+            model_name = model if isinstance(model, str) else get_config_model_id(model.config)
+            args = KnapsackGRPOConfig(f"{model_name.split('/')[-1]}-KnapsackGRPO")
+        if not isinstance(args, KnapsackGRPOConfig):
+            raise TypeError(
+                f"KnapsackGRPOTrainer needs a KnapsackGRPOConfig, got {type(args).__name__}; build "
+                "KnapsackGRPOConfig(...) with the same arguments (knapsack_enabled=False gives stock GRPO)."
+            )
+        if args.knapsack_enabled and train_dataset is None:
+            raise ValueError(
+                "KnapsackGRPOTrainer needs a train_dataset with a prompt id or prompt text per row (training from "
+                "an environment's placeholder rows gives every prompt the same id); set knapsack_enabled=False."
+            )
+        self._knapsack_single_turn_signature = _num_generations_parameter()
+        super().__init__(model, reward_funcs, args, train_dataset, *rest, **kwargs)
+        self._knapsack_setup()
+
+    def _generate_single_turn(self, *args: Any, **kwargs: Any) -> Any:
+        """One completion per row while re-allocating: vLLM server mode would otherwise dedupe by a fixed group."""
+        if self._knapsack_active:
+            bound = self._knapsack_single_turn_signature.bind(self, *args, **kwargs)
+            bound.arguments["num_generations"] = 1
+            return super()._generate_single_turn(*bound.args[1:], **bound.kwargs)
+        return super()._generate_single_turn(*args, **kwargs)
+
+    def _knapsack_advantages(
+        self, rewards_per_func: torch.Tensor, sizes: torch.Tensor, order: torch.Tensor, output: dict[str, Any]
+    ) -> AdvantageResult:
+        return grpo_advantages(
+            rewards_per_func,
+            sizes,
+            self.reward_weights,
+            scale_rewards=self.scale_rewards,
+            multi_objective_aggregation=self.multi_objective_aggregation,
+        )
