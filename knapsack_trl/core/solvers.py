@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import heapq
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from ortools.sat.python import cp_model
 
 SOLVERS: tuple[str, ...] = ("cpsat", "dp", "greedy")
 
@@ -30,7 +32,9 @@ _BOUND_RTOL = 1e-11
 # CP-SAT needs integer coefficients: objective values are scaled so one unit is this fraction of
 # the largest value difference in play, token costs so the largest total cost is ~2**40 units.
 _OBJECTIVE_RESOLUTION = 1e-10
-_COST_UNITS = 2.0**40
+_COST_BITS = 40
+# Bisection steps on the token price when the greedy hint must fit a token budget.
+_HINT_PRICE_STEPS = 8
 _CONCAVITY_RTOL = 1e-12
 
 
@@ -287,134 +291,183 @@ def _greedy_is_exact(problem: _Problem) -> bool:
 # dynamic programme
 
 
-def _dp(problem: _Problem) -> np.ndarray:
+def _dp(problem: _Problem, prune: bool = True) -> np.ndarray:
     """Exact multiple-choice knapsack over the slack ``R = budget - sum(lower)``, any table.
 
-    ``best[r]`` is the best value of the prompts seen so far using ``r`` extra rollouts; each
-    prompt's choice ``k`` is a vectorised shift-max, with the argmax kept for backtracking.
-    Prompts whose value does not depend on ``n`` skip the DP and absorb the leftover slack.
+    ``best[s]`` is the best value of the prompts seen so far using ``lo + s`` extra rollouts;
+    each prompt is a vectorised shift-max, with the argmax kept for backtracking. Prompts whose
+    value does not depend on ``n`` skip the DP and absorb the leftover slack. With ``prune``,
+    states whose Lagrangian bound cannot reach the greedy allocation's value are dropped (branch
+    and bound), so only a narrow band of states survives each prompt; the answer stays exact.
     """
-    slack = problem.slack
-    lower = problem.lower
+    slack, lower = problem.slack, problem.lower
     rooms = np.minimum(problem.upper - lower, slack)
     rows = [problem.table[i, lower[i] : lower[i] + rooms[i] + 1] for i in range(lower.size)]
-    varies = [i for i in range(lower.size) if rows[i].max() > rows[i].min()]
-    choice = np.zeros((len(varies), slack + 1), dtype=np.min_scalar_type(int(rooms.max())))
-    best = np.zeros(1)
-    for j, i in enumerate(varies):
-        values, reach = rows[i], min(slack, best.size - 1 + int(rooms[i]))
-        new = np.full(reach + 1, -np.inf)
-        new[: best.size] = best + values[0]
-        for k in range(1, values.size):
-            end = min(reach, best.size - 1 + k)
-            candidate = best[: end - k + 1] + values[k]
-            better = candidate > new[k : end + 1]
-            np.copyto(new[k : end + 1], candidate, where=better)
-            np.copyto(choice[j, k : end + 1], k, where=better)
-        best = new
-    absorbable = int(sum(rooms[i] for i in range(lower.size) if rows[i].max() == rows[i].min()))
-    low = max(0, slack - absorbable)
-    r = low + int(np.argmax(best[low : slack + 1]))
+    is_flat = np.array([row.max() == row.min() for row in rows])
+    varies, flat = np.flatnonzero(~is_flat), np.flatnonzero(is_flat)
+    absorbable = int(rooms[flat].sum())
+    useful = _dp_state_filter(problem, rows, varies, absorbable) if prune else None
+    choice = np.zeros((varies.size, slack + 1), dtype=np.min_scalar_type(int(rooms.max())))
+    best, lo = np.zeros(1), 0
+    for j, i in enumerate(varies.tolist()):
+        best = _shift_max(best, lo, rows[i], choice[j])
+        if useful is not None:
+            best = np.where(useful(j, lo, best), best, -np.inf)
+        alive = np.flatnonzero(np.isfinite(best))
+        best, lo = best[alive[0] : alive[-1] + 1], lo + int(alive[0])
+    low = max(lo, slack - absorbable)
+    r = low + int(np.argmax(best[low - lo :]))
+    assert np.isfinite(best[r - lo]), "the DP lost every completable state"
     rollouts = lower.copy()
     leftover = slack - r
-    for j in range(len(varies) - 1, -1, -1):
+    for j in range(varies.size - 1, -1, -1):
         k = int(choice[j, r])
         rollouts[varies[j]] += k
         r -= k
-    for i in range(lower.size):
-        if leftover and rows[i].max() == rows[i].min():
-            give = min(leftover, int(rooms[i]))
-            rollouts[i] += give
-            leftover -= give
+    for i in flat.tolist():
+        give = min(leftover, int(rooms[i]))
+        rollouts[i] += give
+        leftover -= give
     return rollouts
+
+
+def _shift_max(best: np.ndarray, lo: int, values: np.ndarray, choice: np.ndarray) -> np.ndarray:
+    """``new[s] = max_k best[s - k] + values[k]`` (states offset by ``lo``), argmax into ``choice``.
+
+    Loops over whichever is shorter, the choices ``k`` or the live states: after pruning only a
+    handful of states survive, and a loop over 129 choices would be all Python overhead.
+    """
+    size = min(choice.size - 1 - lo, best.size + values.size - 2) + 1
+    new = np.full(size, -np.inf)
+    alive = np.flatnonzero(np.isfinite(best))
+    if alive.size < values.size:
+        ks = np.arange(values.size, dtype=choice.dtype)
+        for s in alive.tolist():
+            top = min(values.size, size - s)
+            candidate = best[s] + values[:top]
+            better = candidate > new[s : s + top]
+            np.copyto(new[s : s + top], candidate, where=better)
+            np.copyto(choice[lo + s : lo + s + top], ks[:top], where=better)
+        return new
+    for k in range(min(values.size, size)):
+        top = min(best.size, size - k)
+        candidate = best[:top] + values[k]
+        better = candidate > new[k : k + top]
+        np.copyto(new[k : k + top], candidate, where=better)
+        np.copyto(choice[lo + k : lo + k + top], k, where=better)
+    return new
+
+
+def _dp_state_filter(
+    problem: _Problem, rows: list[np.ndarray], varies: np.ndarray, absorbable: int
+) -> Callable[[int, int, np.ndarray], np.ndarray]:
+    """``useful(j, lo, best)``: which states after prompt ``varies[j]`` may still match greedy.
+
+    State ``r`` (value ``best[r]``) ends at most at ``best[r] + lam (R - r) + S_j``, where ``S_j``
+    sums ``max_k [v(k) - lam k]`` over the prompts still to come (and the flat prompts that soak
+    up slack): the Lagrangian bound of the rest of the problem, valid for any ``lam``.
+    """
+    lam = _Lagrangian(problem).best_lambda(0.0)
+    greedy = _greedy(problem)
+    varied_value = float(problem.table[varies, greedy[varies]].sum())
+    row_max = np.array([float(np.max(rows[i] - lam * np.arange(rows[i].size))) for i in varies.tolist()])
+    suffix = np.append(np.cumsum(row_max[::-1])[::-1][1:], 0.0) + max(0.0, -lam * absorbable)
+    slack = problem.slack
+    tolerance = _BOUND_RTOL * (abs(lam) * slack + float(np.abs(row_max).sum()) + abs(varied_value) + 1.0)
+
+    def useful(j: int, lo: int, best: np.ndarray) -> np.ndarray:
+        r = np.arange(lo, lo + best.size)
+        return best + lam * (slack - r) + suffix[j] >= varied_value - tolerance
+
+    return useful
 
 
 # --------------------------------------------------------------------------------------------
 # CP-SAT with Lagrangian domain reduction
 
 
-@dataclass(frozen=True)
-class _Bound:
-    """``UB = lam*B + mu*T + sum_i max_n [t_i(n) - lam n - mu c_i n]`` and each value's reduced cost.
+class _Lagrangian:
+    """Bounds from relaxing the two sums: for any ``lam`` and ``mu >= 0`` every allocation is worth
+    at most ``UB = lam B + mu T + sum_i max_n [t_i(n) - (lam + mu c_i) n]``.
 
-    Any allocation using value ``n`` for prompt ``i`` is worth at most ``upper - reduced[i, n]``.
+    An allocation using value ``n`` for prompt ``i`` is worth at most ``UB - reduced[i, n]``, so
+    values whose reduced cost exceeds ``UB - incumbent`` can be dropped without losing optimality.
     """
 
-    upper: float
-    reduced: np.ndarray
-    scale: float
+    def __init__(self, problem: _Problem) -> None:
+        self.problem = problem
+        self.values = problem.used_values()
+        self.n = np.arange(self.values.shape[1], dtype=np.float64)
+        finite = self.values[np.isfinite(self.values)]
+        self.spread = float(finite.max() - finite.min()) + 1.0
 
+    def adjusted(self, lam: float, mu: float) -> np.ndarray:
+        """``t_i(n) - (lam + mu c_i) n``, -inf outside ``[lower_i, upper_i]``."""
+        if mu == 0.0 or self.problem.costs is None:
+            return self.values - lam * self.n
+        return self.values - np.multiply.outer(lam + mu * self.problem.costs, self.n)
 
-def _relaxed_rollouts(values: np.ndarray, price: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-prompt argmax and max of ``values[i, n] - price[i] * n`` (the Lagrangian subproblem)."""
-    adjusted = values - price[:, None] * np.arange(values.shape[1])
-    best = adjusted.argmax(axis=1)
-    return best, adjusted
+    def upper_bound(self, lam: float, mu: float) -> tuple[float, np.ndarray, float]:
+        """``(UB, reduced costs, magnitude of the terms summed)`` at ``(lam, mu)``."""
+        adjusted = self.adjusted(lam, mu)
+        row_max = adjusted.max(axis=1)
+        token_term = mu * (self.problem.token_budget or 0.0)
+        upper = lam * self.problem.budget + token_term + float(row_max.sum())
+        magnitude = abs(lam) * self.problem.budget + abs(token_term) + float(np.abs(row_max).sum()) + 1.0
+        return upper, row_max[:, None] - adjusted, magnitude
 
+    def relaxed_rollouts(self, lam: float, mu: float) -> np.ndarray:
+        return self.adjusted(lam, mu).argmax(axis=1)
 
-def _bound(problem: _Problem, values: np.ndarray, lam: float, mu: float) -> _Bound:
-    costs = np.zeros(values.shape[0]) if problem.costs is None else problem.costs
-    _, adjusted = _relaxed_rollouts(values, lam + mu * costs)
-    row_max = adjusted.max(axis=1)
-    token_term = mu * problem.token_budget if problem.token_budget is not None else 0.0
-    upper = lam * problem.budget + token_term + float(row_max.sum())
-    scale = abs(lam) * problem.budget + abs(token_term) + float(np.abs(row_max).sum()) + 1.0
-    return _Bound(upper, row_max[:, None] - adjusted, scale)
+    def best_lambda(self, mu: float, iterations: int = 60) -> float:
+        """Minimise the convex, piecewise-linear ``UB(., mu)`` by bisection on its slope
+        ``B - sum_i n_i(lam)``; a relaxed answer that spends exactly ``B`` is a minimiser."""
+        top_cost = 0.0 if self.problem.costs is None else float(self.problem.costs.max())
+        low, high = -self.spread - mu * top_cost, self.spread
+        for _ in range(iterations):
+            lam = 0.5 * (low + high)
+            spent = int(self.relaxed_rollouts(lam, mu).sum())
+            if spent == self.problem.budget:
+                return lam
+            if spent > self.problem.budget:
+                low = lam
+            else:
+                high = lam
+            if high - low <= 1e-15 * self.spread:
+                break
+        return high
 
+    def multipliers(self) -> tuple[float, float]:
+        """``(lam, mu)`` for a tight bound; ``mu`` prices the token budget (golden-section search
+        over the convex ``min_lam UB(lam, mu)``)."""
+        lam = self.best_lambda(0.0)
+        costs, tokens = self.problem.costs, self.problem.token_budget
+        if costs is None or tokens is None or costs @ self.relaxed_rollouts(lam, 0.0) <= tokens:
+            return lam, 0.0
+        mu_high = 1.0 / max(float(costs.max()), 1e-300)
+        for _ in range(200):
+            if costs @ self.relaxed_rollouts(self.best_lambda(mu_high), mu_high) <= tokens:
+                break
+            mu_high *= 2.0
 
-def _best_lambda(problem: _Problem, values: np.ndarray, mu: float, iterations: int = 60) -> float:
-    """Minimise the (convex, piecewise-linear) bound over ``lam`` by bisection on its slope."""
-    costs = np.zeros(values.shape[0]) if problem.costs is None else problem.costs
-    finite = values[np.isfinite(values)]
-    spread = float(finite.max() - finite.min()) + 1.0
-    low = -spread - mu * float(costs.max())
-    high = spread
-    for _ in range(iterations):
-        lam = 0.5 * (low + high)
-        rollouts, _ = _relaxed_rollouts(values, lam + mu * costs)
-        if rollouts.sum() > problem.budget:
-            low = lam
-        else:
-            high = lam
-        if high - low <= 1e-15 * spread:
-            break
-    return high
+        def bound_at(mu: float) -> float:
+            return self.upper_bound(self.best_lambda(mu, 40), mu)[0]
 
-
-def _multipliers(problem: _Problem, values: np.ndarray) -> tuple[float, float]:
-    """Multipliers ``(lam, mu)`` for a tight bound; ``mu`` prices the token budget."""
-    lam = _best_lambda(problem, values, 0.0)
-    if problem.costs is None or problem.token_budget is None:
-        return lam, 0.0
-    rollouts, _ = _relaxed_rollouts(values, lam + 0.0 * problem.costs)
-    if problem.costs @ rollouts <= problem.token_budget:
-        return lam, 0.0  # the budget is slack at mu = 0, so mu = 0 minimises the bound
-    mu_high = 1.0 / max(float(problem.costs.max()), 1e-300)
-    for _ in range(200):
-        lam_high = _best_lambda(problem, values, mu_high)
-        rollouts, _ = _relaxed_rollouts(values, lam_high + mu_high * problem.costs)
-        if problem.costs @ rollouts <= problem.token_budget:
-            break
-        mu_high *= 2.0
-    golden = (np.sqrt(5.0) - 1) / 2
-    low, high = 0.0, mu_high
-
-    def bound_at(mu: float) -> float:
-        return _bound(problem, values, _best_lambda(problem, values, mu, 40), mu).upper
-
-    a, b = high - golden * (high - low), low + golden * (high - low)
-    fa, fb = bound_at(a), bound_at(b)
-    for _ in range(30):
-        if fa <= fb:
-            high, b, fb = b, a, fa
-            a = high - golden * (high - low)
-            fa = bound_at(a)
-        else:
-            low, a, fa = a, b, fb
-            b = low + golden * (high - low)
-            fb = bound_at(b)
-    mu = a if fa <= fb else b
-    return _best_lambda(problem, values, mu), mu
+        golden = (np.sqrt(5.0) - 1) / 2
+        low, high = 0.0, mu_high
+        a, b = high - golden * (high - low), low + golden * (high - low)
+        fa, fb = bound_at(a), bound_at(b)
+        for _ in range(30):
+            if fa <= fb:
+                high, b, fb = b, a, fa
+                a = high - golden * (high - low)
+                fa = bound_at(a)
+            else:
+                low, a, fa = a, b, fb
+                b = low + golden * (high - low)
+                fb = bound_at(b)
+        mu = a if fa <= fb else b
+        return self.best_lambda(mu), mu
 
 
 def _token_feasible(problem: _Problem, rollouts: np.ndarray) -> bool:
@@ -424,26 +477,38 @@ def _token_feasible(problem: _Problem, rollouts: np.ndarray) -> bool:
 
 
 def _hint(problem: _Problem, mu: float) -> np.ndarray | None:
-    """Greedy allocation, priced by ``mu`` per token (raised until it fits) under a token budget."""
+    """The greedy allocation; under a binding token budget, the greedy on gains minus a token
+    price, at (nearly) the lowest price that fits, starting from the Lagrangian's ``mu``."""
     rollouts = _greedy(problem)
     if _token_feasible(problem, rollouts):
         return rollouts
     assert problem.costs is not None
-    price = mu if mu > 0 else 1.0 / max(float(problem.costs.max()), 1e-300)
+    low, high = 0.0, mu if mu > 0 else 1.0 / max(float(problem.costs.max()), 1e-300)
+    fits = None
     for _ in range(64):
+        rollouts = _greedy(problem, penalty=high * problem.costs)
+        if _token_feasible(problem, rollouts):
+            fits = rollouts
+            break
+        low, high = high, 2.0 * high
+    if fits is None:
+        return None
+    for _ in range(_HINT_PRICE_STEPS):
+        price = 0.5 * (low + high)
         rollouts = _greedy(problem, penalty=price * problem.costs)
         if _token_feasible(problem, rollouts):
-            return rollouts
-        price *= 4.0
-    return None
+            high = price
+            if _objective(problem.table, rollouts) > _objective(problem.table, fits):
+                fits = rollouts
+        else:
+            low = price
+    return fits
 
 
 def _cpsat(problem: _Problem, start: float, time_limit_s: float, num_workers: int) -> SolverResult:
-    """Exact solve: bound, prune, then CP-SAT on the prompts the bound cannot decide."""
-    from ortools.sat.python import cp_model
-
-    values = problem.used_values()
-    lam, mu = _multipliers(problem, values)
+    """Exact solve: bound, prune, then CP-SAT on the prompts the bound leaves undecided."""
+    lagrangian = _Lagrangian(problem)
+    lam, mu = lagrangian.multipliers()
     hint = _hint(problem, mu)
     hint_objective = None if hint is None else _objective(problem.table, hint)
 
@@ -458,60 +523,71 @@ def _cpsat(problem: _Problem, start: float, time_limit_s: float, num_workers: in
             hint_objective=hint_objective,
         )
 
-    keep = np.isfinite(values)
+    keep = np.isfinite(lagrangian.values)
     if hint is not None and hint_objective is not None:
-        bound = _bound(problem, values, lam, mu)
-        margin = bound.upper - hint_objective + _BOUND_RTOL * bound.scale
-        keep &= bound.reduced <= margin
+        upper, reduced, magnitude = lagrangian.upper_bound(lam, mu)
+        keep &= reduced <= upper - hint_objective + _BOUND_RTOL * magnitude
         keep[np.arange(hint.size), hint] = True
-        if keep.sum() == hint.size:
+        if keep.sum() == hint.size:  # every other allocation is provably worse than the hint
             return result(hint, True, "OPTIMAL")
 
-    model = cp_model.CpModel()
-    choices = [np.flatnonzero(row) for row in keep]
-    fixed = [c[0] if c.size == 1 else -1 for c in choices]
-    free = [i for i, c in enumerate(choices) if c.size > 1]
-    fixed_rollouts = sum(int(f) for f in fixed if f >= 0)
-    spread = max((float(np.ptp(problem.table[i, choices[i]])) for i in free), default=0.0)
-    unit = max(spread, 1e-300) * _OBJECTIVE_RESOLUTION
-    picks: dict[int, list[tuple[int, cp_model.IntVar]]] = {}
-    objective_terms = []
-    for i in free:
-        row = problem.table[i, choices[i]]
-        picks[i] = [(int(n), model.new_bool_var(f"x{i}_{n}")) for n in choices[i]]
-        model.add_exactly_one(var for _, var in picks[i])
-        coefficients = np.rint((row - row.min()) / unit).astype(np.int64)
-        objective_terms += [int(c) * var for c, (_, var) in zip(coefficients, picks[i])]
-    model.add(sum(n * var for i in free for n, var in picks[i]) == problem.budget - fixed_rollouts)
-    if problem.costs is not None and problem.token_budget is not None:
-        # Rounded costs: every allocation within budget stays feasible (the right-hand side absorbs
-        # the rounding); one chosen may overshoot the float budget by ~1e-12 relative.
-        cost_unit = max(float(problem.costs @ problem.upper), 1e-300) / _COST_UNITS
-        fixed_cost = sum(float(problem.costs[i]) * int(f) for i, f in enumerate(fixed) if f >= 0)
-        scaled = np.round(problem.costs / cost_unit).astype(np.int64)
-        rhs = int(np.floor((problem.token_budget - fixed_cost) / cost_unit + 0.5 * problem.budget + 1))
-        model.add(sum(int(scaled[i]) * n * var for i in free for n, var in picks[i]) <= rhs)
-    model.maximize(sum(objective_terms))
-    if hint is not None:
-        for i in free:
-            for n, var in picks[i]:
-                model.add_hint(var, int(n == hint[i]))
-
+    model, picks, fixed = _reduced_model(problem, keep, hint)
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = time_limit_s
     solver.parameters.num_workers = num_workers
     status = solver.solve(model)
     proven = status == cp_model.OPTIMAL
     if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        rollouts = np.array([f if f >= 0 else 0 for f in fixed], dtype=np.int64)
-        for i in free:
-            rollouts[i] = next(n for n, var in picks[i] if solver.boolean_value(var))
-        if hint is None or _objective(problem.table, rollouts) >= hint_objective:
+        rollouts = fixed.copy()
+        for i, options in picks.items():
+            rollouts[i] = next(n for n, var in options if solver.boolean_value(var))
+        if not _token_feasible(problem, rollouts):  # float rounding of the cost sum only
+            proven, rollouts = False, hint
+        if rollouts is not None and (hint is None or _objective(problem.table, rollouts) >= hint_objective):
             return result(rollouts, proven, solver.status_name(status))
-        return result(hint, proven, "HINT")
     if hint is not None:
-        return result(hint, False, "HINT")
+        return result(hint, proven, "HINT")
     raise ValueError(
         f"CP-SAT found no allocation within the token budget in {time_limit_s:g} s "
         f"(status {solver.status_name(status)}); raise knapsack_time_limit_s or token_budget."
     )
+
+
+def _reduced_model(
+    problem: _Problem, keep: np.ndarray, hint: np.ndarray | None
+) -> tuple[cp_model.CpModel, dict[int, list[tuple[int, cp_model.IntVar]]], np.ndarray]:
+    """One Boolean per kept ``(i, n)``; prompts with a single kept value are constants.
+
+    Returns the model, each open prompt's ``(n, Boolean)`` options, and the rollouts of the
+    fixed prompts (0 for open ones). Values are scaled to integers at ``_OBJECTIVE_RESOLUTION``
+    of the largest value spread among open prompts; the float objective is recomputed after.
+    """
+    model = cp_model.CpModel()
+    choices = [np.flatnonzero(row) for row in keep]
+    open_rows = [i for i, c in enumerate(choices) if c.size > 1]
+    fixed = np.array([c[0] if c.size == 1 else 0 for c in choices], dtype=np.int64)
+    spread = max((float(np.ptp(problem.table[i, choices[i]])) for i in open_rows), default=0.0)
+    unit = max(spread, 1e-300) * _OBJECTIVE_RESOLUTION
+    picks: dict[int, list[tuple[int, cp_model.IntVar]]] = {}
+    objective = []
+    for i in open_rows:
+        row = problem.table[i, choices[i]]
+        picks[i] = [(int(n), model.new_bool_var(f"x{i}_{n}")) for n in choices[i]]
+        model.add_exactly_one(var for _, var in picks[i])
+        coefficients = np.rint((row - row.min()) / unit).astype(np.int64)
+        objective += [int(c) * var for c, (_, var) in zip(coefficients, picks[i])]
+    model.add(sum(n * var for i in open_rows for n, var in picks[i]) == problem.budget - int(fixed.sum()))
+    if problem.costs is not None and problem.token_budget is not None:
+        # Costs in power-of-two units (exact for whole-token costs), rounded up, and the budget
+        # rounded down: whatever CP-SAT picks fits the float budget. Only allocations within
+        # about B * 2**-40 of the budget's total scale can be lost.
+        unit = 2.0 ** (np.ceil(np.log2(max(float(problem.costs @ problem.upper), 1e-300))) - _COST_BITS)
+        scaled = np.ceil(problem.costs / unit).astype(np.int64)
+        rhs = int(np.floor(problem.token_budget / unit)) - int(scaled @ fixed)
+        model.add(sum(int(scaled[i]) * n * var for i in open_rows for n, var in picks[i]) <= rhs)
+    model.maximize(sum(objective))
+    if hint is not None:
+        for i in open_rows:
+            for n, var in picks[i]:
+                model.add_hint(var, int(n == hint[i]))
+    return model, picks, fixed
