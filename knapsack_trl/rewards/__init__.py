@@ -1,0 +1,1 @@
+"""Reward functions for TRL trainers (GSM8K, HumanEval) and the sandbox that runs generated code."""
