@@ -11,7 +11,7 @@ from trl.trainer.utils import get_config_model_id
 
 from knapsack_trl.trainer.advantages import AdvantageResult, grpo_advantages
 from knapsack_trl.trainer.config import KnapsackGRPOConfig, check_trl_version
-from knapsack_trl.trainer.mixin import KnapsackTrainerMixin
+from knapsack_trl.trainer.mixin import KnapsackTrainerMixin, check_dataset
 
 
 def _num_generations_parameter() -> inspect.Signature:
@@ -51,11 +51,7 @@ class KnapsackGRPOTrainer(KnapsackTrainerMixin, GRPOTrainer):
                 f"KnapsackGRPOTrainer needs a KnapsackGRPOConfig, got {type(args).__name__}; build "
                 "KnapsackGRPOConfig(...) with the same arguments (knapsack_enabled=False gives stock GRPO)."
             )
-        if args.knapsack_enabled and train_dataset is None:
-            raise ValueError(
-                "KnapsackGRPOTrainer needs a train_dataset with a prompt id or prompt text per row (training from "
-                "an environment's placeholder rows gives every prompt the same id); set knapsack_enabled=False."
-            )
+        check_dataset(train_dataset, args)
         self._knapsack_single_turn_signature = _num_generations_parameter()
         super().__init__(model, reward_funcs, args, train_dataset, *rest, **kwargs)
         self._knapsack_setup()

@@ -78,6 +78,27 @@ def balance_rows(costs: np.ndarray, num_processes: int) -> np.ndarray:
     return order if loads.max() < identity_max - 1e-9 else identity
 
 
+def check_dataset(dataset: Any, args: KnapsackConfigMixin) -> None:
+    """Fail at start-up when rows carry neither a stable prompt id nor prompt text to hash."""
+    if not args.knapsack_enabled:
+        return
+    if dataset is None:
+        raise ValueError(
+            "Knapsack allocation needs a train_dataset with a prompt id or prompt text per row (training from an "
+            "environment's placeholder rows would give every prompt the same id); set knapsack_enabled=False."
+        )
+    columns = getattr(dataset, "column_names", None)
+    if columns is None:  # an IterableDataset without features: checked on the first batch instead
+        return
+    if args.knapsack_prompt_id_column not in columns and "prompt" not in columns:
+        raise ValueError(
+            f"The training dataset has neither a {args.knapsack_prompt_id_column!r} column "
+            f"(knapsack_prompt_id_column) nor a 'prompt' column to hash (columns: {columns}). Knapsack allocation "
+            "keys each prompt's success history on a stable id: add an id column (e.g. the row index) and point "
+            "knapsack_prompt_id_column at it, or set knapsack_enabled=False."
+        )
+
+
 class KnapsackTrainerMixin:
     """Mixed in before ``GRPOTrainer`` / ``RLOOTrainer``; call :meth:`_knapsack_setup` after their ``__init__``."""
 
@@ -97,7 +118,6 @@ class KnapsackTrainerMixin:
             return
         from knapsack_trl.core.allocator import KnapsackRolloutAllocator
 
-        self._knapsack_check_dataset(self.train_dataset)
         self.knapsack_allocator = KnapsackRolloutAllocator(
             args.knapsack_allocator_config(total_steps=self._knapsack_horizon()), args.knapsack_tracker()
         )
@@ -105,19 +125,6 @@ class KnapsackTrainerMixin:
     def _knapsack_horizon(self) -> int | None:
         max_steps = getattr(getattr(self, "state", None), "max_steps", 0) or self.args.max_steps
         return max_steps if max_steps and max_steps > 0 else None
-
-    def _knapsack_check_dataset(self, dataset: Any) -> None:
-        """Fail at start-up when rows carry neither a stable id nor prompt text to hash."""
-        columns = getattr(dataset, "column_names", None)
-        if columns is None:  # an IterableDataset without features: checked on the first batch instead
-            return
-        if self.args.knapsack_prompt_id_column not in columns and "prompt" not in columns:
-            raise ValueError(
-                f"The training dataset has neither a {self.args.knapsack_prompt_id_column!r} column "
-                f"(knapsack_prompt_id_column) nor a 'prompt' column to hash (columns: {columns}). Knapsack "
-                "allocation keys each prompt's success history on a stable id: add an id column (e.g. the row "
-                "index) and point knapsack_prompt_id_column at it, or set knapsack_enabled=False."
-            )
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()  # type: ignore[misc]

@@ -11,7 +11,7 @@ from trl.trainer.utils import get_config_model_id
 
 from knapsack_trl.trainer.advantages import AdvantageResult, rloo_advantages
 from knapsack_trl.trainer.config import KnapsackRLOOConfig, check_trl_version
-from knapsack_trl.trainer.mixin import KnapsackTrainerMixin
+from knapsack_trl.trainer.mixin import KnapsackTrainerMixin, check_dataset
 
 
 class KnapsackRLOOTrainer(KnapsackTrainerMixin, RLOOTrainer):
@@ -39,6 +39,7 @@ class KnapsackRLOOTrainer(KnapsackTrainerMixin, RLOOTrainer):
                 f"KnapsackRLOOTrainer needs a KnapsackRLOOConfig, got {type(args).__name__}; build "
                 "KnapsackRLOOConfig(...) with the same arguments (knapsack_enabled=False gives stock RLOO)."
             )
+        check_dataset(train_dataset, args)
         self._knapsack_logps: list[torch.Tensor] = []
         super().__init__(model, reward_funcs, args, train_dataset, *rest, **kwargs)
         self._knapsack_setup()

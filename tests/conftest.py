@@ -1,0 +1,173 @@
+"""Shared fixtures for the trainer tests: a tiny model saved to a folder, a dataset, reward functions.
+
+Everything is built offline from code (``knapsack_trl.tiny``); nothing comes from the Hub.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tiny models on a shared 2-core box: one intra-op thread avoids OpenMP oversubscription.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def _text(completion: Any) -> str:
+    return completion if isinstance(completion, str) else "".join(m["content"] for m in completion)
+
+
+def parity_reward(completions: list[Any], **kwargs: Any) -> list[float]:
+    """1 for an odd-length completion: a mixed binary signal from an untrained model."""
+    return [float(len(_text(c)) % 2) for c in completions]
+
+
+def sparse_reward(completions: list[Any], **kwargs: Any) -> list[float | None]:
+    """A shaped score that is None (unscorable) for lengths divisible by 3."""
+    return [None if len(_text(c)) % 3 == 0 else len(_text(c)) / 8 for c in completions]
+
+
+def sparser_reward(completions: list[Any], **kwargs: Any) -> list[float | None]:
+    """None for lengths divisible by 6: with :func:`sparse_reward`, some rows are wholly unscorable."""
+    return [None if len(_text(c)) % 6 == 0 else float(len(_text(c)) % 4 == 0) for c in completions]
+
+
+def difficulty_reward(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
+    """Deterministic buckets: 1-digit sums always solved, 3-digit never, 2-digit by completion parity."""
+    out = []
+    for prompt, completion in zip(prompts, completions, strict=True):
+        digits = len(_text(prompt).split("+")[0])
+        out.append(1.0 if digits == 1 else 0.0 if digits >= 3 else float(len(_text(completion)) % 2))
+    return out
+
+
+REWARDS = {
+    "parity": parity_reward,
+    "sparse": sparse_reward,
+    "sparser": sparser_reward,
+    "difficulty": difficulty_reward,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The tiny model and tokenizer saved with ``save_pretrained`` (loadable offline by path)."""
+    from knapsack_trl.tiny import save_tiny
+
+    return save_tiny(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_dir: str) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_dir)
+
+
+@pytest.fixture
+def tiny_model(tiny_dir: str) -> Callable[[], Any]:
+    """Factory: a fresh copy of the same tiny model (every trainer needs its own)."""
+    from transformers import AutoModelForCausalLM
+
+    return lambda: AutoModelForCausalLM.from_pretrained(tiny_dir)
+
+
+@pytest.fixture(scope="session")
+def train_dataset() -> Any:
+    """16 arithmetic prompts of 1-3 digit operands, with ``prompt``, ``answer`` and ``prompt_id``."""
+    from knapsack_trl.tiny import arithmetic_dataset
+
+    return arithmetic_dataset(16, digits=(1, 2, 3))
+
+
+@pytest.fixture
+def rewards() -> dict[str, Callable[..., list[Any]]]:
+    return dict(REWARDS)
+
+
+@pytest.fixture
+def tiny_args(tmp_path: Path) -> Callable[..., Any]:
+    """Factory: ``tiny_args(ConfigClass, **overrides)`` with CPU-sized defaults (B = 16, 4 prompts of 4)."""
+
+    def make(config_cls: type, **overrides: Any) -> Any:
+        kwargs: dict[str, Any] = dict(
+            output_dir=str(tmp_path / "out"),
+            use_cpu=True,
+            bf16=False,
+            gradient_checkpointing=False,
+            report_to="none",
+            per_device_train_batch_size=8,
+            gradient_accumulation_steps=2,
+            num_generations=4,
+            max_completion_length=8,
+            max_steps=2,
+            logging_steps=1,
+            save_strategy="no",
+            learning_rate=1e-3,
+            seed=0,
+            disable_tqdm=True,
+        )
+        kwargs.update(overrides)
+        return config_cls(**kwargs)
+
+    return make
+
+
+def record_generations(trainer: Any) -> list[dict[str, Any]]:
+    """Wrap ``trainer._generate_and_score_completions`` to keep a copy of every output it returns."""
+    outputs: list[dict[str, Any]] = []
+    original = trainer._generate_and_score_completions
+
+    def wrapped(inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        output = original(inputs)
+        outputs.append({k: v.clone() if hasattr(v, "clone") else v for k, v in output.items()})
+        return output
+
+    trainer._generate_and_score_completions = wrapped
+    return outputs
+
+
+@pytest.fixture
+def recorder() -> Callable[[Any], list[dict[str, Any]]]:
+    return record_generations
+
+
+@pytest.fixture
+def run_pair(
+    tiny_model: Callable[[], Any], tiny_tokenizer: Any, train_dataset: Any, tiny_args: Callable[..., Any]
+) -> Callable[..., Any]:
+    """Factory: train the stock trainer and the knapsack trainer on identical inputs; return both runs.
+
+    Each run is ``(trainer, generation outputs, losses, final parameters)``.
+    """
+
+    def run(stock_cls: type, stock_cfg: type, knap_cls: type, knap_cfg: type, reward_funcs, **overrides: Any):
+        knap_overrides = {k: v for k, v in overrides.items() if k.startswith("knapsack_")}
+        common = {k: v for k, v in overrides.items() if not k.startswith("knapsack_")}
+        model_factory = common.pop("model_factory", tiny_model)
+        runs = []
+        for cls, cfg in ((stock_cls, tiny_args(stock_cfg, **common)), (knap_cls, None)):
+            if cfg is None:
+                cfg = tiny_args(knap_cfg, **common, **knap_overrides)
+            trainer = cls(
+                model=model_factory(),
+                reward_funcs=reward_funcs,
+                args=cfg,
+                train_dataset=train_dataset,
+                processing_class=tiny_tokenizer,
+            )
+            outputs = record_generations(trainer)
+            trainer.train()
+            losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+            params = [p.detach().clone() for p in trainer.model.parameters()]
+            runs.append((trainer, outputs, losses, params))
+        return runs
+
+    return run
