@@ -6,7 +6,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from knapsack_trl.benchmarks.solvers import batch_success_rates
-from knapsack_trl.core.solvers import SOLVERS, SolverResult, check_solver_name, solve
+from knapsack_trl.core.solvers import (
+    SOLVERS,
+    SolverResult,
+    _dp,
+    _envelope_slopes,
+    _validate,
+    check_solver_name,
+    solve,
+)
 from knapsack_trl.core.values import knapsack_value, value_table
 
 SETTINGS = settings(max_examples=60, deadline=None)
@@ -60,6 +68,35 @@ def test_exact_solvers_match_brute_force(solver, data):
     assert result.objective == pytest.approx(optimum, abs=1e-9)
     assert result.objective == pytest.approx(float(table[np.arange(len(lower)), result.rollouts].sum()))
     assert result.optimal and result.solver == solver
+    if solver == "dp":  # the plain DP, without the branch-and-bound band, agrees too
+        plain = _dp(_validate(table, budget, lower, upper, None, None), prune=False)
+        assert float(table[np.arange(len(lower)), plain].sum()) == pytest.approx(optimum, abs=1e-9)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 4), st.integers(2, 10), st.integers(0, 2**32 - 1))
+def test_envelope_slopes_are_the_upper_concave_envelope(m, width, seed):
+    rng = np.random.default_rng(seed)
+    raw = rng.normal(size=(m, width)).cumsum(axis=1) if seed % 2 else rng.normal(size=(m, width))
+    lower = rng.integers(0, width, size=m)
+    upper = np.array([rng.integers(lo, width) for lo in lower])
+    n = np.arange(width)
+    values = np.where((n >= lower[:, None]) & (n <= upper[:, None]), raw, -np.inf)
+    slopes = _envelope_slopes(values)
+    for i in range(m):
+        xs = n[lower[i] : upper[i] + 1]
+        # envelope at x: the best chord (or point) over x, by enumeration
+        envelope = [
+            max(
+                raw[i, a] + (raw[i, b] - raw[i, a]) * (x - a) / (b - a) if b > a else raw[i, a]
+                for a in xs
+                for b in xs
+                if a <= x <= b
+            )
+            for x in xs
+        ]
+        np.testing.assert_allclose(slopes[i, lower[i] : upper[i]], np.diff(envelope), atol=1e-9)
+        assert np.isneginf(np.delete(slopes[i], np.arange(lower[i], upper[i]))).all()
 
 
 @SETTINGS
@@ -133,12 +170,40 @@ def test_cpsat_matches_dp_on_a_realistic_batch(n_min):
     table = value_table(knapsack_value, batch_success_rates(256, rng), 128)
     budget = 8 * 256 + 1  # odd, so the 0 -> 2 activation parity matters when n_min = 0
     dp = solve(table, budget, n_min, 128, solver="dp")
+    plain = _dp(_validate(table, budget, n_min, 128, None, None), prune=False)
+    assert dp.objective == pytest.approx(float(table[np.arange(256), plain].sum()), abs=1e-9)
     cpsat = solve(table, budget, n_min, 128, solver="cpsat")
     greedy = solve(table, budget, n_min, 128, solver="greedy")
     assert_feasible(cpsat, budget, n_min, 128)
     assert cpsat.optimal and cpsat.objective == pytest.approx(dp.objective, abs=1e-9)
     assert greedy.objective <= dp.objective + 1e-12
     assert greedy.optimal == (n_min >= 1)
+
+
+def test_cpsat_token_budget_on_a_realistic_batch():
+    rng = np.random.default_rng(3)
+    table = value_table(knapsack_value, batch_success_rates(64, rng), 128)
+    costs = rng.uniform(50.0, 900.0, size=64)
+    unpriced = solve(table, 512, 2, 128)
+    token_budget = 0.6 * float(costs @ unpriced.rollouts)
+    result = solve(table, 512, 2, 128, costs=costs, token_budget=token_budget, time_limit_s=5.0)
+    assert_feasible(result, 512, 2, 128)
+    assert costs @ result.rollouts <= token_budget * (1 + 1e-9)
+    assert result.hint_objective is not None and result.objective >= result.hint_objective
+    assert result.objective <= unpriced.objective  # the token budget can only cost value
+
+
+def test_token_budget_equal_to_the_cheapest_cost_summed_another_way():
+    rng = np.random.default_rng(5)
+    costs = rng.uniform(1.0, 1000.0, size=40) / 3.0
+    table = value_table(knapsack_value, rng.random(40), 16)
+    budget = 40 * 2 + 100
+    cheapest = (
+        float(costs.sum()) * 2 + sum(float(c) * 14 for c in np.sort(costs)[:7]) + float(np.sort(costs)[7]) * 2
+    )
+    result = solve(table, budget, 2, 16, costs=costs, token_budget=cheapest)
+    assert_feasible(result, budget, 2, 16)
+    assert costs @ result.rollouts == pytest.approx(cheapest, rel=1e-9)
 
 
 def test_cpsat_never_returns_less_than_its_hint():

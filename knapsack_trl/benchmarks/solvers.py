@@ -57,18 +57,22 @@ def run(prompt_counts: Sequence[int], repeats: int, seed: int) -> list[dict]:
                             "seconds": statistics.median(r.seconds for r in results[name]),
                             "objective": objective,
                             "optimality_gap": (best - objective) / abs(best) if best else best - objective,
+                            "optimal": all(r.optimal for r in results[name]),
                         }
                     )
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
-    header = f"{'solver':<7} {'prompts':>7} {'budget':>7} {'n_min':>5} {'n_max':>5} {'seconds':>9} {'objective':>12} {'gap':>9}"
+    header = (
+        f"{'solver':<7} {'prompts':>7} {'budget':>7} {'n_min':>5} {'n_max':>5} "
+        f"{'seconds':>9} {'objective':>12} {'gap':>9} proven"
+    )
     lines = [header, "-" * len(header)]
     for r in rows:
         lines.append(
             f"{r['solver']:<7} {r['prompts']:>7} {r['budget']:>7} {r['n_min']:>5} {r['n_max']:>5} "
-            f"{r['seconds']:>9.4f} {r['objective']:>12.6f} {r['optimality_gap']:>9.1e}"
+            f"{r['seconds']:>9.4f} {r['objective']:>12.6f} {r['optimality_gap']:>9.1e} {r['optimal']}"
         )
     return "\n".join(lines)
 

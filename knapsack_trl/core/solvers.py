@@ -34,8 +34,12 @@ _BOUND_RTOL = 1e-11
 _OBJECTIVE_RESOLUTION = 1e-10
 _COST_BITS = 40
 # Bisection steps on the token price when the greedy hint must fit a token budget.
-_HINT_PRICE_STEPS = 8
+_HINT_PRICE_STEPS = 16
+_GOLDEN_STEPS = 30
 _CONCAVITY_RTOL = 1e-12
+# The token budget is met to this relative slack, so a budget computed as the cheapest allocation's
+# cost (summed in another order) is never refused for float rounding.
+_TOKEN_RTOL = 1e-9
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,7 @@ class _Problem:
     lower: np.ndarray
     upper: np.ndarray
     costs: np.ndarray | None = None
-    token_budget: float | None = None
+    token_limit: float | None = None  # token_budget plus _TOKEN_RTOL
 
     @property
     def slack(self) -> int:
@@ -162,23 +166,31 @@ def _validate(
         raise ValueError(
             "costs were given without a finite token_budget; pass token_budget (tokens per batch)."
         )
-    problem = _Problem(table, budget, lower, upper, costs, float(token_budget))
-    cheapest = _cheapest_cost(problem)
-    if cheapest > problem.token_budget * (1 + 1e-12) + 1e-12:
+    limit = float(token_budget) + _TOKEN_RTOL * abs(float(token_budget))
+    problem = _Problem(table, budget, lower, upper, costs, limit)
+    cheapest = _cheapest_allocation(problem)
+    if not _token_feasible(problem, cheapest):
         raise ValueError(
-            f"token_budget {problem.token_budget:g} is below the cheapest allocation of B = {budget} "
-            f"rollouts ({cheapest:g} tokens); raise token_budget or lower the budget."
+            f"token_budget {float(token_budget):g} is below the cheapest allocation of B = {budget} "
+            f"rollouts ({float(costs @ cheapest):g} tokens); raise token_budget or lower the budget."
         )
     return problem
 
 
-def _cheapest_cost(problem: _Problem) -> float:
-    """Token cost of the cheapest allocation: floors, then the slack on the cheapest prompts."""
+def _cheapest_allocation(problem: _Problem) -> np.ndarray:
+    """The allocation with the fewest tokens: floors, then the slack on the cheapest prompts."""
     assert problem.costs is not None
     order = np.argsort(problem.costs, kind="stable")
     room = (problem.upper - problem.lower)[order]
-    taken = np.minimum(room, np.maximum(problem.slack - (np.cumsum(room) - room), 0))
-    return float(problem.costs @ problem.lower + problem.costs[order] @ taken)
+    rollouts = problem.lower.copy()
+    rollouts[order] += np.minimum(room, np.maximum(problem.slack - (np.cumsum(room) - room), 0))
+    return rollouts
+
+
+def _token_feasible(problem: _Problem, rollouts: np.ndarray) -> bool:
+    if problem.costs is None or problem.token_limit is None:
+        return True
+    return bool(problem.costs @ rollouts <= problem.token_limit)
 
 
 def solve(
@@ -197,7 +209,7 @@ def solve(
 
     ``table[i, n]`` is the value of giving prompt ``i`` ``n`` rollouts (at least
     ``max(upper) + 1`` columns). ``costs``/``token_budget`` add ``sum_i costs_i n_i <=
-    token_budget`` and need ``solver="cpsat"``. Raises ValueError on any infeasible or malformed
+    token_budget`` (to a relative 1e-9) and need ``solver="cpsat"``. Raises ValueError on any infeasible or malformed
     input, before doing any work.
     """
     check_solver_name(solver)
@@ -236,15 +248,18 @@ def solve(
 # greedy
 
 
-def _greedy(problem: _Problem, penalty: np.ndarray | None = None) -> np.ndarray:
+def _greedy(
+    problem: _Problem, penalty: np.ndarray | None = None, start: np.ndarray | None = None
+) -> np.ndarray:
     """Add rollouts one move at a time to the prompt with the best gain per rollout.
 
     A move is one rollout, or two when two are worth more per rollout than one: that is the
     "activation" step 0 -> 2 for Knapsack RL's value, whose v(1) = 0 makes the start
-    non-concave. ``penalty[i]`` is subtracted per rollout (a price on tokens).
+    non-concave. ``penalty[i]`` is subtracted per rollout (a price on tokens); ``start``
+    (default ``lower``, at most ``budget`` in total) is where the moves begin.
     """
     table, upper = problem.table, problem.upper
-    rollouts = problem.lower.copy()
+    rollouts = (problem.lower if start is None else start).copy()
     pen = np.zeros(table.shape[0]) if penalty is None else penalty
 
     def best_move(i: int, max_step: int) -> tuple[float, int, int] | None:
@@ -260,7 +275,7 @@ def _greedy(problem: _Problem, penalty: np.ndarray | None = None) -> np.ndarray:
                 rate, step = rate2, 2
         return (-float(rate), i, step)
 
-    remaining = problem.slack
+    remaining = problem.budget - int(rollouts.sum())
     heap = [move for i in range(table.shape[0]) if (move := best_move(i, remaining)) is not None]
     heapq.heapify(heap)
     while remaining > 0:
@@ -297,7 +312,7 @@ def _dp(problem: _Problem, prune: bool = True) -> np.ndarray:
     ``best[s]`` is the best value of the prompts seen so far using ``lo + s`` extra rollouts;
     each prompt is a vectorised shift-max, with the argmax kept for backtracking. Prompts whose
     value does not depend on ``n`` skip the DP and absorb the leftover slack. With ``prune``,
-    states whose Lagrangian bound cannot reach the greedy allocation's value are dropped (branch
+    states whose Lagrangian bound cannot reach a greedy incumbent's value are dropped (branch
     and bound), so only a narrow band of states survives each prompt; the answer stays exact.
     """
     slack, lower = problem.slack, problem.lower
@@ -361,15 +376,14 @@ def _shift_max(best: np.ndarray, lo: int, values: np.ndarray, choice: np.ndarray
 def _dp_state_filter(
     problem: _Problem, rows: list[np.ndarray], varies: np.ndarray, absorbable: int
 ) -> Callable[[int, int, np.ndarray], np.ndarray]:
-    """``useful(j, lo, best)``: which states after prompt ``varies[j]`` may still match greedy.
+    """``useful(j, lo, best)``: which states after prompt ``varies[j]`` may still match the incumbent.
 
     State ``r`` (value ``best[r]``) ends at most at ``best[r] + lam (R - r) + S_j``, where ``S_j``
     sums ``max_k [v(k) - lam k]`` over the prompts still to come (and the flat prompts that soak
     up slack): the Lagrangian bound of the rest of the problem, valid for any ``lam``.
     """
-    lam = _Lagrangian(problem).best_lambda(0.0)
-    greedy = _greedy(problem)
-    varied_value = float(problem.table[varies, greedy[varies]].sum())
+    incumbent, lam, _ = _incumbent(problem, _Lagrangian(problem))
+    varied_value = float(problem.table[varies, incumbent[varies]].sum())
     row_max = np.array([float(np.max(rows[i] - lam * np.arange(rows[i].size))) for i in varies.tolist()])
     suffix = np.append(np.cumsum(row_max[::-1])[::-1][1:], 0.0) + max(0.0, -lam * absorbable)
     slack = problem.slack
@@ -386,131 +400,172 @@ def _dp_state_filter(
 # CP-SAT with Lagrangian domain reduction
 
 
+def _envelope_slopes(values: np.ndarray) -> np.ndarray:
+    """Slope of each row's upper concave envelope over ``[n, n + 1]``; -inf outside the row's range.
+
+    A point below the chord of its neighbouring kept points is never on the envelope, so all such
+    points are dropped at once, again on the rows that changed, until none is left (one pass for
+    Knapsack RL's value, whose only dent is v(1) = 0). Dents within float noise may stay: the
+    slopes only choose multipliers and a starting point, which need not be exact.
+    """
+    vertex = np.isfinite(values)
+    filled = np.where(vertex, values, 0.0)
+    tolerance = 1e-12 * (float(np.abs(filled).max()) + 1e-300)
+    rows = np.arange(values.shape[0])
+    while rows.size:
+        prev, nxt = _neighbours(vertex[rows])
+        index = np.arange(values.shape[1])
+        inner = vertex[rows] & (prev >= 0) & (nxt < values.shape[1])
+        a, b = np.where(inner, prev, 0), np.where(inner, nxt, 0)
+        ta = np.take_along_axis(filled[rows], a, axis=1)
+        tb = np.take_along_axis(filled[rows], b, axis=1)
+        below = inner & ((filled[rows] - ta + tolerance) * (b - a) < (tb - ta) * (index - a))
+        vertex[rows] &= ~below
+        rows = rows[below.any(axis=1)]
+    left, right = _neighbours(vertex)
+    left = np.where(vertex, np.arange(values.shape[1]), left)[:, :-1]
+    right = right[:, :-1]
+    inside = (left >= 0) & (right < values.shape[1])
+    a, b = np.where(inside, left, 0), np.where(inside, right, 1)
+    rise = np.take_along_axis(filled, b, axis=1) - np.take_along_axis(filled, a, axis=1)
+    return np.where(inside, rise / np.maximum(b - a, 1), -np.inf)
+
+
+def _neighbours(vertex: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per cell, the column of the nearest vertex strictly left (-1 if none) and strictly right
+    (``width`` if none) in its row."""
+    m, width = vertex.shape
+    index = np.arange(width)
+    before = np.maximum.accumulate(np.where(vertex, index, -1), axis=1)
+    after = np.minimum.accumulate(np.where(vertex, index, width)[:, ::-1], axis=1)[:, ::-1]
+    prev = np.concatenate([np.full((m, 1), -1), before[:, :-1]], axis=1)
+    nxt = np.concatenate([after[:, 1:], np.full((m, 1), width)], axis=1)
+    return prev, nxt
+
+
 class _Lagrangian:
     """Bounds from relaxing the two sums: for any ``lam`` and ``mu >= 0`` every allocation is worth
     at most ``UB = lam B + mu T + sum_i max_n [t_i(n) - (lam + mu c_i) n]``.
 
-    An allocation using value ``n`` for prompt ``i`` is worth at most ``UB - reduced[i, n]``, so
-    values whose reduced cost exceeds ``UB - incumbent`` can be dropped without losing optimality.
+    An allocation using value ``n`` for prompt ``i`` is worth at most ``UB - reduced[i, n]``, so a
+    value whose reduced cost exceeds ``UB - incumbent`` can be dropped without losing optimality.
+    The multipliers come from the rows' concave envelopes, on which the relaxation is the LP.
     """
 
     def __init__(self, problem: _Problem) -> None:
         self.problem = problem
         self.values = problem.used_values()
         self.n = np.arange(self.values.shape[1], dtype=np.float64)
-        finite = self.values[np.isfinite(self.values)]
-        self.spread = float(finite.max() - finite.min()) + 1.0
+        self.costs = np.zeros(problem.lower.size) if problem.costs is None else problem.costs
+        self.slopes = _envelope_slopes(self.values)
+        self.slope_rows, slope_cols = np.nonzero(np.isfinite(self.slopes))
+        self.slope_values = self.slopes[self.slope_rows, slope_cols]
 
-    def adjusted(self, lam: float, mu: float) -> np.ndarray:
-        """``t_i(n) - (lam + mu c_i) n``, -inf outside ``[lower_i, upper_i]``."""
-        if mu == 0.0 or self.problem.costs is None:
-            return self.values - lam * self.n
-        return self.values - np.multiply.outer(lam + mu * self.problem.costs, self.n)
+    def prices(self, lam: float, mu: float) -> np.ndarray:
+        return lam + mu * self.costs
+
+    def best_lambda(self, mu: float) -> float:
+        """The ``lam`` minimising ``UB(., mu)``: the R-th largest envelope slope net of token price
+        (a subgradient of UB in ``lam`` is ``B - sum_i n_i``)."""
+        net = self.slope_values - mu * self.costs[self.slope_rows]
+        slack = self.problem.slack
+        if net.size == 0:
+            return 0.0
+        if slack == 0:
+            return float(net.max())
+        return float(np.partition(net, net.size - slack)[net.size - slack])
+
+    def floor(self, lam: float, mu: float) -> np.ndarray:
+        """The relaxed optimum's whole part: envelope units priced strictly above the price."""
+        counts = (self.slopes > self.prices(lam, mu)[:, None]).sum(axis=1)
+        return self.problem.lower + counts
 
     def upper_bound(self, lam: float, mu: float) -> tuple[float, np.ndarray, float]:
         """``(UB, reduced costs, magnitude of the terms summed)`` at ``(lam, mu)``."""
-        adjusted = self.adjusted(lam, mu)
+        adjusted = self.values - np.multiply.outer(self.prices(lam, mu), self.n)
         row_max = adjusted.max(axis=1)
-        token_term = mu * (self.problem.token_budget or 0.0)
+        token_term = mu * (self.problem.token_limit or 0.0)
         upper = lam * self.problem.budget + token_term + float(row_max.sum())
         magnitude = abs(lam) * self.problem.budget + abs(token_term) + float(np.abs(row_max).sum()) + 1.0
         return upper, row_max[:, None] - adjusted, magnitude
 
-    def relaxed_rollouts(self, lam: float, mu: float) -> np.ndarray:
-        return self.adjusted(lam, mu).argmax(axis=1)
+    def bound_at(self, mu: float) -> float:
+        return self.upper_bound(self.best_lambda(mu), mu)[0]
 
-    def best_lambda(self, mu: float, iterations: int = 60) -> float:
-        """Minimise the convex, piecewise-linear ``UB(., mu)`` by bisection on its slope
-        ``B - sum_i n_i(lam)``; a relaxed answer that spends exactly ``B`` is a minimiser."""
-        top_cost = 0.0 if self.problem.costs is None else float(self.problem.costs.max())
-        low, high = -self.spread - mu * top_cost, self.spread
-        for _ in range(iterations):
-            lam = 0.5 * (low + high)
-            spent = int(self.relaxed_rollouts(lam, mu).sum())
-            if spent == self.problem.budget:
-                return lam
-            if spent > self.problem.budget:
-                low = lam
-            else:
-                high = lam
-            if high - low <= 1e-15 * self.spread:
+    def multipliers(self, price_tokens: bool) -> tuple[float, float]:
+        """``(lam, mu)`` for a tight bound; with ``price_tokens``, ``mu`` minimises the convex
+        ``min_lam UB(lam, mu)`` by doubling then golden-section search."""
+        if not price_tokens:
+            return self.best_lambda(0.0), 0.0
+        top = float(self.costs.max())
+        high = (float(np.abs(self.slope_values).max(initial=0.0)) + 1e-300) / max(top, 1e-300)
+        previous = self.bound_at(0.0)
+        for _ in range(100):
+            current = self.bound_at(high)
+            if current >= previous:
                 break
-        return high
-
-    def multipliers(self) -> tuple[float, float]:
-        """``(lam, mu)`` for a tight bound; ``mu`` prices the token budget (golden-section search
-        over the convex ``min_lam UB(lam, mu)``)."""
-        lam = self.best_lambda(0.0)
-        costs, tokens = self.problem.costs, self.problem.token_budget
-        if costs is None or tokens is None or costs @ self.relaxed_rollouts(lam, 0.0) <= tokens:
-            return lam, 0.0
-        mu_high = 1.0 / max(float(costs.max()), 1e-300)
-        for _ in range(200):
-            if costs @ self.relaxed_rollouts(self.best_lambda(mu_high), mu_high) <= tokens:
-                break
-            mu_high *= 2.0
-
-        def bound_at(mu: float) -> float:
-            return self.upper_bound(self.best_lambda(mu, 40), mu)[0]
-
+            previous, high = current, 2.0 * high
         golden = (np.sqrt(5.0) - 1) / 2
-        low, high = 0.0, mu_high
+        low = 0.0
         a, b = high - golden * (high - low), low + golden * (high - low)
-        fa, fb = bound_at(a), bound_at(b)
-        for _ in range(30):
+        fa, fb = self.bound_at(a), self.bound_at(b)
+        for _ in range(_GOLDEN_STEPS):
             if fa <= fb:
                 high, b, fb = b, a, fa
                 a = high - golden * (high - low)
-                fa = bound_at(a)
+                fa = self.bound_at(a)
             else:
                 low, a, fa = a, b, fb
                 b = low + golden * (high - low)
-                fb = bound_at(b)
+                fb = self.bound_at(b)
         mu = a if fa <= fb else b
         return self.best_lambda(mu), mu
 
 
-def _token_feasible(problem: _Problem, rollouts: np.ndarray) -> bool:
-    if problem.costs is None or problem.token_budget is None:
-        return True
-    return bool(problem.costs @ rollouts <= problem.token_budget)
+def _incumbent(problem: _Problem, lagrangian: _Lagrangian) -> tuple[np.ndarray, float, float]:
+    """A good feasible allocation and the multipliers ``(lam, mu)`` for bounding against it.
 
-
-def _hint(problem: _Problem, mu: float) -> np.ndarray | None:
-    """The greedy allocation; under a binding token budget, the greedy on gains minus a token
-    price, at (nearly) the lowest price that fits, starting from the Lagrangian's ``mu``."""
-    rollouts = _greedy(problem)
+    The relaxed optimum's whole part completed greedily; if that breaks the token budget, the
+    same at the token price ``mu`` (bisected to about the lowest price that fits), or at worst
+    the cheapest allocation.
+    """
+    lam, _ = lagrangian.multipliers(price_tokens=False)
+    rollouts = _greedy(problem, start=lagrangian.floor(lam, 0.0))
     if _token_feasible(problem, rollouts):
-        return rollouts
+        return rollouts, lam, 0.0
     assert problem.costs is not None
-    low, high = 0.0, mu if mu > 0 else 1.0 / max(float(problem.costs.max()), 1e-300)
-    fits = None
+    lam, mu = lagrangian.multipliers(price_tokens=True)
+
+    def priced(price: float) -> np.ndarray:
+        start = lagrangian.floor(lagrangian.best_lambda(price), price)
+        return _greedy(problem, penalty=price * problem.costs, start=start)
+
+    candidates = [_cheapest_allocation(problem)]
+    low, high = 0.0, max(mu, 1e-300)
     for _ in range(64):
-        rollouts = _greedy(problem, penalty=high * problem.costs)
+        rollouts = priced(high)
         if _token_feasible(problem, rollouts):
-            fits = rollouts
+            candidates.append(rollouts)
             break
         low, high = high, 2.0 * high
-    if fits is None:
-        return None
-    for _ in range(_HINT_PRICE_STEPS):
+    else:
+        high = 0.0
+    for _ in range(_HINT_PRICE_STEPS if high > 0 else 0):
         price = 0.5 * (low + high)
-        rollouts = _greedy(problem, penalty=price * problem.costs)
+        rollouts = priced(price)
         if _token_feasible(problem, rollouts):
+            candidates.append(rollouts)
             high = price
-            if _objective(problem.table, rollouts) > _objective(problem.table, fits):
-                fits = rollouts
         else:
             low = price
-    return fits
+    return max(candidates, key=lambda r: _objective(problem.table, r)), lam, mu
 
 
 def _cpsat(problem: _Problem, start: float, time_limit_s: float, num_workers: int) -> SolverResult:
     """Exact solve: bound, prune, then CP-SAT on the prompts the bound leaves undecided."""
     lagrangian = _Lagrangian(problem)
-    lam, mu = lagrangian.multipliers()
-    hint = _hint(problem, mu)
-    hint_objective = None if hint is None else _objective(problem.table, hint)
+    hint, lam, mu = _incumbent(problem, lagrangian)
+    hint_objective = _objective(problem.table, hint)
 
     def result(rollouts: np.ndarray, optimal: bool, status: str) -> SolverResult:
         return SolverResult(
@@ -523,13 +578,11 @@ def _cpsat(problem: _Problem, start: float, time_limit_s: float, num_workers: in
             hint_objective=hint_objective,
         )
 
-    keep = np.isfinite(lagrangian.values)
-    if hint is not None and hint_objective is not None:
-        upper, reduced, magnitude = lagrangian.upper_bound(lam, mu)
-        keep &= reduced <= upper - hint_objective + _BOUND_RTOL * magnitude
-        keep[np.arange(hint.size), hint] = True
-        if keep.sum() == hint.size:  # every other allocation is provably worse than the hint
-            return result(hint, True, "OPTIMAL")
+    upper, reduced, magnitude = lagrangian.upper_bound(lam, mu)
+    keep = np.isfinite(lagrangian.values) & (reduced <= upper - hint_objective + _BOUND_RTOL * magnitude)
+    keep[np.arange(hint.size), hint] = True
+    if keep.sum() == hint.size:  # every other allocation is provably worse than the hint
+        return result(hint, True, "OPTIMAL")
 
     model, picks, fixed = _reduced_model(problem, keep, hint)
     solver = cp_model.CpSolver()
@@ -542,19 +595,14 @@ def _cpsat(problem: _Problem, start: float, time_limit_s: float, num_workers: in
         for i, options in picks.items():
             rollouts[i] = next(n for n, var in options if solver.boolean_value(var))
         if not _token_feasible(problem, rollouts):  # float rounding of the cost sum only
-            proven, rollouts = False, hint
-        if rollouts is not None and (hint is None or _objective(problem.table, rollouts) >= hint_objective):
+            return result(hint, False, "HINT")
+        if _objective(problem.table, rollouts) >= hint_objective:
             return result(rollouts, proven, solver.status_name(status))
-    if hint is not None:
-        return result(hint, proven, "HINT")
-    raise ValueError(
-        f"CP-SAT found no allocation within the token budget in {time_limit_s:g} s "
-        f"(status {solver.status_name(status)}); raise knapsack_time_limit_s or token_budget."
-    )
+    return result(hint, proven, "HINT")
 
 
 def _reduced_model(
-    problem: _Problem, keep: np.ndarray, hint: np.ndarray | None
+    problem: _Problem, keep: np.ndarray, hint: np.ndarray
 ) -> tuple[cp_model.CpModel, dict[int, list[tuple[int, cp_model.IntVar]]], np.ndarray]:
     """One Boolean per kept ``(i, n)``; prompts with a single kept value are constants.
 
@@ -563,31 +611,31 @@ def _reduced_model(
     of the largest value spread among open prompts; the float objective is recomputed after.
     """
     model = cp_model.CpModel()
-    choices = [np.flatnonzero(row) for row in keep]
-    open_rows = [i for i, c in enumerate(choices) if c.size > 1]
-    fixed = np.array([c[0] if c.size == 1 else 0 for c in choices], dtype=np.int64)
-    spread = max((float(np.ptp(problem.table[i, choices[i]])) for i in open_rows), default=0.0)
-    unit = max(spread, 1e-300) * _OBJECTIVE_RESOLUTION
+    counts = keep.sum(axis=1)
+    fixed = np.where(counts == 1, keep.argmax(axis=1), 0).astype(np.int64)
+    rows, ns = np.nonzero(keep & (counts > 1)[:, None])
     picks: dict[int, list[tuple[int, cp_model.IntVar]]] = {}
-    objective = []
-    for i in open_rows:
-        row = problem.table[i, choices[i]]
-        picks[i] = [(int(n), model.new_bool_var(f"x{i}_{n}")) for n in choices[i]]
-        model.add_exactly_one(var for _, var in picks[i])
-        coefficients = np.rint((row - row.min()) / unit).astype(np.int64)
-        objective += [int(c) * var for c, (_, var) in zip(coefficients, picks[i])]
-    model.add(sum(n * var for i in open_rows for n, var in picks[i]) == problem.budget - int(fixed.sum()))
-    if problem.costs is not None and problem.token_budget is not None:
+    booleans = []
+    for i, n in zip(rows.tolist(), ns.tolist()):
+        booleans.append(model.new_bool_var(f"x{i}_{n}"))
+        picks.setdefault(i, []).append((n, booleans[-1]))
+    for options in picks.values():
+        model.add_exactly_one(var for _, var in options)
+    kept = np.where(keep, problem.table[:, : keep.shape[1]], np.nan)
+    floor = np.nanmin(kept, axis=1)
+    values = problem.table[rows, ns]
+    value_unit = max(float((values - floor[rows]).max(initial=0.0)), 1e-300) * _OBJECTIVE_RESOLUTION
+    gains = np.rint((values - floor[rows]) / value_unit).astype(np.int64)
+    model.add(cp_model.LinearExpr.weighted_sum(booleans, ns.tolist()) == problem.budget - int(fixed.sum()))
+    if problem.costs is not None and problem.token_limit is not None:
         # Costs in power-of-two units (exact for whole-token costs), rounded up, and the budget
         # rounded down: whatever CP-SAT picks fits the float budget. Only allocations within
         # about B * 2**-40 of the budget's total scale can be lost.
-        unit = 2.0 ** (np.ceil(np.log2(max(float(problem.costs @ problem.upper), 1e-300))) - _COST_BITS)
-        scaled = np.ceil(problem.costs / unit).astype(np.int64)
-        rhs = int(np.floor(problem.token_budget / unit)) - int(scaled @ fixed)
-        model.add(sum(int(scaled[i]) * n * var for i in open_rows for n, var in picks[i]) <= rhs)
-    model.maximize(sum(objective))
-    if hint is not None:
-        for i in open_rows:
-            for n, var in picks[i]:
-                model.add_hint(var, int(n == hint[i]))
+        exponent = np.ceil(np.log2(max(float(problem.costs @ problem.upper), 1e-300))) - _COST_BITS
+        scaled = np.ceil(problem.costs / 2.0**exponent).astype(np.int64)
+        room = int(np.floor(problem.token_limit / 2.0**exponent)) - int(scaled @ fixed)
+        model.add(cp_model.LinearExpr.weighted_sum(booleans, (scaled[rows] * ns).tolist()) <= room)
+    model.maximize(cp_model.LinearExpr.weighted_sum(booleans, gains.tolist()))
+    for var, i, n in zip(booleans, rows.tolist(), ns.tolist()):
+        model.add_hint(var, int(n == hint[i]))
     return model, picks, fixed
