@@ -78,6 +78,8 @@ class AdvantageResult:
     is_std_zero: torch.Tensor
     #: (G,) nanstd of each group's aggregated reward (NaN below 2 values).
     group_reward_std: torch.Tensor
+    #: RLOO only: the per-sequence KL folded into the reward (canonical order), when ``beta != 0``.
+    kl: torch.Tensor | None = None
 
 
 def aggregate_rewards(rewards_per_func: torch.Tensor, reward_weights: torch.Tensor) -> torch.Tensor:
@@ -188,7 +190,9 @@ def rloo_advantages(
         advantages = (advantages - torch.nanmean(advantages)) / (nanstd(advantages) + EPS)
     advantages = torch.nan_to_num(advantages, nan=0.0)
     is_std_zero = torch.isclose(std_groups, torch.zeros_like(std_groups))
-    return AdvantageResult(advantages=advantages, is_std_zero=is_std_zero, group_reward_std=group_reward_std)
+    return AdvantageResult(
+        advantages=advantages, is_std_zero=is_std_zero, group_reward_std=group_reward_std, kl=kl
+    )
 
 
 def prompt_weights(sizes: torch.Tensor | list[int], num_generations: int) -> torch.Tensor:

@@ -317,6 +317,7 @@ class KnapsackTrainerMixin:
             "rewards_per_func": rewards_per_func.detach().cpu(),
             "advantages": advantages.detach().cpu(),
             "global_advantages": global_advantages.detach().cpu(),
+            "kl": None if result.kl is None else result.kl.detach().cpu(),
         }
 
     # ------------------------------------------------------------------ checkpoints
