@@ -158,3 +158,52 @@ def test_missing_math_verify_raises_a_clear_import_error(monkeypatch):
     with pytest.raises(ImportError, match=r"knapsack-trl\[rewards\]"):
         reward(["\\boxed{1}"], answer=["1"])
     assert make_gsm8k_reward(use_math_verify=False)(["\\boxed{1}"], answer=["1"]) == [1.0]
+
+
+# --- the registry (lives in knapsack_trl.rewards; tested here with the pure-Python rewards) -------
+
+
+def test_registry_names_and_dotted_paths():
+    from knapsack_trl import rewards
+
+    assert set(rewards.REWARD_FUNCTIONS) >= {
+        "gsm8k_accuracy",
+        "gsm8k_format",
+        "humaneval_pass",
+        "humaneval_pass_fraction",
+    }
+    assert rewards.resolve_reward("gsm8k_accuracy") is gsm8k_accuracy_reward
+    assert rewards.resolve_reward("knapsack_trl.rewards.math.format_reward") is format_reward
+    assert rewards.resolve_reward("knapsack_trl.rewards.math:format_reward") is format_reward
+    assert rewards.resolve_reward(format_reward) is format_reward
+    assert rewards.resolve_rewards(["gsm8k_accuracy", "gsm8k_format"]) == [
+        gsm8k_accuracy_reward,
+        format_reward,
+    ]
+    for name, func in rewards.REWARD_FUNCTIONS.items():
+        assert func.__name__ == name  # TRL logs rewards by __name__
+
+
+@pytest.mark.parametrize(
+    "spec", ["gsm8k_acuracy", "no_such_module_xyz.reward", "knapsack_trl.rewards.math.nope", ""]
+)
+def test_registry_errors_name_the_field_and_the_known_rewards(spec):
+    from knapsack_trl import rewards
+
+    with pytest.raises(ValueError, match="reward_funcs") as err:
+        rewards.resolve_reward(spec)
+    assert "gsm8k_accuracy" in str(err.value) and "humaneval_pass" in str(err.value)
+
+
+def test_registry_is_extensible(monkeypatch):
+    from knapsack_trl import rewards
+
+    monkeypatch.setattr(rewards, "REWARD_FUNCTIONS", dict(rewards.REWARD_FUNCTIONS))
+
+    @rewards.register_reward("always_one")
+    def always_one(completions, **kwargs):
+        return [1.0] * len(completions)
+
+    assert rewards.resolve_reward("always_one") is always_one
+    with pytest.raises(ValueError, match="already registered"):
+        rewards.register_reward("always_one", lambda completions, **kw: [])
