@@ -8,10 +8,14 @@ Three solvers, all pure numpy (plus OR-Tools CP-SAT):
 
 - ``greedy``: marginal gains on a heap, milliseconds; exact when every row is concave on the
   range it may use (Knapsack RL's value is concave for ``n >= 1``).
-- ``dp``: exact dynamic programme for any table, well under a second at 1,024 prompts.
-- ``cpsat`` (default): exact, and the only one that takes a token budget. A Lagrangian bound
-  removes every value that provably cannot beat the greedy hint, so CP-SAT only sees the few
-  undecided prompts; it never returns an allocation worse than its hint.
+- ``dp``: exact dynamic programme for any table. A Lagrangian bound against a greedy incumbent
+  prunes its states (branch and bound), so it takes milliseconds where a full DP takes ~1 s.
+- ``cpsat`` (default): exact, and the only one that takes a token budget. The same bound removes
+  every value that provably cannot beat the greedy hint, so CP-SAT only sees the few undecided
+  prompts; it never returns an allocation worse than its hint.
+
+The Lagrangian multipliers come from each row's upper concave envelope, where the relaxation is
+the LP relaxation: for Knapsack RL's value the bound usually proves the hint optimal outright.
 """
 
 from __future__ import annotations
@@ -46,9 +50,11 @@ _TOKEN_RTOL = 1e-9
 class SolverResult:
     """An allocation and how it was found.
 
-    ``optimal`` is True only when optimality is proven (greedy: when its exactness conditions
-    hold; cpsat: by CP-SAT or by the Lagrangian bound). ``status`` is CP-SAT's word, or "HINT"
-    when cpsat returned its greedy hint; ``hint_objective`` is that hint's objective.
+    ``optimal`` is True only when optimality is proven: greedy, when every row is concave on
+    ``[lower_i, upper_i]`` (true for Knapsack RL's value when ``lower >= 1``); dp, always; cpsat,
+    by the Lagrangian bound or by CP-SAT (to its 1e-10 objective resolution). ``status`` is
+    "OPTIMAL"/"FEASIBLE", or "HINT" when cpsat fell back to its hint, whose objective is
+    ``hint_objective`` (cpsat only).
     """
 
     rollouts: np.ndarray
@@ -209,8 +215,9 @@ def solve(
 
     ``table[i, n]`` is the value of giving prompt ``i`` ``n`` rollouts (at least
     ``max(upper) + 1`` columns). ``costs``/``token_budget`` add ``sum_i costs_i n_i <=
-    token_budget`` (to a relative 1e-9) and need ``solver="cpsat"``. Raises ValueError on any infeasible or malformed
-    input, before doing any work.
+    token_budget`` (to a relative 1e-9) and need ``solver="cpsat"``. ``time_limit_s`` and
+    ``num_workers`` go to CP-SAT. Raises ValueError on any infeasible or malformed input, before
+    doing any work; ``seconds`` in the result times everything after that check.
     """
     check_solver_name(solver)
     if costs is not None and solver != "cpsat":
@@ -223,13 +230,14 @@ def solve(
     start = time.perf_counter()
     if solver == "greedy":
         rollouts = _greedy(problem)
+        exact = _greedy_is_exact(problem)
         return SolverResult(
             rollouts=rollouts,
             objective=_objective(problem.table, rollouts),
             seconds=time.perf_counter() - start,
-            optimal=_greedy_is_exact(problem),
+            optimal=exact,
             solver="greedy",
-            status="OPTIMAL" if _greedy_is_exact(problem) else "FEASIBLE",
+            status="OPTIMAL" if exact else "FEASIBLE",
         )
     if solver == "dp":
         rollouts = _dp(problem)
@@ -276,6 +284,7 @@ def _greedy(
         return (-float(rate), i, step)
 
     remaining = problem.budget - int(rollouts.sum())
+    assert remaining >= 0, "greedy must start at or below the budget"
     heap = [move for i in range(table.shape[0]) if (move := best_move(i, remaining)) is not None]
     heapq.heapify(heap)
     while remaining > 0:
@@ -397,7 +406,7 @@ def _dp_state_filter(
 
 
 # --------------------------------------------------------------------------------------------
-# CP-SAT with Lagrangian domain reduction
+# Lagrangian bound: dp's state pruning and cpsat's domain reduction
 
 
 def _envelope_slopes(values: np.ndarray) -> np.ndarray:
@@ -458,16 +467,19 @@ class _Lagrangian:
         self.n = np.arange(self.values.shape[1], dtype=np.float64)
         self.costs = np.zeros(problem.lower.size) if problem.costs is None else problem.costs
         self.slopes = _envelope_slopes(self.values)
-        self.slope_rows, slope_cols = np.nonzero(np.isfinite(self.slopes))
-        self.slope_values = self.slopes[self.slope_rows, slope_cols]
+        self.has_slope = np.isfinite(self.slopes)
 
     def prices(self, lam: float, mu: float) -> np.ndarray:
         return lam + mu * self.costs
 
+    def net_slopes(self, mu: float) -> np.ndarray:
+        """Envelope slopes less the token price: one unit more is worth it iff this beats ``lam``."""
+        return self.slopes - mu * self.costs[:, None]
+
     def best_lambda(self, mu: float) -> float:
-        """The ``lam`` minimising ``UB(., mu)``: the R-th largest envelope slope net of token price
-        (a subgradient of UB in ``lam`` is ``B - sum_i n_i``)."""
-        net = self.slope_values - mu * self.costs[self.slope_rows]
+        """The ``lam`` minimising ``UB(., mu)``: the R-th largest net slope (a subgradient of UB
+        in ``lam`` is ``B - sum_i n_i``)."""
+        net = self.net_slopes(mu)[self.has_slope]
         slack = self.problem.slack
         if net.size == 0:
             return 0.0
@@ -476,9 +488,9 @@ class _Lagrangian:
         return float(np.partition(net, net.size - slack)[net.size - slack])
 
     def floor(self, lam: float, mu: float) -> np.ndarray:
-        """The relaxed optimum's whole part: envelope units priced strictly above the price."""
-        counts = (self.slopes > self.prices(lam, mu)[:, None]).sum(axis=1)
-        return self.problem.lower + counts
+        """The relaxed optimum's whole part: the units whose net slope is strictly above ``lam``.
+        At ``lam = best_lambda(mu)`` that is fewer than R units, so greedy can complete it."""
+        return self.problem.lower + (self.net_slopes(mu) > lam).sum(axis=1)
 
     def upper_bound(self, lam: float, mu: float) -> tuple[float, np.ndarray, float]:
         """``(UB, reduced costs, magnitude of the terms summed)`` at ``(lam, mu)``."""
@@ -498,7 +510,7 @@ class _Lagrangian:
         if not price_tokens:
             return self.best_lambda(0.0), 0.0
         top = float(self.costs.max())
-        high = (float(np.abs(self.slope_values).max(initial=0.0)) + 1e-300) / max(top, 1e-300)
+        high = (float(np.abs(self.slopes[self.has_slope]).max(initial=0.0)) + 1e-300) / max(top, 1e-300)
         previous = self.bound_at(0.0)
         for _ in range(100):
             current = self.bound_at(high)
@@ -541,16 +553,14 @@ def _incumbent(problem: _Problem, lagrangian: _Lagrangian) -> tuple[np.ndarray, 
         return _greedy(problem, penalty=price * problem.costs, start=start)
 
     candidates = [_cheapest_allocation(problem)]
-    low, high = 0.0, max(mu, 1e-300)
+    low, high, fits = 0.0, max(mu, 1e-300), False
     for _ in range(64):
         rollouts = priced(high)
-        if _token_feasible(problem, rollouts):
+        if fits := _token_feasible(problem, rollouts):
             candidates.append(rollouts)
             break
         low, high = high, 2.0 * high
-    else:
-        high = 0.0
-    for _ in range(_HINT_PRICE_STEPS if high > 0 else 0):
+    for _ in range(_HINT_PRICE_STEPS if fits else 0):
         price = 0.5 * (low + high)
         rollouts = priced(price)
         if _token_feasible(problem, rollouts):
@@ -559,6 +569,10 @@ def _incumbent(problem: _Problem, lagrangian: _Lagrangian) -> tuple[np.ndarray, 
         else:
             low = price
     return max(candidates, key=lambda r: _objective(problem.table, r)), lam, mu
+
+
+# --------------------------------------------------------------------------------------------
+# CP-SAT on the reduced domains
 
 
 def _cpsat(problem: _Problem, start: float, time_limit_s: float, num_workers: int) -> SolverResult:
@@ -627,13 +641,15 @@ def _reduced_model(
     value_unit = max(float((values - floor[rows]).max(initial=0.0)), 1e-300) * _OBJECTIVE_RESOLUTION
     gains = np.rint((values - floor[rows]) / value_unit).astype(np.int64)
     model.add(cp_model.LinearExpr.weighted_sum(booleans, ns.tolist()) == problem.budget - int(fixed.sum()))
-    if problem.costs is not None and problem.token_limit is not None:
+    most = 0.0 if problem.costs is None else float(problem.costs @ problem.upper)
+    if problem.costs is not None and problem.token_limit is not None and most > problem.token_limit:
         # Costs in power-of-two units (exact for whole-token costs), rounded up, and the budget
         # rounded down: whatever CP-SAT picks fits the float budget. Only allocations within
-        # about B * 2**-40 of the budget's total scale can be lost.
-        exponent = np.ceil(np.log2(max(float(problem.costs @ problem.upper), 1e-300))) - _COST_BITS
-        scaled = np.ceil(problem.costs / 2.0**exponent).astype(np.int64)
-        room = int(np.floor(problem.token_limit / 2.0**exponent)) - int(scaled @ fixed)
+        # about B * 2**-40 of the largest possible cost can be lost. (A budget no allocation can
+        # exceed needs no constraint.)
+        unit = 2.0 ** (np.ceil(np.log2(max(most, float(problem.costs.max())))) - _COST_BITS)
+        scaled = np.ceil(problem.costs / unit).astype(np.int64)
+        room = int(np.floor(problem.token_limit / unit)) - int(scaled @ fixed)
         model.add(cp_model.LinearExpr.weighted_sum(booleans, (scaled[rows] * ns).tolist()) <= room)
     model.maximize(cp_model.LinearExpr.weighted_sum(booleans, gains.tolist()))
     for var, i, n in zip(booleans, rows.tolist(), ns.tolist()):
