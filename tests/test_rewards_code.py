@@ -139,7 +139,7 @@ def test_pass_fraction_counts_asserts_by_hand():
     n = len(completions)
     scores = reward(completions, test=[test] * n, entry_point=["double"] * n, prompt=[prompt] * n)
     assert scores == pytest.approx([4 / 5, 3 / 5, 2 / 5, 0.0])
-    binary = humaneval_pass_reward(
+    binary = make_humaneval_reward(timeout_s=1.0)(
         completions, test=[test] * n, entry_point=["double"] * n, prompt=[prompt] * n
     )
     assert binary == [0.0] * n
