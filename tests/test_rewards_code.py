@@ -70,6 +70,10 @@ def test_extract_code_strips_fences_and_picks_the_entry_point_block():
         == "def add(a, b):\n    return a + b"
     )
     assert extract_code("```bash\nls\n```") == "```bash\nls\n```"  # no Python block: left as is
+    indented = "1. Code:\n   ```python\n   def add(a, b):\n       return a + b\n   ```"
+    assert extract_code(indented, "add") == "def add(a, b):\n    return a + b\n"
+    body = "```python\n    return a + b\n```"
+    assert extract_code(body) == "    return a + b\n"  # a continuation keeps its indentation
 
 
 def test_program_prints_the_sentinel_only_after_check():

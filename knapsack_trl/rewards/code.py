@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import secrets
+import textwrap
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -55,7 +56,7 @@ def extract_code(text: str, entry_point: str | None = None) -> str:
     Python block), or the whole text when there is no fence. An unclosed fence (a truncated
     generation) runs to the end of the text."""
     blocks = [(lang.lower(), body) for lang, body in _FENCE.findall(text)]
-    blocks = [body for lang, body in blocks if lang in _PY_LANGS]
+    blocks = [_dedent_module(body) for lang, body in blocks if lang in _PY_LANGS]
     if not blocks:
         return text
     if entry_point:
@@ -64,6 +65,16 @@ def extract_code(text: str, entry_point: str | None = None) -> str:
             if pattern.search(body):
                 return body
     return blocks[0]
+
+
+def _dedent_module(block: str) -> str:
+    """A fenced block indented as a whole (inside a markdown list) back at column 0; a block
+    that starts indented but is not module-level code stays as it is (a function body)."""
+    dedented = textwrap.dedent(block)
+    first = dedented.lstrip("\n").split("\n", 1)[0]
+    if dedented != block and first.startswith(("def ", "async def ", "class ", "import ", "from ", "@")):
+        return dedented
+    return block
 
 
 def build_program(
