@@ -193,6 +193,8 @@ def test_exit_zero_before_the_tests_never_passes():
 
 def test_hostile_completions_score_zero_and_leave_no_trace(tmp_path):
     caps = sandbox_capabilities()
+    nproc_enforced = any(c.startswith("uid:") for c in caps) or "userns" in caps
+    fork_bound = 10000 if nproc_enforced else 50  # never let the test itself flood a weaker machine
     tmp_path.chmod(0o755)
     written = tmp_path / "pwned.txt"
     host_tmp = Path("/tmp") / f"knapsack-reward-{uuid.uuid4().hex}"
@@ -203,8 +205,9 @@ def test_hostile_completions_score_zero_and_leave_no_trace(tmp_path):
     port = listener.getsockname()[1]
     hostile = {
         "infinite loop": "    while True:\n        pass\n",
-        "fork bomb": (
-            "    import os\n    n = 0\n    while n < 10000:\n        try:\n            os.fork()\n"
+        "fork loop": (
+            f"    import os\n    n = 0\n    while n < {fork_bound}:\n        try:\n"
+            "            if os.fork() == 0:\n                os._exit(0)\n"
             "            n += 1\n        except OSError:\n            break\n    return 0\n"
         ),
         "huge allocation": "    x = bytearray(10**11)\n    return a + b\n",

@@ -195,6 +195,9 @@ def test_exponential_fork_bomb_is_contained_and_reaped():
         except OSError:
             pass
     """
+    caps = sandbox_capabilities()
+    if not any(c.startswith("uid:") for c in caps) and "userns" not in caps:
+        pytest.skip("RLIMIT_NPROC is not enforced here (no separate user): the bomb would not be bounded")
     before = len(live_processes())
     result = run(source, max_processes=16, timeout_s=1.0)
     assert result.status in ("timeout", "failed")
