@@ -234,3 +234,21 @@ def test_hostile_completions_score_zero_and_leave_no_trace(tmp_path):
     if "mountns" in caps and any(c.startswith("uid:") for c in caps):
         assert not written.exists()
         assert not host_tmp.exists()
+
+
+def test_accepts_every_keyword_trl_passes():
+    logged = {}
+    scores = humaneval_pass_reward(
+        ["    return a + b\n", "    return a - b\n"],
+        prompts=[ADD_PROMPT] * 2,
+        test=[ADD_TEST] * 2,
+        entry_point=["add"] * 2,
+        completion_ids=[[1, 2], [3]],
+        trainer_state=None,
+        log_extra=lambda column, values: None,
+        log_metric=lambda name, value: logged.update({name: value}),
+        task_id=["toy/0", "toy/0"],
+        prompt_id=["abc", "abc"],
+    )
+    assert scores == [1.0, 0.0]
+    assert logged == {"humaneval/sandbox_errors": 0.0}
