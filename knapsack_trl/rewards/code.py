@@ -2,9 +2,10 @@
 
 A completion passes only if the harness reaches the end of ``check(entry_point)`` and prints a
 per-run random sentinel: an exit code of 0 alone proves nothing (``sys.exit(0)`` before the tests is
-a known reward hack). The sentinel and the function that prints it are read from stdin and named at
-random per run, so code must go looking for them deliberately (introspecting the harness's
-globals); no in-process scheme can stop a program that does.
+a known reward hack). The sentinel arrives on stdin, is read before the completion's code runs, and
+the harness helpers that print it carry random per-run names: forging a pass takes deliberate
+introspection of the harness (its source file or its globals), which no in-process harness can
+prevent, but exiting early, printing a fixed string or redefining ``check`` all score 0.
 
 The binary reward (1.0 all tests pass, else 0.0) is the success signal the knapsack tracker needs;
 the fraction variant (share of ``assert`` statements that held) is a shaped alternative for the
