@@ -421,3 +421,50 @@ def test_unsupported_trl_version(monkeypatch) -> None:
         warnings.simplefilter("always")
         check_trl_version("1.17.0")
     assert any("1.17.0" in str(w.message) for w in caught)
+
+
+# --------------------------------------------------------------------------- budget manager options
+def test_schedule_horizon_defaults_to_max_steps(tiny_model, tiny_tokenizer, train_dataset, tiny_args) -> None:
+    args = tiny_args(KnapsackGRPOConfig, max_steps=4, knapsack_n_max_schedule="linear:12:4")
+    trainer = KnapsackGRPOTrainer(
+        model=tiny_model(),
+        reward_funcs=REWARDS["difficulty"],
+        args=args,
+        train_dataset=train_dataset.select(range(8)),
+        processing_class=tiny_tokenizer,
+    )
+    trainer.train()
+    assert trainer.knapsack_allocator.config.total_steps == 4
+    logged = [h["knapsack/n_max"] for h in trainer.state.log_history if "knapsack/n_max" in h]
+    assert logged == [12.0, 10.0, 8.0, 6.0]
+
+
+def test_token_cost_mode_learns_lengths(tiny_model, tiny_tokenizer, train_dataset, tiny_args) -> None:
+    args = tiny_args(KnapsackGRPOConfig, max_steps=4, knapsack_token_cost=True, knapsack_solver="cpsat")
+    trainer = KnapsackGRPOTrainer(
+        model=tiny_model(),
+        reward_funcs=REWARDS["difficulty"],
+        args=args,
+        train_dataset=train_dataset.select(range(8)),
+        processing_class=tiny_tokenizer,
+    )
+    trainer.train()
+    prompts = trainer.knapsack_allocator.tracker.state_dict()["prompts"]
+    lengths = [x for entry in prompts.values() for x in entry["lengths"]]
+    assert len(lengths) == 4 * 16 and all(1 <= x <= 8 for x in lengths)  # completion tokens, EOS included
+    assert all(sum(h["rollouts"]) == 16 for h in trainer.knapsack_history)
+
+
+def test_iterable_dataset(tiny_model, tiny_tokenizer, train_dataset, tiny_args) -> None:
+    args = tiny_args(KnapsackGRPOConfig, max_steps=3)
+    trainer = KnapsackGRPOTrainer(
+        model=tiny_model(),
+        reward_funcs=REWARDS["difficulty"],
+        args=args,
+        train_dataset=train_dataset.select(range(8)).to_iterable_dataset(),
+        processing_class=tiny_tokenizer,
+    )
+    trainer.train()
+    history = list(trainer.knapsack_history)
+    assert len(history) == 3 and all(len(set(h["prompt_ids"])) == 4 for h in history)
+    assert history[2]["rollouts"] != [4, 4, 4, 4]
