@@ -468,3 +468,18 @@ def test_iterable_dataset(tiny_model, tiny_tokenizer, train_dataset, tiny_args) 
     history = list(trainer.knapsack_history)
     assert len(history) == 3 and all(len(set(h["prompt_ids"])) == 4 for h in history)
     assert history[2]["rollouts"] != [4, 4, 4, 4]
+
+
+def test_rows_not_in_sampler_groups_are_refused(tiny_model, tiny_tokenizer, train_dataset, tiny_args) -> None:
+    trainer = KnapsackGRPOTrainer(
+        model=tiny_model(),
+        reward_funcs=REWARDS["parity"],
+        args=tiny_args(KnapsackGRPOConfig),
+        train_dataset=train_dataset,
+        processing_class=tiny_tokenizer,
+    )
+    rows = [train_dataset[i // 4] for i in range(16)]
+    plan = trainer._knapsack_plan(rows)
+    assert plan.prompt_ids == [train_dataset[i]["prompt_id"] for i in range(4)]
+    with pytest.raises(RuntimeError, match="RepeatSampler"):
+        trainer._knapsack_plan([train_dataset[i % 4] for i in range(16)])

@@ -132,6 +132,11 @@ class KnapsackTrainerMixin:
         if self.args.knapsack_enabled and column not in self._signature_columns:
             self._signature_columns = [*self._signature_columns, column]
 
+    def _knapsack_prompt_key(self, row: dict[str, Any]) -> Any:
+        """The raw value the id is derived from (cheap to compare between neighbouring rows)."""
+        value = row.get(self.args.knapsack_prompt_id_column)
+        return ("id", value) if value is not None else ("prompt", row.get("prompt"))
+
     def _knapsack_prompt_id(self, row: dict[str, Any]) -> str:
         from knapsack_trl.core.tracker import prompt_id
 
@@ -181,15 +186,27 @@ class KnapsackTrainerMixin:
         """Gather, dedupe, allocate on the main process, broadcast, expand and slice."""
         acc = self.accelerator
         world, rank, local = acc.num_processes, acc.process_index, len(inputs)
-        rows = gather_object(inputs) if world > 1 else list(inputs)
         group = self.num_generations
-        budget = len(rows)
+        budget = local * world
         if budget % group:
             raise RuntimeError(
                 f"The generation batch has {budget} rows, not a multiple of num_generations={group}; the knapsack "
                 "trainer relies on TRL's RepeatSampler (do not replace the train sampler)."
             )
-        ids = [self._knapsack_prompt_id(row) for row in rows]
+        # Only ids (hashed once per run of equal prompts) and each group's first row travel between processes.
+        local_ids: list[str] = []
+        previous: Any = None
+        for row in inputs:
+            key = self._knapsack_prompt_key(row)
+            local_ids.append(
+                local_ids[-1] if local_ids and key == previous else self._knapsack_prompt_id(row)
+            )
+            previous = key
+        offset = rank * local
+        starts = [inputs[j] for j in range(local) if (offset + j) % group == 0]
+        parts = gather_object([(local_ids, starts)]) if world > 1 else [(local_ids, starts)]
+        ids = [pid for part_ids, _ in parts for pid in part_ids]
+        unique_rows = [row for _, part_rows in parts for row in part_rows]
         prompt_ids = ids[::group]
         for k, pid in enumerate(prompt_ids):
             if any(other != pid for other in ids[k * group : (k + 1) * group]):
@@ -217,7 +234,6 @@ class KnapsackTrainerMixin:
                 f"rollouts for {len(prompt_ids)} prompts."
             )
         canonical = np.repeat(np.arange(len(prompt_ids)), sizes)
-        unique_rows = rows[::group]
         mine = order[rank * local : (rank + 1) * local]
         local_rows = [dict(unique_rows[canonical[c]]) for c in mine]  # copies: TRL may write extra fields
         return GenerationPlan(step, prompt_ids, sizes, order, local_rows, metrics)
