@@ -483,3 +483,20 @@ def test_rows_not_in_sampler_groups_are_refused(tiny_model, tiny_tokenizer, trai
     assert plan.prompt_ids == [train_dataset[i]["prompt_id"] for i in range(4)]
     with pytest.raises(RuntimeError, match="RepeatSampler"):
         trainer._knapsack_plan([train_dataset[i % 4] for i in range(16)])
+
+
+def test_schedule_horizon_for_epoch_based_runs(tiny_model, tiny_tokenizer, train_dataset, tiny_args) -> None:
+    args = tiny_args(
+        KnapsackGRPOConfig, max_steps=-1, num_train_epochs=1, knapsack_n_max_schedule="linear:12:4"
+    )
+    trainer = KnapsackGRPOTrainer(
+        model=tiny_model(),
+        reward_funcs=REWARDS["parity"],
+        args=args,
+        train_dataset=train_dataset.select(range(8)),
+        processing_class=tiny_tokenizer,
+    )
+    trainer.train()
+    assert trainer.state.max_steps == 2
+    assert trainer.knapsack_allocator.config.total_steps == 2
+    assert [h["knapsack/n_max"] for h in trainer.state.log_history if "knapsack/n_max" in h] == [12.0, 8.0]

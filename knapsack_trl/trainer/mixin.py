@@ -3,7 +3,8 @@
 TRL's ``RepeatSampler`` still hands out ``P = generation_batch_size // num_generations`` prompts with
 ``num_generations`` copies each. At generation time (training only) the trainer:
 
-1. gathers the rows of every process (the global batch, in sampler order) and dedupes them to P prompts;
+1. gathers every process's prompt ids and the first row of each group (the global batch is in sampler
+   order) and dedupes them to the P prompts;
 2. decides the rollouts per prompt ``n_i`` on the main process and broadcasts them, so every process
    takes the identical allocation (sum of n_i = generation_batch_size: shapes never change);
 3. expands the prompts into ``n_i`` rows each (*canonical* order), optionally permutes the rows across
@@ -118,8 +119,10 @@ class KnapsackTrainerMixin:
             return
         from knapsack_trl.core.allocator import KnapsackRolloutAllocator
 
+        # Epoch-based runs learn max_steps only in train(): schedules get a stand-in horizon until then
+        # (``_knapsack_allocate`` rebuilds the allocator with the real one, keeping the tracker).
         self.knapsack_allocator = KnapsackRolloutAllocator(
-            args.knapsack_allocator_config(total_steps=self._knapsack_horizon()), args.knapsack_tracker()
+            args.knapsack_allocator_config(total_steps=self._knapsack_horizon() or 1), args.knapsack_tracker()
         )
 
     def _knapsack_horizon(self) -> int | None:
