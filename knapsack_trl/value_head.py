@@ -55,20 +55,21 @@ _STATE_VERSION = 1
 class ValueHeadConfig:
     """Settings of the head and its online training.
 
-    ``steps_per_update`` full-batch AdamW steps run on each observed batch. ``feature_momentum`` is
-    the floor of the running feature standardisation's update rate (``1/t`` before that), so the
-    standardisation follows the policy as it drifts. Predictions are used once ``min_updates``
+    Each observed batch joins a replay buffer of the last ``replay_size`` prompts (0: the batch
+    alone), and ``steps_per_update`` full-batch AdamW steps run over the buffer: the head fits all
+    recent evidence instead of chasing the latest batch, while old features (from an older policy)
+    age out. Predictions are used once ``min_updates``
     batches have been trained on (before that :meth:`ValueHeadEstimator.predict_or_none` gives None).
     """
 
     head_type: str = "mlp"
     layer: int = -1
-    lr: float = 3e-3
+    lr: float = 1e-2
     prior_strength: float | None = None
     mlp_hidden_size: int | None = None
-    steps_per_update: int = 8
+    steps_per_update: int = 4
     weight_decay: float = 0.01
-    feature_momentum: float = 0.02
+    replay_size: int = 512
     min_updates: int = 1
     forward_batch_size: int = 64
     seed: int = 0
@@ -90,8 +91,8 @@ class ValueHeadConfig:
             raise ValueError(f"mlp_hidden_size={self.mlp_hidden_size!r} must be >= 1 or None.")
         if self.steps_per_update < 1:
             raise ValueError(f"steps_per_update={self.steps_per_update!r} must be >= 1.")
-        if not 0.0 < self.feature_momentum <= 1.0:
-            raise ValueError(f"feature_momentum={self.feature_momentum!r} must lie in (0, 1].")
+        if self.replay_size < 0:
+            raise ValueError(f"replay_size={self.replay_size!r} must be >= 0.")
         if self.min_updates < 0 or self.forward_batch_size < 1 or self.weight_decay < 0:
             raise ValueError("min_updates >= 0, forward_batch_size >= 1 and weight_decay >= 0 are required.")
 
@@ -125,9 +126,9 @@ class ValueHeadConfig:
 class PromptValueHead(nn.Module):
     """Logit of a prompt's success rate from its pooled hidden state.
 
-    Inputs are centred by a running mean and scaled by the running variance averaged over dimensions
-    (the pooled states of different prompts share a large common component; without it a small head
-    learns slowly). One scalar scale stays sane when a batch has very few prompts. The last layer starts at
+    Inputs are centred by the training features' mean and scaled by their variance averaged over
+    dimensions (the pooled states of different prompts share a large common component; without it a
+    small head learns slowly). One scalar scale stays sane when there are very few prompts. The last layer starts at
     zero, so an untrained head predicts exactly 0.5 for every prompt.
     """
 
@@ -259,19 +260,35 @@ class ValueHeadEstimator:
         self.num_updates = 0
         self.num_rollouts = 0.0
         self.num_successes = 0.0
+        self._replay = self._empty_replay()
+
+    def _empty_replay(self) -> dict[str, torch.Tensor]:
+        return {
+            "features": torch.zeros(0, self.input_dim, device=self.device),
+            "successes": torch.zeros(0, device=self.device),
+            "counts": torch.zeros(0, device=self.device),
+        }
 
     @classmethod
     def from_model(cls, model: nn.Module, config: ValueHeadConfig | None = None) -> ValueHeadEstimator:
         """Size the head from the policy's ``config.hidden_size`` and place it on the policy's device."""
         backbone = unwrap_backbone(model)
-        hidden = getattr(getattr(backbone, "config", None), "hidden_size", None)
+        model_config = getattr(backbone, "config", None)
+        hidden = getattr(model_config, "hidden_size", None)
         if hidden is None:
             raise ValueError(
                 "the policy's config has no hidden_size; build ValueHeadEstimator(input_dim=...)."
             )
+        cfg = config or ValueHeadConfig()
+        layers = getattr(model_config, "num_hidden_layers", None)
+        if isinstance(layers, int) and not -(layers + 1) <= cfg.layer <= layers:
+            raise ValueError(
+                f"knapsack_value_head_layer={cfg.layer} is out of range: the policy has {layers} layers, so "
+                f"hidden_states has {layers + 1} entries (0 = embeddings, -1 = last)."
+            )
         param = next(backbone.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
-        return cls(int(hidden), config, device=device)
+        return cls(int(hidden), cfg, device=device)
 
     @property
     def device(self) -> torch.device:
@@ -285,6 +302,7 @@ class ValueHeadEstimator:
     def to(self, device: str | torch.device) -> ValueHeadEstimator:
         """Move the head and its optimizer state."""
         self.head.to(device)
+        self._replay = {k: v.to(device) for k, v in self._replay.items()}
         for state in self.optimizer.state.values():
             for key, value in state.items():
                 if isinstance(value, torch.Tensor) and key != "step":
@@ -328,14 +346,16 @@ class ValueHeadEstimator:
         backbone = unwrap_backbone(model)
         modes = [(m, m.training) for m in backbone.modules()]
         accepts_positions = "position_ids" in inspect.signature(backbone.forward).parameters
+        param = next(backbone.parameters(), None)
+        device = param.device if param is not None else input_ids.device
         out = []
         try:
             backbone.eval()
             with torch.no_grad():
                 bs = self.config.forward_batch_size
                 for start in range(0, int(input_ids.shape[0]), bs):
-                    ids = input_ids[start : start + bs]
-                    mask = attention_mask[start : start + bs].to(ids.device)
+                    ids = input_ids[start : start + bs].to(device)
+                    mask = attention_mask[start : start + bs].to(device)
                     kwargs: dict[str, Any] = {"output_hidden_states": True, "use_cache": False}
                     if accepts_positions:
                         kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp_min(0)
@@ -382,7 +402,9 @@ class ValueHeadEstimator:
         binary cross-entropy of the predicted rate against ``s/n``, weighted by ``n``. Calibration
         metrics (``brier``, ``ece``, ``mean_pred`` vs ``mean_obs``, ``loss``) are taken *before* the
         steps: they score predictions on prompts the head had not trained on, the ones the allocator
-        used. ``brier_constant`` scores the running mean success rate on the same rollouts.
+        used. ``brier_constant`` scores the running mean success rate on the same rollouts (the head
+        helps where ``brier < brier_constant``); ``loss_after`` is the loss on the replay buffer after
+        the steps. Rows with ``counts == 0`` are ignored.
         """
         s_np = np.asarray(successes, dtype=np.float64).reshape(-1)
         n_np = np.asarray(counts, dtype=np.float64).reshape(-1)
@@ -399,22 +421,21 @@ class ValueHeadEstimator:
         metrics["brier_constant"] = calibration_metrics(np.full_like(pre, constant), s_np, n_np)["brier"]
         metrics["loss"] = metrics.pop("log_loss")
         if not keep.any():
-            return {METRIC_PREFIX + k: v for k, v in metrics.items()}
+            return {METRIC_PREFIX + k: float(v) for k, v in metrics.items()}
 
-        x = features.detach().to(self.device, torch.float32)[torch.as_tensor(keep, device=self.device)]
-        n = torch.as_tensor(n_np[keep], dtype=torch.float32, device=self.device)
-        y = torch.as_tensor(s_np[keep] / n_np[keep], dtype=torch.float32, device=self.device)
+        rows = torch.as_tensor(keep, device=self.device)
+        new = {
+            "features": features.detach().to(self.device, torch.float32)[rows],
+            "successes": torch.as_tensor(s_np, dtype=torch.float32, device=self.device)[rows],
+            "counts": torch.as_tensor(n_np, dtype=torch.float32, device=self.device)[rows],
+        }
+        size = max(self.config.replay_size, int(rows.sum()))
+        self._replay = {k: torch.cat([self._replay[k], v])[-size:] for k, v in new.items()}
+        x, n = self._replay["features"], self._replay["counts"]
+        y = self._replay["successes"] / n
         with torch.no_grad():
-            rate = max(1.0 / (self.num_updates + 1), self.config.feature_momentum)
-            mean = self.head.feature_mean
-            batch_mean = (x * n[:, None]).sum(0) / n.sum()
-            batch_var = ((x - batch_mean) ** 2 * n[:, None]).sum(0) / n.sum()
-            new_mean = mean + rate * (batch_mean - mean)
-            new_var = (1 - rate) * (self.head.feature_var + (mean - new_mean) ** 2) + rate * (
-                batch_var + (batch_mean - new_mean) ** 2
-            )
-            self.head.feature_mean.copy_(new_mean)
-            self.head.feature_var.copy_(new_var)
+            self.head.feature_mean.copy_(x.mean(0))
+            self.head.feature_var.copy_(x.var(0, unbiased=False))
         self.head.train()
         with torch.enable_grad(), _no_autocast(self.device):
             for _ in range(self.config.steps_per_update):
@@ -446,6 +467,7 @@ class ValueHeadEstimator:
             "num_updates": self.num_updates,
             "num_rollouts": self.num_rollouts,
             "num_successes": self.num_successes,
+            "replay": {k: v.detach().cpu().clone() for k, v in self._replay.items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -461,6 +483,9 @@ class ValueHeadEstimator:
         self.num_updates = int(state["num_updates"])
         self.num_rollouts = float(state["num_rollouts"])
         self.num_successes = float(state["num_successes"])
+        self._replay = {
+            k: state["replay"][k].to(self.device, torch.float32) for k in ("features", "successes", "counts")
+        }
 
     def save(self, checkpoint_dir: str | os.PathLike[str]) -> Path:
         """Write ``<checkpoint_dir>/knapsack_value_head.pt``; call on the main process only."""
@@ -480,7 +505,7 @@ class ValueHeadEstimator:
     def fingerprint(self) -> str:
         """Hash of parameters, buffers and optimizer state: equal on all processes iff in sync."""
         digest = hashlib.sha256()
-        tensors = list(self.head.state_dict().values())
+        tensors = list(self.head.state_dict().values()) + list(self._replay.values())
         for state in self.optimizer.state.values():
             tensors.extend(v for v in state.values() if isinstance(v, torch.Tensor))
         for t in tensors:

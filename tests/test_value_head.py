@@ -145,8 +145,8 @@ def test_head_beats_constant_priors_on_held_out_prompts(head_type, seed):
     train_mean = calibration_metrics(
         np.full(rates.size, est.num_successes / est.num_rollouts), successes, counts
     )
-    assert head["brier"] < train_mean["brier"] - 0.02
-    assert head["brier"] < half["brier"] - 0.02
+    assert head["brier"] < train_mean["brier"] - 0.04
+    assert head["brier"] < half["brier"] - 0.04
 
 
 def test_untrained_head_predicts_one_half_and_is_not_ready():
@@ -184,6 +184,26 @@ def test_update_metrics_score_predictions_made_before_the_update():
     assert est.num_rollouts == 8 and est.num_successes == 3
     with pytest.raises(ValueError, match="successes"):
         est.update(feats, np.array([5, 0, 0]), np.array([4, 4, 4]))
+
+
+def test_replay_buffer_keeps_the_latest_prompts():
+    est = ValueHeadEstimator(8, ValueHeadConfig(replay_size=5))
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randn(3, 8, generator=gen) for _ in range(3)]
+    for feats in batches:
+        est.update(feats, [0, 1, 2], [2, 2, 2])
+    replay = est.state_dict()["replay"]
+    assert torch.equal(replay["features"], torch.cat(batches)[-5:])
+    assert replay["counts"].tolist() == [2.0] * 5
+    big = torch.randn(7, 8, generator=gen)
+    est.update(big, [1] * 7, [2] * 7)  # a batch larger than the buffer is kept whole for its update
+    assert est.state_dict()["replay"]["features"].shape[0] == 7
+
+
+def test_layer_out_of_range_names_the_field():
+    with pytest.raises(ValueError, match="knapsack_value_head_layer"):
+        ValueHeadEstimator.from_model(tiny_llama(), ValueHeadConfig(layer=5))
+    assert ValueHeadEstimator.from_model(tiny_llama(), ValueHeadConfig(layer=-3)).config.layer == -3
 
 
 def test_calibration_metrics_by_hand():
