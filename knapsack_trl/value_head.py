@@ -523,36 +523,42 @@ class ValueHeadEstimator:
         self.load_state_dict(box[0])
 
 
-def tokenize_prompts(
-    tokenizer: Any,
-    prompts: Sequence[str | list[dict[str, Any]]],
-    max_length: int | None = None,
-    add_special_tokens: bool = False,
-    device: str | torch.device | None = None,
+def pad_prompt_ids(
+    prompt_ids: Sequence[Sequence[int]], pad_token_id: int = 0, device: str | torch.device | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(input_ids, attention_mask)`` of text or conversational prompts, padded.
-
-    Conversations go through the chat template with the generation prompt, as the policy sees them.
-    Pass ``add_special_tokens`` and ``max_length`` as the trainer tokenizes its prompts.
-    """
-    texts = [
-        p
-        if isinstance(p, str)
-        else tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
-        for p in prompts
-    ]
-    enc = tokenizer(
-        texts,
-        padding=True,
-        truncation=max_length is not None,
-        max_length=max_length,
-        add_special_tokens=add_special_tokens,
-        return_tensors="pt",
-    )
-    ids, mask = enc["input_ids"], enc["attention_mask"]
+    """Left-pad token id lists (e.g. the trainer's ``_tokenize_prompts`` output) to ``(ids, mask)``."""
+    width = max((len(p) for p in prompt_ids), default=0)
+    ids = torch.full((len(prompt_ids), width), int(pad_token_id), dtype=torch.long)
+    mask = torch.zeros((len(prompt_ids), width), dtype=torch.long)
+    for i, p in enumerate(prompt_ids):
+        if len(p):
+            ids[i, width - len(p) :] = torch.as_tensor(list(p), dtype=torch.long)
+            mask[i, width - len(p) :] = 1
     if device is not None:
         ids, mask = ids.to(device), mask.to(device)
     return ids, mask
+
+
+def tokenize_prompts(
+    tokenizer: Any,
+    prompts: Sequence[str | list[dict[str, Any]]],
+    device: str | torch.device | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` of text or conversational prompts, tokenized as TRL does.
+
+    TRL's rule (``GRPOTrainer._tokenize_prompts``): conversations through the chat template with the
+    generation prompt, text through the tokenizer with its default special tokens. A trainer with
+    tools or chat-template kwargs should pad its own ``_tokenize_prompts`` output with
+    :func:`pad_prompt_ids` instead, so the head sees exactly the tokens the policy does.
+    """
+    if prompts and not isinstance(prompts[0], str):
+        out = tokenizer.apply_chat_template(
+            conversation=list(prompts), add_generation_prompt=True, tokenize=True, return_dict=True
+        )
+    else:
+        out = tokenizer(text=list(prompts))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return pad_prompt_ids(out["input_ids"], pad, device)
 
 
 def estimator_prior(

@@ -17,6 +17,7 @@ from knapsack_trl.value_head import (
     calibration_metrics,
     estimator_prior,
     group_successes,
+    pad_prompt_ids,
     pool_hidden_states,
     tokenize_prompts,
     unwrap_backbone,
@@ -351,10 +352,16 @@ def char_tokenizer():
 
 def test_tokenize_prompts_text_and_conversations():
     tok = char_tokenizer()
-    ids, mask = tokenize_prompts(tok, ["1+2=", [{"role": "user", "content": "13+4="}]])
+    ids, mask = tokenize_prompts(tok, ["1+2=", "13+4="])
     assert ids.shape == mask.shape == (2, 5)
     assert mask[0].tolist() == [0, 1, 1, 1, 1]
     assert tok.decode(ids[1]) == "13+4="
+    chat_ids, chat_mask = tokenize_prompts(
+        tok, [[{"role": "user", "content": "1+2="}], [{"role": "user", "content": "13+4="}]]
+    )
+    assert torch.equal(chat_ids, ids) and torch.equal(chat_mask, mask)
+    padded, pmask = pad_prompt_ids([[5, 6], [7]], pad_token_id=0)
+    assert padded.tolist() == [[5, 6], [0, 7]] and pmask.tolist() == [[1, 1], [0, 1]]
 
 
 def _worker(rank: int, port: int, result_dir: str) -> None:
