@@ -1,0 +1,531 @@
+"""Results of uniform-vs-knapsack runs: summaries, the table, the markdown report and its plots.
+
+One place for both ``knapsack-trl demo`` (one seed) and ``knapsack-trl compare`` (several seeds), so the
+two always report the same quantities the same way. Runs are plain JSON-able records; the report folder
+holds ``results.json`` next to ``report.md`` and the PNGs, so any number can be traced back to its run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+METHOD_ORDER = ("uniform", "knapsack", "oracle")
+METHOD_LABELS = {
+    "uniform": "uniform GRPO",
+    "knapsack": "knapsack GRPO",
+    "oracle": "knapsack, oracle p",
+}
+METHOD_COLORS = {"uniform": "#4c72b0", "knapsack": "#dd8452", "oracle": "#55a868"}
+# "Rollouts to target" and the equal-budget comparison use the held-out success rate of k samples at
+# temperature 1: averaged over samples it moves smoothly, where greedy accuracy flips prompt by prompt.
+TARGET_KEY = "reward"
+PLOT_FILES = {
+    "accuracy": "accuracy_vs_rollouts.png",
+    "egr": "effective_gradient_ratio.png",
+    "allocation": "allocation.png",
+}
+
+
+@dataclass
+class RunRecord:
+    """Everything one training run measured, step by step and at each held-out evaluation.
+
+    ``steps``: one dict per generation batch with ``step``, ``rollouts``, ``rollouts_consumed``,
+    ``groups``, ``useful_groups``, ``useful_rollouts``, ``reward_mean``, ``n_min``, ``n_mean``, ``n_max``.
+    ``evals``: one dict per evaluation with ``step``, ``rollouts_consumed``, ``accuracy`` (greedy),
+    ``reward`` (mean success of k samples at T=1) and ``frac_mid`` (held-out prompts with 0<p<1).
+    ``allocation``: one step's ``p_estimate``, ``n`` and optionally ``p_true`` per prompt.
+    """
+
+    method: str
+    seed: int
+    steps: list[dict[str, float]] = field(default_factory=list)
+    evals: list[dict[str, float]] = field(default_factory=list)
+    allocation: dict[str, Any] | None = None
+    wall_time_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunRecord:
+        """Inverse of :meth:`to_dict`."""
+        return cls(**data)
+
+
+def group_stats(
+    prompt_ids: Sequence[Any], rewards: Sequence[float], threshold: float = 0.5
+) -> dict[str, float]:
+    """Per-step counts from one generation batch: groups, useful groups and rollouts, sizes.
+
+    A group (all rollouts of one prompt) is useful when its binary outcomes are not all equal: then
+    every one of its rollouts has a non-zero advantage. NaN rewards are left out of the variance.
+    """
+    groups: dict[Any, list[float]] = {}
+    for pid, r in zip(prompt_ids, rewards):
+        groups.setdefault(pid, []).append(float(r))
+    sizes = np.array([len(v) for v in groups.values()], dtype=np.float64)
+    useful = []
+    for v in groups.values():
+        outcomes = {x > threshold for x in v if not math.isnan(x)}
+        useful.append(len(outcomes) > 1)
+    useful_arr = np.array(useful, dtype=bool)
+    finite = [float(r) for r in rewards if not math.isnan(float(r))]
+    return {
+        "rollouts": float(sizes.sum()),
+        "groups": float(len(groups)),
+        "useful_groups": float(useful_arr.sum()),
+        "useful_rollouts": float(sizes[useful_arr].sum()),
+        "reward_mean": float(np.mean(finite)) if finite else math.nan,
+        "n_min": float(sizes.min()) if sizes.size else 0.0,
+        "n_mean": float(sizes.mean()) if sizes.size else 0.0,
+        "n_max": float(sizes.max()) if sizes.size else 0.0,
+    }
+
+
+def rollouts_to_reach(
+    evals: Sequence[dict[str, float]], target: float, key: str = TARGET_KEY
+) -> float | None:
+    """Rollouts consumed when the held-out ``key`` first reaches ``target`` (linear between evaluations).
+
+    None when the run never gets there.
+    """
+    prev_x, prev_y = None, None
+    for e in evals:
+        x, y = float(e["rollouts_consumed"]), float(e[key])
+        if y >= target:
+            if prev_x is None or prev_y is None or y == prev_y:
+                return x
+            return prev_x + (target - prev_y) / (y - prev_y) * (x - prev_x)
+        prev_x, prev_y = x, y
+    return None
+
+
+def summarize_run(run: RunRecord, target: float | None = None) -> dict[str, float | None]:
+    """Headline numbers of one run: effective gradient ratios, final held-out scores, rollouts, time."""
+    rollouts = sum(s["rollouts"] for s in run.steps)
+    groups = sum(s["groups"] for s in run.steps)
+    final = run.evals[-1] if run.evals else {}
+    out: dict[str, float | None] = {
+        "egr_rollouts": sum(s["useful_rollouts"] for s in run.steps) / rollouts if rollouts else math.nan,
+        "egr_groups": sum(s["useful_groups"] for s in run.steps) / groups if groups else math.nan,
+        "start_reward": float(run.evals[0]["reward"]) if run.evals else math.nan,
+        "final_accuracy": float(final.get("accuracy", math.nan)),
+        "final_reward": float(final.get("reward", math.nan)),
+        "final_train_reward": float(final.get("train_reward", math.nan)),
+        "best_reward": max((float(e["reward"]) for e in run.evals), default=math.nan),
+        "rollouts_consumed": float(rollouts),
+        "n_max_seen": max((s["n_max"] for s in run.steps), default=math.nan),
+        "wall_time_s": float(run.wall_time_s),
+    }
+    out["rollouts_to_target"] = None if target is None else rollouts_to_reach(run.evals, target)
+    return out
+
+
+def default_target(runs: Sequence[RunRecord], fraction: float = 0.9) -> float | None:
+    """Target held-out success (``TARGET_KEY``): start + ``fraction`` of uniform's mean gain over the run.
+
+    Anchored on the uniform runs so "rollouts to target" asks how soon each method gets where uniform
+    gets with its whole budget (the paper's "about 2x the compute" comparison).
+    """
+    uni = [r for r in runs if r.method == "uniform" and r.evals]
+    if not uni:
+        return None
+    start = float(np.mean([r.evals[0][TARGET_KEY] for r in uni]))
+    end = float(np.mean([r.evals[-1][TARGET_KEY] for r in uni]))
+    if end <= start:
+        return None
+    return start + fraction * (end - start)
+
+
+def _mean_std(values: Iterable[float | None]) -> tuple[float, float, int]:
+    vals = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    if not vals:
+        return math.nan, math.nan, 0
+    std = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+    return float(np.mean(vals)), std, len(vals)
+
+
+def _methods(runs: Sequence[RunRecord]) -> list[str]:
+    present = {r.method for r in runs}
+    return [m for m in METHOD_ORDER if m in present] + sorted(present - set(METHOD_ORDER))
+
+
+def aggregate(runs: Sequence[RunRecord], target: float | None = None) -> dict[str, Any]:
+    """Per-method mean, std and count of every summary number, plus knapsack/uniform ratios.
+
+    Ratios are taken per seed (runs with the same seed are paired) and then averaged, so seed-to-seed
+    variation of the task does not inflate them.
+    """
+    methods = _methods(runs)
+    per_run = {(r.method, r.seed): summarize_run(r, target) for r in runs}
+    table: dict[str, dict[str, tuple[float, float, int]]] = {}
+    for m in methods:
+        rows = [s for (mm, _), s in per_run.items() if mm == m]
+        keys = rows[0].keys() if rows else []
+        table[m] = {k: _mean_std(row[k] for row in rows) for k in keys}
+        table[m]["reached_target"] = (
+            float(sum(row.get("rollouts_to_target") is not None for row in rows)),
+            0.0,
+            len(rows),
+        )
+    ratios: dict[str, dict[str, tuple[float, float, int]]] = {}
+    seeds = sorted({r.seed for r in runs})
+    for m in methods:
+        if m == "uniform":
+            continue
+        egr, rtt, dacc, drew, dtrain = [], [], [], [], []
+        for s in seeds:
+            a, b = per_run.get((m, s)), per_run.get(("uniform", s))
+            if a is None or b is None:
+                continue
+            if b["egr_rollouts"]:
+                egr.append(a["egr_rollouts"] / b["egr_rollouts"])
+            if a.get("rollouts_to_target") is not None and b.get("rollouts_to_target"):
+                rtt.append(a["rollouts_to_target"] / b["rollouts_to_target"])
+            dacc.append(a["final_accuracy"] - b["final_accuracy"])
+            drew.append(a["final_reward"] - b["final_reward"])
+            dtrain.append(a["final_train_reward"] - b["final_train_reward"])
+        ratios[m] = {
+            "egr_ratio": _mean_std(egr),
+            "rollouts_to_target_ratio": _mean_std(rtt),
+            "final_accuracy_delta": _mean_std(dacc),
+            "final_reward_delta": _mean_std(drew),
+            "final_train_reward_delta": _mean_std(dtrain),
+        }
+    return {"methods": methods, "table": table, "ratios": ratios, "target": target, "seeds": seeds}
+
+
+def _fmt(ms: tuple[float, float, int], digits: int = 3, pct: bool = False, show_std: bool = True) -> str:
+    mean, std, n = ms
+    if n == 0 or math.isnan(mean):
+        return "n/a"
+    scale = 100.0 if pct else 1.0
+    body = f"{mean * scale:.{digits}f}"
+    if show_std and n > 1:
+        body += f" ± {std * scale:.{digits}f}"
+    return body + ("%" if pct else "")
+
+
+def format_table(agg: dict[str, Any]) -> str:
+    """The headline table as markdown (it also reads fine in a terminal)."""
+    multi = len(agg["seeds"]) > 1
+    has_train = any(agg["table"][m]["final_train_reward"][2] for m in agg["methods"])
+    header = [
+        "method",
+        "eff. gradient ratio (rollouts)",
+        "eff. gradient ratio (prompts)",
+        "held-out acc. (T=1)",
+        "held-out acc. (greedy)",
+        *(["train prompts acc. (T=1)"] if has_train else []),
+        "rollouts consumed",
+        "rollouts to target",
+        "wall time (s)",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for m in agg["methods"]:
+        t = agg["table"][m]
+        reached = t["reached_target"]
+        rtt = _fmt(t["rollouts_to_target"], 0) if t["rollouts_to_target"][2] else "not reached"
+        if multi and reached[0] < reached[2] and t["rollouts_to_target"][2]:
+            rtt += f" ({int(reached[0])}/{reached[2]} seeds)"
+        row = [
+            METHOD_LABELS.get(m, m),
+            _fmt(t["egr_rollouts"], 1, pct=True),
+            _fmt(t["egr_groups"], 1, pct=True),
+            _fmt(t["final_reward"], 3),
+            _fmt(t["final_accuracy"], 3),
+            *([_fmt(t["final_train_reward"], 3)] if has_train else []),
+            _fmt(t["rollouts_consumed"], 0, show_std=False),
+            rtt,
+            _fmt(t["wall_time_s"], 0),
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def format_ratios(agg: dict[str, Any]) -> str:
+    """One line per non-uniform method: the paper's three comparisons against uniform."""
+    out = []
+    for m, r in agg["ratios"].items():
+        out.append(
+            f"- {METHOD_LABELS.get(m, m)} vs uniform: effective gradient ratio x{_fmt(r['egr_ratio'], 2)}, "
+            f"rollouts to target x{_fmt(r['rollouts_to_target_ratio'], 2)}, "
+            f"final held-out acc. (T=1) {_signed(r['final_reward_delta'])}, "
+            f"greedy {_signed(r['final_accuracy_delta'])}"
+            + (
+                f", train prompts {_signed(r['final_train_reward_delta'])}"
+                if r["final_train_reward_delta"][2]
+                else ""
+            )
+        )
+    return "\n".join(out)
+
+
+def _signed(ms: tuple[float, float, int]) -> str:
+    mean, std, n = ms
+    if n == 0 or math.isnan(mean):
+        return "n/a"
+    body = f"{mean * 100:+.1f} points"
+    return body + (f" (± {std * 100:.1f})" if n > 1 else "")
+
+
+def _curve(
+    runs: Sequence[RunRecord], x_key: str, y_key: str, source: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and std over seeds of ``y`` against ``x``, interpolated onto the first run's grid."""
+    series = [r.evals if source == "evals" else r.steps for r in runs]
+    series = [s for s in series if s]
+    x0 = np.array([float(e[x_key]) for e in series[0]])
+    ys = []
+    for s in series:
+        x = np.array([float(e[x_key]) for e in s])
+        y = np.array([float(e[y_key]) for e in s])
+        ys.append(np.interp(x0, x, y))
+    arr = np.vstack(ys)
+    return x0, arr.mean(axis=0), arr.std(axis=0, ddof=1) if len(ys) > 1 else np.zeros_like(x0)
+
+
+def _smooth(y: np.ndarray, window: int) -> np.ndarray:
+    if window <= 1 or y.size < window:
+        return y
+    kernel = np.ones(window) / window
+    padded = np.concatenate([np.full(window - 1, y[0]), y])
+    return np.convolve(padded, kernel, mode="valid")
+
+
+def make_plots(
+    runs: Sequence[RunRecord], out_dir: str | Path, target: float | None = None
+) -> dict[str, Path]:
+    """Write the three PNGs (Agg backend, no display needed) and return their paths by kind."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    methods = _methods(runs)
+    paths: dict[str, Path] = {}
+    n_seeds = len({r.seed for r in runs})
+    band = f" (mean ± std over {n_seeds} seeds)" if n_seeds > 1 else ""
+
+    panels = [("reward", "Held-out accuracy, T=1 samples"), ("accuracy", "Held-out accuracy, greedy")]
+    if all("train_reward" in e for r in runs for e in r.evals):
+        panels.append(("train_reward", "Training prompts, T=1 samples"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4))
+    for m in methods:
+        rs = [r for r in runs if r.method == m and r.evals]
+        if not rs:
+            continue
+        for ax, (key, _) in zip(axes, panels):
+            x, mu, sd = _curve(rs, "rollouts_consumed", key, "evals")
+            ax.plot(x, mu, marker="o", ms=3, color=METHOD_COLORS.get(m), label=METHOD_LABELS.get(m, m))
+            if n_seeds > 1:
+                ax.fill_between(x, mu - sd, mu + sd, color=METHOD_COLORS.get(m), alpha=0.2)
+    if target is not None:
+        axes[0].axhline(target, color="gray", ls="--", lw=1, label=f"target {target:.3f}")
+    for ax, (_, title) in zip(axes, panels):
+        ax.set_title(title + band, fontsize=10)
+    for ax in axes:
+        ax.set_xlabel("rollouts consumed")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    paths["accuracy"] = out / PLOT_FILES["accuracy"]
+    fig.savefig(paths["accuracy"], dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for m in methods:
+        rs = [r for r in runs if r.method == m and r.steps]
+        if not rs:
+            continue
+        for r in rs:
+            for s in r.steps:
+                s.setdefault("egr_rollouts", s["useful_rollouts"] / s["rollouts"] if s["rollouts"] else 0.0)
+                s.setdefault("egr_groups", s["useful_groups"] / s["groups"] if s["groups"] else 0.0)
+        for ax, key in zip(axes, ("egr_rollouts", "egr_groups")):
+            x, mu, sd = _curve(rs, "step", key, "steps")
+            window = max(1, len(x) // 20)
+            ax.plot(x, _smooth(mu, window), color=METHOD_COLORS.get(m), label=METHOD_LABELS.get(m, m))
+            if n_seeds > 1:
+                lo, hi = _smooth(mu - sd, window), _smooth(mu + sd, window)
+                ax.fill_between(x, lo, hi, color=METHOD_COLORS.get(m), alpha=0.15)
+    axes[0].set_title("Effective gradient ratio: share of rollouts in mixed groups")
+    axes[1].set_title("Share of prompts whose group had mixed rewards")
+    for ax in axes:
+        ax.set_xlabel("GRPO step")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    paths["egr"] = out / PLOT_FILES["egr"]
+    fig.savefig(paths["egr"], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    snap_runs = [r for r in runs if r.allocation and r.method != "uniform"]
+    seed0 = min((r.seed for r in snap_runs), default=None)
+    for r in snap_runs:
+        if r.seed != seed0:
+            continue
+        a = r.allocation
+        assert a is not None
+        p = np.asarray(a["p_estimate"], dtype=float)
+        n = np.asarray(a["n"], dtype=float)
+        ax.scatter(
+            p,
+            n,
+            s=22,
+            alpha=0.7,
+            color=METHOD_COLORS.get(r.method),
+            label=METHOD_LABELS.get(r.method, r.method),
+        )
+        if a.get("p_true") is not None and r.method == "knapsack":
+            pt = np.asarray(a["p_true"], dtype=float)
+            ax.scatter(pt, n, s=14, marker="x", alpha=0.6, color="black", label="same prompts, true p")
+        if "uniform_n" in a:
+            ax.axhline(a["uniform_n"], color=METHOD_COLORS["uniform"], ls="--", lw=1, label="uniform budget")
+    step_txt = f" (step {snap_runs[0].allocation['step']})" if snap_runs and snap_runs[0].allocation else ""
+    ax.set_title("Rollouts given vs estimated success rate" + step_txt)
+    ax.set_xlabel("estimated success rate p")
+    ax.set_ylabel("rollouts given")
+    ax.set_xlim(-0.03, 1.03)
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        uniq = dict(zip(labels, handles))
+        ax.legend(uniq.values(), uniq.keys())
+    fig.tight_layout()
+    paths["allocation"] = out / PLOT_FILES["allocation"]
+    fig.savefig(paths["allocation"], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def write_report(
+    runs: Sequence[RunRecord],
+    out_dir: str | Path,
+    *,
+    title: str,
+    settings: dict[str, Any] | None = None,
+    target: float | None = None,
+    notes: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Write ``report.md``, ``results.json`` and the PNGs into ``out_dir``; return the aggregate.
+
+    ``target`` defaults to :func:`default_target` (90% of uniform's gain in held-out success at T=1).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if target is None:
+        target = default_target(runs)
+    agg = aggregate(runs, target)
+    plots = make_plots(runs, out, target)
+    n_seeds = len(agg["seeds"])
+    lines = [f"# {title}", ""]
+    if settings:
+        lines += ["## Settings", ""]
+        lines += [f"- `{k}`: {v}" for k, v in settings.items()]
+        lines.append("")
+    lines += [
+        "## Results" + (f" (mean ± std over {n_seeds} seeds)" if n_seeds > 1 else ""),
+        "",
+        format_table(agg),
+        "",
+        format_ratios(agg),
+        "",
+    ]
+    if target is not None:
+        lines.append(
+            f"Target: held-out accuracy (T=1) {target:.3f}, the start plus 90% of uniform's mean gain. "
+            "Rollouts to target interpolate linearly between evaluations."
+        )
+    else:
+        lines.append(
+            "Uniform did not improve held-out accuracy (T=1), so there is no rollouts-to-target comparison."
+        )
+    lines += [
+        "",
+        "Effective gradient ratio: the share of rollouts whose group had mixed binary outcomes, hence a "
+        "non-zero advantage (prompts: the share of prompts whose group did). Held-out acc. (T=1): the mean "
+        "success of k samples at temperature 1 on prompts never trained on; greedy: one greedy answer each. "
+        "Train prompts acc. (T=1): the same measure on the GRPO prompts, the quantity RL optimises.",
+        "",
+    ]
+    if notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    lines += ["## Plots", ""]
+    lines += [f"![{kind}]({p.name})" for kind, p in plots.items()]
+    lines.append("")
+    (out / "report.md").write_text("\n".join(lines))
+    payload = {
+        "title": title,
+        "settings": settings or {},
+        "target": target,
+        "aggregate": _jsonable(agg),
+        "runs": [r.to_dict() for r in runs],
+    }
+    (out / "results.json").write_text(json.dumps(payload, indent=1, default=_json_default))
+    return agg
+
+
+def load_runs(path: str | Path) -> list[RunRecord]:
+    """Runs from a ``results.json`` written by :func:`write_report` (a file or its folder)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "results.json"
+    return [RunRecord.from_dict(d) for d in json.loads(p.read_text())["runs"]]
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    return obj
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"cannot serialise {type(obj).__name__}")
+
+
+def knapsack_fields_markdown() -> str:
+    """The ``knapsack_*`` fields of the trainer config as a markdown table, from their ``help`` metadata.
+
+    docs/configuration.md embeds this table; a test checks the two agree, so the reference cannot drift
+    from the code.
+    """
+    import dataclasses
+
+    from knapsack_trl.trainer.config import KnapsackGRPOConfig
+
+    lines = ["| field | type | default | meaning |", "|---|---|---|---|"]
+    for f in dataclasses.fields(KnapsackGRPOConfig):
+        if not f.name.startswith("knapsack_"):
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        kind = kind.replace("|", "\\|")
+        text = " ".join(str(f.metadata.get("help", "")).split()).replace("|", "\\|")
+        choices = f.metadata.get("choices")
+        if choices:
+            text += " Choices: " + ", ".join(f"`{c}`" for c in choices) + "."
+        lines.append(f"| `{f.name}` | `{kind}` | `{default!r}` | {text} |")
+    return "\n".join(lines)

@@ -1,0 +1,169 @@
+"""The demo end to end (``--quick``, as CI runs it) and the report's arithmetic on hand-made runs."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from knapsack_trl.report import (
+    PLOT_FILES,
+    RunRecord,
+    aggregate,
+    default_target,
+    group_stats,
+    rollouts_to_reach,
+    summarize_run,
+    write_report,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_group_stats_counts_mixed_groups_and_their_rollouts():
+    ids = ["a", "a", "a", "b", "b", "c", "c", "c", "c"]
+    rewards = [1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 1.0, float("nan")]
+    s = group_stats(ids, rewards)
+    assert s["rollouts"] == 9 and s["groups"] == 3
+    assert s["useful_groups"] == 1 and s["useful_rollouts"] == 3  # only "a" is mixed; NaN is ignored
+    assert (s["n_min"], s["n_max"]) == (2, 4)
+    assert s["reward_mean"] == pytest.approx(5 / 8)
+
+
+def test_rollouts_to_reach_interpolates_and_reports_never():
+    evals = [
+        {"rollouts_consumed": 0, "reward": 0.2},
+        {"rollouts_consumed": 100, "reward": 0.4},
+        {"rollouts_consumed": 200, "reward": 0.6},
+    ]
+    assert rollouts_to_reach(evals, 0.5) == pytest.approx(150)
+    assert rollouts_to_reach(evals, 0.1) == 0
+    assert rollouts_to_reach(evals, 0.7) is None
+
+
+def _fake_run(method: str, seed: int, useful: float, accs: list[float]) -> RunRecord:
+    steps = [
+        {
+            "step": i + 1,
+            "rollouts": 64,
+            "rollouts_consumed": 64 * (i + 1),
+            "groups": 8,
+            "useful_groups": 4,
+            "useful_rollouts": useful * 64,
+            "reward_mean": 0.5,
+            "n_min": 8,
+            "n_mean": 8,
+            "n_max": 8,
+        }
+        for i in range(10)
+    ]
+    evals = [
+        {"step": 5 * i, "rollouts_consumed": 320 * i, "accuracy": a, "reward": a, "frac_mid": 0.5}
+        for i, a in enumerate(accs)
+    ]
+    alloc = None
+    if method != "uniform":
+        alloc = {"step": 5, "p_estimate": [0.1, 0.5, 1.0], "n": [10, 12, 2], "p_true": None, "uniform_n": 8}
+    return RunRecord(method, seed, steps, evals, alloc, wall_time_s=1.0)
+
+
+def test_aggregate_pairs_seeds_and_report_files(tmp_path):
+    runs = [
+        _fake_run("uniform", 0, 0.4, [0.2, 0.3, 0.4]),
+        _fake_run("knapsack", 0, 0.6, [0.2, 0.4, 0.5]),
+        _fake_run("uniform", 1, 0.5, [0.2, 0.3, 0.4]),
+        _fake_run("knapsack", 1, 0.5, [0.2, 0.35, 0.45]),
+    ]
+    target = default_target(runs)
+    assert target == pytest.approx(0.2 + 0.9 * 0.2)
+    agg = aggregate(runs, target)
+    egr_ratio, _, n = agg["ratios"]["knapsack"]["egr_ratio"]
+    assert n == 2 and egr_ratio == pytest.approx((0.6 / 0.4 + 1.0) / 2)
+    assert agg["ratios"]["knapsack"]["final_accuracy_delta"][0] == pytest.approx(0.075)
+    assert summarize_run(runs[0], target)["rollouts_to_target"] == pytest.approx(320 + 320 * 0.8)
+    write_report(runs, tmp_path, title="t", settings={"x": 1})
+    assert (tmp_path / "report.md").read_text().startswith("# t")
+    for name in PLOT_FILES.values():
+        assert (tmp_path / name).stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_demo_quick_end_to_end(tmp_path):
+    """``knapsack-trl demo --quick`` as a newcomer runs it: the table, the report folder, consistent numbers."""
+    out = tmp_path / "report"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "knapsack_trl.cli",
+            "demo",
+            "--quick",
+            "--no-progress",
+            "--output-dir",
+            str(out),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| uniform GRPO |" in proc.stdout and "| knapsack GRPO |" in proc.stdout
+
+    report = (out / "report.md").read_text()
+    assert "| method |" in report
+    for name in PLOT_FILES.values():
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert f"]({name})" in report
+
+    data = json.loads((out / "results.json").read_text())
+    settings = data["settings"]
+    budget = settings["rollouts_per_step"]
+    runs = {r["method"]: r for r in data["runs"]}
+    assert set(runs) == {"uniform", "knapsack"}
+    consumed = {m: sum(s["rollouts"] for s in r["steps"]) for m, r in runs.items()}
+    assert consumed["uniform"] == consumed["knapsack"] == settings["steps"] * budget  # the same budget
+    for m, r in runs.items():
+        assert len(r["steps"]) == settings["steps"]
+        assert all(s["rollouts"] == budget for s in r["steps"]), m
+        assert all(0 <= s["useful_rollouts"] <= s["rollouts"] for s in r["steps"]), m
+        assert r["evals"][-1]["rollouts_consumed"] == consumed[m]
+        assert all(0.0 <= e["accuracy"] <= 1.0 for e in r["evals"])
+    uniform_sizes = {(s["n_min"], s["n_max"]) for s in runs["uniform"]["steps"]}
+    assert uniform_sizes == {(settings["num_generations"], settings["num_generations"])}
+    assert runs["uniform"]["evals"][0] == runs["knapsack"]["evals"][0]  # one checkpoint, measured once
+
+    snap = runs["knapsack"]["allocation"]
+    assert snap is not None and sum(snap["n"]) == budget and min(snap["n"]) >= 2
+
+    table = data["aggregate"]["table"]
+    for m in ("uniform", "knapsack"):
+        for key in ("egr_rollouts", "egr_groups"):
+            value = table[m][key][0]
+            assert 0.0 <= value <= 1.0 and not math.isnan(value)
+        assert table[m]["rollouts_consumed"][0] == consumed[m]
+    row = re.search(r"\| knapsack GRPO \| ([\d.]+)%", report)
+    assert row is not None and float(row.group(1)) == pytest.approx(
+        100 * table["knapsack"]["egr_rollouts"][0], abs=0.06
+    )
+
+
+def test_configuration_doc_lists_every_knapsack_field():
+    """docs/configuration.md embeds the generated field table; regenerate it when a field changes."""
+    from knapsack_trl.report import knapsack_fields_markdown
+
+    doc = (ROOT / "docs" / "configuration.md").read_text()
+    after_start = doc.split("<!-- knapsack-fields:start -->\n", 1)[1]
+    embedded = after_start.split("\n<!-- knapsack-fields:end -->", 1)[0]
+    assert embedded == knapsack_fields_markdown(), (
+        "docs/configuration.md is out of date: paste knapsack_trl.report.knapsack_fields_markdown() "
+        "between its knapsack-fields markers."
+    )
