@@ -106,17 +106,29 @@ def arithmetic_rows(n: int = 64, digits: Sequence[int] = (1, 2, 3), seed: int = 
     Each row has ``prompt``, ``answer`` and a stable ``prompt_id`` (the problem itself, so it survives
     re-shuffling and re-generation with another seed).
     """
+    capacity = {d: (10**d - (0 if d == 1 else 10 ** (d - 1))) * 10**d for d in set(digits)}
+    if n > sum(capacity.values()):
+        raise ValueError(
+            f"only {sum(capacity.values())} distinct problems have operand sizes {digits}; n={n}."
+        )
     rng = random.Random(seed)
     rows: list[dict[str, str]] = []
     seen: set[str] = set()
+    used = dict.fromkeys(capacity, 0)
+    turn = 0
     while len(rows) < n:
-        d = digits[len(rows) % len(digits)]
+        d = digits[turn % len(digits)]
+        if used[d] == capacity[d]:  # this size is exhausted: the others fill the rest
+            turn += 1
+            continue
         lo = 0 if d == 1 else 10 ** (d - 1)
         a, b = rng.randint(lo, 10**d - 1), rng.randint(0, 10**d - 1)
         prompt = f"{a}+{b}="
         if prompt in seen:
             continue
         seen.add(prompt)
+        used[d] += 1
+        turn += 1
         rows.append({"prompt": prompt, "answer": str(a + b), "prompt_id": f"add:{a}+{b}"})
     return rows
 

@@ -181,6 +181,33 @@ class KnapsackConfigMixin:
             "balance their expected completion tokens, using each prompt's mean completion length so far."
         },
     )
+    knapsack_value_estimator: str = field(
+        default="history",
+        metadata={
+            "help": "Where p comes from: `'history'` (the tracker only; unseen prompts get the uniform budget), "
+            "`'value_head'` (a small head on the policy's pooled prompt hidden states scores prompts with no "
+            "history), `'blend'` (the head's p is every prompt's prior, with pseudo-count "
+            "knapsack_value_head_prior_strength, so a prompt's own history takes over as it accumulates).",
+            "choices": ["history", "value_head", "blend"],
+        },
+    )
+    knapsack_value_head_type: str = field(
+        default="mlp",
+        metadata={"help": "Value head: `'linear'` or `'mlp'` (2 layers).", "choices": ["linear", "mlp"]},
+    )
+    knapsack_value_head_layer: int = field(
+        default=-1,
+        metadata={"help": "Hidden-state layer the value head pools (0 = embeddings, -1 = last)."},
+    )
+    knapsack_value_head_lr: float = field(
+        default=1e-2, metadata={"help": "The value head's AdamW learning rate."}
+    )
+    knapsack_value_head_prior_strength: float | None = field(
+        default=None,
+        metadata={
+            "help": "Pseudo-count of the head's prediction in `'blend'` mode. None = knapsack_prior_strength."
+        },
+    )
     knapsack_history_size: int = field(
         default=1000,
         metadata={"help": "Allocations kept in memory on every process (`trainer.knapsack_history`)."},
@@ -209,6 +236,7 @@ class KnapsackConfigMixin:
         )
         allocator_config.validate()
         self.knapsack_tracker()
+        self.knapsack_value_head_config()
         lowest_n_max = math.floor(allocator_config.budget_schedule().n_max.bounds[0] + 0.5)
         check_budget(self, lowest_n_max)
 
@@ -230,14 +258,32 @@ class KnapsackConfigMixin:
             total_steps=self.knapsack_total_steps if self.knapsack_total_steps is not None else total_steps,
         )
 
+    def knapsack_value_head_config(self) -> Any:
+        """The :class:`ValueHeadConfig` these fields describe (validates the estimator fields)."""
+        from knapsack_trl.value_head import VALUE_ESTIMATORS, ValueHeadConfig
+
+        if self.knapsack_value_estimator not in VALUE_ESTIMATORS:
+            raise ValueError(
+                f"knapsack_value_estimator={self.knapsack_value_estimator!r} is not known; use one of "
+                f"{list(VALUE_ESTIMATORS)}."
+            )
+        return ValueHeadConfig.from_args(self)
+
     def knapsack_tracker(self) -> Any:
-        """A fresh core :class:`SuccessRateTracker` with these settings."""
+        """A fresh core :class:`SuccessRateTracker` with these settings.
+
+        In `'blend'` mode the head's prediction is the tracker's prior mean, so its pseudo-count is the
+        tracker's prior strength.
+        """
         from knapsack_trl.core.tracker import SuccessRateTracker
 
+        prior_strength = self.knapsack_value_head_config().tracker_prior_strength(
+            self.knapsack_value_estimator, self.knapsack_prior_strength
+        )
         return SuccessRateTracker(
             window=self.knapsack_tracker_window,
             ema_decay=self.knapsack_tracker_ema_decay,
-            prior_strength=self.knapsack_prior_strength,
+            prior_strength=prior_strength,
             prior_mean=self.knapsack_prior_mean,
             success_threshold=self.knapsack_success_threshold,
         )

@@ -115,6 +115,7 @@ class KnapsackTrainerMixin:
         self._knapsack_rewards: torch.Tensor | None = None
         self._knapsack_lengths: torch.Tensor | None = None
         self.knapsack_allocator = None
+        self.knapsack_value_head = None
         if not args.knapsack_enabled:
             return
         from knapsack_trl.core.allocator import KnapsackRolloutAllocator
@@ -124,6 +125,14 @@ class KnapsackTrainerMixin:
         self.knapsack_allocator = KnapsackRolloutAllocator(
             args.knapsack_allocator_config(total_steps=self._knapsack_horizon() or 1), args.knapsack_tracker()
         )
+        self._knapsack_head_features: torch.Tensor | None = None
+        self._knapsack_head_p: np.ndarray | None = None
+        if args.knapsack_value_estimator != "history":
+            from knapsack_trl.value_head import ValueHeadEstimator
+
+            self.knapsack_value_head = ValueHeadEstimator.from_model(
+                self.model, args.knapsack_value_head_config()
+            )
 
     def _knapsack_horizon(self) -> int | None:
         max_steps = getattr(getattr(self, "state", None), "max_steps", 0) or self.args.max_steps
@@ -169,8 +178,22 @@ class KnapsackTrainerMixin:
             self.knapsack_allocator = KnapsackRolloutAllocator(
                 self.args.knapsack_allocator_config(total_steps=horizon), self.knapsack_allocator.tracker
             )
+        from knapsack_trl.value_head import estimator_prior
+
+        head_p = self._knapsack_head_p
+        prior = estimator_prior(
+            self.args.knapsack_value_estimator,
+            head_p,
+            self.knapsack_allocator.tracker.stats(prompt_ids).num_observations
+            if head_p is not None
+            else None,
+        )
         return self.knapsack_allocator.allocate(
-            prompt_ids, budget, step=step, uniform=self.args.knapsack_mode == "uniform"
+            prompt_ids,
+            budget,
+            step=step,
+            prior_success_rate=prior,
+            uniform=self.args.knapsack_mode == "uniform",
         )
 
     def _knapsack_order(self, prompt_ids: list[str], sizes: np.ndarray) -> np.ndarray:
@@ -218,6 +241,7 @@ class KnapsackTrainerMixin:
                     "prompt; the knapsack trainer relies on TRL's RepeatSampler (do not replace the train sampler)."
                 )
         step = int(self.state.global_step)
+        self._knapsack_head_p = self._knapsack_score_prompts(unique_rows)
         if acc.is_main_process:
             allocation = self._knapsack_allocate(prompt_ids, budget, step)
             sizes = np.asarray(allocation.rollouts_per_prompt, dtype=np.int64)
@@ -240,6 +264,25 @@ class KnapsackTrainerMixin:
         mine = order[rank * local : (rank + 1) * local]
         local_rows = [dict(unique_rows[canonical[c]]) for c in mine]  # copies: TRL may write extra fields
         return GenerationPlan(step, prompt_ids, sizes, order, local_rows, metrics)
+
+    def _knapsack_score_prompts(self, unique_rows: list[dict[str, Any]]) -> np.ndarray | None:
+        """Every process: the value head's features and p for the batch's prompts (None without a head).
+
+        All processes take part (the forward is sharded and all-gathered), so the features, and the
+        head's updates on them, are identical everywhere.
+        """
+        self._knapsack_head_features = None
+        if self.knapsack_value_head is None:
+            return None
+        from knapsack_trl.value_head import tokenize_prompts
+
+        ids, mask = tokenize_prompts(
+            self.processing_class, [row["prompt"] for row in unique_rows], device=self.accelerator.device
+        )
+        self._knapsack_head_features = self.knapsack_value_head.features(
+            self.model, ids, mask, shared_inputs=True
+        )
+        return self.knapsack_value_head.predict_or_none(self._knapsack_head_features)
 
     # ------------------------------------------------------------------ TRL overrides
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -320,6 +363,17 @@ class KnapsackTrainerMixin:
 
         scalar_rewards = aggregate_rewards(rewards_per_func, self.reward_weights)
         lengths = self._knapsack_lengths[inverse] if self._knapsack_lengths is not None else None
+        if self._knapsack_head_features is not None:
+            from knapsack_trl.value_head import group_successes
+
+            successes, counts = group_successes(
+                scalar_rewards, plan.sizes, self.args.knapsack_success_threshold
+            )
+            for name, value in self.knapsack_value_head.update(
+                self._knapsack_head_features, successes, counts
+            ).items():
+                metrics[name].append(value)
+            self._knapsack_head_features = None
         if acc.is_main_process:
             row_ids = [pid for pid, n in zip(plan.prompt_ids, plan.sizes.tolist()) for _ in range(n)]
             self.knapsack_allocator.observe(
@@ -360,12 +414,16 @@ class KnapsackTrainerMixin:
             )
             with open(os.path.join(folder, STATE_FILE), "w") as f:
                 json.dump(self.knapsack_state_dict(), f, allow_nan=False)
+            if self.knapsack_value_head is not None:
+                self.knapsack_value_head.save(folder)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)  # type: ignore[misc]
         if self.knapsack_allocator is None or checkpoint is None:
             return
         path = os.path.join(checkpoint, STATE_FILE)
+        if self.knapsack_value_head is not None and not self.knapsack_value_head.load(checkpoint):
+            logger.warning(f"Resuming from {checkpoint} without a saved value head: it starts untrained.")
         if os.path.exists(path):
             with open(path) as f:
                 self.load_knapsack_state_dict(json.load(f))
