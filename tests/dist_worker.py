@@ -34,7 +34,7 @@ from knapsack_trl.tiny import arithmetic_dataset
 def main(model_dir: str, out_dir: str, kind: str = "grpo") -> None:
     config_cls, trainer_cls = (
         (KnapsackGRPOConfig, KnapsackGRPOTrainer)
-        if kind == "grpo"
+        if kind.startswith("grpo")
         else (KnapsackRLOOConfig, KnapsackRLOOTrainer)
     )
     args = config_cls(
@@ -54,6 +54,7 @@ def main(model_dir: str, out_dir: str, kind: str = "grpo") -> None:
         seed=0,
         disable_tqdm=True,
         knapsack_n_max=12,
+        knapsack_value_estimator="blend" if kind.endswith("blend") else "history",
     )
     trainer = trainer_cls(
         model=AutoModelForCausalLM.from_pretrained(model_dir),
@@ -89,6 +90,9 @@ def main(model_dir: str, out_dir: str, kind: str = "grpo") -> None:
         "distributed_type": str(trainer.accelerator.distributed_type),
         "generations": generations,
         "finished": trainer.state.global_step == args.max_steps,
+        "value_head": None
+        if trainer.knapsack_value_head is None
+        else trainer.knapsack_value_head.fingerprint(),
     }
     for g in generations:
         print(f"[rank {rank}] step {g['step']} rollouts {g['rollouts']}", flush=True)

@@ -22,7 +22,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("kind", ["grpo", "rloo"])
+@pytest.mark.parametrize("kind", ["grpo", "rloo", "grpo-blend"])
 def test_two_processes_share_one_allocation(tiny_dir: str, tmp_path: Path, kind: str) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     command = [
@@ -59,3 +59,5 @@ def test_two_processes_share_one_allocation(tiny_dir: str, tmp_path: Path, kind:
     assert any(g["rollouts"] != [4] * 8 for g in gens0[1:])  # history-dependent allocations happened
     for rank in range(2):
         assert f"[rank {rank}] step 3 rollouts" in proc.stdout
+    if kind.endswith("blend"):  # the value head trained on identical gathered data stays identical
+        assert ranks[0]["value_head"] is not None and ranks[0]["value_head"] == ranks[1]["value_head"]
