@@ -44,13 +44,6 @@ PROG = "knapsack-trl train"
 _TRL_REWARD_KWARGS = frozenset(
     {"prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric", "environments"}
 )
-_LOCAL_DATA_SUFFIXES = {
-    ".json": "json",
-    ".jsonl": "json",
-    ".csv": "csv",
-    ".parquet": "parquet",
-    ".arrow": "arrow",
-}
 
 
 class RecipeError(ValueError):
@@ -150,6 +143,14 @@ def _config_path(argv: Sequence[str]) -> str | None:
     return None
 
 
+def _split_config_flag(argv: list[str]) -> list[str]:
+    """``--config=x.yaml`` -> ``--config x.yaml``: TrlParser only finds the separate form."""
+    out: list[str] = []
+    for arg in argv:
+        out.extend(["--config", arg.split("=", 1)[1]] if arg.startswith("--config=") else [arg])
+    return out
+
+
 def read_recipe(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The recipe's YAML mapping; a clear error for a missing file or a file that is not a mapping."""
     import yaml
@@ -225,7 +226,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Any, Any, Any]:
     Raises :class:`RecipeError` naming the field for unknown keys and for values the configs reject
     (their own ``__post_init__`` checks, budget arithmetic included).
     """
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = _split_config_flag(list(sys.argv[1:] if argv is None else argv))
     path = _config_path(args)
     recipe = read_recipe(path) if path else {}
     # Export the env block before trl / huggingface_hub are imported: they read HF_* variables at import.

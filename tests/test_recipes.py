@@ -164,9 +164,7 @@ def test_flags_override_the_recipe_and_env_is_exported(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     recipe = _variant(tmp_path, env={"KNAPSACK_TRL_RECIPE_TEST": "exported"})
-    rc, report, err = _dry_run(
-        ["--config", str(recipe), "--knapsack_n_max", "12", "--max-steps", "3"], capsys
-    )
+    rc, report, err = _dry_run([f"--config={recipe}", "--knapsack_n_max", "12", "--max-steps", "3"], capsys)
     assert rc == 0, err
     assert report is not None
     assert report["resolved"]["knapsack_n_max"] == 12 and report["resolved"]["max_steps"] == 3
@@ -224,6 +222,16 @@ def test_bad_recipe_fails_dry_run_naming_the_field(
     assert err.startswith("knapsack-trl train: recipe error:")
     for word in words:
         assert word in err
+
+
+def test_trainer_type_on_the_command_line_picks_the_config_class(capsys: pytest.CaptureFixture[str]) -> None:
+    rloo = RECIPES / "tiny" / "arithmetic-rloo-knapsack.yaml"
+    rc, report, err = _dry_run(["--config", str(rloo)], capsys)
+    assert rc == 0, err
+    assert report is not None and report["trainer"] == "KnapsackRLOOTrainer"
+    rc, _, err = _dry_run(["--config", str(rloo), "--trainer_type", "grpo"], capsys)
+    assert rc == 2
+    assert "unknown key 'normalize_advantages'" in err and "KnapsackGRPOConfig (trainer_type: grpo)" in err
 
 
 def test_unknown_command_line_flag_is_named(capsys: pytest.CaptureFixture[str]) -> None:
