@@ -20,6 +20,7 @@ the rewards resolve and a local dataset has the columns they need; then it print
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import enum
 import importlib.util
@@ -200,7 +201,15 @@ def make_parser(trainer_type: str = "grpo", prog: str = PROG) -> Any:
     """A ``TrlParser`` over (KnapsackScriptArguments, the trainer's config, ModelConfig)."""
     from trl import ModelConfig, TrlParser
 
-    return TrlParser((KnapsackScriptArguments, config_class(trainer_type), ModelConfig), prog=prog)
+    classes = (KnapsackScriptArguments, config_class(trainer_type), ModelConfig)
+    declared = [(f, f.type) for cls in classes for f in dataclasses.fields(cls)]
+    try:
+        return TrlParser(classes, prog=prog)
+    finally:
+        # HfArgumentParser rewrites each Field.type in place (`int | None` becomes `int`); restore the
+        # declared annotations so code that reads these dataclasses later is not affected by a parse.
+        for f, declared_type in declared:
+            f.type = declared_type
 
 
 def _known_keys(parser: Any) -> set[str]:

@@ -125,3 +125,16 @@ def test_train_help_lists_script_config_and_model_fields(capsys: pytest.CaptureF
         "--use_peft",
     ):
         assert flag in out
+
+
+def test_building_the_train_parser_leaves_the_config_dataclasses_unchanged() -> None:
+    """HfArgumentParser narrows Field.type in place (`int | None` -> `int`); other code reads those fields."""
+    import dataclasses
+
+    from knapsack_trl import train
+    from knapsack_trl.trainer import KnapsackGRPOConfig
+
+    before = {f.name: f.type for f in dataclasses.fields(KnapsackGRPOConfig)}
+    train.make_parser("grpo")
+    after = {f.name: f.type for f in dataclasses.fields(KnapsackGRPOConfig)}
+    assert after == before
