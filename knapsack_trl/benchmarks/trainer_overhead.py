@@ -69,7 +69,7 @@ def run(
     gradient_accumulation_steps: int = 2,
     max_completion_length: int = 32,
     mode: str = "knapsack",
-    solver: str = "greedy",
+    solver: str = "cpsat",
     threads: int | None = 1,
 ) -> dict[str, Any]:
     """Time both trainers and return medians, ratio and settings."""
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         help="knapsack allocation, uniform allocation through the same pipeline, or knapsack_enabled=False "
         "(an A/A run: measures the benchmark's own noise)",
     )
-    parser.add_argument("--solver", choices=["greedy", "dp", "cpsat"], default="greedy")
+    parser.add_argument("--solver", choices=["cpsat", "dp", "greedy"], default="cpsat")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0 = torch default)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     ns = parser.parse_args(argv)
