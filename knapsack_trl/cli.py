@@ -25,8 +25,14 @@ COMMANDS: dict[str, Command] = {
         "knapsack_trl.train",
         "train with a YAML recipe: knapsack-trl train --config RECIPE.yaml [--field value ...] [--dry-run]",
     ),
-    "demo": Command("knapsack_trl.demo", "run the offline CPU demo (knapsack vs uniform on a tiny policy)"),
-    "compare": Command("knapsack_trl.compare", "compare finished runs (knapsack vs uniform) from their logs"),
+    "demo": Command(
+        "knapsack_trl.demo",
+        "uniform vs knapsack GRPO on a tiny offline policy, on CPU in minutes; writes a report",
+    ),
+    "compare": Command(
+        "knapsack_trl.compare",
+        "uniform vs knapsack (and oracle) over several seeds, on the demo task or a recipe",
+    ),
 }
 
 
