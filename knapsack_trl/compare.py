@@ -37,6 +37,7 @@ from knapsack_trl.report import RunRecord, format_ratios, format_table, group_st
 
 DEFAULT_OUTPUT_DIR = "knapsack_compare_report"
 METHODS = ("uniform", "knapsack", "oracle")
+EXTRA_METHODS = ("posterior",)
 
 
 # --------------------------------------------------------------------------- held-out evaluation
@@ -144,12 +145,15 @@ class RecordingMixin:
     """Put before a knapsack trainer class: records each generation batch and one allocation snapshot.
 
     ``record_steps`` gets one :func:`knapsack_trl.report.group_stats` dict per generation batch (any
-    allocation, stock uniform included). With ``oracle_p`` set, allocations use the true success rates.
+    allocation, stock uniform included). With ``oracle_p`` set, allocations use the true success rates;
+    with ``record_posterior``, the tracker's Beta-posterior mean for every prompt, without the all-fail /
+    all-success buckets (an ablation of the bucket rule).
     """
 
     record_threshold: float = 0.5
     record_snapshot_step: int | None = None
     oracle_p: Callable[[list[str]], np.ndarray] | None = None
+    record_posterior: bool = False
     true_p: Callable[[list[str]], np.ndarray] | None = None
 
     def _record_init(self) -> None:
@@ -183,7 +187,7 @@ class RecordingMixin:
         return str(value) if value is not None else prompt_id(row["prompt"])
 
     def _knapsack_allocate(self, prompt_ids: list[str], budget: int, step: int) -> Any:
-        if self.oracle_p is None:
+        if self.oracle_p is None and not self.record_posterior:
             allocation = super()._knapsack_allocate(prompt_ids, budget, step)  # type: ignore[misc]
         else:
             from knapsack_trl.core.allocator import KnapsackRolloutAllocator
@@ -194,8 +198,12 @@ class RecordingMixin:
                     self.knapsack_allocator.config,  # type: ignore[attr-defined]
                     self.args.knapsack_tracker(),  # type: ignore[attr-defined]
                 )
-            truth = np.clip(self.oracle_p(prompt_ids), 0.0, 1.0)
-            allocation = self._record_oracle.allocate(prompt_ids, budget, step=step, prior_success_rate=truth)
+            if self.oracle_p is not None:
+                p = self.oracle_p(prompt_ids)
+            else:
+                p = self.knapsack_allocator.tracker.success_rate(prompt_ids)  # type: ignore[attr-defined]
+            p = np.clip(np.nan_to_num(p, nan=0.5), 0.0, 1.0)
+            allocation = self._record_oracle.allocate(prompt_ids, budget, step=step, prior_success_rate=p)
         self._record_snapshot(prompt_ids, budget, step, allocation)
         return allocation
 
@@ -297,7 +305,7 @@ class EvalCallback:
             egr = sum(s["useful_rollouts"] for s in recent) / max(1.0, sum(s["rollouts"] for s in recent))
             post = {"reward": f"{np.mean([s['reward_mean'] for s in recent]):.2f}", "eff.grad": f"{egr:.2f}"}
             if self.evals:
-                post["held-out acc"] = f"{self.evals[-1]['accuracy']:.3f}"
+                post["held-out acc"] = f"{self.evals[-1]['reward']:.3f}"
             self._bar.set_postfix(post, refresh=False)
 
 
@@ -349,6 +357,7 @@ def run_method(
             trainer.true_p = truth
             if method == "oracle":
                 trainer.oracle_p = truth
+        trainer.record_posterior = method == "posterior"
     if start_eval is not None:
         evaluator.evals.append({**start_eval, "step": 0.0, "rollouts_consumed": 0.0})
     else:
@@ -609,6 +618,15 @@ def _true_p(
 
 
 def _methods(ns: argparse.Namespace) -> tuple[str, ...]:
+    if ns.methods:
+        chosen = tuple(m.strip() for m in ns.methods.split(",") if m.strip())
+        unknown = [m for m in chosen if m not in METHODS + EXTRA_METHODS]
+        if unknown or "uniform" not in chosen:
+            raise SystemExit(
+                f"knapsack-trl compare: --methods takes uniform plus any of "
+                f"{', '.join(METHODS[1:] + EXTRA_METHODS)} (got {ns.methods!r})."
+            )
+        return chosen
     return METHODS if ns.oracle else METHODS[:2]
 
 
@@ -623,6 +641,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
     p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
     p.add_argument("--oracle", action="store_true", help="add the oracle row: allocation with the true p")
+    p.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated runs per seed: uniform, knapsack, oracle, posterior (the knapsack allocation with "
+        "the tracker's Beta-posterior p for every prompt and no all-fail/all-success buckets); default "
+        "uniform,knapsack (+oracle with --oracle)",
+    )
     p.add_argument(
         "--oracle-samples", type=int, default=64, help="samples per prompt for the true p (default 64)"
     )
@@ -692,7 +717,7 @@ def main(argv: list[str] | None = None) -> int:
             runs, report_settings = _recipe_runs(ns, rest, work_dir)
         report_settings["seeds"] = list(range(ns.seed, ns.seed + ns.seeds))
         title = f"knapsack-trl compare: {Path(ns.config).name}"
-    if ns.oracle:
+    if "oracle" in _methods(ns):
         notes.append(
             f"Oracle: the same allocator fed the true success rate of each step's prompts, from {ns.oracle_samples} "
             "extra samples of the current policy (not counted as rollouts consumed)."

@@ -16,13 +16,14 @@ from typing import Any
 
 import numpy as np
 
-METHOD_ORDER = ("uniform", "knapsack", "oracle")
+METHOD_ORDER = ("uniform", "knapsack", "posterior", "oracle")
 METHOD_LABELS = {
     "uniform": "uniform GRPO",
     "knapsack": "knapsack GRPO",
+    "posterior": "knapsack, posterior p, no buckets",
     "oracle": "knapsack, oracle p",
 }
-METHOD_COLORS = {"uniform": "#4c72b0", "knapsack": "#dd8452", "oracle": "#55a868"}
+METHOD_COLORS = {"uniform": "#4c72b0", "knapsack": "#dd8452", "posterior": "#8172b3", "oracle": "#55a868"}
 # "Rollouts to target" and the equal-budget comparison use the held-out success rate of k samples at
 # temperature 1: averaged over samples it moves smoothly, where greedy accuracy flips prompt by prompt.
 TARGET_KEY = "reward"
