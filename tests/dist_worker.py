@@ -29,6 +29,7 @@ from knapsack_trl import (
     KnapsackRLOOTrainer,
 )
 from knapsack_trl.tiny import arithmetic_dataset
+from knapsack_trl.train import finish
 
 
 def main(model_dir: str, out_dir: str, kind: str = "grpo") -> None:
@@ -98,8 +99,7 @@ def main(model_dir: str, out_dir: str, kind: str = "grpo") -> None:
         print(f"[rank {rank}] step {g['step']} rollouts {g['rollouts']}", flush=True)
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump(result, f)
-    if hasattr(trainer, "end"):  # transformers >= 5.18: tears the process group down cleanly
-        trainer.end()
+    finish(trainer)  # waits for every process before tearing the group down (a gloo exit deadlock otherwise)
 
 
 if __name__ == "__main__":
