@@ -44,8 +44,8 @@ class DemoSettings:
 
     seed: int = 0
     hidden_size: int = 128
-    num_layers: int = 2
-    sft_steps: int = 1500
+    num_layers: int = 4
+    sft_steps: int = 2500
     sft_target: float = 0.2
     sft_batch_size: int = 128
     sft_lr: float = 3e-3
