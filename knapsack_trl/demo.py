@@ -461,7 +461,13 @@ def _parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=None, help="seed of data, model, warm-up and both runs (default 0)"
     )
     p.add_argument("--steps", type=int, default=None, help="GRPO steps per run")
-    p.add_argument("--sft-steps", type=int, default=None, help="supervised warm-up steps")
+    p.add_argument(
+        "--sft-steps",
+        type=int,
+        default=None,
+        help="most supervised warm-up steps (it stops earlier once a probe set reaches --sft-target)",
+    )
+    p.add_argument("--sft-target", type=float, default=None, help="probe success rate that ends the warm-up")
     p.add_argument("--prompts-per-step", type=int, default=None, help="distinct prompts per GRPO step")
     p.add_argument("--num-generations", type=int, default=None, help="average rollouts per prompt")
     p.add_argument("--pool-size", type=int, default=None, help="GRPO training prompts (they recur)")
@@ -469,7 +475,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--oracle", action="store_true", help="also run the oracle allocation (true p from many samples)"
     )
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default 2)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default 1: on a busy machine more threads spin-wait and run slower)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
