@@ -3,17 +3,20 @@
 The experiment, end to end and offline:
 
 1. build a character-level Llama from a config (:mod:`knapsack_trl.tiny`) and warm it up with a short
-   supervised phase on additions of 1 to 3 digits, so that many prompts are neither always solved nor
-   always failed (the regime where rollout allocation matters);
-2. measure the checkpoint on a fixed held-out set: greedy accuracy and per-prompt success ``p`` from
-   ``k`` samples at temperature 1;
+   supervised phase on additions at three difficulty levels, stopped once a probe set reaches a target
+   success rate, so that many prompts are neither always solved nor always failed (the regime where
+   rollout allocation matters);
+2. measure the checkpoint on a fixed held-out set (greedy accuracy, success of ``k`` samples at
+   temperature 1) and on the GRPO prompts;
 3. train two GRPO runs from that same checkpoint, same seed, same prompt order and the same rollout
-   budget per step (``generation_batch_size``): stock uniform GRPO, and knapsack allocation. The GRPO
-   prompts come from a small pool, so each prompt recurs and the success-rate history can help;
+   budget per step (``generation_batch_size``): stock uniform GRPO, and knapsack allocation (optionally
+   the oracle). The GRPO prompts come from a pool small enough that each prompt recurs every few
+   steps, so the success-rate history can help;
 4. print the table and write the report folder (markdown, ``results.json``, PNG plots).
 
-Every run's numbers come from the same recorder (a wrapper around the reward function that sees each
-generation batch's rewards and prompt ids), so uniform and knapsack are measured identically.
+Every run is measured by the same harness (:mod:`knapsack_trl.compare`: a trainer subclass that sees
+each generation batch's rewards and prompt ids, and a callback that evaluates on its own RNG stream),
+so uniform and knapsack are measured identically. A run is deterministic for a given seed.
 """
 
 from __future__ import annotations
