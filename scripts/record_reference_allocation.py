@@ -29,7 +29,7 @@ the same estimate differently. ``"allocation"`` is what ran here (the numpy vers
 where computing the gains in float64 changes it, the case also has ``"allocation_float64_gains"``,
 which is what numpy 1.26 returns (checked by running this script under it).
 
-Rerun (numpy is the only dependency; ``--repo`` defaults to the local mirror)::
+Rerun (numpy is the only dependency; ``git clone https://github.com/liziniu/KnapsackRL`` first)::
 
     python scripts/record_reference_allocation.py --repo /path/to/KnapsackRL --commit ca5d5f5 \\
         --out tests/fixtures/reference_allocation.json --cases 400 --seed 0
@@ -53,7 +53,6 @@ from typing import Any
 
 import numpy as np
 
-DEFAULT_REPO = "/work/.mirror/liziniu+KnapsackRL/repo"
 DEFAULT_COMMIT = "ca5d5f5"
 ALLOCATION_FILE = "verl/trainer/ppo/exploration_utils.py"
 DATASET_FILE = "verl/utils/dataset/rl_dataset.py"
@@ -389,9 +388,7 @@ def summarize(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--repo", default=DEFAULT_REPO, help="git checkout or bare mirror of liziniu/KnapsackRL"
-    )
+    parser.add_argument("--repo", required=True, help="git checkout or bare mirror of liziniu/KnapsackRL")
     parser.add_argument("--commit", default=DEFAULT_COMMIT, help="commit of the reference to run")
     parser.add_argument("--out", default="tests/fixtures/reference_allocation.json")
     parser.add_argument("--cases", type=int, default=400)
