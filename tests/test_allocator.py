@@ -14,6 +14,9 @@ from knapsack_trl.core.allocator import (
 from knapsack_trl.core.tracker import SuccessRateTracker
 from knapsack_trl.core.values import knapsack_value
 
+# The buckets rule with the paper's value and no fallback: the mechanics these tests pin down by hand.
+LEGACY = {"rule": "buckets", "fallback": False, "value_function": "knapsack"}
+
 
 def make_allocator(history: dict[str, list[int]], lengths: dict[str, float] | None = None, **config):
     """Allocator whose tracker saw ``history[id]`` as binary outcomes (window 16, prior 2 x 0.5)."""
@@ -23,6 +26,8 @@ def make_allocator(history: dict[str, list[int]], lengths: dict[str, float] | No
             length = None if lengths is None else [lengths[pid]] * len(outcomes)
             tracker.observe([pid] * len(outcomes), [float(o) for o in outcomes], length)
     config.setdefault("solver", "dp")
+    for name, value in LEGACY.items():
+        config.setdefault(name, value)
     return KnapsackRolloutAllocator(AllocatorConfig(**config), tracker)
 
 
@@ -32,13 +37,17 @@ def test_uniform_allocation_spreads_remainder():
     assert uniform_allocation(8, 4).dtype == np.int64
 
 
-def test_first_batch_is_uniform():
-    alloc = KnapsackRolloutAllocator(AllocatorConfig(n_max=16, solver="dp"))
+@pytest.mark.parametrize("rule", ["posterior", "buckets"])
+@pytest.mark.parametrize("solver", ["cpsat", "dp", "greedy"])
+def test_first_batch_is_uniform(rule, solver):
+    alloc = KnapsackRolloutAllocator(AllocatorConfig(rule=rule, n_max=16, solver=solver))
     out = alloc.allocate([f"p{i}" for i in range(5)], 42)
-    assert out.rollouts_per_prompt.tolist() == [9, 9, 8, 8, 8]
+    assert out.rollouts_per_prompt.tolist() == [9, 9, 8, 8, 8]  # identical prompts: the uniform split exactly
     assert out.bucket.tolist() == ["unseen"] * 5
-    assert np.isnan(out.success_rate).all()
-    assert out.solver_result is None
+    if rule == "buckets":
+        assert np.isnan(out.success_rate).all() and out.solver_result is None
+    else:
+        assert out.success_rate.tolist() == [pytest.approx(0.5)] * 5  # the flat prior before any outcome
 
 
 def test_metrics_by_hand_three_prompts():
@@ -52,10 +61,16 @@ def test_metrics_by_hand_three_prompts():
     m = out.metrics()
     assert all(isinstance(v, float) for v in m.values())
     assert m["rollouts_min"] == 2.0 and m["rollouts_mean"] == 4.0 and m["rollouts_max"] == 6.0
-    assert m["expected_nonzero_groups"] == pytest.approx((1 - 2 / 64 + 0) / 2)
-    assert m["expected_nonzero_groups_uniform"] == pytest.approx((1 - 2 / 16 + 0) / 2)
-    assert m["expected_nonzero_rollouts"] == pytest.approx((6 * 62 / 64 + 2 * 0) / 8)
-    assert m["expected_nonzero_rollouts_uniform"] == pytest.approx((4 * 14 / 16 + 4 * 0) / 8)
+    # Expected informative prompts come from the posterior (population prior + each prompt's history),
+    # whichever rule decided: the same numbers for the allocation and for the uniform split.
+    post = alloc.population_prior().posterior(np.array([1.0, 0.0, 0.0]), np.array([2.0, 2.0, 0.0]))
+    assert m["informative_prompts_expected"] == pytest.approx(
+        post.nonzero_gradient(np.array([6, 2, 4])).sum()
+    )
+    assert m["informative_prompts_uniform_expected"] == pytest.approx(
+        post.nonzero_gradient(np.full(3, 4)).sum()
+    )
+    assert 0 < m["informative_prompts_expected"] < 3 and m["fallback_rollouts"] == 0.0
     assert m["expected_value"] == pytest.approx(62 / 64 * 0.5 * 0.25)
     assert m["uniform_expected_value"] == pytest.approx(14 / 16 * 0.5 * 0.25)
     assert m["solver_optimal"] == 1.0 and m["solver_seconds"] >= 0.0
@@ -189,14 +204,14 @@ def test_token_cost_mode_respects_uniform_token_spend():
         ({"n_min": 9, "n_max": 8}, "knapsack_n_min"),
         ({"n_max": 0, "n_min": 0}, "knapsack_n_max"),
         ({"n_min": 2.5}, "knapsack_n_min"),
-        ({"zero_success_budget": 1}, "knapsack_zero_success_budget"),
-        ({"full_success_budget": 200}, "knapsack_full_success_budget"),
+        ({"zero_success_budget": 1, "rule": "buckets"}, "knapsack_zero_success_budget"),
+        ({"full_success_budget": 200, "rule": "buckets"}, "knapsack_full_success_budget"),
         ({"solver": "simplex"}, "knapsack_solver"),
         ({"value_function": "nope"}, "knapsack_value_function"),
         ({"time_limit_s": 0}, "knapsack_time_limit_s"),
         ({"token_cost": True, "solver": "dp"}, "knapsack_token_cost"),
         ({"n_max_schedule": "cosine:64:8"}, "knapsack_n_max_schedule"),
-        ({"exploration_schedule": "2.0"}, "knapsack_exploration_schedule"),
+        ({"exploration_schedule": "2.0", "rule": "buckets"}, r"knapsack_exploration_schedule spans"),
         ({"total_steps": 0}, "knapsack_total_steps"),
     ],
 )
@@ -250,9 +265,9 @@ def test_state_dict_round_trip_gives_identical_next_allocation():
     with pytest.raises(ValueError, match="version"):
         resumed.load_state_dict({"version": 0})
     other = KnapsackRolloutAllocator(AllocatorConfig(**config), SuccessRateTracker(window=4))
-    with pytest.warns(UserWarning, match=r"window=16 \(now 4\)"):
+    with pytest.warns(UserWarning, match=r"ema_decay=0.9 \(now None\), window=None \(now 4\)"):
         other.load_state_dict(live.state_dict())
-    assert other.tracker.window == 16
+    assert other.tracker.window is None and other.tracker.ema_decay == 0.9
 
 
 @st.composite
@@ -305,11 +320,26 @@ def test_invariants(batch):
         np.testing.assert_array_equal(n[unseen], uni[unseen])
     elif rest > config["n_max"] * knap.sum():
         assert (n[knap] == config["n_max"]).all()
-        # Zero prompts are filled before unseen ones, unseen before one prompts.
+        # The surplus goes to all-fail and unseen prompts (equal increments) before the all-success ones.
         if (n[one] > config["full_success_budget"]).any():
-            assert (n[zero] == config["n_max"]).all() and (n[unseen] == config["n_max"]).all()
-        if (n[unseen] > uni[unseen]).any():
-            assert (n[zero] == config["n_max"]).all()
+            assert (n[zero | unseen] == config["n_max"]).all()
+
+
+@settings(max_examples=150, deadline=None)
+@given(batches(), st.booleans(), st.sampled_from(["posterior", "buckets"]), st.integers(1, 4))
+def test_invariants_every_rule(batch, fallback, rule, min_observations):
+    config, ids, history, prior, budget, _, step = batch
+    config = {**config, "rule": rule, "fallback": fallback, "min_observations": min_observations}
+    alloc = make_allocator(history, **config, solver="dp")
+    out = alloc.allocate(ids, budget, step=step, prior_success_rate=prior)
+    n = out.rollouts_per_prompt
+    assert n.sum() == budget and n.min() >= config["n_min"] and n.max() <= config["n_max"]
+    assert 0 <= out.metrics()["informative_prompts_expected"] <= len(ids) + 1e-9
+    assert out.fallback_rollouts == 0 or (rule == "buckets" and fallback)
+    again = make_allocator(history, **config, solver="cpsat").allocate(
+        ids, budget, step=step, prior_success_rate=prior
+    )
+    assert again.expected_value == pytest.approx(out.expected_value, rel=1e-9, abs=1e-12)  # both exact
 
 
 def brute_force(p: np.ndarray, total: int, n_min: int, n_max: int) -> float:
@@ -343,3 +373,126 @@ def test_mixed_part_is_optimal_against_brute_force(solver, data):
     assert got == pytest.approx(
         brute_force(out.success_rate[mixed], total, n_min, n_max), rel=1e-9, abs=1e-15
     )
+
+
+def test_fallback_by_hand():
+    # A and B at p = 1/2 need log(0.1) / log(0.5) = 3.3 -> 3 extra rollouts each for a 90% chance of a mixed
+    # group. Z keeps 2 and the unseen U the uniform 8, which leaves 22 - 2 x 2 = 18 extra: the knapsack gets
+    # 6, the other 12 go evenly to Z and U (the reference's "success rate 0" set), in index order.
+    alloc = make_allocator(
+        {"A": [1, 0], "B": [0, 1], "Z": [0] * 8}, n_min=2, n_max=32, fallback=True, prior_strength=0.0
+    )
+    out = alloc.allocate(["A", "Z", "B", "U"], 32)
+    assert out.rollouts_per_prompt.tolist() == [5, 2 + 6, 5, 8 + 6]
+    assert out.fallback_rollouts == 12 and out.metrics()["fallback_rollouts"] == 12.0
+    # Without the fallback everything goes to the mixed prompts.
+    plain = make_allocator({"A": [1, 0], "B": [0, 1], "Z": [0] * 8}, n_min=2, n_max=32, prior_strength=0.0)
+    assert plain.allocate(["A", "Z", "B", "U"], 32).rollouts_per_prompt.tolist() == [11, 2, 11, 8]
+    # A cap binds: what Z cannot take goes to U; no all-fail or unseen prompt: to the all-success ones.
+    capped = make_allocator({"A": [1, 0], "Z": [0] * 8}, n_min=2, n_max=12, fallback=True, prior_strength=0.0)
+    assert capped.allocate(["A", "Z", "U"], 27).rollouts_per_prompt.tolist() == [5, 10, 12]
+    solved = make_allocator({"A": [1, 0], "S": [1] * 8}, n_min=2, n_max=32, fallback=True, prior_strength=0.0)
+    assert solved.allocate(["A", "S"], 16).rollouts_per_prompt.tolist() == [5, 11]
+
+
+def test_fallback_costs_follow_the_confidence():
+    # p = 0.1: log(1 - c) / log(0.9) rollouts: 21.9 at c = 0.9, 6.6 at c = 0.5; n_max caps it.
+    history = {"h": [1] + [0] * 9, "z": [0, 0]}
+    for confidence, extra in ((0.9, 21), (0.5, 6)):
+        alloc = make_allocator(
+            history, n_min=2, n_max=64, fallback=True, fallback_confidence=confidence, prior_strength=0.0
+        )
+        out = alloc.allocate(["h", "z"], 64)
+        assert out.rollouts_per_prompt.tolist() == [2 + extra, 64 - 2 - extra]
+    capped = make_allocator(history, n_min=2, n_max=16, fallback=True, prior_strength=0.0)
+    assert capped.allocate(["h", "z"], 32).rollouts_per_prompt.tolist() == [16, 16]  # 2 + min(16, 21) > 16
+
+
+def test_min_observations_treats_short_histories_as_unseen():
+    history = {"z": [0] * 7, "m": [1, 0, 1, 0, 0, 0, 1, 0]}
+    short = make_allocator(history, n_min=2, n_max=16, min_observations=8)
+    out = short.allocate(["z", "m", "x"], 24)
+    assert out.bucket.tolist() == ["unseen", "mixed", "unseen"]
+    assert out.rollouts_per_prompt.tolist() == [8, 8, 8]  # z keeps the uniform budget, m takes what is left
+    full = make_allocator(history, n_min=2, n_max=16, min_observations=1)
+    assert full.allocate(["z", "m", "x"], 24).bucket.tolist() == ["zero", "mixed", "unseen"]
+    with pytest.raises(ValueError, match="knapsack_min_observations"):
+        AllocatorConfig(min_observations=0).validate()
+    with pytest.raises(ValueError, match="knapsack_fallback_confidence"):
+        AllocatorConfig(fallback_confidence=1.0).validate()
+    with pytest.raises(ValueError, match="knapsack_rule"):
+        AllocatorConfig(rule="bandit").validate()
+    with pytest.raises(ValueError, match="knapsack_exploration_schedule"):
+        AllocatorConfig(rule="posterior", exploration_schedule="0.2").validate()
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_buckets_with_fallback_knapsack_part_is_optimal(data):
+    n_min = data.draw(st.integers(1, 2))
+    n_max = data.draw(st.integers(n_min + 2, 7))
+    k = data.draw(st.integers(1, 3))
+    history = {}
+    for i in range(k):
+        length = data.draw(st.integers(2, 8))
+        history[f"m{i}"] = [1] * data.draw(st.integers(1, length - 1)) + [0] * length
+    history["z"] = [0] * data.draw(st.integers(1, 4))
+    ids = [*list(history), "new"]
+    budget = data.draw(st.integers(n_min * len(ids), n_max * len(ids)))
+    alloc = make_allocator(
+        history, n_min=n_min, n_max=n_max, fallback=True, solver="cpsat", prior_strength=0.0
+    )
+    out = alloc.allocate(ids, budget)
+    mixed = out.bucket == "mixed"
+    total = int(out.rollouts_per_prompt[mixed].sum())
+    got = float(knapsack_value(out.rollouts_per_prompt[mixed], out.success_rate[mixed]).sum())
+    assert got == pytest.approx(
+        brute_force(out.success_rate[mixed], total, n_min, n_max), rel=1e-9, abs=1e-15
+    )
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_posterior_rule_is_optimal_against_brute_force(data):
+    n_min = data.draw(st.integers(0, 2))
+    n_max = data.draw(st.integers(n_min + 1, 6))
+    m = data.draw(st.integers(1, 4))
+    history = {f"q{i}": data.draw(st.lists(st.integers(0, 1), max_size=6)) for i in range(m)}
+    # The bucket budgets play no part in the posterior rule: any value passes.
+    budget = data.draw(st.integers(n_min * m, n_max * m))
+    value = data.draw(st.sampled_from(["nonzero_gradient", "knapsack"]))
+    alloc = make_allocator(
+        history, rule="posterior", value_function=value, n_min=n_min, n_max=n_max, solver="cpsat"
+    )
+    ids = list(history)
+    out = alloc.allocate(ids, budget)
+    st_ = alloc.tracker.stats(ids)
+    table = (
+        alloc.population_prior()
+        .posterior(st_.successes, st_.num_observations)
+        .value_table(alloc._value_fn, n_max)
+    )
+    best = max(
+        sum(table[i, c] for i, c in enumerate(combo))
+        for combo in itertools.product(range(n_min, n_max + 1), repeat=m)
+        if sum(combo) == budget
+    )
+    assert out.expected_value == pytest.approx(best, rel=1e-9, abs=1e-15)
+
+
+def test_posterior_rule_feeds_hard_but_solvable_prompts():
+    # A pool where prompts that fail 8 of 8 are often solvable (p ~ 0.1): a fresh 0/8 prompt is worth more
+    # rollouts than a prompt that has been solved 16 of 16, not the fixed 2 of the buckets rule.
+    rng = np.random.default_rng(0)
+    history = {f"h{i}": list(rng.binomial(1, 0.1, 8)) for i in range(200)}
+    history |= {f"s{i}": [1] * 16 for i in range(200)}
+    history["zero"] = [0] * 8
+    history["solved"] = [1] * 16
+    post = make_allocator(history, rule="posterior", value_function="nonzero_gradient", n_min=2, n_max=64)
+    out = post.allocate(["zero", "solved"], 16)
+    assert out.rollouts_per_prompt.tolist() == [14, 2]
+    buckets = make_allocator(history, n_min=2, n_max=64)
+    assert buckets.allocate(["zero", "solved"], 16).rollouts_per_prompt.tolist() == [14, 2]  # surplus
+    buckets_mixed = make_allocator(history, n_min=2, n_max=64)
+    mixed_out = buckets_mixed.allocate(["zero", "solved", "h0"], 24)
+    assert mixed_out.rollouts_per_prompt[0] == 2  # the buckets rule freezes an all-fail prompt at 2

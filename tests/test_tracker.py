@@ -10,7 +10,14 @@ from knapsack_trl.core.tracker import PromptStats, SuccessRateTracker, prompt_id
 
 
 def assert_stats_equal(a: PromptStats, b: PromptStats) -> None:
-    for name in ("num_observations", "successes", "empirical_rate", "mean_length", "last_seen"):
+    for name in (
+        "num_observations",
+        "successes",
+        "empirical_rate",
+        "mean_length",
+        "last_seen",
+        "total_observations",
+    ):
         x, y = getattr(a, name), getattr(b, name)
         assert x.dtype == y.dtype, name
         np.testing.assert_array_equal(x, y, err_msg=name)
@@ -132,7 +139,8 @@ def test_observe_rejects_misaligned_inputs():
     [
         ({"window": 0}, "knapsack_tracker_window"),
         ({"window": 2.5}, "knapsack_tracker_window"),
-        ({"window": None}, "knapsack_tracker_ema_decay"),
+        ({"estimate": "epoch"}, "knapsack_tracker_estimate"),
+        ({"estimate": "last_visit"}, "knapsack_tracker_estimate"),  # needs window mode
         ({"window": 4, "ema_decay": 0.9}, "knapsack_tracker_window"),
         ({"window": None, "ema_decay": 1.0}, "knapsack_tracker_ema_decay"),
         ({"window": None, "ema_decay": 0.0}, "knapsack_tracker_ema_decay"),
@@ -193,3 +201,61 @@ def test_load_state_dict_replaces_config_and_rejects_bad_version():
     assert dst.is_ema and dst.ema_decay == 0.8 and len(dst) == 1 and "zzz" not in dst
     with pytest.raises(ValueError, match="version"):
         dst.load_state_dict({"version": 99, "config": {}, "prompts": {}})
+
+
+def test_default_is_an_ema_of_about_ten_visits():
+    tr = SuccessRateTracker()
+    assert tr.is_ema and tr.ema_decay == 0.9 and tr.window is None
+    tr.observe(["a"] * 4, [1, 0, 0, 0])
+    tr.observe(["a"] * 2, [1, 1])
+    st_ = tr.stats(["a"])
+    assert st_.successes[0] == pytest.approx(0.9 * 1 + 2) and st_.num_observations[0] == pytest.approx(
+        0.9 * 4 + 2
+    )
+    assert st_.total_observations[0] == 6
+    assert SuccessRateTracker(window=16).window == 16 and not SuccessRateTracker(window=16).is_ema
+
+
+def test_last_visit_estimate_is_the_reference_rule():
+    # The last visit's outcomes when it had at least `window` rollouts, else the last `window` outcomes.
+    tr = SuccessRateTracker(window=4, estimate="last_visit", prior_strength=0.0)
+    tr.observe(["a"] * 6, [1, 1, 1, 1, 1, 0])  # a visit of 6 >= 4: 5/6, not the window's 3/4
+    assert tr.stats(["a"]).empirical_rate[0] == 5 / 6 and tr.stats(["a"]).num_observations[0] == 6
+    tr.observe(["a"] * 2, [0, 0])  # a visit of 2 < 4: the last 4 outcomes, 1, 0, 0, 0
+    st_ = tr.stats(["a"])
+    assert (st_.successes[0], st_.num_observations[0], st_.total_observations[0]) == (1, 4, 8)
+    window = SuccessRateTracker(window=4, prior_strength=0.0)
+    window.observe(["a"] * 6, [1, 1, 1, 1, 1, 0])
+    assert window.stats(["a"]).empirical_rate[0] == 3 / 4
+
+
+def test_count_histogram_follows_every_update():
+    tr = SuccessRateTracker(window=3)
+    tr.observe(["a", "a", "b"], [1, 0, 1])
+    tr.observe(["a", "a"], [1, 1])  # a: window 0, 1, 1 -> (2, 3)
+    pairs, counts = tr.count_histogram()
+    assert {tuple(p): int(c) for p, c in zip(pairs.tolist(), counts.tolist())} == {
+        (2.0, 3.0): 1,
+        (1.0, 1.0): 1,
+    }
+    clone = SuccessRateTracker.from_json(tr.to_json())
+    np.testing.assert_array_equal(clone.count_histogram()[0], pairs)
+    np.testing.assert_array_equal(clone.count_histogram()[1], counts)
+
+
+def test_version_1_state_loads_with_totals_from_the_window():
+    tr = SuccessRateTracker(window=4)
+    tr.observe(["a"] * 3, [1, 0, 1], step=2)
+    state = tr.state_dict()
+    state["version"] = 1
+    for entry in state["prompts"].values():
+        del entry["total"], entry["last_visit"]
+    del state["config"]["estimate"]
+    old = SuccessRateTracker()
+    old.load_state_dict(state)
+    st_ = old.stats(["a"])
+    assert old.window == 4 and (st_.successes[0], st_.num_observations[0], st_.total_observations[0]) == (
+        2,
+        3,
+        3,
+    )

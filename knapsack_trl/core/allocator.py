@@ -1,14 +1,24 @@
-"""Turn prompt statistics into rollouts per prompt: the Knapsack RL allocation.
+"""Turn prompt statistics into rollouts per prompt: the allocation rules.
 
-Prompts whose recent rollouts all failed ("zero") or all succeeded ("one") carry no gradient and get a
-small fixed budget; prompts with no history get the uniform budget; the rest ("mixed", plus unseen
-prompts a value head can estimate) share what is left by solving a knapsack over ``v(n, p)``. This
-follows the reference code (liziniu/KnapsackRL ``sampling_budget_by_knapsack``); the schedules and the
-token-cost mode are this package's additions and are off by default.
+Two rules share one budget, one set of bounds ``[n_min, n_max]`` and one solver:
+
+- ``posterior``: each prompt's success rate is a posterior over a grid, from its own outcomes and a
+  population prior fitted to every prompt's history (empirical Bayes, :mod:`.posterior`). One knapsack
+  over all prompts maximises the expected value; with the ``nonzero_gradient`` value that is the
+  expected number of prompts whose group has mixed rewards, the prompts that give a gradient.
+- ``buckets``: the paper's rule (liziniu/KnapsackRL, ``verl/trainer/ppo/exploration_utils.py``,
+  ``sampling_budget_by_knapsack``). Prompts whose history is all failures / all successes get small
+  fixed budgets, prompts with too little history the uniform budget, and the mixed ones share the
+  rest by a knapsack over ``v(n, p)`` at their point estimate. With the cost-based fallback the
+  knapsack only gets what the mixed prompts need for a ``fallback_confidence`` chance of a mixed group;
+  the surplus goes evenly to the all-fail and unseen prompts.
+
+The schedules and the token-cost mode are this package's additions and are off by default.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -17,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from knapsack_trl.core.budget import add_evenly, drain_evenly, fill_evenly, uniform_allocation
+from knapsack_trl.core.posterior import PopulationPrior, Posterior
 from knapsack_trl.core.schedule import BudgetSchedule
 from knapsack_trl.core.solvers import SolverResult, check_solver_name, solve
 from knapsack_trl.core.tracker import SuccessRateTracker
@@ -27,8 +39,18 @@ from knapsack_trl.core.values import (
     value_table,
 )
 
+__all__ = [
+    "BUCKETS",
+    "RULES",
+    "Allocation",
+    "AllocatorConfig",
+    "KnapsackRolloutAllocator",
+    "uniform_allocation",
+]
+
 _STATE_VERSION = 1
 BUCKETS = ("unseen", "zero", "one", "mixed")
+RULES = ("posterior", "buckets")
 
 
 @dataclass
@@ -36,15 +58,21 @@ class AllocatorConfig:
     """Allocator settings; each field ``x`` is the trainer config field ``knapsack_x``.
 
     ``zero_success_budget`` / ``full_success_budget`` are the reference's ``negative_n`` /
-    ``positive_n``. Schedules are strings such as ``"cosine:128:32"`` (see :mod:`.schedule`).
+    ``positive_n``; ``fallback_confidence`` is its ``alpha``. ``min_observations``: a prompt's history
+    is used only from that many outcomes (the reference: 8); before that it counts as unseen.
+    Schedules are strings such as ``"cosine:128:32"`` (see :mod:`.schedule`).
     """
 
+    rule: str = "posterior"
     n_min: int = 2
     n_max: int = 128
     solver: str = "cpsat"
-    value_function: str | Callable[..., Any] = "knapsack"
+    value_function: str | Callable[..., Any] = "nonzero_gradient"
     zero_success_budget: int = 2
     full_success_budget: int = 2
+    fallback: bool = True
+    fallback_confidence: float = 0.9
+    min_observations: int = 1
     time_limit_s: float = 1.0
     token_cost: bool = False
     n_max_schedule: str | None = None
@@ -53,7 +81,9 @@ class AllocatorConfig:
 
     def validate(self) -> None:
         """Raise a ValueError naming the ``knapsack_*`` field for any setting that can never work."""
-        for name in ("n_min", "n_max", "zero_success_budget", "full_success_budget"):
+        if self.rule not in RULES:
+            raise ValueError(f"knapsack_rule={self.rule!r} is not known; use one of {list(RULES)}.")
+        for name in ("n_min", "n_max", "zero_success_budget", "full_success_budget", "min_observations"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                 raise ValueError(f"knapsack_{name}={value!r} must be an integer.")
@@ -65,7 +95,20 @@ class AllocatorConfig:
             raise ValueError(
                 f"knapsack_n_min={self.n_min} is larger than knapsack_n_max={self.n_max}; lower knapsack_n_min."
             )
-        _check_fixed_budgets(self, self.n_min, self.n_max)
+        if self.min_observations < 1:
+            raise ValueError(
+                f"knapsack_min_observations={self.min_observations} must be >= 1 (1 = use any history; "
+                "the reference uses 8)."
+            )
+        if not isinstance(self.fallback, bool):
+            raise ValueError(f"knapsack_fallback={self.fallback!r} must be True or False.")
+        conf = self.fallback_confidence
+        if isinstance(conf, bool) or not isinstance(conf, (int, float)) or not 0.0 < conf < 1.0:
+            raise ValueError(
+                f"knapsack_fallback_confidence={conf!r} must lie strictly between 0 and 1 (the reference: 0.9)."
+            )
+        if self.rule == "buckets":
+            _check_fixed_budgets(self, self.n_min, self.n_max)
         try:
             self.solver = check_solver_name(self.solver)
         except ValueError as err:
@@ -80,6 +123,12 @@ class AllocatorConfig:
                 f"knapsack_token_cost=True needs knapsack_solver='cpsat' (got {self.solver!r}): "
                 "only CP-SAT takes the token budget as a second constraint."
             )
+        if self.rule == "posterior" and self.exploration_schedule is not None:
+            raise ValueError(
+                f"knapsack_exploration_schedule={self.exploration_schedule!r} reserves budget for the buckets "
+                "rule's all-fail and unseen prompts; knapsack_rule='posterior' values those by their posterior "
+                "instead. Unset the schedule or set knapsack_rule='buckets'."
+            )
         if self.total_steps is not None and (isinstance(self.total_steps, bool) or self.total_steps < 1):
             raise ValueError(f"knapsack_total_steps={self.total_steps!r} must be an integer >= 1.")
         schedule = self.budget_schedule()
@@ -91,7 +140,8 @@ class AllocatorConfig:
                     f"knapsack_n_min={self.n_min}; raise the schedule's end or lower knapsack_n_min."
                 )
             try:
-                _check_fixed_budgets(self, self.n_min, lowest)
+                if self.rule == "buckets":
+                    _check_fixed_budgets(self, self.n_min, lowest)
             except ValueError as err:
                 raise ValueError(f"{err} (knapsack_n_max_schedule goes down to {lowest})") from None
 
@@ -104,36 +154,38 @@ class AllocatorConfig:
 
 @dataclass(frozen=True, eq=False)
 class Allocation:
-    """Rollouts per prompt for one generation batch, with what the decision was based on."""
+    """Rollouts per prompt for one generation batch, with what the decision was based on.
+
+    ``expected_informative`` / ``uniform_expected_informative``: expected number of prompts whose
+    group has mixed outcomes under this allocation / the uniform split, from the same posterior
+    (population prior plus each prompt's history), whichever rule decided.
+    """
 
     rollouts_per_prompt: np.ndarray
     success_rate: np.ndarray
     bucket: np.ndarray
     expected_value: float
     uniform_expected_value: float
+    expected_informative: float
+    uniform_expected_informative: float
     solver_result: SolverResult | None
     n_max: int = 0
     exploration_share: float = 0.0
+    fallback_rollouts: int = 0
 
     def metrics(self) -> dict[str, float]:
-        """Plain floats for logging (no prefix). Expectations are NaN when no prompt has an estimate."""
+        """Plain floats for logging (no prefix)."""
         n = self.rollouts_per_prompt
-        uni = uniform_allocation(int(n.sum()), n.size)
-        known = ~np.isnan(self.success_rate)
-        p = self.success_rate[known]
-        q = nonzero_gradient_probability(n[known], p)
-        q_uni = nonzero_gradient_probability(uni[known], p)
         res = self.solver_result
         out = {
             "rollouts_min": float(n.min()),
             "rollouts_mean": float(n.mean()),
             "rollouts_max": float(n.max()),
-            "expected_nonzero_groups": _mean(q),
-            "expected_nonzero_groups_uniform": _mean(q_uni),
-            "expected_nonzero_rollouts": _weighted(q, n[known]),
-            "expected_nonzero_rollouts_uniform": _weighted(q_uni, uni[known]),
+            "informative_prompts_expected": float(self.expected_informative),
+            "informative_prompts_uniform_expected": float(self.uniform_expected_informative),
             "expected_value": float(self.expected_value),
             "uniform_expected_value": float(self.uniform_expected_value),
+            "fallback_rollouts": float(self.fallback_rollouts),
             "solver_seconds": 0.0 if res is None else float(res.seconds),
             "solver_optimal": 1.0 if res is None else float(bool(res.optimal)),
             "n_max": float(self.n_max),
@@ -144,12 +196,15 @@ class Allocation:
         return out
 
 
-def uniform_allocation(budget: int, num_prompts: int) -> np.ndarray:
-    """``budget // M`` each, the remainder one apiece to the first prompts (sums to ``budget``)."""
-    base, rem = divmod(int(budget), int(num_prompts))
-    out = np.full(int(num_prompts), base, dtype=np.int64)
-    out[:rem] += 1
-    return out
+@dataclass(frozen=True)
+class _Batch:
+    """What the rules see of one batch: counts behind each estimate, buckets, beliefs."""
+
+    bucket: np.ndarray
+    point: np.ndarray  # the buckets rule's p (NaN: none)
+    posterior: Posterior
+    uniform: np.ndarray
+    mean_length: np.ndarray
 
 
 class KnapsackRolloutAllocator:
@@ -172,6 +227,11 @@ class KnapsackRolloutAllocator:
         """``n_max`` in force at ``step`` (the schedule's, else the config's)."""
         return self._schedule.n_max_at(step)
 
+    def population_prior(self) -> PopulationPrior:
+        """The success-rate distribution fitted to every tracked prompt's history (a pure function of it)."""
+        pairs, prompts = self.tracker.count_histogram()
+        return PopulationPrior.fit(pairs[:, 0], pairs[:, 1], prompts)
+
     def allocate(
         self,
         prompt_ids: Sequence[str],
@@ -183,13 +243,70 @@ class KnapsackRolloutAllocator:
     ) -> Allocation:
         """Rollouts per prompt summing to ``budget``, each within [n_min, n_max].
 
-        ``prior_success_rate`` (e.g. a value head's prediction, NaN = none) gives unseen prompts an
-        estimate so they join the knapsack, and is the prior mean for seen ones. ``uniform=True``
-        returns the uniform allocation with the same diagnostics.
+        ``prior_success_rate`` (e.g. a value head's prediction, NaN = none): in the buckets rule it
+        gives unseen prompts an estimate so they join the knapsack and is the prior mean for seen ones;
+        in the posterior rule it counts as ``tracker.prior_strength`` pseudo-outcomes at that rate.
+        ``uniform=True`` returns the uniform allocation with the same diagnostics.
         """
         cfg = self.config
         ids = [str(p) for p in prompt_ids]
         m = len(ids)
+        budget, n_min, n_max = self._bounds(budget, m, step)
+        batch = self._batch(ids, budget, _check_prior(prior_success_rate, m))
+        share = self._schedule.exploration_share_at(step)
+        moved, result = 0, None
+        if uniform:
+            n = batch.uniform.copy()
+        elif cfg.rule == "posterior":
+            n, result = self._posterior_rule(budget, n_min, n_max, batch)
+        else:
+            n, result, moved = self._buckets_rule(budget, n_min, n_max, share, batch)
+        if int(n.sum()) != budget or n.min() < n_min or n.max() > n_max:
+            raise RuntimeError(
+                f"allocation broke its invariants (sum {int(n.sum())} vs budget {budget}, range "
+                f"[{n.min()}, {n.max()}] vs [{n_min}, {n_max}]); please report this as a bug."
+            )
+        post = batch.posterior
+        return Allocation(
+            rollouts_per_prompt=n,
+            success_rate=post.mean if cfg.rule == "posterior" else batch.point,
+            bucket=batch.bucket,
+            expected_value=self._expected_value(n, batch),
+            uniform_expected_value=self._expected_value(batch.uniform, batch),
+            expected_informative=float(post.nonzero_gradient(n).sum()),
+            uniform_expected_informative=float(post.nonzero_gradient(batch.uniform).sum()),
+            solver_result=result,
+            n_max=n_max,
+            exploration_share=share,
+            fallback_rollouts=moved,
+        )
+
+    def allocate_known(self, success_rate: np.ndarray, budget: int, *, step: int = 0) -> Allocation:
+        """The allocation if each prompt's success rate were known: the knapsack on the configured value
+        at exactly these rates, every prompt in it (with ``nonzero_gradient``, the count oracle)."""
+        p = np.asarray(success_rate, dtype=np.float64).reshape(-1)
+        budget, n_min, n_max = self._bounds(budget, p.size, step)
+        table = value_table(self._value_fn, p, n_max)
+        result = self._solve(table, budget, n_min, n_max, None, None)
+        n = np.asarray(result.rollouts, dtype=np.int64)
+        uni = uniform_allocation(budget, p.size)
+        bucket = np.where(p == 0, "zero", np.where(p == 1, "one", "mixed")).astype("<U6")
+        rows = np.arange(p.size)
+        return Allocation(
+            rollouts_per_prompt=n,
+            success_rate=p,
+            bucket=bucket,
+            expected_value=float(table[rows, n].sum()),
+            uniform_expected_value=float(table[rows, uni].sum()),
+            expected_informative=float(nonzero_gradient_probability(n, p).sum()),
+            uniform_expected_informative=float(nonzero_gradient_probability(uni, p).sum()),
+            solver_result=result,
+            n_max=n_max,
+        )
+
+    def _bounds(self, budget: int, m: int, step: int) -> tuple[int, int, int]:
+        """``(budget, n_min, n_max)`` at ``step``, or a ValueError naming the setting to change."""
+        cfg = self.config
         if m == 0:
             raise ValueError("allocate got an empty batch: pass at least one prompt id.")
         if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)):
@@ -201,7 +318,8 @@ class KnapsackRolloutAllocator:
                 f"knapsack_n_min={n_min} is larger than knapsack_n_max={n_max} at step {step} "
                 "(knapsack_n_max_schedule); lower knapsack_n_min or raise the schedule's end."
             )
-        _check_fixed_budgets(cfg, n_min, n_max)
+        if cfg.rule == "buckets":
+            _check_fixed_budgets(cfg, n_min, n_max)
         if budget < n_min * m:
             raise ValueError(
                 f"knapsack budget {budget} is smaller than knapsack_n_min x prompts = {n_min} x {m} = "
@@ -212,89 +330,70 @@ class KnapsackRolloutAllocator:
                 f"knapsack budget {budget} is larger than knapsack_n_max x prompts = {n_max} x {m} = "
                 f"{n_max * m}; raise knapsack_n_max or lower num_generations."
             )
-        prior = _check_prior(prior_success_rate, m)
+        return budget, n_min, n_max
 
+    def _batch(self, ids: list[str], budget: int, prior: np.ndarray) -> _Batch:
+        """Buckets from the history that passes the validity rule, point estimates and posteriors."""
         st = self.tracker.stats(ids)
-        seen = st.num_observations > 0
-        zero = seen & (st.successes == 0)
-        one = seen & ~zero & (st.successes == st.num_observations)
-        mixed = seen & ~zero & ~one
-        estimated = ~seen & ~np.isnan(prior)
-        bucket = np.full(m, "unseen", dtype="<U6")
+        valid = st.total_observations >= self.config.min_observations
+        s = np.where(valid, st.successes, 0.0)
+        n = np.where(valid, st.num_observations, 0.0)
+        zero = valid & (s == 0)
+        one = valid & ~zero & (s == n)
+        mixed = valid & ~zero & ~one
+        bucket = np.full(len(ids), "unseen", dtype="<U6")
         bucket[zero], bucket[one], bucket[mixed] = "zero", "one", "mixed"
-
-        p = np.full(m, np.nan)
-        p[zero], p[one] = 0.0, 1.0
-        p[mixed] = self.tracker.success_rate(ids, prior_mean=prior)[mixed]
-        p[estimated] = prior[estimated]
-
-        uni = uniform_allocation(budget, m)
-        share = self._schedule.exploration_share_at(step)
-        if uniform:
-            n, result = uni.copy(), None
-        else:
-            n, result = self._knapsack(
-                budget,
-                n_min,
-                n_max,
-                share,
-                p,
-                zero,
-                one,
-                ~seen & ~estimated,
-                mixed | estimated,
-                uni,
-                st.mean_length,
-            )
-        if int(n.sum()) != budget or n.min() < n_min or n.max() > n_max:
-            raise RuntimeError(
-                f"allocation broke its invariants (sum {int(n.sum())} vs budget {budget}, range "
-                f"[{n.min()}, {n.max()}] vs [{n_min}, {n_max}]); please report this as a bug."
-            )
-        return Allocation(
-            rollouts_per_prompt=n,
-            success_rate=p,
-            bucket=bucket,
-            expected_value=self._expected_value(n, p),
-            uniform_expected_value=self._expected_value(uni, p),
-            solver_result=result,
-            n_max=n_max,
-            exploration_share=share,
+        point = np.full(len(ids), np.nan)
+        point[zero], point[one] = 0.0, 1.0
+        point[mixed] = self.tracker.success_rate(ids, prior_mean=prior)[mixed]
+        estimated = ~valid & ~np.isnan(prior)
+        point[estimated] = prior[estimated]
+        posterior = self.population_prior().posterior(
+            s, n, prior_mean=prior, prior_strength=self.tracker.prior_strength
         )
+        return _Batch(bucket, point, posterior, uniform_allocation(budget, len(ids)), st.mean_length)
 
-    def _knapsack(
-        self,
-        budget: int,
-        n_min: int,
-        n_max: int,
-        share: float,
-        p: np.ndarray,
-        zero: np.ndarray,
-        one: np.ndarray,
-        unknown: np.ndarray,
-        knap: np.ndarray,
-        uni: np.ndarray,
-        mean_length: np.ndarray,
-    ) -> tuple[np.ndarray, SolverResult | None]:
-        """Fixed budgets first, exploration reserve, deficit/surplus repair, then the knapsack."""
-        cfg = self.config
+    def _posterior_rule(
+        self, budget: int, n_min: int, n_max: int, batch: _Batch
+    ) -> tuple[np.ndarray, SolverResult]:
+        """One knapsack over every prompt on the posterior-expected value."""
+        table = batch.posterior.value_table(self._value_fn, n_max)
+        costs = token_budget = None
+        if self.config.token_cost:
+            costs = _token_costs(batch.mean_length)
+            token_budget = float(costs @ batch.uniform)
+        result = self._solve(table, budget, n_min, n_max, costs, token_budget)
+        return np.asarray(result.rollouts, dtype=np.int64), result
+
+    def _buckets_rule(
+        self, budget: int, n_min: int, n_max: int, share: float, batch: _Batch
+    ) -> tuple[np.ndarray, SolverResult | None, int]:
+        """Fixed budgets, exploration reserve, deficit repair, the fallback, then the knapsack.
+
+        Returns the allocation, the solver's result (None when no knapsack ran) and the rollouts the
+        fallback moved off the mixed prompts.
+        """
+        cfg, p, uni = self.config, batch.point, batch.uniform
+        zero, one = batch.bucket == "zero", batch.bucket == "one"
+        unknown = np.isnan(p)
+        knap = ~(zero | one | unknown)
         n = np.zeros(p.size, dtype=np.int64)
         n[zero] = cfg.zero_success_budget
         n[one] = cfg.full_success_budget
         n[unknown] = uni[unknown]
         fixed = ~knap
         k = int(np.count_nonzero(knap))
-
         explore = zero | unknown
+
         if share > 0 and explore.any():
             # Never reserve what the other prompts need for their floor.
             room = budget - n_min * int(np.count_nonzero(~explore))
             reserve = min(math.floor(share * budget), room)
-            n[explore], _ = _fill_evenly(n[explore], reserve - int(n[explore].sum()), n_max)
+            n[explore], _ = fill_evenly(n[explore], reserve - int(n[explore].sum()), n_max)
 
         rest = budget - int(n[fixed].sum())
         if rest < n_min * k:
-            n[fixed], short = _drain_evenly(n[fixed], n_min * k - rest, n_min)
+            n[fixed], short = drain_evenly(n[fixed], n_min * k - rest, n_min)
             if short:
                 raise ValueError(
                     f"knapsack budget {budget} cannot give every prompt knapsack_n_min={n_min}; "
@@ -302,42 +401,71 @@ class KnapsackRolloutAllocator:
                 )
             rest = budget - int(n[fixed].sum())
 
+        moved = 0
+        if cfg.fallback and k and fixed.any():
+            need = int(_fallback_costs(p[knap], cfg.fallback_confidence, n_max).sum())
+            surplus = rest - n_min * k - need
+            if surplus > 0:
+                # The reference's order: all-fail and unseen prompts, else every other non-mixed one.
+                takers = explore if explore.any() else fixed
+                n[takers], left = add_evenly(n[takers], surplus, n_max)
+                moved = surplus - left
+                rest -= moved
+
         if rest >= n_max * k:
-            # The knapsack prompts cannot absorb the rest: reference order, p = 0 prompts first.
+            # The knapsack prompts cannot absorb the rest: all-fail and unseen prompts, then the others.
             n[knap] = n_max
             surplus = rest - n_max * k
-            for group in (zero, unknown, one):
+            for group in (explore, one):
                 if surplus > 0 and group.any():
-                    n[group], surplus = _fill_evenly(n[group], surplus, n_max)
+                    n[group], surplus = add_evenly(n[group], surplus, n_max)
             if surplus:
                 raise RuntimeError(f"{surplus} rollouts could not be placed under knapsack_n_max={n_max}.")
-            return n, None
+            return n, None, moved
 
         table = value_table(self._value_fn, p[knap], n_max)
-        lower = np.full(k, n_min, dtype=np.int64)
-        upper = np.full(k, n_max, dtype=np.int64)
         costs = token_budget = None
         if cfg.token_cost:
-            all_costs = _token_costs(mean_length)
+            all_costs = _token_costs(batch.mean_length)
             costs = all_costs[knap]
             spend = float(np.dot(all_costs, uni)) - float(np.dot(all_costs[fixed], n[fixed]))
             # Never demand fewer tokens than the cheapest way to place ``rest`` rollouts.
             token_budget = max(spend, _min_cost(costs, rest, n_min, n_max))
+        result = self._solve(table, rest, n_min, n_max, costs, token_budget)
+        n[knap] = np.asarray(result.rollouts, dtype=np.int64)
+        return n, result, moved
+
+    def _solve(
+        self,
+        table: np.ndarray,
+        budget: int,
+        n_min: int,
+        n_max: int,
+        costs: np.ndarray | None,
+        token_budget: float | None,
+    ) -> SolverResult:
+        """The configured solver, with ties between identical prompts given to the earliest first."""
+        k = table.shape[0]
         result = solve(
             table,
-            rest,
-            lower,
-            upper,
-            solver=cfg.solver,
+            budget,
+            np.full(k, n_min, dtype=np.int64),
+            np.full(k, n_max, dtype=np.int64),
+            solver=self.config.solver,
             costs=costs,
             token_budget=token_budget,
-            time_limit_s=float(cfg.time_limit_s),
+            time_limit_s=float(self.config.time_limit_s),
         )
-        n[knap] = np.asarray(result.rollouts, dtype=np.int64)
-        return n, result
+        rollouts = _earliest_first(np.asarray(result.rollouts, dtype=np.int64), table, costs)
+        return dataclasses.replace(result, rollouts=rollouts)
 
-    def _expected_value(self, n: np.ndarray, p: np.ndarray) -> float:
-        """Sum of ``v(n_i, p_i)`` over prompts with an estimate (``v(0, p) = 0``)."""
+    def _expected_value(self, n: np.ndarray, batch: _Batch) -> float:
+        """The knapsack objective under the rule's beliefs: the posterior, or the point estimates
+        of the prompts that have one (``v(0, p) = 0``)."""
+        if self.config.rule == "posterior":
+            table = batch.posterior.value_table(self._value_fn, int(n.max()))
+            return float(table[np.arange(n.size), n].sum())
+        p = batch.point
         known = ~np.isnan(p)
         if not known.any():
             return 0.0
@@ -358,8 +486,8 @@ class KnapsackRolloutAllocator:
     def state_dict(self) -> dict[str, Any]:
         """JSON-able state; with the same config, a resumed allocator decides exactly as before.
 
-        The allocation is a pure function of the tracker, the config and the step, so the tracker's
-        state is all there is to save.
+        The allocation is a pure function of the tracker, the config and the step (the population
+        prior is refitted from the tracker), so the tracker's state is all there is to save.
         """
         return {"version": _STATE_VERSION, "tracker": self.tracker.state_dict()}
 
@@ -380,6 +508,31 @@ class KnapsackRolloutAllocator:
                 stacklevel=2,
             )
         self.tracker.load_state_dict(state["tracker"])
+
+
+def _earliest_first(rollouts: np.ndarray, table: np.ndarray, costs: np.ndarray | None) -> np.ndarray:
+    """Among prompts with identical value rows (and costs), the larger counts go to the earlier ones.
+
+    Any optimum stays an optimum under that permutation; it makes the choice among equal optima
+    independent of the solver, so prompts that look alike at the start get the uniform split.
+    """
+    keys = table if costs is None else np.column_stack([table, costs])
+    _, group = np.unique(keys, axis=0, return_inverse=True)
+    out = rollouts.copy()
+    for g in np.unique(group):
+        rows = np.flatnonzero(group.reshape(-1) == g)
+        if rows.size > 1:
+            out[rows] = np.sort(rollouts[rows])[::-1]
+    return out
+
+
+def _fallback_costs(p: np.ndarray, confidence: float, n_max: int) -> np.ndarray:
+    """Whole rollouts for a ``confidence`` chance of a mixed group, ``log(1 - c) / log(max(p, 1 - p))``,
+    capped at ``n_max`` and truncated (the reference's ``int(min(max_n, cost))``)."""
+    top = np.maximum(p, 1.0 - p)
+    with np.errstate(divide="ignore"):
+        cost = np.where(top < 1.0, math.log(1.0 - confidence) / np.log(np.where(top < 1.0, top, 0.5)), np.inf)
+    return np.floor(np.minimum(cost, n_max)).astype(np.int64)
 
 
 def _check_fixed_budgets(cfg: AllocatorConfig, n_min: int, n_max: int) -> None:
@@ -407,37 +560,6 @@ def _check_prior(prior: np.ndarray | None, m: int) -> np.ndarray:
     return arr
 
 
-def _fill_evenly(a: np.ndarray, extra: int, cap: int) -> tuple[np.ndarray, int]:
-    """Add ``extra`` units raising the lowest entries first (water-filling), none above ``cap``.
-
-    Returns the new entries and the units that did not fit. Ties go to the earliest index.
-    """
-    a = np.asarray(a, dtype=np.int64).copy()
-    if extra <= 0 or a.size == 0:
-        return a, max(int(extra), 0)
-    room = np.maximum(cap - a, 0)
-    total = int(room.sum())
-    if extra >= total:
-        return a + room, int(extra - total)
-    lo, hi = int(a.min()), int(cap)  # filled(lo) <= extra < filled(hi)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if int(np.minimum(np.maximum(mid - a, 0), room).sum()) <= extra:
-            lo = mid
-        else:
-            hi = mid
-    new = a + np.minimum(np.maximum(lo - a, 0), room)
-    left = int(extra - (new - a).sum())
-    new[np.flatnonzero(new == lo)[:left]] += 1
-    return new, 0
-
-
-def _drain_evenly(a: np.ndarray, deficit: int, floor: int) -> tuple[np.ndarray, int]:
-    """Remove ``deficit`` units lowering the highest entries first, none below ``floor``."""
-    new, short = _fill_evenly(-np.asarray(a, dtype=np.int64), deficit, -floor)
-    return -new, short
-
-
 def _token_costs(mean_length: np.ndarray) -> np.ndarray:
     """Tokens per rollout: the tracker's mean length, unknown ones the mean of the known, else 1."""
     costs = np.asarray(mean_length, dtype=np.float64).copy()
@@ -457,12 +579,3 @@ def _min_cost(costs: np.ndarray, total: int, n_min: int, n_max: int) -> float:
         spent += float(c) * take
         extra -= take
     return spent
-
-
-def _mean(x: np.ndarray) -> float:
-    return float(x.mean()) if x.size else math.nan
-
-
-def _weighted(q: np.ndarray, w: np.ndarray) -> float:
-    total = float(w.sum())
-    return float(np.dot(q, w) / total) if total > 0 else math.nan

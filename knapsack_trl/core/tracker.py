@@ -2,8 +2,9 @@
 
 Knapsack RL needs an estimate of each prompt's success rate ``p`` before its rollouts are drawn. The
 tracker keeps, per stable prompt id, the last ``window`` binary outcomes (or an exponentially decayed
-count) and turns them into a Beta-posterior estimate. Outcomes are binary (reward above a threshold):
-estimating ``p`` from shaped scores lets all-fail groups look informative.
+count), the last visit's counts and the total number of outcomes ever seen, and turns them into a
+Beta-posterior estimate. Outcomes are binary (reward above a threshold): estimating ``p`` from shaped
+scores lets all-fail groups look informative.
 """
 
 from __future__ import annotations
@@ -18,7 +19,11 @@ from typing import Any
 
 import numpy as np
 
-_STATE_VERSION = 1
+_STATE_VERSION = 2
+ESTIMATES = ("window", "last_visit")
+# Chosen with the allocation simulator (python -m knapsack_trl.benchmarks.allocation; docs/method.md):
+# a memory of about ten visits beat the last 16 outcomes on every difficulty mix.
+DEFAULT_EMA_DECAY = 0.9
 
 
 def prompt_id(prompt: str | list[dict] | dict) -> str:
@@ -51,7 +56,8 @@ def prompt_id(prompt: str | list[dict] | dict) -> str:
 class PromptStats:
     """History of the requested prompts, arrays aligned with the requested ids.
 
-    ``num_observations`` is int64 in window mode and float64 (the decayed count) in EMA mode.
+    ``num_observations`` / ``successes`` are the counts the estimate uses (int64 / float64 in window
+    mode, decayed float64 counts in EMA mode); ``total_observations`` counts every outcome ever seen.
     """
 
     num_observations: np.ndarray
@@ -59,37 +65,53 @@ class PromptStats:
     empirical_rate: np.ndarray
     mean_length: np.ndarray
     last_seen: np.ndarray
+    total_observations: np.ndarray
 
 
 class SuccessRateTracker:
     """Success history per prompt id: a sliding window of binary outcomes, or an EMA of counts.
 
-    Window mode (default): the last ``window`` outcomes per prompt, the reference's
-    ``reward_buffer_length=16``. EMA mode (``ema_decay`` set, ``window=None``): each time a prompt is
-    observed its success and rollout counts are multiplied by ``ema_decay`` before the new batch's
-    counts are added. The estimate is the Beta posterior mean ``(s + k*m) / (n + k)``.
+    EMA mode (the default, ``ema_decay`` 0.9 unless given): each time a prompt is observed its success
+    and rollout counts are multiplied by ``ema_decay`` before the new visit's counts are added. Window
+    mode (``window`` set): the last ``window`` outcomes per prompt, the reference's
+    ``reward_buffer_length=16``. The estimate is the Beta posterior mean ``(s + k*m) / (n + k)``.
+
+    ``estimate="last_visit"`` (window mode) is the reference's estimate (liziniu/KnapsackRL,
+    ``verl/utils/dataset/rl_dataset.py``, ``RLHFDataset.update_sample_state`` with its default
+    ``epoch_estimation`` and ``robust_epoch_estimation``): the last visit's outcomes when that visit had
+    at least ``window`` rollouts, else the last ``window`` outcomes.
     """
 
     def __init__(
         self,
-        window: int | None = 16,
+        window: int | None = None,
         ema_decay: float | None = None,
         prior_strength: float = 2.0,
         prior_mean: float = 0.5,
         success_threshold: float = 0.5,
+        estimate: str = "window",
     ) -> None:
-        _validate_config(window, ema_decay, prior_strength, prior_mean, success_threshold)
+        _validate_config(window, ema_decay, prior_strength, prior_mean, success_threshold, estimate)
+        if window is None and ema_decay is None:
+            ema_decay = DEFAULT_EMA_DECAY
         self.window = None if window is None else int(window)
         self.ema_decay = None if ema_decay is None else float(ema_decay)
         self.prior_strength = float(prior_strength)
         self.prior_mean = float(prior_mean)
         self.success_threshold = float(success_threshold)
+        self.estimate = estimate
         # Window mode: id -> (deque of 0/1 outcomes, deque of lengths with NaN when unknown).
         self._outcomes: dict[str, deque[int]] = {}
         self._lengths: dict[str, deque[float]] = {}
         # EMA mode: id -> [successes, count, length_sum, length_count].
         self._ema: dict[str, list[float]] = {}
         self._last_seen: dict[str, int] = {}
+        # Every mode: id -> outcomes ever seen, and the last visit's (successes, rollouts).
+        self._total: dict[str, int] = {}
+        self._last_visit: dict[str, tuple[int, int]] = {}
+        # (successes, outcomes) the estimate uses, per prompt and as a histogram over prompts.
+        self._counts: dict[str, tuple[float, float]] = {}
+        self._histogram: dict[tuple[float, float], int] = {}
 
     @property
     def is_ema(self) -> bool:
@@ -155,6 +177,42 @@ class SuccessRateTracker:
                 acc[2] = d * acc[2] + float(sum(known))
                 acc[3] = d * acc[3] + float(len(known))
             self._last_seen[pid] = step
+            self._total[pid] = self._total.get(pid, 0) + len(outcomes)
+            self._last_visit[pid] = (sum(outcomes), len(outcomes))
+            self._update_counts(pid)
+
+    def _estimate_counts(self, pid: str) -> tuple[float, float]:
+        """(successes, outcomes) behind ``pid``'s estimate: window, last visit, or decayed counts."""
+        if self.ema_decay is not None:
+            acc = self._ema[pid]
+            return (acc[0], acc[1])
+        assert self.window is not None
+        visit = self._last_visit.get(pid)
+        if self.estimate == "last_visit" and visit is not None and visit[1] >= self.window:
+            return (float(visit[0]), float(visit[1]))
+        dq = self._outcomes[pid]
+        return (float(sum(dq)), float(len(dq)))
+
+    def _update_counts(self, pid: str) -> None:
+        old = self._counts.get(pid)
+        if old is not None:
+            left = self._histogram[old] - 1
+            if left:
+                self._histogram[old] = left
+            else:
+                del self._histogram[old]
+        new = self._estimate_counts(pid)
+        self._counts[pid] = new
+        self._histogram[new] = self._histogram.get(new, 0) + 1
+
+    def count_histogram(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every tracked prompt's estimate counts, grouped: ``(pairs (u, 2) of (successes, outcomes),
+        prompts per pair)``. Kept up to date on every observe, so a population fit costs O(pairs)."""
+        if not self._histogram:
+            return np.zeros((0, 2)), np.zeros(0, dtype=np.int64)
+        pairs = np.array(sorted(self._histogram), dtype=np.float64)
+        counts = np.array([self._histogram[(a, b)] for a, b in pairs.tolist()], dtype=np.int64)
+        return pairs, counts
 
     def stats(self, prompt_ids: Sequence[str]) -> PromptStats:
         """Counts, empirical rates, mean lengths and last-seen steps for ``prompt_ids`` (unseen: 0/NaN/-1)."""
@@ -164,26 +222,30 @@ class SuccessRateTracker:
         s = np.zeros(m, dtype=np.float64)
         mean_len = np.full(m, np.nan)
         last = np.full(m, -1, dtype=np.int64)
+        total = np.zeros(m, dtype=np.int64)
         for i, pid in enumerate(ids):
             if pid not in self._last_seen:
                 continue
             last[i] = self._last_seen[pid]
+            total[i] = self._total[pid]
+            s[i], n[i] = self._counts[pid]
             if self.ema_decay is None:
-                dq = self._outcomes[pid]
-                n[i] = len(dq)
-                s[i] = sum(dq)
                 known = [x for x in self._lengths[pid] if not math.isnan(x)]
                 if known:
                     mean_len[i] = sum(known) / len(known)
             else:
                 acc = self._ema[pid]
-                s[i], n[i] = acc[0], acc[1]
                 if acc[3] > 0:
                     mean_len[i] = acc[2] / acc[3]
         with np.errstate(invalid="ignore", divide="ignore"):
             rate = np.where(n > 0, s / np.maximum(n, 1e-300), np.nan)
         return PromptStats(
-            num_observations=n, successes=s, empirical_rate=rate, mean_length=mean_len, last_seen=last
+            num_observations=n,
+            successes=s,
+            empirical_rate=rate,
+            mean_length=mean_len,
+            last_seen=last,
+            total_observations=total,
         )
 
     def success_rate(self, prompt_ids: Sequence[str], prior_mean: np.ndarray | None = None) -> np.ndarray:
@@ -216,6 +278,7 @@ class SuccessRateTracker:
             "prior_strength": self.prior_strength,
             "prior_mean": self.prior_mean,
             "success_threshold": self.success_threshold,
+            "estimate": self.estimate,
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -230,15 +293,22 @@ class SuccessRateTracker:
             else:
                 entry = {"ema": list(self._ema[pid])}
             entry["last_seen"] = last
+            entry["total"] = self._total[pid]
+            visit = self._last_visit.get(pid)
+            entry["last_visit"] = None if visit is None else list(visit)
             prompts[pid] = entry
         return {"version": _STATE_VERSION, "config": self.config(), "prompts": prompts}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Replace config and history with ``state`` (from :meth:`state_dict`)."""
+        """Replace config and history with ``state`` (from :meth:`state_dict`).
+
+        Version 1 states (no totals, no last visit) load with the total taken as the outcomes kept
+        (the decayed count, rounded, in EMA mode) and the last visit unknown (window estimate).
+        """
         version = state.get("version")
-        if version != _STATE_VERSION:
+        if version not in (1, _STATE_VERSION):
             raise ValueError(
-                f"tracker state version {version!r} is not supported (expected {_STATE_VERSION})."
+                f"tracker state version {version!r} is not supported (expected 1 or {_STATE_VERSION})."
             )
         cfg = state["config"]
         fresh = SuccessRateTracker(**cfg)
@@ -254,6 +324,14 @@ class SuccessRateTracker:
             else:
                 fresh._ema[pid] = [float(x) for x in entry["ema"]]
             fresh._last_seen[pid] = int(entry["last_seen"])
+            if "total" in entry:
+                fresh._total[pid] = int(entry["total"])
+                if entry["last_visit"] is not None:
+                    fresh._last_visit[pid] = (int(entry["last_visit"][0]), int(entry["last_visit"][1]))
+            else:  # version 1
+                kept = len(fresh._outcomes[pid]) if fresh.ema_decay is None else round(fresh._ema[pid][1])
+                fresh._total[pid] = int(kept)
+            fresh._update_counts(pid)
         self.__dict__.update(fresh.__dict__)
 
     def to_json(self) -> str:
@@ -274,16 +352,22 @@ def _validate_config(
     prior_strength: float,
     prior_mean: float,
     success_threshold: float,
+    estimate: str = "window",
 ) -> None:
     """Raise a ValueError naming the config field for any bad tracker setting."""
+    if estimate not in ESTIMATES:
+        raise ValueError(
+            f"estimate={estimate!r} (knapsack_tracker_estimate) is not known; use one of {list(ESTIMATES)}."
+        )
+    if estimate == "last_visit" and window is None:
+        raise ValueError(
+            "estimate='last_visit' (knapsack_tracker_estimate) needs window mode: set knapsack_tracker_window "
+            "(the reference uses 16) and leave knapsack_tracker_ema_decay unset."
+        )
     if window is not None and ema_decay is not None:
         raise ValueError(
             f"window={window} (knapsack_tracker_window) and ema_decay={ema_decay} "
             "(knapsack_tracker_ema_decay) are both set; set knapsack_tracker_window to None for EMA mode."
-        )
-    if window is None and ema_decay is None:
-        raise ValueError(
-            "window (knapsack_tracker_window) and ema_decay (knapsack_tracker_ema_decay) are both None; set one."
         )
     if window is not None and (isinstance(window, bool) or int(window) != window or window < 1):
         raise ValueError(f"window={window!r} (knapsack_tracker_window) must be an integer >= 1.")
