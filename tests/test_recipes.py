@@ -186,7 +186,8 @@ BAD_RECIPES = [
     # (changes, drop, words the error must contain)
     ({"knapsack_nmax": 8}, (), ["unknown key 'knapsack_nmax'", "did you mean 'knapsack_n_max'"]),
     ({"knapsack_n_max": 4}, (), ["knapsack_n_max=4", "num_generations=8"]),
-    ({"knapsack_n_min": 10}, (), ["knapsack_zero_success_budget=2", "[10, 16]"]),
+    ({"knapsack_n_min": 10, "knapsack_rule": "buckets"}, (), ["knapsack_zero_success_budget=2", "[10, 16]"]),
+    ({"knapsack_n_min": 10}, (), ["knapsack_n_min=10", "num_generations=8"]),  # posterior: no fixed budgets
     (
         {"knapsack_n_min": 10, "knapsack_zero_success_budget": 10, "knapsack_full_success_budget": 10},
         (),

@@ -286,7 +286,9 @@ def test_unwrap_backbone_through_a_ddp_style_wrapper():
 def test_estimator_prior_modes_feed_the_allocator():
     tracker = SuccessRateTracker(window=16, prior_strength=4.0, prior_mean=0.5)
     tracker.observe(["a"] * 4, [1, 0, 0, 0])  # seen, mixed: 1 of 4
-    allocator = KnapsackRolloutAllocator(AllocatorConfig(n_min=2, n_max=16, solver="greedy"), tracker)
+    allocator = KnapsackRolloutAllocator(
+        AllocatorConfig(rule="buckets", n_min=2, n_max=16, solver="greedy"), tracker
+    )
     ids = ["a", "new1", "new2"]
     head_p = np.array([0.9, 0.3, 0.95])
     n_obs = tracker.stats(ids).num_observations
@@ -305,6 +307,14 @@ def test_estimator_prior_modes_feed_the_allocator():
     assert np.isnan(allocator.allocate(ids, 24).success_rate[1:]).all()  # history: unseen stay unknown
     with pytest.raises(ValueError, match="knapsack_value_estimator"):
         estimator_prior("oracle", head_p, n_obs)
+    # The posterior rule: the head's p counts as prior_strength pseudo-outcomes on the population prior.
+    posterior = KnapsackRolloutAllocator(AllocatorConfig(n_min=2, n_max=16, solver="greedy"), tracker)
+    post = posterior.population_prior().posterior(
+        np.zeros(3), np.zeros(3), prior_mean=head_p, prior_strength=4.0
+    )
+    out = posterior.allocate(ids, 24, prior_success_rate=only_new)
+    np.testing.assert_allclose(out.success_rate[1:], post.mean[1:])
+    assert out.success_rate[1] < out.success_rate[2]  # 0.3 and 0.95 pull the same population prior apart
 
 
 def test_group_successes_skip_unscorable_rollouts():

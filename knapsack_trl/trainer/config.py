@@ -12,12 +12,16 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import trl
 from packaging.version import Version
 from trl import GRPOConfig, RLOOConfig
+
+from knapsack_trl.core.allocator import RULES
+from knapsack_trl.core.presets import PRESETS, Preset, get_preset
+from knapsack_trl.core.tracker import ESTIMATES
 
 SUPPORTED_TRL = (">=1.16", "<1.17")
 SKIP_VERSION_CHECK_ENV = "KNAPSACK_TRL_SKIP_VERSION_CHECK"
@@ -48,6 +52,21 @@ def check_trl_version(installed: str | None = None) -> None:
 
 
 PROMPT_WEIGHTINGS = ("rollout", "prompt")
+# The tracker's constructor arguments and the config fields that carry them.
+TRACKER_FIELDS = {
+    "window": "knapsack_tracker_window",
+    "ema_decay": "knapsack_tracker_ema_decay",
+    "estimate": "knapsack_tracker_estimate",
+    "prior_strength": "knapsack_prior_strength",
+}
+
+
+def preset_fields(preset: Preset) -> dict[str, Any]:
+    """A core preset as ``knapsack_*`` field values (presets use no value head)."""
+    out = {f"knapsack_{name}": value for name, value in preset.allocator.items()}
+    out.update({TRACKER_FIELDS[name]: value for name, value in preset.tracker.items()})
+    out["knapsack_value_estimator"] = "history"
+    return out
 
 
 @dataclass
@@ -70,6 +89,26 @@ class KnapsackConfigMixin:
             "choices": list(MODES),
         },
     )
+    knapsack_preset: str | None = field(
+        default=None,
+        metadata={
+            "help": "A named bundle of the fields below. `'reference'`: the Knapsack RL paper's rule as its code runs "
+            "(buckets, the paper's value, the cost-based fallback, history from 8 outcomes, last-visit estimate "
+            "over 16 without a prior, no value head), exact where that code is buggy. Fields left at their defaults "
+            "take the preset's values; a field set to anything else must agree with it.",
+            "choices": sorted(PRESETS),
+        },
+    )
+    knapsack_rule: str = field(
+        default="posterior",
+        metadata={
+            "help": "`'posterior'`: one knapsack over every prompt on its posterior (its own outcomes and a "
+            "population prior fitted to every prompt's history); with the `nonzero_gradient` value this maximises "
+            "the expected number of prompts with a gradient. `'buckets'`: the paper's rule (all-fail / all-success "
+            "/ unseen prompts get fixed budgets, the mixed ones share the rest; see knapsack_fallback).",
+            "choices": list(RULES),
+        },
+    )
     knapsack_solver: str = field(
         default="cpsat",
         metadata={
@@ -83,10 +122,10 @@ class KnapsackConfigMixin:
         default=1.0, metadata={"help": "Time limit for the CP-SAT solver, in seconds."}
     )
     knapsack_value_function: str = field(
-        default="knapsack",
+        default="nonzero_gradient",
         metadata={
-            "help": "Item value v(n, p): `'knapsack'` (Knapsack RL: P(non-zero gradient) x p(1-p)^2) or "
-            "`'nonzero_gradient'` (P(non-zero gradient) only).",
+            "help": "Item value v(n, p): `'nonzero_gradient'` (P(the group has mixed rewards): counts the prompts that "
+            "give a gradient) or `'knapsack'` (the paper's: P(mixed) x p(1-p)^2).",
         },
     )
     knapsack_n_min: int = field(
@@ -108,6 +147,27 @@ class KnapsackConfigMixin:
             "help": "Rollouts for a prompt whose recorded rollouts all succeeded (reference: `positive_n`)."
         },
     )
+    knapsack_fallback: bool = field(
+        default=True,
+        metadata={
+            "help": "Buckets rule: the reference's cost-based fallback. The mixed prompts get only what gives each a "
+            "knapsack_fallback_confidence chance of a mixed group (capped at n_max); the surplus goes evenly to the "
+            "all-fail and unseen prompts (else to the other non-mixed ones)."
+        },
+    )
+    knapsack_fallback_confidence: float = field(
+        default=0.9,
+        metadata={
+            "help": "Buckets rule: the fallback's chance of a mixed group, in (0, 1) (reference: alpha = 0.9)."
+        },
+    )
+    knapsack_min_observations: int = field(
+        default=1,
+        metadata={
+            "help": "A prompt's history is used from this many outcomes on; before that it counts as unseen "
+            "(reference: 8)."
+        },
+    )
     knapsack_success_threshold: float = field(
         default=0.5,
         metadata={
@@ -116,15 +176,25 @@ class KnapsackConfigMixin:
         },
     )
     knapsack_tracker_window: int | None = field(
-        default=16,
+        default=None,
         metadata={
-            "help": "Success history per prompt: the last N outcomes. Set to None to use the EMA instead."
+            "help": "Success history per prompt as the last N outcomes (the reference: 16). None = the EMA of "
+            "knapsack_tracker_ema_decay."
         },
     )
     knapsack_tracker_ema_decay: float | None = field(
         default=None,
         metadata={
-            "help": "EMA mode (with knapsack_tracker_window=None): decay of the success counts, in (0, 1)."
+            "help": "EMA of each prompt's success and rollout counts, multiplied by this at every visit, in (0, 1). "
+            "None = 0.9 unless knapsack_tracker_window is set."
+        },
+    )
+    knapsack_tracker_estimate: str = field(
+        default="window",
+        metadata={
+            "help": "With knapsack_tracker_window: `'window'` (the last N outcomes) or `'last_visit'` (the reference: "
+            "the last visit's outcomes when it had at least N rollouts, else the last N).",
+            "choices": list(ESTIMATES),
         },
     )
     knapsack_prior_strength: float = field(
@@ -218,6 +288,8 @@ class KnapsackConfigMixin:
         super().__post_init__()  # type: ignore[misc]  # the TRL config's own checks set generation_batch_size
         if not self.knapsack_enabled:
             return
+        if self.knapsack_preset is not None:
+            self._apply_preset(self.knapsack_preset)
         if self.knapsack_mode not in MODES:
             raise ValueError(f"knapsack_mode={self.knapsack_mode!r} is not known; use one of {list(MODES)}.")
         if self.knapsack_prompt_weighting not in PROMPT_WEIGHTINGS:
@@ -240,17 +312,35 @@ class KnapsackConfigMixin:
         lowest_n_max = math.floor(allocator_config.budget_schedule().n_max.bounds[0] + 0.5)
         check_budget(self, lowest_n_max)
 
+    def _apply_preset(self, name: str) -> None:
+        """Fields at their defaults take the preset's values; others must already agree with it."""
+        defaults = {f.name: f.default for f in fields(KnapsackConfigMixin)}
+        for config_field, value in preset_fields(get_preset(name)).items():
+            current = getattr(self, config_field)
+            if current == value:
+                continue
+            if current != defaults[config_field]:
+                raise ValueError(
+                    f"knapsack_preset={name!r} sets {config_field}={value!r}, but {config_field}={current!r} was "
+                    f"given; drop {config_field} or the preset."
+                )
+            setattr(self, config_field, value)
+
     def knapsack_allocator_config(self, total_steps: int | None = None) -> Any:
         """The core :class:`AllocatorConfig` these fields describe."""
         from knapsack_trl.core.allocator import AllocatorConfig
 
         return AllocatorConfig(
+            rule=self.knapsack_rule,
             n_min=self.knapsack_n_min,
             n_max=self.knapsack_n_max,
             solver=self.knapsack_solver,
             value_function=self.knapsack_value_function,
             zero_success_budget=self.knapsack_zero_success_budget,
             full_success_budget=self.knapsack_full_success_budget,
+            fallback=self.knapsack_fallback,
+            fallback_confidence=self.knapsack_fallback_confidence,
+            min_observations=self.knapsack_min_observations,
             time_limit_s=self.knapsack_time_limit_s,
             token_cost=self.knapsack_token_cost,
             n_max_schedule=self.knapsack_n_max_schedule,
@@ -286,6 +376,7 @@ class KnapsackConfigMixin:
             prior_strength=prior_strength,
             prior_mean=self.knapsack_prior_mean,
             success_threshold=self.knapsack_success_threshold,
+            estimate=self.knapsack_tracker_estimate,
         )
 
 

@@ -181,13 +181,11 @@ class KnapsackTrainerMixin:
         from knapsack_trl.value_head import estimator_prior
 
         head_p = self._knapsack_head_p
-        prior = estimator_prior(
-            self.args.knapsack_value_estimator,
-            head_p,
-            self.knapsack_allocator.tracker.stats(prompt_ids).num_observations
-            if head_p is not None
-            else None,
-        )
+        observed = None
+        if head_p is not None:  # the head stands in where the validity rule ignores a prompt's history
+            total = self.knapsack_allocator.tracker.stats(prompt_ids).total_observations
+            observed = np.where(total >= self.args.knapsack_min_observations, total, 0)
+        prior = estimator_prior(self.args.knapsack_value_estimator, head_p, observed)
         return self.knapsack_allocator.allocate(
             prompt_ids,
             budget,
@@ -352,7 +350,11 @@ class KnapsackTrainerMixin:
         metrics["frac_reward_zero_std"][-1] = result.is_std_zero.float().mean().item()
         present = sizes > 0
         nonzero = nonzero_variance(result.group_reward_std)
-        metrics["knapsack/effective_ratio_groups"].append(nonzero[present].float().mean().item())
+        # Prompts whose group has mixed rewards: the ones that give a gradient (the figure that counts).
+        metrics["knapsack/informative_prompts"].append(nonzero[present].float().sum().item())
+        metrics["knapsack/informative_prompts_share"].append(nonzero[present].float().mean().item())
+        # Rollout-level: the share of rollouts in such groups (the paper's figure; it rises whenever
+        # rollouts pile onto prompts that were mixed anyway).
         metrics["knapsack/effective_ratio_rollouts"].append(
             nonzero[present].float().mul(sizes[present]).sum().item() / order.numel()
         )
