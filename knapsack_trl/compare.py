@@ -33,11 +33,18 @@ from typing import Any
 
 import numpy as np
 
-from knapsack_trl.report import RunRecord, format_ratios, format_table, group_stats, write_report
+from knapsack_trl.report import (
+    METHOD_FIELDS,
+    RunRecord,
+    format_ratios,
+    format_table,
+    group_stats,
+    write_report,
+)
 
 DEFAULT_OUTPUT_DIR = "knapsack_compare_report"
 METHODS = ("uniform", "knapsack", "oracle")
-EXTRA_METHODS = ("posterior",)
+EXTRA_METHODS = ("reference",)
 
 
 # --------------------------------------------------------------------------- held-out evaluation
@@ -145,22 +152,19 @@ class RecordingMixin:
     """Put before a knapsack trainer class: records each generation batch and one allocation snapshot.
 
     ``record_steps`` gets one :func:`knapsack_trl.report.group_stats` dict per generation batch (any
-    allocation, stock uniform included). With ``oracle_p`` set, allocations use the true success rates;
-    with ``record_posterior``, the tracker's Beta-posterior mean for every prompt, without the all-fail /
-    all-success buckets (an ablation of the bucket rule).
+    allocation, stock uniform included). With ``oracle_p`` set, allocations use the true success rates
+    (``KnapsackRolloutAllocator.allocate_known``).
     """
 
     record_threshold: float = 0.5
     record_snapshot_step: int | None = None
     oracle_p: Callable[[list[str]], np.ndarray] | None = None
-    record_posterior: bool = False
     true_p: Callable[[list[str]], np.ndarray] | None = None
 
     def _record_init(self) -> None:
         self.record_steps: list[dict[str, float]] = []
         self.record_consumed = 0
         self.record_allocation: dict[str, Any] | None = None
-        self._record_oracle: Any = None
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):  # type: ignore[no-untyped-def]
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)  # type: ignore[misc]
@@ -187,23 +191,11 @@ class RecordingMixin:
         return str(value) if value is not None else prompt_id(row["prompt"])
 
     def _knapsack_allocate(self, prompt_ids: list[str], budget: int, step: int) -> Any:
-        if self.oracle_p is None and not self.record_posterior:
+        if self.oracle_p is None:
             allocation = super()._knapsack_allocate(prompt_ids, budget, step)  # type: ignore[misc]
         else:
-            from knapsack_trl.core.allocator import KnapsackRolloutAllocator
-
-            if self._record_oracle is None:
-                # A tracker that never observes: every prompt is "unseen" and takes its true p as prior.
-                self._record_oracle = KnapsackRolloutAllocator(
-                    self.knapsack_allocator.config,  # type: ignore[attr-defined]
-                    self.args.knapsack_tracker(),  # type: ignore[attr-defined]
-                )
-            if self.oracle_p is not None:
-                p = self.oracle_p(prompt_ids)
-            else:
-                p = self.knapsack_allocator.tracker.success_rate(prompt_ids)  # type: ignore[attr-defined]
-            p = np.clip(np.nan_to_num(p, nan=0.5), 0.0, 1.0)
-            allocation = self._record_oracle.allocate(prompt_ids, budget, step=step, prior_success_rate=p)
+            p = np.clip(np.nan_to_num(self.oracle_p(prompt_ids), nan=0.5), 0.0, 1.0)
+            allocation = self.knapsack_allocator.allocate_known(p, budget, step=step)  # type: ignore[attr-defined]
         self._record_snapshot(prompt_ids, budget, step, allocation)
         return allocation
 
@@ -302,8 +294,11 @@ class EvalCallback:
         self._bar.update(1)
         recent = getattr(self.trainer, "record_steps", [])[-20:]
         if recent:
-            egr = sum(s["useful_rollouts"] for s in recent) / max(1.0, sum(s["rollouts"] for s in recent))
-            post = {"reward": f"{np.mean([s['reward_mean'] for s in recent]):.2f}", "eff.grad": f"{egr:.2f}"}
+            informative = np.mean([s["useful_groups"] for s in recent])
+            post = {
+                "reward": f"{np.mean([s['reward_mean'] for s in recent]):.2f}",
+                "informative prompts": f"{informative:.1f}/{recent[-1]['groups']:.0f}",
+            }
             if self.evals:
                 post["held-out acc"] = f"{self.evals[-1]['reward']:.3f}"
             self._bar.set_postfix(post, refresh=False)
@@ -357,7 +352,6 @@ def run_method(
             trainer.true_p = truth
             if method == "oracle":
                 trainer.oracle_p = truth
-        trainer.record_posterior = method == "posterior"
     if start_eval is not None:
         evaluator.evals.append({**start_eval, "step": 0.0, "rollouts_consumed": 0.0})
     else:
@@ -415,8 +409,7 @@ def _recipe_runs(
                     *base,
                     "--output_dir",
                     os.path.join(work_dir, f"seed{seed}", method),
-                    "--knapsack_enabled",
-                    "false" if method == "uniform" else "true",
+                    *(_flag(name, value) for name, value in METHOD_FIELDS[method].items()),
                     "--save_strategy",
                     "no",
                     "--report_to",
@@ -617,6 +610,11 @@ def _true_p(
 # --------------------------------------------------------------------------- command line
 
 
+def _flag(name: str, value: Any) -> str:
+    """A recipe flag as TrlParser reads it (booleans as true/false)."""
+    return f"--{name}={str(value).lower() if isinstance(value, bool) else value}"
+
+
 def _methods(ns: argparse.Namespace) -> tuple[str, ...]:
     if ns.methods:
         chosen = tuple(m.strip() for m in ns.methods.split(",") if m.strip())
@@ -644,9 +642,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--methods",
         default=None,
-        help="comma-separated runs per seed: uniform, knapsack, oracle, posterior (the knapsack allocation with "
-        "the tracker's Beta-posterior p for every prompt and no all-fail/all-success buckets); default "
-        "uniform,knapsack (+oracle with --oracle)",
+        help="comma-separated runs per seed: uniform, knapsack (the defaults), reference (knapsack_preset="
+        "'reference': the paper's rule), oracle (the true p); default uniform,knapsack (+oracle with --oracle)",
     )
     p.add_argument(
         "--oracle-samples", type=int, default=64, help="samples per prompt for the true p (default 64)"

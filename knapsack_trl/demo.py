@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from knapsack_trl.report import RunRecord, format_ratios, format_table, write_report
+from knapsack_trl.report import METHOD_FIELDS, RunRecord, format_ratios, format_table, write_report
 
 DEFAULT_OUTPUT_DIR = "knapsack_demo_report"
 
@@ -265,12 +265,11 @@ def _evaluate_fn(
 
 
 def grpo_config(method: str, settings: DemoSettings, output_dir: str) -> Any:
-    """The GRPO config shared by every method; only ``knapsack_enabled`` differs (uniform = stock TRL)."""
+    """The GRPO config shared by every method; only :data:`METHOD_FIELDS` differ (uniform = stock TRL)."""
     from knapsack_trl.trainer import KnapsackGRPOConfig
 
     kwargs: dict[str, Any] = {
         "output_dir": output_dir,
-        "knapsack_enabled": method != "uniform",
         "per_device_train_batch_size": settings.budget,
         "num_generations": settings.num_generations,
         "max_completion_length": settings.max_completion_length,
@@ -292,6 +291,7 @@ def grpo_config(method: str, settings: DemoSettings, output_dir: str) -> Any:
         "dataloader_num_workers": 0,
         "knapsack_solver": "greedy",
         **settings.knapsack,
+        **METHOD_FIELDS[method],
     }
     return KnapsackGRPOConfig(**kwargs)
 

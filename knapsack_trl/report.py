@@ -16,20 +16,27 @@ from typing import Any
 
 import numpy as np
 
-METHOD_ORDER = ("uniform", "knapsack", "posterior", "oracle")
+METHOD_ORDER = ("uniform", "knapsack", "reference", "oracle")
 METHOD_LABELS = {
     "uniform": "uniform GRPO",
     "knapsack": "knapsack GRPO",
-    "posterior": "knapsack, posterior p, no buckets",
+    "reference": "knapsack, reference preset",
     "oracle": "knapsack, oracle p",
 }
-METHOD_COLORS = {"uniform": "#4c72b0", "knapsack": "#dd8452", "posterior": "#8172b3", "oracle": "#55a868"}
+# Config fields each method sets on top of the recipe or the demo's settings (uniform: the stock trainer).
+METHOD_FIELDS: dict[str, dict[str, Any]] = {
+    "uniform": {"knapsack_enabled": False},
+    "knapsack": {"knapsack_enabled": True},
+    "reference": {"knapsack_enabled": True, "knapsack_preset": "reference"},
+    "oracle": {"knapsack_enabled": True},
+}
+METHOD_COLORS = {"uniform": "#4c72b0", "knapsack": "#dd8452", "reference": "#8172b3", "oracle": "#55a868"}
 # "Rollouts to target" and the equal-budget comparison use the held-out success rate of k samples at
 # temperature 1: averaged over samples it moves smoothly, where greedy accuracy flips prompt by prompt.
 TARGET_KEY = "reward"
 PLOT_FILES = {
     "accuracy": "accuracy_vs_rollouts.png",
-    "egr": "effective_gradient_ratio.png",
+    "informative": "informative_prompts.png",
     "allocation": "allocation.png",
 }
 
@@ -112,11 +119,15 @@ def rollouts_to_reach(
 
 
 def summarize_run(run: RunRecord, target: float | None = None) -> dict[str, float | None]:
-    """Headline numbers of one run: effective gradient ratios, final held-out scores, rollouts, time."""
+    """Headline numbers of one run: informative prompts per step first, then the rollout-level ratio,
+    final held-out scores, rollouts, time."""
     rollouts = sum(s["rollouts"] for s in run.steps)
     groups = sum(s["groups"] for s in run.steps)
     final = run.evals[-1] if run.evals else {}
     out: dict[str, float | None] = {
+        "informative_prompts": (
+            sum(s["useful_groups"] for s in run.steps) / len(run.steps) if run.steps else math.nan
+        ),
         "egr_rollouts": sum(s["useful_rollouts"] for s in run.steps) / rollouts if rollouts else math.nan,
         "egr_groups": sum(s["useful_groups"] for s in run.steps) / groups if groups else math.nan,
         "start_reward": float(run.evals[0]["reward"]) if run.evals else math.nan,
@@ -184,11 +195,13 @@ def aggregate(runs: Sequence[RunRecord], target: float | None = None) -> dict[st
     for m in methods:
         if m == "uniform":
             continue
-        egr, rtt, dacc, drew, dtrain = [], [], [], [], []
+        informative, egr, rtt, dacc, drew, dtrain = [], [], [], [], [], []
         for s in seeds:
             a, b = per_run.get((m, s)), per_run.get(("uniform", s))
             if a is None or b is None:
                 continue
+            if b["informative_prompts"]:
+                informative.append(a["informative_prompts"] / b["informative_prompts"])
             if b["egr_rollouts"]:
                 egr.append(a["egr_rollouts"] / b["egr_rollouts"])
             if a.get("rollouts_to_target") is not None and b.get("rollouts_to_target"):
@@ -197,6 +210,7 @@ def aggregate(runs: Sequence[RunRecord], target: float | None = None) -> dict[st
             drew.append(a["final_reward"] - b["final_reward"])
             dtrain.append(a["final_train_reward"] - b["final_train_reward"])
         ratios[m] = {
+            "informative_ratio": _mean_std(informative),
             "egr_ratio": _mean_std(egr),
             "rollouts_to_target_ratio": _mean_std(rtt),
             "final_accuracy_delta": _mean_std(dacc),
@@ -223,8 +237,9 @@ def format_table(agg: dict[str, Any]) -> str:
     has_train = any(agg["table"][m]["final_train_reward"][2] for m in agg["methods"])
     header = [
         "method",
-        "eff. gradient ratio (rollouts)",
-        "eff. gradient ratio (prompts)",
+        "informative prompts per step",
+        "share of prompts informative",
+        "rollout-level ratio",
         "held-out acc. (T=1)",
         "held-out acc. (greedy)",
         *(["train prompts acc. (T=1)"] if has_train else []),
@@ -241,8 +256,9 @@ def format_table(agg: dict[str, Any]) -> str:
             rtt += f" ({int(reached[0])}/{reached[2]} seeds)"
         row = [
             METHOD_LABELS.get(m, m),
-            _fmt(t["egr_rollouts"], 1, pct=True),
+            _fmt(t["informative_prompts"], 1),
             _fmt(t["egr_groups"], 1, pct=True),
+            _fmt(t["egr_rollouts"], 1, pct=True),
             _fmt(t["final_reward"], 3),
             _fmt(t["final_accuracy"], 3),
             *([_fmt(t["final_train_reward"], 3)] if has_train else []),
@@ -255,12 +271,12 @@ def format_table(agg: dict[str, Any]) -> str:
 
 
 def format_ratios(agg: dict[str, Any]) -> str:
-    """One line per non-uniform method: the paper's three comparisons against uniform."""
+    """One line per non-uniform method: informative prompts, then the paper's comparisons, against uniform."""
     out = []
     for m, r in agg["ratios"].items():
         out.append(
-            f"- {METHOD_LABELS.get(m, m)} vs uniform: effective gradient ratio x{_fmt(r['egr_ratio'], 2)}, "
-            f"rollouts to target x{_fmt(r['rollouts_to_target_ratio'], 2)}, "
+            f"- {METHOD_LABELS.get(m, m)} vs uniform: informative prompts per step x{_fmt(r['informative_ratio'], 2)}, "
+            f"rollout-level ratio x{_fmt(r['egr_ratio'], 2)}, rollouts to target x{_fmt(r['rollouts_to_target_ratio'], 2)}, "
             f"final held-out acc. (T=1) {_signed(r['final_reward_delta'])}, "
             f"greedy {_signed(r['final_accuracy_delta'])}"
             + (
@@ -354,24 +370,25 @@ def make_plots(
         for r in rs:
             for s in r.steps:
                 s.setdefault("egr_rollouts", s["useful_rollouts"] / s["rollouts"] if s["rollouts"] else 0.0)
-                s.setdefault("egr_groups", s["useful_groups"] / s["groups"] if s["groups"] else 0.0)
-        for ax, key in zip(axes, ("egr_rollouts", "egr_groups")):
+        for ax, key in zip(axes, ("useful_groups", "egr_rollouts")):
             x, mu, sd = _curve(rs, "step", key, "steps")
             window = max(1, len(x) // 20)
             ax.plot(x, _smooth(mu, window), color=METHOD_COLORS.get(m), label=METHOD_LABELS.get(m, m))
             if n_seeds > 1:
                 lo, hi = _smooth(mu - sd, window), _smooth(mu + sd, window)
                 ax.fill_between(x, lo, hi, color=METHOD_COLORS.get(m), alpha=0.15)
-    axes[0].set_title("Effective gradient ratio: share of rollouts in mixed groups")
-    axes[1].set_title("Share of prompts whose group had mixed rewards")
+    groups = max((s["groups"] for r in runs for s in r.steps), default=1.0)
+    axes[0].set_title(f"Informative prompts per step (of {groups:.0f}): groups with mixed rewards")
+    axes[0].set_ylim(0, groups)
+    axes[1].set_title("Rollout-level ratio: share of rollouts in mixed groups")
+    axes[1].set_ylim(0, 1)
     for ax in axes:
         ax.set_xlabel("GRPO step")
-        ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    paths["egr"] = out / PLOT_FILES["egr"]
-    fig.savefig(paths["egr"], dpi=110)
+    paths["informative"] = out / PLOT_FILES["informative"]
+    fig.savefig(paths["informative"], dpi=110)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
@@ -458,8 +475,11 @@ def write_report(
         )
     lines += [
         "",
-        "Effective gradient ratio: the share of rollouts whose group had mixed binary outcomes, hence a "
-        "non-zero advantage (prompts: the share of prompts whose group did). Held-out acc. (T=1): the mean "
+        "Informative prompts per step: prompts whose group had mixed binary outcomes, hence a non-zero "
+        "advantage; these are the prompts that give a gradient, the figure that compares allocations. "
+        "Rollout-level ratio: the share of rollouts in such groups (the paper's 'effective gradient ratio'); it "
+        "rises whenever rollouts pile onto prompts that were mixed anyway, so it does not measure learning "
+        "signal on its own. Held-out acc. (T=1): the mean "
         "success of k samples at temperature 1 on prompts never trained on; greedy: one greedy answer each. "
         "Train prompts acc. (T=1): the same measure on the GRPO prompts, the quantity RL optimises.",
         "",

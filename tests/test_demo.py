@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from knapsack_trl.report import (
@@ -47,14 +48,14 @@ def test_rollouts_to_reach_interpolates_and_reports_never():
     assert rollouts_to_reach(evals, 0.7) is None
 
 
-def _fake_run(method: str, seed: int, useful: float, accs: list[float]) -> RunRecord:
+def _fake_run(method: str, seed: int, useful: float, accs: list[float], groups: int = 4) -> RunRecord:
     steps = [
         {
             "step": i + 1,
             "rollouts": 64,
             "rollouts_consumed": 64 * (i + 1),
             "groups": 8,
-            "useful_groups": 4,
+            "useful_groups": groups,
             "useful_rollouts": useful * 64,
             "reward_mean": 0.5,
             "n_min": 8,
@@ -76,15 +77,18 @@ def _fake_run(method: str, seed: int, useful: float, accs: list[float]) -> RunRe
 def test_aggregate_pairs_seeds_and_report_files(tmp_path):
     runs = [
         _fake_run("uniform", 0, 0.4, [0.2, 0.3, 0.4]),
-        _fake_run("knapsack", 0, 0.6, [0.2, 0.4, 0.5]),
+        _fake_run("knapsack", 0, 0.6, [0.2, 0.4, 0.5], groups=5),
         _fake_run("uniform", 1, 0.5, [0.2, 0.3, 0.4]),
         _fake_run("knapsack", 1, 0.5, [0.2, 0.35, 0.45]),
     ]
     target = default_target(runs)
     assert target == pytest.approx(0.2 + 0.9 * 0.2)
     agg = aggregate(runs, target)
+    informative, _, n = agg["ratios"]["knapsack"]["informative_ratio"]
+    assert n == 2 and informative == pytest.approx((5 / 4 + 1.0) / 2)
     egr_ratio, _, n = agg["ratios"]["knapsack"]["egr_ratio"]
     assert n == 2 and egr_ratio == pytest.approx((0.6 / 0.4 + 1.0) / 2)
+    assert agg["table"]["knapsack"]["informative_prompts"][0] == pytest.approx(4.5)
     assert agg["ratios"]["knapsack"]["final_accuracy_delta"][0] == pytest.approx(0.075)
     assert summarize_run(runs[0], target)["rollouts_to_target"] == pytest.approx(320 + 320 * 0.8)
     write_report(runs, tmp_path, title="t", settings={"x": 1})
@@ -150,10 +154,13 @@ def test_demo_quick_end_to_end(tmp_path):
             value = table[m][key][0]
             assert 0.0 <= value <= 1.0 and not math.isnan(value)
         assert table[m]["rollouts_consumed"][0] == consumed[m]
-    row = re.search(r"\| knapsack GRPO \| ([\d.]+)%", report)
-    assert row is not None and float(row.group(1)) == pytest.approx(
-        100 * table["knapsack"]["egr_rollouts"][0], abs=0.06
-    )
+        per_step = np.mean([s["useful_groups"] for s in runs[m]["steps"]])
+        assert table[m]["informative_prompts"][0] == pytest.approx(per_step)
+    # The table leads with informative prompts per step, the rollout-level ratio after the prompt share.
+    row = re.search(r"\| knapsack GRPO \| ([\d.]+) \| ([\d.]+)% \| ([\d.]+)%", report)
+    assert row is not None
+    assert float(row.group(1)) == pytest.approx(table["knapsack"]["informative_prompts"][0], abs=0.06)
+    assert float(row.group(3)) == pytest.approx(100 * table["knapsack"]["egr_rollouts"][0], abs=0.06)
 
 
 def test_configuration_doc_lists_every_knapsack_field():
