@@ -391,6 +391,37 @@ def test_impossible_budgets_fail_at_config_time(tmp_path) -> None:
     with pytest.raises(ValueError, match="knapsack_solver"):
         KnapsackGRPOConfig(**common, knapsack_solver="simplex")
     assert KnapsackGRPOConfig(**common, knapsack_enabled=False, knapsack_n_min=5).knapsack_enabled is False
+    with pytest.raises(
+        ValueError, match=r"knapsack_fallback_confidence=0.0 must lie strictly between 0 and 1"
+    ):
+        KnapsackGRPOConfig(**common, knapsack_fallback_confidence=0.0)
+    with pytest.raises(ValueError, match="knapsack_min_observations=0"):
+        KnapsackGRPOConfig(**common, knapsack_min_observations=0)
+    with pytest.raises(
+        ValueError, match=r"knapsack_preset='reference' sets knapsack_value_estimator='history'"
+    ):
+        KnapsackGRPOConfig(**common, knapsack_preset="reference", knapsack_value_estimator="blend")
+    with pytest.raises(ValueError, match="knapsack_preset='paper' is not known"):
+        KnapsackGRPOConfig(**common, knapsack_preset="paper")
+
+
+def test_reference_preset_builds_the_core_preset(tmp_path) -> None:
+    from knapsack_trl.core.presets import PRESETS
+
+    args = KnapsackGRPOConfig(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        per_device_train_batch_size=8,
+        num_generations=4,
+        knapsack_preset="reference",
+        knapsack_n_max=32,
+    )
+    allocator, tracker = args.knapsack_allocator_config(), args.knapsack_tracker()
+    for name, value in PRESETS["reference"].allocator.items():
+        assert getattr(allocator, name) == value, name
+    for name, value in PRESETS["reference"].tracker.items():
+        assert tracker.config()[name] == value, name
+    assert allocator.n_max == 32 and allocator.fallback and allocator.fallback_confidence == 0.9
 
 
 def test_dataset_without_prompt_id_or_text_fails_at_start(tiny_model, tiny_tokenizer, tiny_args) -> None:
