@@ -229,18 +229,17 @@ def test_last_visit_estimate_is_the_reference_rule():
     assert window.stats(["a"]).empirical_rate[0] == 3 / 4
 
 
-def test_count_histogram_follows_every_update():
+def test_recent_counts_follow_the_last_visit_and_survive_a_round_trip():
     tr = SuccessRateTracker(window=3)
     tr.observe(["a", "a", "b"], [1, 0, 1])
-    tr.observe(["a", "a"], [1, 1])  # a: window 0, 1, 1 -> (2, 3)
-    pairs, counts = tr.count_histogram()
-    assert {tuple(p): int(c) for p, c in zip(pairs.tolist(), counts.tolist())} == {
-        (2.0, 3.0): 1,
-        (1.0, 1.0): 1,
-    }
+    tr.observe(["c"], [0])
+    tr.observe(["a", "a"], [1, 1])  # a: window 0, 1, 1 -> (2, 3), and now the most recent
+    s, n = tr.recent_counts(10)
+    assert s.tolist() == [2.0, 0.0, 1.0] and n.tolist() == [3.0, 1.0, 1.0]  # a, c, b: newest first
+    assert tr.recent_counts(2)[0].tolist() == [2.0, 0.0]
     clone = SuccessRateTracker.from_json(tr.to_json())
-    np.testing.assert_array_equal(clone.count_histogram()[0], pairs)
-    np.testing.assert_array_equal(clone.count_histogram()[1], counts)
+    np.testing.assert_array_equal(np.stack(clone.recent_counts(10)), np.stack(tr.recent_counts(10)))
+    assert SuccessRateTracker().recent_counts(5)[0].size == 0
 
 
 def test_version_1_state_loads_with_totals_from_the_window():

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from knapsack_trl.core.budget import add_evenly, drain_evenly, fill_evenly, uniform_allocation
-from knapsack_trl.core.posterior import PopulationPrior, Posterior
+from knapsack_trl.core.posterior import RECENT_PROMPTS, PopulationPrior, Posterior
 from knapsack_trl.core.schedule import BudgetSchedule
 from knapsack_trl.core.solvers import SolverResult, check_solver_name, solve
 from knapsack_trl.core.tracker import SuccessRateTracker
@@ -205,6 +205,7 @@ class _Batch:
     posterior: Posterior
     uniform: np.ndarray
     mean_length: np.ndarray
+    table: np.ndarray | None  # the posterior rule's T[i, n] = E[v(n, p_i)]
 
 
 class KnapsackRolloutAllocator:
@@ -228,9 +229,9 @@ class KnapsackRolloutAllocator:
         return self._schedule.n_max_at(step)
 
     def population_prior(self) -> PopulationPrior:
-        """The success-rate distribution fitted to every tracked prompt's history (a pure function of it)."""
-        pairs, prompts = self.tracker.count_histogram()
-        return PopulationPrior.fit(pairs[:, 0], pairs[:, 1], prompts)
+        """The success-rate distribution fitted to the histories of the most recently visited prompts
+        (``posterior.RECENT_PROMPTS``; a pure function of the tracker's state)."""
+        return PopulationPrior.fit(*self.tracker.recent_counts(RECENT_PROMPTS))
 
     def allocate(
         self,
@@ -252,7 +253,7 @@ class KnapsackRolloutAllocator:
         ids = [str(p) for p in prompt_ids]
         m = len(ids)
         budget, n_min, n_max = self._bounds(budget, m, step)
-        batch = self._batch(ids, budget, _check_prior(prior_success_rate, m))
+        batch = self._batch(ids, budget, n_max, _check_prior(prior_success_rate, m))
         share = self._schedule.exploration_share_at(step)
         moved, result = 0, None
         if uniform:
@@ -332,7 +333,7 @@ class KnapsackRolloutAllocator:
             )
         return budget, n_min, n_max
 
-    def _batch(self, ids: list[str], budget: int, prior: np.ndarray) -> _Batch:
+    def _batch(self, ids: list[str], budget: int, n_max: int, prior: np.ndarray) -> _Batch:
         """Buckets from the history that passes the validity rule, point estimates and posteriors."""
         st = self.tracker.stats(ids)
         valid = st.total_observations >= self.config.min_observations
@@ -351,13 +352,15 @@ class KnapsackRolloutAllocator:
         posterior = self.population_prior().posterior(
             s, n, prior_mean=prior, prior_strength=self.tracker.prior_strength
         )
-        return _Batch(bucket, point, posterior, uniform_allocation(budget, len(ids)), st.mean_length)
+        table = posterior.value_table(self._value_fn, n_max) if self.config.rule == "posterior" else None
+        return _Batch(bucket, point, posterior, uniform_allocation(budget, len(ids)), st.mean_length, table)
 
     def _posterior_rule(
         self, budget: int, n_min: int, n_max: int, batch: _Batch
     ) -> tuple[np.ndarray, SolverResult]:
         """One knapsack over every prompt on the posterior-expected value."""
-        table = batch.posterior.value_table(self._value_fn, n_max)
+        assert batch.table is not None
+        table = batch.table
         costs = token_budget = None
         if self.config.token_cost:
             costs = _token_costs(batch.mean_length)
@@ -462,9 +465,8 @@ class KnapsackRolloutAllocator:
     def _expected_value(self, n: np.ndarray, batch: _Batch) -> float:
         """The knapsack objective under the rule's beliefs: the posterior, or the point estimates
         of the prompts that have one (``v(0, p) = 0``)."""
-        if self.config.rule == "posterior":
-            table = batch.posterior.value_table(self._value_fn, int(n.max()))
-            return float(table[np.arange(n.size), n].sum())
+        if batch.table is not None:
+            return float(batch.table[np.arange(n.size), n].sum())
         p = batch.point
         known = ~np.isnan(p)
         if not known.any():
@@ -517,11 +519,12 @@ def _earliest_first(rollouts: np.ndarray, table: np.ndarray, costs: np.ndarray |
     independent of the solver, so prompts that look alike at the start get the uniform split.
     """
     keys = table if costs is None else np.column_stack([table, costs])
-    _, group = np.unique(keys, axis=0, return_inverse=True)
+    groups: dict[bytes, list[int]] = {}
+    for i, row in enumerate(np.ascontiguousarray(keys)):
+        groups.setdefault(row.tobytes(), []).append(i)
     out = rollouts.copy()
-    for g in np.unique(group):
-        rows = np.flatnonzero(group.reshape(-1) == g)
-        if rows.size > 1:
+    for rows in groups.values():
+        if len(rows) > 1:
             out[rows] = np.sort(rollouts[rows])[::-1]
     return out
 

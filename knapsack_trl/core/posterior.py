@@ -20,6 +20,9 @@ from knapsack_trl.core.values import ValueFunction, nonzero_gradient_probability
 # where it matters (p of 0.01-0.2 and 0.8-0.99, where a few more rollouts change a group's odds).
 GRID = np.concatenate([[0.0], 1.0 / (1.0 + np.exp(-np.linspace(-6.9, 6.9, 47))), [1.0]])
 EM_ITERATIONS = 200
+# The prior is fitted to this many most recently visited prompts: the ones nearest the current
+# policy, at a cost that does not grow with the dataset.
+RECENT_PROMPTS = 1024
 # Mass spread evenly over the grid after the fit, so no rate is ever ruled out entirely.
 SMOOTHING = 1e-3
 # EMA counts are fractional: the fit groups prompts whose counts agree to this resolution.
@@ -67,9 +70,9 @@ class PopulationPrior:
         """EM for the mixing weights that make the prompts' counts most likely (NPMLE on the grid).
 
         ``prompts[j]`` is how many prompts share the counts ``(successes[j], trials[j])`` (default 1
-        each; see ``SuccessRateTracker.count_histogram``). A pure function of the counts (fixed start,
-        fixed iterations), so every process and every resumed run gets the same prior. Prompts with no
-        outcome are ignored.
+        each). Counts are grouped to ``COUNT_RESOLUTION`` first, so the cost follows the distinct counts.
+        A pure function of the counts (fixed start, fixed iterations), so every process and every resumed
+        run gets the same prior. Prompts with no outcome are ignored.
         """
         s = np.asarray(successes, dtype=np.float64).reshape(-1)
         n = np.asarray(trials, dtype=np.float64).reshape(-1)
@@ -84,9 +87,8 @@ class PopulationPrior:
         share = counts / counts.sum()
         weights = np.full(grid.size, 1.0 / grid.size)
         for _ in range(int(iterations)):
-            joint = likelihood * weights
-            joint /= joint.sum(axis=1, keepdims=True)
-            weights = share @ joint
+            # EM for mixing weights: w_g <- w_g sum_j share_j L_jg / (L w)_j, two matrix-vector products.
+            weights = weights * (likelihood.T @ (share / (likelihood @ weights)))
         weights = (1.0 - SMOOTHING) * weights + SMOOTHING / grid.size
         return cls(grid, weights / weights.sum())
 

@@ -10,6 +10,7 @@ scores lets all-fail groups look informative.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 from collections import deque
@@ -109,9 +110,8 @@ class SuccessRateTracker:
         # Every mode: id -> outcomes ever seen, and the last visit's (successes, rollouts).
         self._total: dict[str, int] = {}
         self._last_visit: dict[str, tuple[int, int]] = {}
-        # (successes, outcomes) the estimate uses, per prompt and as a histogram over prompts.
+        # (successes, outcomes) the estimate uses, kept in order of the last visit (oldest first).
         self._counts: dict[str, tuple[float, float]] = {}
-        self._histogram: dict[tuple[float, float], int] = {}
 
     @property
     def is_ema(self) -> bool:
@@ -179,7 +179,8 @@ class SuccessRateTracker:
             self._last_seen[pid] = step
             self._total[pid] = self._total.get(pid, 0) + len(outcomes)
             self._last_visit[pid] = (sum(outcomes), len(outcomes))
-            self._update_counts(pid)
+            self._counts.pop(pid, None)  # re-inserted last: the dict stays in order of the last visit
+            self._counts[pid] = self._estimate_counts(pid)
 
     def _estimate_counts(self, pid: str) -> tuple[float, float]:
         """(successes, outcomes) behind ``pid``'s estimate: window, last visit, or decayed counts."""
@@ -193,26 +194,17 @@ class SuccessRateTracker:
         dq = self._outcomes[pid]
         return (float(sum(dq)), float(len(dq)))
 
-    def _update_counts(self, pid: str) -> None:
-        old = self._counts.get(pid)
-        if old is not None:
-            left = self._histogram[old] - 1
-            if left:
-                self._histogram[old] = left
-            else:
-                del self._histogram[old]
-        new = self._estimate_counts(pid)
-        self._counts[pid] = new
-        self._histogram[new] = self._histogram.get(new, 0) + 1
+    def recent_counts(self, limit: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(successes, outcomes)`` behind the estimates of the ``limit`` most recently visited prompts.
 
-    def count_histogram(self) -> tuple[np.ndarray, np.ndarray]:
-        """Every tracked prompt's estimate counts, grouped: ``(pairs (u, 2) of (successes, outcomes),
-        prompts per pair)``. Kept up to date on every observe, so a population fit costs O(pairs)."""
-        if not self._histogram:
-            return np.zeros((0, 2)), np.zeros(0, dtype=np.int64)
-        pairs = np.array(sorted(self._histogram), dtype=np.float64)
-        counts = np.array([self._histogram[(a, b)] for a, b in pairs.tolist()], dtype=np.int64)
-        return pairs, counts
+        What a population prior is fitted to: the prompts nearest the current policy, at a cost that does
+        not grow with the dataset.
+        """
+        recent = list(itertools.islice(reversed(self._counts.values()), int(limit)))
+        if not recent:
+            return np.zeros(0), np.zeros(0)
+        counts = np.asarray(recent, dtype=np.float64)
+        return counts[:, 0], counts[:, 1]
 
     def stats(self, prompt_ids: Sequence[str]) -> PromptStats:
         """Counts, empirical rates, mean lengths and last-seen steps for ``prompt_ids`` (unseen: 0/NaN/-1)."""
@@ -282,9 +274,10 @@ class SuccessRateTracker:
         }
 
     def state_dict(self) -> dict[str, Any]:
-        """Plain-Python (JSON-able) state: config and per-prompt history in insertion order."""
+        """Plain-Python (JSON-able) state: config and per-prompt history, in order of the last visit."""
         prompts: dict[str, dict[str, Any]] = {}
-        for pid, last in self._last_seen.items():
+        for pid in self._counts:
+            last = self._last_seen[pid]
             if self.ema_decay is None:
                 entry: dict[str, Any] = {
                     "outcomes": "".join(str(o) for o in self._outcomes[pid]),
@@ -331,7 +324,7 @@ class SuccessRateTracker:
             else:  # version 1
                 kept = len(fresh._outcomes[pid]) if fresh.ema_decay is None else round(fresh._ema[pid][1])
                 fresh._total[pid] = int(kept)
-            fresh._update_counts(pid)
+            fresh._counts[pid] = fresh._estimate_counts(pid)
         self.__dict__.update(fresh.__dict__)
 
     def to_json(self) -> str:
