@@ -16,7 +16,7 @@ from knapsack_trl.trainer.advantages import (
     prompt_weights,
     rloo_advantages,
 )
-from knapsack_trl.trainer.mixin import balance_rows
+from knapsack_trl.trainer.plan import balance_rows
 
 SCALES = ("group", "batch", "none")
 AGGREGATIONS = ("sum_then_normalize", "normalize_then_sum")

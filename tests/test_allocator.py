@@ -163,9 +163,9 @@ def test_n_max_schedule_overrides_n_max():
     assert alloc.n_max_at(0) == 16 and alloc.n_max_at(5) == 12 and alloc.n_max_at(99) == 8
     out = alloc.allocate(["m", "z", "x"], 24, step=10)
     assert out.rollouts_per_prompt.max() <= 8 and out.n_max == 8
-    with pytest.raises(ValueError, match="knapsack_n_max"):
+    with pytest.raises(ValueError, match="n_max"):
         alloc.allocate(["m", "z"], 20, step=10)
-    with pytest.raises(ValueError, match=r"knapsack_n_max_schedule.*below knapsack_n_min"):
+    with pytest.raises(ValueError, match=r"n_max_schedule.*below n_min"):
         make_allocator(
             {},
             n_min=4,
@@ -174,7 +174,7 @@ def test_n_max_schedule_overrides_n_max():
             full_success_budget=4,
             n_max_schedule="linear:16:2:10",
         )
-    with pytest.raises(ValueError, match=r"knapsack_zero_success_budget.*knapsack_n_max_schedule"):
+    with pytest.raises(ValueError, match=r"zero_success_budget.*n_max_schedule"):
         make_allocator({}, n_min=2, n_max=64, zero_success_budget=12, n_max_schedule="linear:16:8:10")
 
 
@@ -200,19 +200,19 @@ def test_token_cost_mode_respects_uniform_token_spend():
 @pytest.mark.parametrize(
     ("config", "match"),
     [
-        ({"n_min": -1}, "knapsack_n_min"),
-        ({"n_min": 9, "n_max": 8}, "knapsack_n_min"),
-        ({"n_max": 0, "n_min": 0}, "knapsack_n_max"),
-        ({"n_min": 2.5}, "knapsack_n_min"),
-        ({"zero_success_budget": 1, "rule": "buckets"}, "knapsack_zero_success_budget"),
-        ({"full_success_budget": 200, "rule": "buckets"}, "knapsack_full_success_budget"),
-        ({"solver": "simplex"}, "knapsack_solver"),
-        ({"value_function": "nope"}, "knapsack_value_function"),
-        ({"time_limit_s": 0}, "knapsack_time_limit_s"),
-        ({"token_cost": True, "solver": "dp"}, "knapsack_token_cost"),
-        ({"n_max_schedule": "cosine:64:8"}, "knapsack_n_max_schedule"),
-        ({"exploration_schedule": "2.0", "rule": "buckets"}, r"knapsack_exploration_schedule spans"),
-        ({"total_steps": 0}, "knapsack_total_steps"),
+        ({"n_min": -1}, "n_min"),
+        ({"n_min": 9, "n_max": 8}, "n_min"),
+        ({"n_max": 0, "n_min": 0}, "n_max"),
+        ({"n_min": 2.5}, "n_min"),
+        ({"zero_success_budget": 1, "rule": "buckets"}, "zero_success_budget"),
+        ({"full_success_budget": 200, "rule": "buckets"}, "full_success_budget"),
+        ({"solver": "simplex"}, "solver"),
+        ({"value_function": "nope"}, "value_function"),
+        ({"time_limit_s": 0}, "time_limit_s"),
+        ({"token_cost": True, "solver": "dp"}, "token_cost"),
+        ({"n_max_schedule": "cosine:64:8"}, "n_max_schedule"),
+        ({"exploration_schedule": "2.0", "rule": "buckets"}, r"exploration_schedule spans"),
+        ({"total_steps": 0}, "total_steps"),
     ],
 )
 def test_bad_config_raises_naming_the_field(config, match):
@@ -222,9 +222,9 @@ def test_bad_config_raises_naming_the_field(config, match):
 
 def test_bad_allocate_inputs_raise_naming_the_fix():
     alloc = make_allocator({"a": [1, 0]}, n_min=2, n_max=8)
-    with pytest.raises(ValueError, match=r"smaller than knapsack_n_min x prompts.*raise num_generations"):
+    with pytest.raises(ValueError, match=r"cannot give each of 2 prompts n_min=2.*raise budget"):
         alloc.allocate(["a", "b"], 3)
-    with pytest.raises(ValueError, match="knapsack_n_max"):
+    with pytest.raises(ValueError, match="n_max"):
         alloc.allocate(["a", "b"], 17)
     with pytest.raises(ValueError, match="empty"):
         alloc.allocate([], 8)
@@ -416,13 +416,13 @@ def test_min_observations_treats_short_histories_as_unseen():
     assert out.rollouts_per_prompt.tolist() == [8, 8, 8]  # z keeps the uniform budget, m takes what is left
     full = make_allocator(history, n_min=2, n_max=16, min_observations=1)
     assert full.allocate(["z", "m", "x"], 24).bucket.tolist() == ["zero", "mixed", "unseen"]
-    with pytest.raises(ValueError, match="knapsack_min_observations"):
+    with pytest.raises(ValueError, match="min_observations"):
         AllocatorConfig(min_observations=0).validate()
-    with pytest.raises(ValueError, match="knapsack_fallback_confidence"):
+    with pytest.raises(ValueError, match="fallback_confidence"):
         AllocatorConfig(fallback_confidence=1.0).validate()
-    with pytest.raises(ValueError, match="knapsack_rule"):
+    with pytest.raises(ValueError, match="rule"):
         AllocatorConfig(rule="bandit").validate()
-    with pytest.raises(ValueError, match="knapsack_exploration_schedule"):
+    with pytest.raises(ValueError, match="exploration_schedule"):
         AllocatorConfig(rule="posterior", exploration_schedule="0.2").validate()
 
 

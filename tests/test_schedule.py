@@ -60,7 +60,7 @@ def test_parse_takes_total_steps_from_config():
 @pytest.mark.parametrize(
     ("value", "match"),
     [
-        ("cosine:128:32", "knapsack_total_steps"),
+        ("cosine:128:32", "total_steps"),
         ("cosine:128", "end value"),
         ("warmup:1:2:3", "not known"),
         ("linear:a:0:10", "start 'a' is not a number"),
@@ -94,11 +94,11 @@ def test_budget_schedule_from_config():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"n_max_schedule": "linear:16:0:10"}, "knapsack_n_max_schedule"),
-        ({"n_max_schedule": "cosine:16:4"}, "knapsack_n_max_schedule.*knapsack_total_steps"),
-        ({"exploration_schedule": "1.5"}, "knapsack_exploration_schedule"),
-        ({"exploration_schedule": "linear:0.5:-0.1:10"}, "knapsack_exploration_schedule"),
-        ({"exploration_schedule": "bogus:1:2"}, "knapsack_exploration_schedule"),
+        ({"n_max_schedule": "linear:16:0:10"}, "n_max_schedule"),
+        ({"n_max_schedule": "cosine:16:4"}, "n_max_schedule.*total_steps"),
+        ({"exploration_schedule": "1.5"}, "exploration_schedule"),
+        ({"exploration_schedule": "linear:0.5:-0.1:10"}, "exploration_schedule"),
+        ({"exploration_schedule": "bogus:1:2"}, "exploration_schedule"),
     ],
 )
 def test_budget_schedule_errors_name_the_field(kwargs, match):

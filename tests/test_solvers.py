@@ -6,15 +6,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from knapsack_trl.benchmarks.solvers import batch_success_rates
-from knapsack_trl.core.solvers import (
-    SOLVERS,
-    SolverResult,
-    _dp,
-    _envelope_slopes,
-    _validate,
-    check_solver_name,
-    solve,
-)
+from knapsack_trl.core.solvers import SOLVERS, SolverResult, check_solver_name, solve
+from knapsack_trl.core.solvers.dp import dp as exact_dp
+from knapsack_trl.core.solvers.lagrangian import envelope_slopes
+from knapsack_trl.core.solvers.problem import validate
 from knapsack_trl.core.values import knapsack_value, value_table
 
 SETTINGS = settings(max_examples=60, deadline=None)
@@ -71,7 +66,7 @@ def test_exact_solvers_match_brute_force(solver, data):
     assert result.objective == pytest.approx(float(table[np.arange(len(lower)), result.rollouts].sum()))
     assert result.optimal and result.solver == solver
     if solver == "dp":  # the plain DP, without the branch-and-bound band, agrees too
-        plain = _dp(_validate(table, budget, lower, upper, None, None), prune=False)
+        plain = exact_dp(validate(table, budget, lower, upper, None, None), prune=False)
         assert float(table[np.arange(len(lower)), plain].sum()) == pytest.approx(optimum, abs=1e-9)
 
 
@@ -84,7 +79,7 @@ def test_envelope_slopes_are_the_upper_concave_envelope(m, width, seed):
     upper = np.array([rng.integers(lo, width) for lo in lower])
     n = np.arange(width)
     values = np.where((n >= lower[:, None]) & (n <= upper[:, None]), raw, -np.inf)
-    slopes = _envelope_slopes(values)
+    slopes = envelope_slopes(values)
     for i in range(m):
         xs = n[lower[i] : upper[i] + 1]
         # envelope at x: the best chord (or point) over x, by enumeration
@@ -182,7 +177,7 @@ def test_cpsat_matches_dp_on_a_realistic_batch(n_min, budget):
     rng = np.random.default_rng(7)
     table = value_table(knapsack_value, batch_success_rates(256, rng), 128)
     dp = solve(table, budget, n_min, 128, solver="dp")
-    plain = _dp(_validate(table, budget, n_min, 128, None, None), prune=False)
+    plain = exact_dp(validate(table, budget, n_min, 128, None, None), prune=False)
     assert dp.objective == pytest.approx(float(table[np.arange(256), plain].sum()), abs=1e-9)
     cpsat = solve(table, budget, n_min, 128, solver="cpsat")
     greedy = solve(table, budget, n_min, 128, solver="greedy")
@@ -241,7 +236,7 @@ def test_all_solvers_agree_on_uniform_rows_and_fixed_prompts():
 
 def test_check_solver_name():
     assert check_solver_name("dp") == "dp"
-    with pytest.raises(ValueError, match=r"knapsack_solver.*cpsat.*dp.*greedy"):
+    with pytest.raises(ValueError, match=r"solver.*cpsat.*dp.*greedy"):
         check_solver_name("simplex")
 
 
@@ -253,19 +248,19 @@ TABLE = value_table(knapsack_value, np.array([0.2, 0.5, 0.7]), 8)
     [
         ({"budget": 5, "lower": 2}, "smaller than n_min x prompts"),
         ({"budget": 25, "upper": 8}, "larger than n_max x prompts"),
-        ({"lower": np.array([2, 5, 2]), "upper": np.array([8, 4, 8])}, "knapsack_n_min <= knapsack_n_max"),
-        ({"lower": -1}, r"lower \(knapsack_n_min\) must be >= 0"),
+        ({"lower": np.array([2, 5, 2]), "upper": np.array([8, 4, 8])}, "n_min <= n_max"),
+        ({"lower": -1}, r"lower \(n_min\) must be >= 0"),
         ({"upper": 9}, "table has 9 columns"),
         ({"table": np.where(np.eye(3, 9) > 0, np.nan, TABLE)}, "NaN or inf"),
         ({"table": np.full((3, 9), np.inf)}, "NaN or inf"),
         ({"table": np.zeros((0, 9)), "lower": 0, "budget": 0}, "empty"),
-        ({"solver": "simplex"}, "knapsack_solver"),
+        ({"solver": "simplex"}, "solver"),
         ({"costs": np.array([1.0, -2.0, 1.0]), "token_budget": 50.0}, "costs"),
         ({"costs": np.ones(3)}, "token_budget"),
         ({"token_budget": 10.0}, "without costs"),
         ({"costs": np.ones(3), "token_budget": 5.0}, "token_budget 5 is below the cheapest"),
-        ({"costs": np.ones(3), "token_budget": 99.0, "solver": "dp"}, 'knapsack_solver="cpsat"'),
-        ({"costs": np.ones(3), "token_budget": 99.0, "solver": "greedy"}, 'knapsack_solver="cpsat"'),
+        ({"costs": np.ones(3), "token_budget": 99.0, "solver": "dp"}, 'solver="cpsat"'),
+        ({"costs": np.ones(3), "token_budget": 99.0, "solver": "greedy"}, 'solver="cpsat"'),
         ({"lower": np.array([1, 2])}, "one entry per prompt"),
         ({"budget": 12.5}, "whole number"),
         ({"time_limit_s": 0.0}, "time_limit_s"),

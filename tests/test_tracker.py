@@ -137,16 +137,16 @@ def test_observe_rejects_misaligned_inputs():
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [
-        ({"window": 0}, "knapsack_tracker_window"),
-        ({"window": 2.5}, "knapsack_tracker_window"),
-        ({"estimate": "epoch"}, "knapsack_tracker_estimate"),
-        ({"estimate": "last_visit"}, "knapsack_tracker_estimate"),  # needs window mode
-        ({"window": 4, "ema_decay": 0.9}, "knapsack_tracker_window"),
-        ({"window": None, "ema_decay": 1.0}, "knapsack_tracker_ema_decay"),
-        ({"window": None, "ema_decay": 0.0}, "knapsack_tracker_ema_decay"),
-        ({"prior_strength": -1.0}, "knapsack_prior_strength"),
-        ({"prior_mean": 1.2}, "knapsack_prior_mean"),
-        ({"success_threshold": float("nan")}, "knapsack_success_threshold"),
+        ({"window": 0}, "window"),
+        ({"window": 2.5}, "window"),
+        ({"estimate": "epoch"}, "estimate"),
+        ({"estimate": "last_visit"}, "estimate"),  # needs window mode
+        ({"window": 4, "ema_decay": 0.9}, "window"),
+        ({"window": None, "ema_decay": 1.0}, "ema_decay"),
+        ({"window": None, "ema_decay": 0.0}, "ema_decay"),
+        ({"prior_strength": -1.0}, "prior_strength"),
+        ({"prior_mean": 1.2}, "prior_mean"),
+        ({"success_threshold": float("nan")}, "success_threshold"),
     ],
 )
 def test_config_validation_names_the_field(kwargs, field):

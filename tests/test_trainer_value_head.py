@@ -8,7 +8,7 @@ import torch
 from conftest import REWARDS
 
 from knapsack_trl import KnapsackGRPOConfig, KnapsackGRPOTrainer
-from knapsack_trl.value_head import VALUE_HEAD_FILENAME
+from knapsack_trl.trainer.value_head import VALUE_HEAD_FILENAME
 
 pytestmark = pytest.mark.slow
 

@@ -40,7 +40,7 @@ def test_value_table_shape_zero_column_and_errors():
 def test_registry_and_custom_function():
     assert get_value_function("nonzero_gradient") is nonzero_gradient_probability
     assert nonzero_gradient_probability(2, 0.5) == pytest.approx(0.5)
-    with pytest.raises(ValueError, match="knapsack_value_function"):
+    with pytest.raises(ValueError, match="value_function"):
         get_value_function("nope")
     table = value_table(lambda n, p: n * p, np.array([0.5]), 3)
     np.testing.assert_allclose(table, [[0.0, 0.5, 1.0, 1.5]])

@@ -123,7 +123,7 @@ def simulate_epoch(
     """One epoch over unseen prompts with the core allocator; outcomes drawn from ``rates``."""
     from knapsack_trl.core.allocator import AllocatorConfig, KnapsackRolloutAllocator
     from knapsack_trl.core.values import nonzero_gradient_probability
-    from knapsack_trl.value_head import ValueHeadConfig, ValueHeadEstimator, estimator_prior
+    from knapsack_trl.trainer.value_head import ValueHeadConfig, ValueHeadEstimator, estimator_prior
 
     rng = np.random.default_rng(seed)
     allocator = KnapsackRolloutAllocator(AllocatorConfig(n_min=2, n_max=n_max, solver="greedy"))
@@ -184,7 +184,8 @@ def step_cost(
 
     from knapsack_trl.tiny import arithmetic_reward
     from knapsack_trl.trainer import KnapsackGRPOConfig, KnapsackGRPOTrainer
-    from knapsack_trl.value_head import ValueHeadConfig, ValueHeadEstimator, tokenize_prompts
+    from knapsack_trl.trainer.prompt_features import tokenize_prompts
+    from knapsack_trl.trainer.value_head import ValueHeadConfig, ValueHeadEstimator
 
     estimator = ValueHeadEstimator.from_model(model, ValueHeadConfig(seed=0))
     rng = np.random.default_rng(0)
@@ -282,8 +283,9 @@ def run(
     if threads:
         torch.set_num_threads(threads)
 
+    from knapsack_trl.core.calibration import calibration_metrics
     from knapsack_trl.tiny import arithmetic_rows, build_model, build_tokenizer
-    from knapsack_trl.value_head import ValueHeadEstimator, calibration_metrics
+    from knapsack_trl.trainer.value_head import ValueHeadEstimator
 
     t0 = time.perf_counter()
     torch.manual_seed(seed)

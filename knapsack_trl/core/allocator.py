@@ -1,17 +1,13 @@
-"""Turn prompt statistics into rollouts per prompt: the allocation rules.
+"""Turn prompt statistics into rollouts per prompt: the allocator the trainers call.
 
-Two rules share one budget, one set of bounds ``[n_min, n_max]`` and one solver:
+Two rules share one budget, one set of bounds ``[n_min, n_max]`` and one solver (:mod:`.rules`):
 
 - ``posterior``: each prompt's success rate is a posterior over a grid, from its own outcomes and a
-  population prior fitted to every prompt's history (empirical Bayes, :mod:`.posterior`). One knapsack
-  over all prompts maximises the expected value; with the ``nonzero_gradient`` value that is the
-  expected number of prompts whose group has mixed rewards, the prompts that give a gradient.
-- ``buckets``: the paper's rule (liziniu/KnapsackRL, ``verl/trainer/ppo/exploration_utils.py``,
-  ``sampling_budget_by_knapsack``). Prompts whose history is all failures / all successes get small
-  fixed budgets, prompts with too little history the uniform budget, and the mixed ones share the
-  rest by a knapsack over ``v(n, p)`` at their point estimate. With the cost-based fallback the
-  knapsack only gets what the mixed prompts need for a ``fallback_confidence`` chance of a mixed group;
-  the surplus goes evenly to the all-fail and unseen prompts.
+  population prior fitted to the recent prompts' histories (empirical Bayes, :mod:`.posterior`). One
+  knapsack over all prompts maximises the expected value; with the ``nonzero_gradient`` value that is
+  the expected number of prompts whose group has mixed rewards, the prompts that give a gradient.
+- ``buckets``: the paper's rule (liziniu/KnapsackRL, ``sampling_budget_by_knapsack``), with its
+  cost-based fallback; exact where the reference is buggy.
 
 The schedules and the token-cost mode are this package's additions and are off by default.
 """
@@ -19,18 +15,20 @@ The schedules and the token-cost mode are this package's additions and are off b
 from __future__ import annotations
 
 import dataclasses
-import math
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from knapsack_trl.core.budget import add_evenly, drain_evenly, fill_evenly, uniform_allocation
+from knapsack_trl.core.allocation import BUCKETS, Allocation
+from knapsack_trl.core.budget import check_budget, uniform_allocation
+from knapsack_trl.core.config import RULES, AllocatorConfig
+from knapsack_trl.core.errors import SettingError
 from knapsack_trl.core.posterior import RECENT_PROMPTS, PopulationPrior, Posterior
-from knapsack_trl.core.schedule import BudgetSchedule
-from knapsack_trl.core.solvers import SolverResult, check_solver_name, solve
+from knapsack_trl.core.rules import Batch, buckets_rule, earliest_first, posterior_rule
+from knapsack_trl.core.solvers import SolverResult, solve
+from knapsack_trl.core.state import ALLOCATOR_STATE_VERSION, check_version
 from knapsack_trl.core.tracker import SuccessRateTracker
 from knapsack_trl.core.values import (
     ValueFunction,
@@ -48,165 +46,6 @@ __all__ = [
     "uniform_allocation",
 ]
 
-_STATE_VERSION = 1
-BUCKETS = ("unseen", "zero", "one", "mixed")
-RULES = ("posterior", "buckets")
-
-
-@dataclass
-class AllocatorConfig:
-    """Allocator settings; each field ``x`` is the trainer config field ``knapsack_x``.
-
-    ``zero_success_budget`` / ``full_success_budget`` are the reference's ``negative_n`` /
-    ``positive_n``; ``fallback_confidence`` is its ``alpha``. ``min_observations``: a prompt's history
-    is used only from that many outcomes (the reference: 8); before that it counts as unseen.
-    Schedules are strings such as ``"cosine:128:32"`` (see :mod:`.schedule`).
-    """
-
-    rule: str = "posterior"
-    n_min: int = 2
-    n_max: int = 128
-    solver: str = "cpsat"
-    value_function: str | Callable[..., Any] = "nonzero_gradient"
-    zero_success_budget: int = 2
-    full_success_budget: int = 2
-    fallback: bool = True
-    fallback_confidence: float = 0.9
-    min_observations: int = 1
-    time_limit_s: float = 1.0
-    token_cost: bool = False
-    n_max_schedule: str | None = None
-    exploration_schedule: str | None = None
-    total_steps: int | None = None
-
-    def validate(self) -> None:
-        """Raise a ValueError naming the ``knapsack_*`` field for any setting that can never work."""
-        if self.rule not in RULES:
-            raise ValueError(f"knapsack_rule={self.rule!r} is not known; use one of {list(RULES)}.")
-        for name in ("n_min", "n_max", "zero_success_budget", "full_success_budget", "min_observations"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise ValueError(f"knapsack_{name}={value!r} must be an integer.")
-        if self.n_min < 0:
-            raise ValueError(f"knapsack_n_min={self.n_min} must be >= 0.")
-        if self.n_max < 1:
-            raise ValueError(f"knapsack_n_max={self.n_max} must be >= 1.")
-        if self.n_min > self.n_max:
-            raise ValueError(
-                f"knapsack_n_min={self.n_min} is larger than knapsack_n_max={self.n_max}; lower knapsack_n_min."
-            )
-        if self.min_observations < 1:
-            raise ValueError(
-                f"knapsack_min_observations={self.min_observations} must be >= 1 (1 = use any history; "
-                "the reference uses 8)."
-            )
-        if not isinstance(self.fallback, bool):
-            raise ValueError(f"knapsack_fallback={self.fallback!r} must be True or False.")
-        conf = self.fallback_confidence
-        if isinstance(conf, bool) or not isinstance(conf, (int, float)) or not 0.0 < conf < 1.0:
-            raise ValueError(
-                f"knapsack_fallback_confidence={conf!r} must lie strictly between 0 and 1 (the reference: 0.9)."
-            )
-        if self.rule == "buckets":
-            _check_fixed_budgets(self, self.n_min, self.n_max)
-        try:
-            self.solver = check_solver_name(self.solver)
-        except ValueError as err:
-            raise ValueError(f"knapsack_solver: {err}") from None
-        get_value_function(self.value_function)
-        if not (isinstance(self.time_limit_s, (int, float)) and self.time_limit_s > 0):
-            raise ValueError(
-                f"knapsack_time_limit_s={self.time_limit_s!r} must be a positive number of seconds."
-            )
-        if self.token_cost and self.solver != "cpsat":
-            raise ValueError(
-                f"knapsack_token_cost=True needs knapsack_solver='cpsat' (got {self.solver!r}): "
-                "only CP-SAT takes the token budget as a second constraint."
-            )
-        if self.rule == "posterior" and self.exploration_schedule is not None:
-            raise ValueError(
-                f"knapsack_exploration_schedule={self.exploration_schedule!r} reserves budget for the buckets "
-                "rule's all-fail and unseen prompts; knapsack_rule='posterior' values those by their posterior "
-                "instead. Unset the schedule or set knapsack_rule='buckets'."
-            )
-        if self.total_steps is not None and (isinstance(self.total_steps, bool) or self.total_steps < 1):
-            raise ValueError(f"knapsack_total_steps={self.total_steps!r} must be an integer >= 1.")
-        schedule = self.budget_schedule()
-        if self.n_max_schedule is not None:
-            lowest = math.floor(schedule.n_max.bounds[0] + 0.5)
-            if lowest < self.n_min:
-                raise ValueError(
-                    f"knapsack_n_max_schedule={self.n_max_schedule!r} goes down to n_max={lowest}, below "
-                    f"knapsack_n_min={self.n_min}; raise the schedule's end or lower knapsack_n_min."
-                )
-            try:
-                if self.rule == "buckets":
-                    _check_fixed_budgets(self, self.n_min, lowest)
-            except ValueError as err:
-                raise ValueError(f"{err} (knapsack_n_max_schedule goes down to {lowest})") from None
-
-    def budget_schedule(self) -> BudgetSchedule:
-        """The ``n_max`` and exploration schedules these fields describe."""
-        return BudgetSchedule.from_config(
-            self.n_max, self.n_max_schedule, self.exploration_schedule, total_steps=self.total_steps
-        )
-
-
-@dataclass(frozen=True, eq=False)
-class Allocation:
-    """Rollouts per prompt for one generation batch, with what the decision was based on.
-
-    ``expected_informative`` / ``uniform_expected_informative``: expected number of prompts whose
-    group has mixed outcomes under this allocation / the uniform split, from the same posterior
-    (population prior plus each prompt's history), whichever rule decided.
-    """
-
-    rollouts_per_prompt: np.ndarray
-    success_rate: np.ndarray
-    bucket: np.ndarray
-    expected_value: float
-    uniform_expected_value: float
-    expected_informative: float
-    uniform_expected_informative: float
-    solver_result: SolverResult | None
-    n_max: int = 0
-    exploration_share: float = 0.0
-    fallback_rollouts: int = 0
-
-    def metrics(self) -> dict[str, float]:
-        """Plain floats for logging (no prefix)."""
-        n = self.rollouts_per_prompt
-        res = self.solver_result
-        out = {
-            "rollouts_min": float(n.min()),
-            "rollouts_mean": float(n.mean()),
-            "rollouts_max": float(n.max()),
-            "informative_prompts_expected": float(self.expected_informative),
-            "informative_prompts_uniform_expected": float(self.uniform_expected_informative),
-            "expected_value": float(self.expected_value),
-            "uniform_expected_value": float(self.uniform_expected_value),
-            "fallback_rollouts": float(self.fallback_rollouts),
-            "solver_seconds": 0.0 if res is None else float(res.seconds),
-            "solver_optimal": 1.0 if res is None else float(bool(res.optimal)),
-            "n_max": float(self.n_max),
-            "exploration_share": float(self.exploration_share),
-        }
-        for name in BUCKETS:
-            out[f"prompts_{name}"] = float(np.count_nonzero(self.bucket == name))
-        return out
-
-
-@dataclass(frozen=True)
-class _Batch:
-    """What the rules see of one batch: counts behind each estimate, buckets, beliefs."""
-
-    bucket: np.ndarray
-    point: np.ndarray  # the buckets rule's p (NaN: none)
-    posterior: Posterior
-    uniform: np.ndarray
-    mean_length: np.ndarray
-    table: np.ndarray | None  # the posterior rule's T[i, n] = E[v(n, p_i)]
-
 
 class KnapsackRolloutAllocator:
     """Decide each prompt's rollout count from its success history; learn from observed rewards.
@@ -223,6 +62,12 @@ class KnapsackRolloutAllocator:
         self.tracker = SuccessRateTracker() if tracker is None else tracker
         self._schedule = self.config.budget_schedule()
         self._value_fn: ValueFunction = get_value_function(self.config.value_function)
+
+    def set_total_steps(self, total_steps: int | None) -> None:
+        """Give the schedules their horizon once it is known (a run's ``max_steps`` at train time)."""
+        self.config.total_steps = total_steps
+        self.config.validate()
+        self._schedule = self.config.budget_schedule()
 
     def n_max_at(self, step: int) -> int:
         """``n_max`` in force at ``step`` (the schedule's, else the config's)."""
@@ -251,17 +96,18 @@ class KnapsackRolloutAllocator:
         """
         cfg = self.config
         ids = [str(p) for p in prompt_ids]
-        m = len(ids)
-        budget, n_min, n_max = self._bounds(budget, m, step)
-        batch = self._batch(ids, budget, n_max, _check_prior(prior_success_rate, m))
+        budget, n_min, n_max = self._bounds(budget, len(ids), step)
+        batch = self._batch(ids, budget, n_max, _check_prior(prior_success_rate, len(ids)))
         share = self._schedule.exploration_share_at(step)
         moved, result = 0, None
         if uniform:
             n = batch.uniform.copy()
         elif cfg.rule == "posterior":
-            n, result = self._posterior_rule(budget, n_min, n_max, batch)
+            n, result = posterior_rule(batch, budget, n_min, n_max, self._solve, cfg.token_cost)
         else:
-            n, result, moved = self._buckets_rule(budget, n_min, n_max, share, batch)
+            n, result, moved = buckets_rule(
+                batch, cfg, budget, (n_min, n_max), share, self._value_fn, self._solve
+            )
         if int(n.sum()) != budget or n.min() < n_min or n.max() > n_max:
             raise RuntimeError(
                 f"allocation broke its invariants (sum {int(n.sum())} vs budget {budget}, range "
@@ -291,12 +137,11 @@ class KnapsackRolloutAllocator:
         result = self._solve(table, budget, n_min, n_max, None, None)
         n = np.asarray(result.rollouts, dtype=np.int64)
         uni = uniform_allocation(budget, p.size)
-        bucket = np.where(p == 0, "zero", np.where(p == 1, "one", "mixed")).astype("<U6")
         rows = np.arange(p.size)
         return Allocation(
             rollouts_per_prompt=n,
             success_rate=p,
-            bucket=bucket,
+            bucket=np.where(p == 0, "zero", np.where(p == 1, "one", "mixed")).astype("<U6"),
             expected_value=float(table[rows, n].sum()),
             uniform_expected_value=float(table[rows, uni].sum()),
             expected_informative=float(nonzero_gradient_probability(n, p).sum()),
@@ -305,40 +150,42 @@ class KnapsackRolloutAllocator:
             n_max=n_max,
         )
 
+    def posterior(self, prompt_ids: Sequence[str], prior_success_rate: np.ndarray | None = None) -> Posterior:
+        """Each prompt's posterior: the population prior, its history (past the validity rule) and the
+        prior's pseudo-outcomes, exactly as :meth:`allocate` sees it."""
+        ids = [str(p) for p in prompt_ids]
+        s, n, _ = self._valid_counts(ids)
+        prior = _check_prior(prior_success_rate, len(ids))
+        return self.population_prior().posterior(
+            s, n, prior_mean=prior, prior_strength=self.tracker.prior_strength
+        )
+
     def _bounds(self, budget: int, m: int, step: int) -> tuple[int, int, int]:
-        """``(budget, n_min, n_max)`` at ``step``, or a ValueError naming the setting to change."""
-        cfg = self.config
+        """``(budget, n_min, n_max)`` at ``step``, or a SettingError naming the setting to change."""
         if m == 0:
             raise ValueError("allocate got an empty batch: pass at least one prompt id.")
         if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)):
-            raise ValueError(f"knapsack budget={budget!r} must be an integer number of rollouts.")
-        budget = int(budget)
-        n_min, n_max = cfg.n_min, self.n_max_at(step)
+            raise SettingError(f"<budget>={budget!r} must be an integer number of rollouts.")
+        n_min, n_max = self.config.n_min, self.n_max_at(step)
         if n_min > n_max:
-            raise ValueError(
-                f"knapsack_n_min={n_min} is larger than knapsack_n_max={n_max} at step {step} "
-                "(knapsack_n_max_schedule); lower knapsack_n_min or raise the schedule's end."
+            raise SettingError(
+                f"<n_min>={n_min} is larger than <n_max>={n_max} at step {step} (<n_max_schedule>); "
+                "lower <n_min> or raise the schedule's end."
             )
-        if cfg.rule == "buckets":
-            _check_fixed_budgets(cfg, n_min, n_max)
-        if budget < n_min * m:
-            raise ValueError(
-                f"knapsack budget {budget} is smaller than knapsack_n_min x prompts = {n_min} x {m} = "
-                f"{n_min * m}; raise num_generations or lower knapsack_n_min."
-            )
-        if budget > n_max * m:
-            raise ValueError(
-                f"knapsack budget {budget} is larger than knapsack_n_max x prompts = {n_max} x {m} = "
-                f"{n_max * m}; raise knapsack_n_max or lower num_generations."
-            )
-        return budget, n_min, n_max
+        self.config.check_fixed_budgets(n_min, n_max)
+        check_budget(int(budget), m, n_min, n_max)
+        return int(budget), n_min, n_max
 
-    def _batch(self, ids: list[str], budget: int, n_max: int, prior: np.ndarray) -> _Batch:
-        """Buckets from the history that passes the validity rule, point estimates and posteriors."""
+    def _valid_counts(self, ids: list[str]) -> tuple[np.ndarray, np.ndarray, Any]:
+        """Counts behind each estimate, zeroed where the validity rule ignores the history."""
         st = self.tracker.stats(ids)
         valid = st.total_observations >= self.config.min_observations
-        s = np.where(valid, st.successes, 0.0)
-        n = np.where(valid, st.num_observations, 0.0)
+        return np.where(valid, st.successes, 0.0), np.where(valid, st.num_observations, 0.0), st
+
+    def _batch(self, ids: list[str], budget: int, n_max: int, prior: np.ndarray) -> Batch:
+        """Buckets from the history that passes the validity rule, point estimates and posteriors."""
+        s, n, st = self._valid_counts(ids)
+        valid = n > 0
         zero = valid & (s == 0)
         one = valid & ~zero & (s == n)
         mixed = valid & ~zero & ~one
@@ -353,90 +200,7 @@ class KnapsackRolloutAllocator:
             s, n, prior_mean=prior, prior_strength=self.tracker.prior_strength
         )
         table = posterior.value_table(self._value_fn, n_max) if self.config.rule == "posterior" else None
-        return _Batch(bucket, point, posterior, uniform_allocation(budget, len(ids)), st.mean_length, table)
-
-    def _posterior_rule(
-        self, budget: int, n_min: int, n_max: int, batch: _Batch
-    ) -> tuple[np.ndarray, SolverResult]:
-        """One knapsack over every prompt on the posterior-expected value."""
-        assert batch.table is not None
-        table = batch.table
-        costs = token_budget = None
-        if self.config.token_cost:
-            costs = _token_costs(batch.mean_length)
-            token_budget = float(costs @ batch.uniform)
-        result = self._solve(table, budget, n_min, n_max, costs, token_budget)
-        return np.asarray(result.rollouts, dtype=np.int64), result
-
-    def _buckets_rule(
-        self, budget: int, n_min: int, n_max: int, share: float, batch: _Batch
-    ) -> tuple[np.ndarray, SolverResult | None, int]:
-        """Fixed budgets, exploration reserve, deficit repair, the fallback, then the knapsack.
-
-        Returns the allocation, the solver's result (None when no knapsack ran) and the rollouts the
-        fallback moved off the mixed prompts.
-        """
-        cfg, p, uni = self.config, batch.point, batch.uniform
-        zero, one = batch.bucket == "zero", batch.bucket == "one"
-        unknown = np.isnan(p)
-        knap = ~(zero | one | unknown)
-        n = np.zeros(p.size, dtype=np.int64)
-        n[zero] = cfg.zero_success_budget
-        n[one] = cfg.full_success_budget
-        n[unknown] = uni[unknown]
-        fixed = ~knap
-        k = int(np.count_nonzero(knap))
-        explore = zero | unknown
-
-        if share > 0 and explore.any():
-            # Never reserve what the other prompts need for their floor.
-            room = budget - n_min * int(np.count_nonzero(~explore))
-            reserve = min(math.floor(share * budget), room)
-            n[explore], _ = fill_evenly(n[explore], reserve - int(n[explore].sum()), n_max)
-
-        rest = budget - int(n[fixed].sum())
-        if rest < n_min * k:
-            n[fixed], short = drain_evenly(n[fixed], n_min * k - rest, n_min)
-            if short:
-                raise ValueError(
-                    f"knapsack budget {budget} cannot give every prompt knapsack_n_min={n_min}; "
-                    "raise num_generations or lower knapsack_n_min."
-                )
-            rest = budget - int(n[fixed].sum())
-
-        moved = 0
-        if cfg.fallback and k and fixed.any():
-            need = int(_fallback_costs(p[knap], cfg.fallback_confidence, n_max).sum())
-            surplus = rest - n_min * k - need
-            if surplus > 0:
-                # The reference's order: all-fail and unseen prompts, else every other non-mixed one.
-                takers = explore if explore.any() else fixed
-                n[takers], left = add_evenly(n[takers], surplus, n_max)
-                moved = surplus - left
-                rest -= moved
-
-        if rest >= n_max * k:
-            # The knapsack prompts cannot absorb the rest: all-fail and unseen prompts, then the others.
-            n[knap] = n_max
-            surplus = rest - n_max * k
-            for group in (explore, one):
-                if surplus > 0 and group.any():
-                    n[group], surplus = add_evenly(n[group], surplus, n_max)
-            if surplus:
-                raise RuntimeError(f"{surplus} rollouts could not be placed under knapsack_n_max={n_max}.")
-            return n, None, moved
-
-        table = value_table(self._value_fn, p[knap], n_max)
-        costs = token_budget = None
-        if cfg.token_cost:
-            all_costs = _token_costs(batch.mean_length)
-            costs = all_costs[knap]
-            spend = float(np.dot(all_costs, uni)) - float(np.dot(all_costs[fixed], n[fixed]))
-            # Never demand fewer tokens than the cheapest way to place ``rest`` rollouts.
-            token_budget = max(spend, _min_cost(costs, rest, n_min, n_max))
-        result = self._solve(table, rest, n_min, n_max, costs, token_budget)
-        n[knap] = np.asarray(result.rollouts, dtype=np.int64)
-        return n, result, moved
+        return Batch(bucket, point, posterior, uniform_allocation(budget, len(ids)), st.mean_length, table)
 
     def _solve(
         self,
@@ -459,20 +223,19 @@ class KnapsackRolloutAllocator:
             token_budget=token_budget,
             time_limit_s=float(self.config.time_limit_s),
         )
-        rollouts = _earliest_first(np.asarray(result.rollouts, dtype=np.int64), table, costs)
+        rollouts = earliest_first(np.asarray(result.rollouts, dtype=np.int64), table, costs)
         return dataclasses.replace(result, rollouts=rollouts)
 
-    def _expected_value(self, n: np.ndarray, batch: _Batch) -> float:
+    def _expected_value(self, n: np.ndarray, batch: Batch) -> float:
         """The knapsack objective under the rule's beliefs: the posterior, or the point estimates
         of the prompts that have one (``v(0, p) = 0``)."""
         if batch.table is not None:
             return float(batch.table[np.arange(n.size), n].sum())
-        p = batch.point
-        known = ~np.isnan(p)
+        known = ~np.isnan(batch.point)
         if not known.any():
             return 0.0
         nk = n[known].astype(np.float64)
-        v = np.asarray(self._value_fn(nk, p[known]), dtype=np.float64)
+        v = np.asarray(self._value_fn(nk, batch.point[known]), dtype=np.float64)
         return float(np.where(nk == 0, 0.0, np.broadcast_to(v, nk.shape)).sum())
 
     def observe(
@@ -491,14 +254,11 @@ class KnapsackRolloutAllocator:
         The allocation is a pure function of the tracker, the config and the step (the population
         prior is refitted from the tracker), so the tracker's state is all there is to save.
         """
-        return {"version": _STATE_VERSION, "tracker": self.tracker.state_dict()}
+        return {"version": ALLOCATOR_STATE_VERSION, "tracker": self.tracker.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore from :meth:`state_dict`; the tracker keeps its saved settings (warns if they differ)."""
-        if state.get("version") != _STATE_VERSION:
-            raise ValueError(
-                f"allocator state version {state.get('version')!r} is not supported (expected {_STATE_VERSION})."
-            )
+        check_version(state, [ALLOCATOR_STATE_VERSION], "allocator state")
         saved = state["tracker"].get("config", {})
         current = self.tracker.config()
         changed = sorted(k for k in saved if current.get(k) != saved[k])
@@ -510,42 +270,6 @@ class KnapsackRolloutAllocator:
                 stacklevel=2,
             )
         self.tracker.load_state_dict(state["tracker"])
-
-
-def _earliest_first(rollouts: np.ndarray, table: np.ndarray, costs: np.ndarray | None) -> np.ndarray:
-    """Among prompts with identical value rows (and costs), the larger counts go to the earlier ones.
-
-    Any optimum stays an optimum under that permutation; it makes the choice among equal optima
-    independent of the solver, so prompts that look alike at the start get the uniform split.
-    """
-    keys = table if costs is None else np.column_stack([table, costs])
-    groups: dict[bytes, list[int]] = {}
-    for i, row in enumerate(np.ascontiguousarray(keys)):
-        groups.setdefault(row.tobytes(), []).append(i)
-    out = rollouts.copy()
-    for rows in groups.values():
-        if len(rows) > 1:
-            out[rows] = np.sort(rollouts[rows])[::-1]
-    return out
-
-
-def _fallback_costs(p: np.ndarray, confidence: float, n_max: int) -> np.ndarray:
-    """Whole rollouts for a ``confidence`` chance of a mixed group, ``log(1 - c) / log(max(p, 1 - p))``,
-    capped at ``n_max`` and truncated (the reference's ``int(min(max_n, cost))``)."""
-    top = np.maximum(p, 1.0 - p)
-    with np.errstate(divide="ignore"):
-        cost = np.where(top < 1.0, math.log(1.0 - confidence) / np.log(np.where(top < 1.0, top, 0.5)), np.inf)
-    return np.floor(np.minimum(cost, n_max)).astype(np.int64)
-
-
-def _check_fixed_budgets(cfg: AllocatorConfig, n_min: int, n_max: int) -> None:
-    """The zero/one buckets' budgets must lie inside [n_min, n_max]."""
-    for name in ("zero_success_budget", "full_success_budget"):
-        value = getattr(cfg, name)
-        if not n_min <= value <= n_max:
-            raise ValueError(
-                f"knapsack_{name}={value} must lie in [knapsack_n_min, knapsack_n_max] = [{n_min}, {n_max}]."
-            )
 
 
 def _check_prior(prior: np.ndarray | None, m: int) -> np.ndarray:
@@ -561,24 +285,3 @@ def _check_prior(prior: np.ndarray | None, m: int) -> np.ndarray:
             f"prior_success_rate must lie in [0, 1] (NaN = unknown); got {known[(known < 0) | (known > 1)][:5]}."
         )
     return arr
-
-
-def _token_costs(mean_length: np.ndarray) -> np.ndarray:
-    """Tokens per rollout: the tracker's mean length, unknown ones the mean of the known, else 1."""
-    costs = np.asarray(mean_length, dtype=np.float64).copy()
-    known = np.isfinite(costs)
-    costs[~known] = costs[known].mean() if known.any() else 1.0
-    return np.maximum(costs, 1.0)
-
-
-def _min_cost(costs: np.ndarray, total: int, n_min: int, n_max: int) -> float:
-    """Fewest tokens that place exactly ``total`` rollouts within [n_min, n_max]: cheapest first."""
-    extra = total - n_min * costs.size
-    spent = float(costs.sum()) * n_min
-    for c in np.sort(costs):
-        take = min(extra, n_max - n_min)
-        if take <= 0:
-            break
-        spent += float(c) * take
-        extra -= take
-    return spent

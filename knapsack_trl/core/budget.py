@@ -1,8 +1,11 @@
-"""Whole-rollout arithmetic on a budget: the uniform split and the even fills every rule uses."""
+"""Whole-rollout arithmetic on a budget: which budgets can be split, the uniform split, the even and
+cheapest fills every rule uses."""
 
 from __future__ import annotations
 
 import numpy as np
+
+from knapsack_trl.core.errors import SettingError
 
 
 def uniform_allocation(budget: int, num_prompts: int) -> np.ndarray:
@@ -61,3 +64,32 @@ def drain_evenly(a: np.ndarray, deficit: int, floor: int) -> tuple[np.ndarray, i
     """Remove ``deficit`` units lowering the highest entries first, none below ``floor``."""
     new, short = fill_evenly(-np.asarray(a, dtype=np.int64), deficit, -floor)
     return -new, short
+
+
+def cheapest_fill(
+    costs: np.ndarray, total: int, lower: int | np.ndarray, upper: int | np.ndarray
+) -> np.ndarray:
+    """Rollouts within ``[lower_i, upper_i]`` summing to ``total`` with the fewest tokens: every floor,
+    then the rest on the cheapest prompts first (ties: the earlier prompt)."""
+    costs = np.asarray(costs, dtype=np.float64).reshape(-1)
+    lower = np.broadcast_to(np.asarray(lower, dtype=np.int64), costs.shape).copy()
+    upper = np.broadcast_to(np.asarray(upper, dtype=np.int64), costs.shape)
+    order = np.argsort(costs, kind="stable")
+    room = (upper - lower)[order]
+    slack = int(total) - int(lower.sum())
+    lower[order] += np.minimum(room, np.maximum(slack - (np.cumsum(room) - room), 0))
+    return lower
+
+
+def check_budget(budget: int, prompts: int, n_min: int, n_max: int) -> None:
+    """Raise unless ``n_min x prompts <= budget <= n_max x prompts``: the only budgets that can be split."""
+    if budget < n_min * prompts:
+        raise SettingError(
+            f"<budget>={budget} rollouts cannot give each of {prompts} prompts <n_min>={n_min} "
+            f"(that takes {n_min * prompts}); raise <budget> or lower <n_min>."
+        )
+    if budget > n_max * prompts:
+        raise SettingError(
+            f"<budget>={budget} rollouts exceed <n_max>={n_max} x {prompts} prompts = {n_max * prompts}; "
+            "raise <n_max> or lower <budget>."
+        )

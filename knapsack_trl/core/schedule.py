@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from knapsack_trl.core.errors import SettingError
+
 SCHEDULE_KINDS = ("constant", "linear", "cosine")
 
 
@@ -26,26 +28,28 @@ class Schedule:
 
     def __post_init__(self) -> None:
         if self.kind not in SCHEDULE_KINDS:
-            raise ValueError(f"schedule kind {self.kind!r} is not known; use one of {list(SCHEDULE_KINDS)}.")
+            raise SettingError(
+                f"schedule kind {self.kind!r} is not known; use one of {list(SCHEDULE_KINDS)}."
+            )
         if not math.isfinite(self.start):
-            raise ValueError(f"schedule start={self.start!r} must be a finite number.")
+            raise SettingError(f"schedule start={self.start!r} must be a finite number.")
         if self.end is not None and not math.isfinite(self.end):
-            raise ValueError(f"schedule end={self.end!r} must be a finite number.")
+            raise SettingError(f"schedule end={self.end!r} must be a finite number.")
         if self.total_steps is not None and (
             isinstance(self.total_steps, bool)
             or int(self.total_steps) != self.total_steps
             or self.total_steps < 1
         ):
-            raise ValueError(f"schedule total_steps={self.total_steps!r} must be an integer >= 1.")
+            raise SettingError(f"schedule total_steps={self.total_steps!r} must be an integer >= 1.")
         if self.kind != "constant":
             if self.end is None:
-                raise ValueError(
+                raise SettingError(
                     f"a {self.kind} schedule needs an end value, e.g. '{self.kind}:{self.start}:END'."
                 )
             if self.total_steps is None:
-                raise ValueError(
+                raise SettingError(
                     f"a {self.kind} schedule needs total_steps: write '{self.kind}:START:END:STEPS' "
-                    "or set knapsack_total_steps."
+                    "or set <total_steps>."
                 )
 
     def __call__(self, step: int) -> float:
@@ -70,12 +74,12 @@ class Schedule:
     ) -> Schedule:
         """Build a schedule from a number, ``"kind:start[:end[:total_steps]]"`` or a dict.
 
-        ``total_steps`` fills in a missing horizon (e.g. from ``knapsack_total_steps``).
+        ``total_steps`` fills in a missing horizon (e.g. from the allocator's ``total_steps``).
         """
         if isinstance(value, Schedule):
             return value
         if isinstance(value, bool):
-            raise ValueError(
+            raise SettingError(
                 f"cannot read a schedule from {value!r}; use a number or 'kind:start:end[:steps]'."
             )
         if isinstance(value, (int, float)):
@@ -83,11 +87,11 @@ class Schedule:
         if isinstance(value, Mapping):
             unknown = set(value) - {"kind", "start", "end", "total_steps"}
             if unknown:
-                raise ValueError(
+                raise SettingError(
                     f"schedule dict has unknown keys {sorted(unknown)}; use kind, start, end, total_steps."
                 )
             if "start" not in value:
-                raise ValueError("schedule dict needs a 'start' value.")
+                raise SettingError("schedule dict needs a 'start' value.")
             kind = str(value.get("kind", "constant"))
             steps = value.get("total_steps", None)
             end = value.get("end", None)
@@ -103,27 +107,29 @@ class Schedule:
                 return cls("constant", _number(parts[0], "start"))
             kind = parts[0].lower()
             if kind not in SCHEDULE_KINDS:
-                raise ValueError(
+                raise SettingError(
                     f"schedule {value!r}: kind {kind!r} is not known; use one of {list(SCHEDULE_KINDS)}, "
                     "e.g. 'cosine:128:32' or 'linear:0.2:0:500'."
                 )
             if len(parts) > 4:
-                raise ValueError(
+                raise SettingError(
                     f"schedule {value!r} has too many parts; use 'kind:start[:end[:total_steps]]'."
                 )
             start = _number(parts[1], "start")
             if kind == "constant":
                 if len(parts) > 2:
-                    raise ValueError(
+                    raise SettingError(
                         f"schedule {value!r}: a constant schedule takes one value, 'constant:VALUE'."
                     )
                 return cls("constant", start)
             if len(parts) < 3:
-                raise ValueError(f"schedule {value!r} needs an end value: '{kind}:START:END[:STEPS]'.")
+                raise SettingError(f"schedule {value!r} needs an end value: '{kind}:START:END[:STEPS]'.")
             end = _number(parts[2], "end")
             steps = _steps(parts[3]) if len(parts) == 4 else total_steps
             return cls(kind, start, end, steps)
-        raise ValueError(f"cannot read a schedule from {type(value).__name__}; use a number, string or dict.")
+        raise SettingError(
+            f"cannot read a schedule from {type(value).__name__}; use a number, string or dict."
+        )
 
 
 @dataclass(frozen=True)
@@ -140,11 +146,11 @@ class BudgetSchedule:
     def __post_init__(self) -> None:
         lo, _ = self.n_max.bounds
         if lo < 1:
-            raise ValueError(f"knapsack_n_max_schedule goes down to {lo}; n_max must stay >= 1.")
+            raise SettingError(f"<n_max_schedule> goes down to {lo}; <n_max> must stay >= 1.")
         lo, hi = self.exploration_share.bounds
         if lo < 0 or hi > 1:
-            raise ValueError(
-                f"knapsack_exploration_schedule spans [{lo}, {hi}]; the share of the budget must lie in [0, 1]."
+            raise SettingError(
+                f"<exploration_schedule> spans [{lo}, {hi}]; the share of the budget must lie in [0, 1]."
             )
 
     @classmethod
@@ -163,7 +169,7 @@ class BudgetSchedule:
                 else Schedule.parse(n_max_schedule, total_steps=total_steps)
             )
         except ValueError as err:
-            raise ValueError(f"knapsack_n_max_schedule: {err}") from None
+            raise SettingError(f"<n_max_schedule>: {err}") from None
         try:
             share = (
                 Schedule("constant", 0.0)
@@ -171,16 +177,24 @@ class BudgetSchedule:
                 else Schedule.parse(exploration_schedule, total_steps=total_steps)
             )
         except ValueError as err:
-            raise ValueError(f"knapsack_exploration_schedule: {err}") from None
+            raise SettingError(f"<exploration_schedule>: {err}") from None
         return cls(nmax, share)
+
+    def lowest_n_max(self) -> int:
+        """The smallest ``n_max`` the schedule ever gives (rounded as :meth:`n_max_at` rounds)."""
+        return _round_half_up(self.n_max.bounds[0])
 
     def n_max_at(self, step: int) -> int:
         """``n_max`` at ``step``, rounded half up to an integer."""
-        return math.floor(self.n_max(step) + 0.5)
+        return _round_half_up(self.n_max(step))
 
     def exploration_share_at(self, step: int) -> float:
         """Exploration share at ``step``, clipped to [0, 1] against rounding."""
         return min(max(self.exploration_share(step), 0.0), 1.0)
+
+
+def _round_half_up(x: float) -> int:
+    return math.floor(x + 0.5)
 
 
 def _number(text: Any, name: str) -> float:
@@ -188,9 +202,9 @@ def _number(text: Any, name: str) -> float:
     try:
         x = float(text)
     except (TypeError, ValueError):
-        raise ValueError(f"schedule {name} {text!r} is not a number.") from None
+        raise SettingError(f"schedule {name} {text!r} is not a number.") from None
     if not math.isfinite(x):
-        raise ValueError(f"schedule {name} {text!r} must be finite.")
+        raise SettingError(f"schedule {name} {text!r} must be finite.")
     return x
 
 
@@ -199,7 +213,7 @@ def _steps(text: Any) -> int:
     try:
         x = float(text)
     except (TypeError, ValueError):
-        raise ValueError(f"schedule total_steps {text!r} is not a number.") from None
+        raise SettingError(f"schedule total_steps {text!r} is not a number.") from None
     if not x.is_integer() or x < 1:
-        raise ValueError(f"schedule total_steps {text!r} must be an integer >= 1.")
+        raise SettingError(f"schedule total_steps {text!r} must be an integer >= 1.")
     return int(x)

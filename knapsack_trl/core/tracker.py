@@ -20,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
-_STATE_VERSION = 2
+from knapsack_trl.core.errors import SettingError
+from knapsack_trl.core.state import TRACKER_STATE_VERSION, check_version
+
 ESTIMATES = ("window", "last_visit")
 # Chosen with the allocation simulator (python -m knapsack_trl.benchmarks.allocation; docs/method.md):
 # a memory of about ten visits beat the last 16 outcomes on every difficulty mix.
@@ -290,7 +292,7 @@ class SuccessRateTracker:
             visit = self._last_visit.get(pid)
             entry["last_visit"] = None if visit is None else list(visit)
             prompts[pid] = entry
-        return {"version": _STATE_VERSION, "config": self.config(), "prompts": prompts}
+        return {"version": TRACKER_STATE_VERSION, "config": self.config(), "prompts": prompts}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Replace config and history with ``state`` (from :meth:`state_dict`).
@@ -298,11 +300,7 @@ class SuccessRateTracker:
         Version 1 states (no totals, no last visit) load with the total taken as the outcomes kept
         (the decayed count, rounded, in EMA mode) and the last visit unknown (window estimate).
         """
-        version = state.get("version")
-        if version not in (1, _STATE_VERSION):
-            raise ValueError(
-                f"tracker state version {version!r} is not supported (expected 1 or {_STATE_VERSION})."
-            )
+        check_version(state, [1, TRACKER_STATE_VERSION], "tracker state")
         cfg = state["config"]
         fresh = SuccessRateTracker(**cfg)
         for pid, entry in state["prompts"].items():
@@ -347,32 +345,25 @@ def _validate_config(
     success_threshold: float,
     estimate: str = "window",
 ) -> None:
-    """Raise a ValueError naming the config field for any bad tracker setting."""
+    """Raise a :class:`SettingError` naming the setting for any bad tracker setting."""
     if estimate not in ESTIMATES:
-        raise ValueError(
-            f"estimate={estimate!r} (knapsack_tracker_estimate) is not known; use one of {list(ESTIMATES)}."
-        )
+        raise SettingError(f"<estimate>={estimate!r} is not known; use one of {list(ESTIMATES)}.")
     if estimate == "last_visit" and window is None:
-        raise ValueError(
-            "estimate='last_visit' (knapsack_tracker_estimate) needs window mode: set knapsack_tracker_window "
-            "(the reference uses 16) and leave knapsack_tracker_ema_decay unset."
+        raise SettingError(
+            "<estimate>='last_visit' needs window mode: set <window> (the reference uses 16) and leave "
+            "<ema_decay> unset."
         )
     if window is not None and ema_decay is not None:
-        raise ValueError(
-            f"window={window} (knapsack_tracker_window) and ema_decay={ema_decay} "
-            "(knapsack_tracker_ema_decay) are both set; set knapsack_tracker_window to None for EMA mode."
+        raise SettingError(
+            f"<window>={window} and <ema_decay>={ema_decay} are both set; set <window> to None for EMA mode."
         )
     if window is not None and (isinstance(window, bool) or int(window) != window or window < 1):
-        raise ValueError(f"window={window!r} (knapsack_tracker_window) must be an integer >= 1.")
+        raise SettingError(f"<window>={window!r} must be an integer >= 1.")
     if ema_decay is not None and not 0.0 < float(ema_decay) < 1.0:
-        raise ValueError(f"ema_decay={ema_decay!r} (knapsack_tracker_ema_decay) must lie strictly in (0, 1).")
+        raise SettingError(f"<ema_decay>={ema_decay!r} must lie strictly in (0, 1).")
     if not (math.isfinite(float(prior_strength)) and float(prior_strength) >= 0.0):
-        raise ValueError(
-            f"prior_strength={prior_strength!r} (knapsack_prior_strength) must be finite and >= 0."
-        )
+        raise SettingError(f"<prior_strength>={prior_strength!r} must be finite and >= 0.")
     if not 0.0 <= float(prior_mean) <= 1.0:
-        raise ValueError(f"prior_mean={prior_mean!r} (knapsack_prior_mean) must lie in [0, 1].")
+        raise SettingError(f"<prior_mean>={prior_mean!r} must lie in [0, 1].")
     if not math.isfinite(float(success_threshold)):
-        raise ValueError(
-            f"success_threshold={success_threshold!r} (knapsack_success_threshold) must be finite."
-        )
+        raise SettingError(f"<success_threshold>={success_threshold!r} must be finite.")

@@ -10,6 +10,8 @@ from typing import Protocol
 
 import numpy as np
 
+from knapsack_trl.core.errors import SettingError
+
 
 class ValueFunction(Protocol):
     """``value(n, p)``: expected usefulness of ``n`` rollouts at success rate ``p`` (broadcasting)."""
@@ -48,8 +50,8 @@ def get_value_function(name_or_fn: str | ValueFunction) -> ValueFunction:
     try:
         return VALUE_FUNCTIONS[name_or_fn]
     except KeyError:
-        raise ValueError(
-            f"knapsack_value_function={name_or_fn!r} is not known; use one of {sorted(VALUE_FUNCTIONS)} "
+        raise SettingError(
+            f"<value_function>={name_or_fn!r} is not known; use one of {sorted(VALUE_FUNCTIONS)} "
             "or pass a callable value(n, p)."
         ) from None
 

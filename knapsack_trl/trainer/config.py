@@ -9,7 +9,6 @@ meaning for the *sampler* and becomes the *average* rollouts per prompt: each ge
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from dataclasses import dataclass, field, fields
@@ -19,9 +18,12 @@ import trl
 from packaging.version import Version
 from trl import GRPOConfig, RLOOConfig
 
-from knapsack_trl.core.allocator import RULES
+from knapsack_trl.core.budget import check_budget as check_split
+from knapsack_trl.core.config import RULES, AllocatorConfig
+from knapsack_trl.core.errors import SettingError
 from knapsack_trl.core.presets import PRESETS, Preset, get_preset
-from knapsack_trl.core.tracker import ESTIMATES
+from knapsack_trl.core.tracker import ESTIMATES, SuccessRateTracker
+from knapsack_trl.trainer.value_head import VALUE_ESTIMATORS, ValueHeadConfig
 
 SUPPORTED_TRL = (">=1.16", "<1.17")
 SKIP_VERSION_CHECK_ENV = "KNAPSACK_TRL_SKIP_VERSION_CHECK"
@@ -58,7 +60,26 @@ TRACKER_FIELDS = {
     "ema_decay": "knapsack_tracker_ema_decay",
     "estimate": "knapsack_tracker_estimate",
     "prior_strength": "knapsack_prior_strength",
+    "prior_mean": "knapsack_prior_mean",
+    "success_threshold": "knapsack_success_threshold",
 }
+# Every setting name the core uses in its errors, as this config spells it.
+FIELD_NAMES = {
+    **{f.name: f"knapsack_{f.name}" for f in fields(AllocatorConfig)},
+    **TRACKER_FIELDS,
+    "preset": "knapsack_preset",
+    "budget": "generation_batch_size",
+    "value_estimator": "knapsack_value_estimator",
+    **{
+        f"value_head_{name}": f"knapsack_value_head_{name}"
+        for name in ("type", "layer", "lr", "prior_strength")
+    },
+}
+
+
+def field_error(err: SettingError) -> ValueError:
+    """A core :class:`SettingError` worded with this config's field names."""
+    return err.renamed(FIELD_NAMES)
 
 
 def preset_fields(preset: Preset) -> dict[str, Any]:
@@ -288,6 +309,12 @@ class KnapsackConfigMixin:
         super().__post_init__()  # type: ignore[misc]  # the TRL config's own checks set generation_batch_size
         if not self.knapsack_enabled:
             return
+        try:
+            self._check_knapsack_fields()
+        except SettingError as err:
+            raise field_error(err) from None
+
+    def _check_knapsack_fields(self) -> None:
         if self.knapsack_preset is not None:
             self._apply_preset(self.knapsack_preset)
         if self.knapsack_mode not in MODES:
@@ -301,16 +328,21 @@ class KnapsackConfigMixin:
             raise ValueError(f"knapsack_history_size={self.knapsack_history_size} must be >= 0.")
         if not self.knapsack_prompt_id_column:
             raise ValueError("knapsack_prompt_id_column is empty; name the dataset's prompt id column.")
-        # Build both core objects once: their constructors name the knapsack_* field for any bad value.
+        # Build both core objects once: their constructors check every value (errors renamed above).
         # Schedules without an explicit horizon get max_steps at train time; validate with a stand-in.
-        allocator_config = self.knapsack_allocator_config(
-            total_steps=self.max_steps if self.max_steps > 0 else 1
-        )
+        allocator_config = self.knapsack_allocator_config(total_steps=self.knapsack_horizon() or 1)
         allocator_config.validate()
         self.knapsack_tracker()
         self.knapsack_value_head_config()
-        lowest_n_max = math.floor(allocator_config.budget_schedule().n_max.bounds[0] + 0.5)
-        check_budget(self, lowest_n_max)
+        check_budget(self, allocator_config.budget_schedule().lowest_n_max())
+
+    def knapsack_horizon(self, max_steps: int | None = None) -> int | None:
+        """The schedules' horizon: ``knapsack_total_steps``, else the run's ``max_steps`` (the trainer's
+        state knows it once training starts in epoch-based runs), else unknown."""
+        if self.knapsack_total_steps is not None:
+            return self.knapsack_total_steps
+        steps = max_steps if max_steps else self.max_steps
+        return steps if steps and steps > 0 else None
 
     def _apply_preset(self, name: str) -> None:
         """Fields at their defaults take the preset's values; others must already agree with it."""
@@ -320,64 +352,46 @@ class KnapsackConfigMixin:
             if current == value:
                 continue
             if current != defaults[config_field]:
-                raise ValueError(
-                    f"knapsack_preset={name!r} sets {config_field}={value!r}, but {config_field}={current!r} was "
+                raise SettingError(
+                    f"<preset>={name!r} sets {config_field}={value!r}, but {config_field}={current!r} was "
                     f"given; drop {config_field} or the preset."
                 )
             setattr(self, config_field, value)
 
-    def knapsack_allocator_config(self, total_steps: int | None = None) -> Any:
-        """The core :class:`AllocatorConfig` these fields describe."""
-        from knapsack_trl.core.allocator import AllocatorConfig
+    def knapsack_allocator_config(self, total_steps: int | None = None) -> AllocatorConfig:
+        """The core :class:`AllocatorConfig` these fields describe (``total_steps``: the schedules'
+        horizon when ``knapsack_total_steps`` is unset)."""
+        values = {f.name: getattr(self, f"knapsack_{f.name}") for f in fields(AllocatorConfig)}
+        if values["total_steps"] is None:
+            values["total_steps"] = total_steps
+        return AllocatorConfig(**values)
 
-        return AllocatorConfig(
-            rule=self.knapsack_rule,
-            n_min=self.knapsack_n_min,
-            n_max=self.knapsack_n_max,
-            solver=self.knapsack_solver,
-            value_function=self.knapsack_value_function,
-            zero_success_budget=self.knapsack_zero_success_budget,
-            full_success_budget=self.knapsack_full_success_budget,
-            fallback=self.knapsack_fallback,
-            fallback_confidence=self.knapsack_fallback_confidence,
-            min_observations=self.knapsack_min_observations,
-            time_limit_s=self.knapsack_time_limit_s,
-            token_cost=self.knapsack_token_cost,
-            n_max_schedule=self.knapsack_n_max_schedule,
-            exploration_schedule=self.knapsack_exploration_schedule,
-            total_steps=self.knapsack_total_steps if self.knapsack_total_steps is not None else total_steps,
-        )
-
-    def knapsack_value_head_config(self) -> Any:
+    def knapsack_value_head_config(self) -> ValueHeadConfig:
         """The :class:`ValueHeadConfig` these fields describe (validates the estimator fields)."""
-        from knapsack_trl.value_head import VALUE_ESTIMATORS, ValueHeadConfig
-
         if self.knapsack_value_estimator not in VALUE_ESTIMATORS:
-            raise ValueError(
-                f"knapsack_value_estimator={self.knapsack_value_estimator!r} is not known; use one of "
+            raise SettingError(
+                f"<value_estimator>={self.knapsack_value_estimator!r} is not known; use one of "
                 f"{list(VALUE_ESTIMATORS)}."
             )
-        return ValueHeadConfig.from_args(self)
+        return ValueHeadConfig(
+            head_type=self.knapsack_value_head_type,
+            layer=self.knapsack_value_head_layer,
+            lr=self.knapsack_value_head_lr,
+            prior_strength=self.knapsack_value_head_prior_strength,
+            seed=self.seed,
+        )
 
-    def knapsack_tracker(self) -> Any:
+    def knapsack_tracker(self) -> SuccessRateTracker:
         """A fresh core :class:`SuccessRateTracker` with these settings.
 
         In `'blend'` mode the head's prediction is the tracker's prior mean, so its pseudo-count is the
         tracker's prior strength.
         """
-        from knapsack_trl.core.tracker import SuccessRateTracker
-
-        prior_strength = self.knapsack_value_head_config().tracker_prior_strength(
+        values = {arg: getattr(self, name) for arg, name in TRACKER_FIELDS.items()}
+        values["prior_strength"] = self.knapsack_value_head_config().tracker_prior_strength(
             self.knapsack_value_estimator, self.knapsack_prior_strength
         )
-        return SuccessRateTracker(
-            window=self.knapsack_tracker_window,
-            ema_decay=self.knapsack_tracker_ema_decay,
-            prior_strength=prior_strength,
-            prior_mean=self.knapsack_prior_mean,
-            success_threshold=self.knapsack_success_threshold,
-            estimate=self.knapsack_tracker_estimate,
-        )
+        return SuccessRateTracker(**values)
 
 
 def check_budget(args: Any, n_max: int | None = None) -> None:
@@ -385,23 +399,18 @@ def check_budget(args: Any, n_max: int | None = None) -> None:
 
     With ``P = generation_batch_size // num_generations`` prompts per batch the budget is feasible iff
     ``n_min * P <= generation_batch_size <= n_max * P``, i.e. ``n_min <= num_generations <= n_max``.
+    ``n_max``: the lowest value of ``knapsack_n_max`` / ``knapsack_n_max_schedule``.
     """
-    budget = args.generation_batch_size
-    prompts = budget // args.num_generations
-    n_min = args.knapsack_n_min
+    prompts = args.generation_batch_size // args.num_generations
     n_max = args.knapsack_n_max if n_max is None else int(n_max)
-    if budget < n_min * prompts:
+    try:
+        check_split(args.generation_batch_size, prompts, args.knapsack_n_min, n_max)
+    except SettingError as err:
         raise ValueError(
-            f"generation_batch_size={budget} rollouts cannot give each of its {prompts} prompts "
-            f"(generation_batch_size // num_generations) knapsack_n_min={n_min} rollouts: set knapsack_n_min <= "
-            f"num_generations={args.num_generations}, or raise num_generations."
-        )
-    if budget > n_max * prompts:
-        raise ValueError(
-            f"generation_batch_size={budget} rollouts exceed knapsack_n_max={n_max} (the lowest value of "
-            f"knapsack_n_max / knapsack_n_max_schedule) x {prompts} prompts (generation_batch_size // "
-            f"num_generations): keep n_max >= num_generations={args.num_generations}, or lower num_generations."
-        )
+            f"{field_error(err)} With generation_batch_size // num_generations = {prompts} prompts per batch, "
+            f"keep knapsack_n_min <= num_generations={args.num_generations} <= knapsack_n_max (lowest over "
+            f"knapsack_n_max_schedule: {n_max})."
+        ) from None
 
 
 @dataclass

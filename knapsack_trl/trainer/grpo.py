@@ -7,11 +7,10 @@ from typing import Any
 
 import torch
 from trl import GRPOTrainer
-from trl.trainer.utils import get_config_model_id
 
 from knapsack_trl.trainer.advantages import AdvantageResult, grpo_advantages
-from knapsack_trl.trainer.config import KnapsackGRPOConfig, check_trl_version
-from knapsack_trl.trainer.mixin import KnapsackTrainerMixin, check_dataset
+from knapsack_trl.trainer.config import KnapsackGRPOConfig
+from knapsack_trl.trainer.mixin import KnapsackTrainerMixin, knapsack_args
 
 
 def _num_generations_parameter() -> inspect.Signature:
@@ -42,16 +41,7 @@ class KnapsackGRPOTrainer(KnapsackTrainerMixin, GRPOTrainer):
         *rest: Any,
         **kwargs: Any,
     ):
-        check_trl_version()
-        if args is None:
-            model_name = model if isinstance(model, str) else get_config_model_id(model.config)
-            args = KnapsackGRPOConfig(f"{model_name.split('/')[-1]}-KnapsackGRPO")
-        if not isinstance(args, KnapsackGRPOConfig):
-            raise TypeError(
-                f"KnapsackGRPOTrainer needs a KnapsackGRPOConfig, got {type(args).__name__}; build "
-                "KnapsackGRPOConfig(...) with the same arguments (knapsack_enabled=False gives stock GRPO)."
-            )
-        check_dataset(train_dataset, args)
+        args = knapsack_args("KnapsackGRPOTrainer", KnapsackGRPOConfig, model, args, train_dataset)
         self._knapsack_single_turn_signature = _num_generations_parameter()
         super().__init__(model, reward_funcs, args, train_dataset, *rest, **kwargs)
         self._knapsack_setup()

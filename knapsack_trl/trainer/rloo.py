@@ -7,11 +7,10 @@ from typing import Any
 import torch
 from accelerate.utils import gather
 from trl import RLOOTrainer
-from trl.trainer.utils import get_config_model_id
 
 from knapsack_trl.trainer.advantages import AdvantageResult, rloo_advantages
-from knapsack_trl.trainer.config import KnapsackRLOOConfig, check_trl_version
-from knapsack_trl.trainer.mixin import KnapsackTrainerMixin, check_dataset
+from knapsack_trl.trainer.config import KnapsackRLOOConfig
+from knapsack_trl.trainer.mixin import KnapsackTrainerMixin, knapsack_args
 
 
 class KnapsackRLOOTrainer(KnapsackTrainerMixin, RLOOTrainer):
@@ -30,16 +29,7 @@ class KnapsackRLOOTrainer(KnapsackTrainerMixin, RLOOTrainer):
         *rest: Any,
         **kwargs: Any,
     ):
-        check_trl_version()
-        if args is None:
-            model_name = model if isinstance(model, str) else get_config_model_id(model.config)
-            args = KnapsackRLOOConfig(f"{model_name.split('/')[-1]}-KnapsackRLOO")
-        if not isinstance(args, KnapsackRLOOConfig):
-            raise TypeError(
-                f"KnapsackRLOOTrainer needs a KnapsackRLOOConfig, got {type(args).__name__}; build "
-                "KnapsackRLOOConfig(...) with the same arguments (knapsack_enabled=False gives stock RLOO)."
-            )
-        check_dataset(train_dataset, args)
+        args = knapsack_args("KnapsackRLOOTrainer", KnapsackRLOOConfig, model, args, train_dataset)
         self._knapsack_logps: list[torch.Tensor] = []
         super().__init__(model, reward_funcs, args, train_dataset, *rest, **kwargs)
         self._knapsack_setup()
