@@ -1,6 +1,6 @@
 """Shared fixtures for the trainer tests: a tiny model saved to a folder, a dataset, reward functions.
 
-Everything is built offline from code (``knapsack_trl.tiny``); nothing comes from the Hub.
+Everything is built offline from code (``knapsack_trl.tasks.arithmetic``); nothing comes from the Hub.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ REWARDS = {
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The tiny model and tokenizer saved with ``save_pretrained`` (loadable offline by path)."""
-    from knapsack_trl.tiny import save_tiny
+    from knapsack_trl.tasks.arithmetic import save_tiny
 
     return save_tiny(tmp_path_factory.mktemp("tiny") / "model")
 
@@ -82,7 +82,7 @@ def tiny_model(tiny_dir: str) -> Callable[[], Any]:
 @pytest.fixture(scope="session")
 def train_dataset() -> Any:
     """16 arithmetic prompts of 1-3 digit operands, with ``prompt``, ``answer`` and ``prompt_id``."""
-    from knapsack_trl.tiny import arithmetic_dataset
+    from knapsack_trl.tasks.arithmetic import arithmetic_dataset
 
     return arithmetic_dataset(16, digits=(1, 2, 3))
 

@@ -28,8 +28,7 @@ from knapsack_trl import (
     KnapsackRLOOConfig,
     KnapsackRLOOTrainer,
 )
-from knapsack_trl.tiny import arithmetic_dataset
-from knapsack_trl.train import finish
+from knapsack_trl.tasks.arithmetic import arithmetic_dataset
 
 
 def main(model_dir: str, out_dir: str, kind: str = "grpo") -> None:
@@ -99,7 +98,7 @@ def main(model_dir: str, out_dir: str, kind: str = "grpo") -> None:
         print(f"[rank {rank}] step {g['step']} rollouts {g['rollouts']}", flush=True)
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump(result, f)
-    finish(trainer)  # waits for every process before tearing the group down (a gloo exit deadlock otherwise)
+    trainer.finish()  # waits for every process before tearing the group down (a gloo exit deadlock otherwise)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from knapsack_trl.benchmarks import allocation as sim
 from knapsack_trl.core.values import nonzero_gradient_probability
+from knapsack_trl.experiments.benchmarks import allocation as sim
 
 
 @pytest.fixture

@@ -131,10 +131,10 @@ def test_building_the_train_parser_leaves_the_config_dataclasses_unchanged() -> 
     """HfArgumentParser narrows Field.type in place (`int | None` -> `int`); other code reads those fields."""
     import dataclasses
 
-    from knapsack_trl import train
+    from knapsack_trl.recipe import make_parser
     from knapsack_trl.trainer import KnapsackGRPOConfig
 
     before = {f.name: f.type for f in dataclasses.fields(KnapsackGRPOConfig)}
-    train.make_parser("grpo")
+    make_parser("grpo")
     after = {f.name: f.type for f in dataclasses.fields(KnapsackGRPOConfig)}
     assert after == before

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from knapsack_trl.core.tracker import prompt_id
-from knapsack_trl.data import load_gsm8k, load_humaneval
+from knapsack_trl.tasks.gsm8k import load_gsm8k
+from knapsack_trl.tasks.humaneval import load_humaneval
 
 FIXTURE = Path(__file__).parent / "fixtures" / "gsm8k_test_sample.jsonl"
 RAW = [json.loads(line) for line in FIXTURE.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from knapsack_trl.report import (
-    PLOT_FILES,
+from knapsack_trl.experiments.plots import PLOT_FILES
+from knapsack_trl.experiments.report import (
     RunRecord,
     aggregate,
     default_target,
@@ -165,12 +165,12 @@ def test_demo_quick_end_to_end(tmp_path):
 
 def test_configuration_doc_lists_every_knapsack_field():
     """docs/configuration.md embeds the generated field table; regenerate it when a field changes."""
-    from knapsack_trl.report import knapsack_fields_markdown
+    from knapsack_trl.trainer.config import knapsack_fields_markdown
 
     doc = (ROOT / "docs" / "configuration.md").read_text()
     after_start = doc.split("<!-- knapsack-fields:start -->\n", 1)[1]
     embedded = after_start.split("\n<!-- knapsack-fields:end -->", 1)[0]
     assert embedded == knapsack_fields_markdown(), (
-        "docs/configuration.md is out of date: paste knapsack_trl.report.knapsack_fields_markdown() "
+        "docs/configuration.md is out of date: paste knapsack_trl.trainer.config.knapsack_fields_markdown() "
         "between its knapsack-fields markers."
     )

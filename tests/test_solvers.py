@@ -5,12 +5,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from knapsack_trl.benchmarks.solvers import batch_success_rates
 from knapsack_trl.core.solvers import SOLVERS, SolverResult, check_solver_name, solve
 from knapsack_trl.core.solvers.dp import dp as exact_dp
 from knapsack_trl.core.solvers.lagrangian import envelope_slopes
 from knapsack_trl.core.solvers.problem import validate
 from knapsack_trl.core.values import knapsack_value, value_table
+from knapsack_trl.experiments.benchmarks.solvers import batch_success_rates
 
 SETTINGS = settings(max_examples=60, deadline=None)
 # Overflow or invalid casts in the scaling are bugs, not noise.

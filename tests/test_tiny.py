@@ -1,4 +1,4 @@
-from knapsack_trl.tiny import arithmetic_reward, arithmetic_rows
+from knapsack_trl.tasks.arithmetic import arithmetic_reward, arithmetic_rows
 
 
 def test_rows_are_distinct_and_fill_past_an_exhausted_operand_size():

@@ -421,3 +421,26 @@ class KnapsackGRPOConfig(KnapsackConfigMixin, GRPOConfig):
 @dataclass
 class KnapsackRLOOConfig(KnapsackConfigMixin, RLOOConfig):
     """:class:`trl.RLOOConfig` plus the ``knapsack_*`` fields; ``num_generations`` is the average budget."""
+
+
+def knapsack_fields_markdown() -> str:
+    """The ``knapsack_*`` fields of the trainer config as a markdown table, from their ``help`` metadata.
+
+    docs/configuration.md embeds this table; a test checks the two agree, so the reference cannot drift
+    from the code.
+    """
+    import dataclasses
+
+    lines = ["| field | type | default | meaning |", "|---|---|---|---|"]
+    for f in dataclasses.fields(KnapsackGRPOConfig):
+        if not f.name.startswith("knapsack_"):
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        kind = kind.replace("|", "\\|")
+        text = " ".join(str(f.metadata.get("help", "")).split()).replace("|", "\\|")
+        choices = f.metadata.get("choices")
+        if choices:
+            text += " Choices: " + ", ".join(f"`{c}`" for c in choices) + "."
+        lines.append(f"| `{f.name}` | `{kind}` | `{default!r}` | {text} |")
+    return "\n".join(lines)

@@ -2,7 +2,7 @@
 
 The experiment, end to end and offline:
 
-1. build a character-level Llama from a config (:mod:`knapsack_trl.tiny`) and warm it up with a short
+1. build a character-level Llama from a config (:mod:`knapsack_trl.tasks.arithmetic`) and warm it up with a short
    supervised phase on additions at three difficulty levels, stopped once a probe set reaches a target
    success rate, so that many prompts are neither always solved nor always failed (the regime where
    rollout allocation matters);
@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import math
 import os
-import random
 import sys
 import tempfile
 import time
@@ -35,8 +34,27 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from datasets import Dataset
 
-from knapsack_trl.report import METHOD_FIELDS, RunRecord, format_ratios, format_table, write_report
+from knapsack_trl.experiments.evaluation import heldout_metrics, success_rates
+from knapsack_trl.experiments.harness import train_method, warm_up_arithmetic
+from knapsack_trl.experiments.methods import METHOD_FIELDS
+from knapsack_trl.experiments.report import (
+    RunRecord,
+    format_ratios,
+    format_table,
+    write_report,
+)
+from knapsack_trl.tasks.arithmetic import (
+    arithmetic_reward,
+    build_model,
+    build_tokenizer,
+    load_tiny,
+    make_splits,
+    save_tiny,
+)
+from knapsack_trl.trainer import KnapsackGRPOConfig, KnapsackGRPOTrainer
 
 DEFAULT_OUTPUT_DIR = "knapsack_demo_report"
 
@@ -93,141 +111,6 @@ class DemoSettings:
 # --------------------------------------------------------------------------- data
 
 
-LEVELS = {
-    "easy": (1, 2),  # a one-digit number plus a number below 100
-    "medium": (2, 2),
-    "hard": (3, 3),
-}
-
-
-def _problem(rng: random.Random, level: str) -> dict[str, str]:
-    """One ``a+b=`` problem in :func:`knapsack_trl.tiny.arithmetic_rows`' format (stable ``prompt_id``)."""
-    da, db = LEVELS[level]
-    a = rng.randint(0 if da == 1 else 10 ** (da - 1), 10**da - 1)
-    b = rng.randint(0, 10**db - 1)
-    return {"prompt": f"{a}+{b}=", "answer": str(a + b), "prompt_id": f"add:{a}+{b}", "level": level}
-
-
-def make_splits(
-    seed: int,
-    pool_size: int,
-    heldout_size: int,
-    levels: Sequence[str] = tuple(LEVELS),
-    sft_size: int = 20000,
-    probe_size: int = 96,
-) -> dict[str, list[dict[str, str]]]:
-    """Disjoint problem sets, difficulty levels in equal shares: ``sft``, ``probe``, ``pool``, ``heldout``.
-
-    ``pool`` is GRPO's (small, so prompts recur and history can help), ``heldout`` is only ever
-    evaluated, ``probe`` decides when the warm-up stops, ``sft`` (drawn with replacement) is the
-    warm-up's data. Built here rather than with ``tiny.arithmetic_rows`` because the splits must be
-    disjoint and that generator's one-digit space holds only 100 problems.
-    """
-    rng = random.Random(seed)
-    taken: set[str] = set()
-
-    def distinct(n: int) -> list[dict[str, str]]:
-        rows: list[dict[str, str]] = []
-        tries = 0
-        while len(rows) < n:
-            row = _problem(rng, levels[len(rows) % len(levels)])
-            tries += 1
-            if row["prompt"] in taken:
-                if tries > 100 * n:
-                    raise ValueError(f"cannot draw {n} distinct problems at levels {tuple(levels)}.")
-                continue
-            taken.add(row["prompt"])
-            rows.append(row)
-        return rows
-
-    splits = {"heldout": distinct(heldout_size), "pool": distinct(pool_size), "probe": distinct(probe_size)}
-    sft: list[dict[str, str]] = []
-    while len(sft) < sft_size:
-        row = _problem(rng, rng.choice(levels))
-        if row["prompt"] not in taken:
-            sft.append(row)
-    splits["sft"] = sft
-    return splits
-
-
-# --------------------------------------------------------------------------- warm-up
-
-
-def _sft_batch(tokenizer: Any, rows: Sequence[dict[str, str]]) -> tuple[Any, Any, Any]:
-    """Left-padded ``prompt + answer + eos`` with the loss on the answer tokens only."""
-    import torch
-
-    ids, labels = [], []
-    for row in rows:
-        p = tokenizer(row["prompt"]).input_ids
-        a = [*tokenizer(row["answer"]).input_ids, tokenizer.eos_token_id]
-        ids.append(p + a)
-        labels.append([-100] * len(p) + a)
-    width = max(len(x) for x in ids)
-    x = torch.full((len(ids), width), tokenizer.pad_token_id)
-    y = torch.full((len(ids), width), -100)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for i, (a, b) in enumerate(zip(ids, labels)):
-        x[i, width - len(a) :] = torch.tensor(a)
-        y[i, width - len(b) :] = torch.tensor(b)
-        mask[i, width - len(a) :] = 1
-    return x, y, mask
-
-
-def warm_up(
-    model: Any,
-    tokenizer: Any,
-    rows: Sequence[dict[str, str]],
-    max_steps: int,
-    batch_size: int = 128,
-    lr: float = 3e-3,
-    seed: int = 0,
-    progress: bool = True,
-    probe: Callable[[Any], float] | None = None,
-    target: float | None = None,
-    check_every: int = 50,
-) -> dict[str, Any]:
-    """Supervised warm-up (AdamW, short linear warm-up, then constant); stops early at ``target``.
-
-    Stopped while the policy is still unreliable, so GRPO starts with many prompts strictly between
-    always-solved and always-failed. When the supervised phase ends varies a lot between seeds (the
-    model learns addition in jumps), so with ``probe`` (mean success on problems outside every other
-    split) it stops at the first check where the probe reaches ``target``: every seed starts GRPO
-    from a comparable policy. Returns ``steps``, ``losses`` and the last ``probe`` value.
-    """
-    import torch
-    from tqdm.auto import tqdm
-
-    rng = random.Random(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    warm = 20
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
-    model.train()
-    losses: list[float] = []
-    probe_value = math.nan
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        bar = tqdm(total=max_steps, desc="warm-up (supervised)", disable=not progress, dynamic_ncols=True)
-        for step in range(1, max_steps + 1):
-            x, y, mask = _sft_batch(tokenizer, rng.sample(list(rows), min(batch_size, len(rows))))
-            loss = model(input_ids=x, attention_mask=mask, labels=y).loss
-            loss.backward()
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            losses.append(float(loss.item()))
-            bar.update(1)
-            if probe is not None and target is not None and step % check_every == 0:
-                probe_value = probe(model)
-                model.train()
-                bar.set_postfix(loss=f"{losses[-1]:.3f}", probe=f"{probe_value:.2f}", refresh=False)
-                if probe_value >= target:
-                    break
-        bar.close()
-    model.eval()
-    return {"steps": len(losses), "losses": losses, "probe": probe_value}
-
-
 # --------------------------------------------------------------------------- the experiment
 
 
@@ -242,8 +125,6 @@ def _evaluate_fn(
     With ``train_rows``, also the mean success at T=1 on the GRPO prompts themselves
     (``train_reward``): the RL objective, measured the same way for every allocation.
     """
-    from knapsack_trl.compare import heldout_metrics, success_rates
-    from knapsack_trl.tiny import arithmetic_reward
 
     def evaluate(model: Any) -> dict[str, float]:
         common = {"max_new_tokens": s.max_completion_length, "seed": s.seed + 1000, "batch_prompts": 256}
@@ -265,9 +146,7 @@ def _evaluate_fn(
 
 
 def grpo_config(method: str, settings: DemoSettings, output_dir: str) -> Any:
-    """The GRPO config shared by every method; only :data:`METHOD_FIELDS` differ (uniform = stock TRL)."""
-    from knapsack_trl.trainer import KnapsackGRPOConfig
-
+    """The GRPO config shared by every method; only :data:`METHOD_FIELDS` differ."""
     kwargs: dict[str, Any] = {
         "output_dir": output_dir,
         "per_device_train_batch_size": settings.budget,
@@ -298,40 +177,25 @@ def grpo_config(method: str, settings: DemoSettings, output_dir: str) -> Any:
 
 def prepare_checkpoint(settings: DemoSettings, folder: str, progress: bool = True) -> dict[str, Any]:
     """Build, warm up and save the tiny policy; return the data splits and the checkpoint's measurements."""
-    import torch
-
-    from knapsack_trl.compare import success_rates
-    from knapsack_trl.tiny import arithmetic_reward, build_model, build_tokenizer, save_tiny
-
     torch.set_num_threads(settings.threads)
     splits = make_splits(settings.seed, settings.pool_size, settings.heldout_size, settings.levels)
     pool, heldout = splits["pool"], splits["heldout"]
     tokenizer = build_tokenizer()
     model = build_model(tokenizer, settings.hidden_size, settings.num_layers, seed=settings.seed)
 
-    def probe(m: Any) -> float:
-        p = success_rates(
-            m,
-            tokenizer,
-            splits["probe"],
-            [arithmetic_reward],
-            k=8,
-            max_new_tokens=settings.max_completion_length,
-        )
-        return float(p.mean())
-
     start = time.perf_counter()
-    sft = warm_up(
+    sft = warm_up_arithmetic(
         model,
         tokenizer,
         splits["sft"],
-        settings.sft_steps,
-        settings.sft_batch_size,
-        settings.sft_lr,
-        settings.seed,
-        progress,
-        probe=probe,
+        splits["probe"],
+        steps=settings.sft_steps,
+        batch_size=settings.sft_batch_size,
+        lr=settings.sft_lr,
         target=settings.sft_target,
+        seed=settings.seed,
+        progress=progress,
+        max_new_tokens=settings.max_completion_length,
     )
     sft_seconds = time.perf_counter() - start
     save_tiny(folder, model, tokenizer)
@@ -364,7 +228,7 @@ def prepare_checkpoint(settings: DemoSettings, folder: str, progress: bool = Tru
     }
 
 
-def run_method(
+def run_demo_method(
     method: str,
     checkpoint: str,
     prep: dict[str, Any],
@@ -373,45 +237,39 @@ def run_method(
     progress: bool = True,
     oracle_samples: int = 64,
 ) -> RunRecord:
-    """One GRPO run (``uniform``, ``knapsack`` or ``oracle``) from the warmed-up checkpoint."""
-    import torch
-    from datasets import Dataset
-
-    from knapsack_trl import compare
-    from knapsack_trl.tiny import arithmetic_reward, load_tiny
-
+    """One GRPO run (``uniform``, ``knapsack``, ``reference`` or ``oracle``) from the warmed-up checkpoint."""
     torch.set_num_threads(settings.threads)
     model, tokenizer = load_tiny(checkpoint)
     by_id = {r["prompt_id"]: r for r in prep["pool"]}
-
-    def true_p_factory(trainer: Any) -> Callable[[list[str]], np.ndarray]:
-        def true_p(prompt_ids: list[str]) -> np.ndarray:
-            return compare.success_rates(
-                trainer.model,
-                tokenizer,
-                [by_id[p] for p in prompt_ids],
-                [arithmetic_reward],
-                k=oracle_samples,
-                max_new_tokens=settings.max_completion_length,
-                seed=settings.seed + 7919 * (trainer.state.global_step + 1),
-                batch_prompts=256,
-            )
-
-        return true_p
-
-    return compare.run_method(
-        method,
+    trainer = KnapsackGRPOTrainer(
         model=model,
+        reward_funcs=[arithmetic_reward],
         args=grpo_config(method, settings, os.path.join(work_dir, method)),
         train_dataset=Dataset.from_list(list(prep["pool"])),
-        reward_funcs=[arithmetic_reward],
-        evaluate=_evaluate_fn(tokenizer, prep["heldout"], settings, prep["pool"]),
+        processing_class=tokenizer,
+    )
+
+    def truth(prompt_ids: list[str]) -> np.ndarray:
+        return success_rates(
+            trainer.model,
+            tokenizer,
+            [by_id[p] for p in prompt_ids],
+            [arithmetic_reward],
+            k=oracle_samples,
+            max_new_tokens=settings.max_completion_length,
+            seed=settings.seed + 7919 * (trainer.state.global_step + 1),
+            batch_prompts=256,
+        )
+
+    return train_method(
+        method,
+        trainer,
+        _evaluate_fn(tokenizer, prep["heldout"], settings, prep["pool"]),
         eval_every=settings.eval_every,
         seed=settings.seed,
-        processing_class=tokenizer,
         start_eval=prep["start_eval"],
         snapshot_step=settings.allocation_snapshot_step,
-        true_p_factory=true_p_factory,
+        truth=truth,
         progress=progress,
     )
 
@@ -430,7 +288,8 @@ def run_experiment(
         checkpoint = os.path.join(work_dir, f"warmup_seed{settings.seed}")
         prep = prepare_checkpoint(settings, checkpoint, progress)
         runs = [
-            run_method(m, checkpoint, prep, settings, work_dir, progress, oracle_samples) for m in methods
+            run_demo_method(m, checkpoint, prep, settings, work_dir, progress, oracle_samples)
+            for m in methods
         ]
     info = {k: v for k, v in prep.items() if k not in ("pool", "heldout", "start_eval")}
     info["start_accuracy"] = prep["start_eval"]["accuracy"]

@@ -22,15 +22,15 @@ class Command(NamedTuple):
 
 COMMANDS: dict[str, Command] = {
     "train": Command(
-        "knapsack_trl.train",
+        "knapsack_trl.cli.train",
         "train with a YAML recipe: knapsack-trl train --config RECIPE.yaml [--field value ...] [--dry-run]",
     ),
     "demo": Command(
-        "knapsack_trl.demo",
+        "knapsack_trl.experiments.demo",
         "uniform vs knapsack GRPO on a tiny offline policy, on CPU in minutes; writes a report",
     ),
     "compare": Command(
-        "knapsack_trl.compare",
+        "knapsack_trl.experiments.compare",
         "uniform vs knapsack (and oracle) over several seeds, on the demo task or a recipe",
     ),
 }

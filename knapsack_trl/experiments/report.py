@@ -1,4 +1,4 @@
-"""Results of uniform-vs-knapsack runs: summaries, the table, the markdown report and its plots.
+"""Results of uniform-vs-knapsack runs: summaries, the table and the markdown report (plots: :mod:`.plots`).
 
 One place for both ``knapsack-trl demo`` (one seed) and ``knapsack-trl compare`` (several seeds), so the
 two always report the same quantities the same way. Runs are plain JSON-able records; the report folder
@@ -16,29 +16,12 @@ from typing import Any
 
 import numpy as np
 
-METHOD_ORDER = ("uniform", "knapsack", "reference", "oracle")
-METHOD_LABELS = {
-    "uniform": "uniform GRPO",
-    "knapsack": "knapsack GRPO",
-    "reference": "knapsack, reference preset",
-    "oracle": "knapsack, oracle p",
-}
-# Config fields each method sets on top of the recipe or the demo's settings (uniform: the stock trainer).
-METHOD_FIELDS: dict[str, dict[str, Any]] = {
-    "uniform": {"knapsack_enabled": False},
-    "knapsack": {"knapsack_enabled": True},
-    "reference": {"knapsack_enabled": True, "knapsack_preset": "reference"},
-    "oracle": {"knapsack_enabled": True},
-}
-METHOD_COLORS = {"uniform": "#4c72b0", "knapsack": "#dd8452", "reference": "#8172b3", "oracle": "#55a868"}
+from knapsack_trl.experiments.methods import METHOD_LABELS, methods_in
+from knapsack_trl.experiments.plots import make_plots
+
 # "Rollouts to target" and the equal-budget comparison use the held-out success rate of k samples at
 # temperature 1: averaged over samples it moves smoothly, where greedy accuracy flips prompt by prompt.
 TARGET_KEY = "reward"
-PLOT_FILES = {
-    "accuracy": "accuracy_vs_rollouts.png",
-    "informative": "informative_prompts.png",
-    "allocation": "allocation.png",
-}
 
 
 @dataclass
@@ -167,18 +150,13 @@ def _mean_std(values: Iterable[float | None]) -> tuple[float, float, int]:
     return float(np.mean(vals)), std, len(vals)
 
 
-def _methods(runs: Sequence[RunRecord]) -> list[str]:
-    present = {r.method for r in runs}
-    return [m for m in METHOD_ORDER if m in present] + sorted(present - set(METHOD_ORDER))
-
-
 def aggregate(runs: Sequence[RunRecord], target: float | None = None) -> dict[str, Any]:
     """Per-method mean, std and count of every summary number, plus knapsack/uniform ratios.
 
     Ratios are taken per seed (runs with the same seed are paired) and then averaged, so seed-to-seed
     variation of the task does not inflate them.
     """
-    methods = _methods(runs)
+    methods = methods_in(runs)
     per_run = {(r.method, r.seed): summarize_run(r, target) for r in runs}
     table: dict[str, dict[str, tuple[float, float, int]]] = {}
     for m in methods:
@@ -296,141 +274,6 @@ def _signed(ms: tuple[float, float, int]) -> str:
     return body + (f" (± {std * 100:.1f})" if n > 1 else "")
 
 
-def _curve(
-    runs: Sequence[RunRecord], x_key: str, y_key: str, source: str
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean and std over seeds of ``y`` against ``x``, interpolated onto the first run's grid."""
-    series = [r.evals if source == "evals" else r.steps for r in runs]
-    series = [s for s in series if s]
-    x0 = np.array([float(e[x_key]) for e in series[0]])
-    ys = []
-    for s in series:
-        x = np.array([float(e[x_key]) for e in s])
-        y = np.array([float(e[y_key]) for e in s])
-        ys.append(np.interp(x0, x, y))
-    arr = np.vstack(ys)
-    return x0, arr.mean(axis=0), arr.std(axis=0, ddof=1) if len(ys) > 1 else np.zeros_like(x0)
-
-
-def _smooth(y: np.ndarray, window: int) -> np.ndarray:
-    if window <= 1 or y.size < window:
-        return y
-    kernel = np.ones(window) / window
-    padded = np.concatenate([np.full(window - 1, y[0]), y])
-    return np.convolve(padded, kernel, mode="valid")
-
-
-def make_plots(
-    runs: Sequence[RunRecord], out_dir: str | Path, target: float | None = None
-) -> dict[str, Path]:
-    """Write the three PNGs (Agg backend, no display needed) and return their paths by kind."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    methods = _methods(runs)
-    paths: dict[str, Path] = {}
-    n_seeds = len({r.seed for r in runs})
-    band = f" (mean ± std over {n_seeds} seeds)" if n_seeds > 1 else ""
-
-    panels = [("reward", "Held-out accuracy, T=1 samples"), ("accuracy", "Held-out accuracy, greedy")]
-    if all("train_reward" in e for r in runs for e in r.evals):
-        panels.append(("train_reward", "Training prompts, T=1 samples"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4))
-    for m in methods:
-        rs = [r for r in runs if r.method == m and r.evals]
-        if not rs:
-            continue
-        for ax, (key, _) in zip(axes, panels):
-            x, mu, sd = _curve(rs, "rollouts_consumed", key, "evals")
-            ax.plot(x, mu, marker="o", ms=3, color=METHOD_COLORS.get(m), label=METHOD_LABELS.get(m, m))
-            if n_seeds > 1:
-                ax.fill_between(x, mu - sd, mu + sd, color=METHOD_COLORS.get(m), alpha=0.2)
-    if target is not None:
-        axes[0].axhline(target, color="gray", ls="--", lw=1, label=f"target {target:.3f}")
-    for ax, (_, title) in zip(axes, panels):
-        ax.set_title(title + band, fontsize=10)
-    for ax in axes:
-        ax.set_xlabel("rollouts consumed")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    paths["accuracy"] = out / PLOT_FILES["accuracy"]
-    fig.savefig(paths["accuracy"], dpi=110)
-    plt.close(fig)
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for m in methods:
-        rs = [r for r in runs if r.method == m and r.steps]
-        if not rs:
-            continue
-        for r in rs:
-            for s in r.steps:
-                s.setdefault("egr_rollouts", s["useful_rollouts"] / s["rollouts"] if s["rollouts"] else 0.0)
-        for ax, key in zip(axes, ("useful_groups", "egr_rollouts")):
-            x, mu, sd = _curve(rs, "step", key, "steps")
-            window = max(1, len(x) // 20)
-            ax.plot(x, _smooth(mu, window), color=METHOD_COLORS.get(m), label=METHOD_LABELS.get(m, m))
-            if n_seeds > 1:
-                lo, hi = _smooth(mu - sd, window), _smooth(mu + sd, window)
-                ax.fill_between(x, lo, hi, color=METHOD_COLORS.get(m), alpha=0.15)
-    groups = max((s["groups"] for r in runs for s in r.steps), default=1.0)
-    axes[0].set_title(f"Informative prompts per step (of {groups:.0f}): groups with mixed rewards")
-    axes[0].set_ylim(0, groups)
-    axes[1].set_title("Rollout-level ratio: share of rollouts in mixed groups")
-    axes[1].set_ylim(0, 1)
-    for ax in axes:
-        ax.set_xlabel("GRPO step")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    paths["informative"] = out / PLOT_FILES["informative"]
-    fig.savefig(paths["informative"], dpi=110)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    snap_runs = [r for r in runs if r.allocation and r.method != "uniform"]
-    seed0 = min((r.seed for r in snap_runs), default=None)
-    for r in snap_runs:
-        if r.seed != seed0:
-            continue
-        a = r.allocation
-        assert a is not None
-        p = np.asarray(a["p_estimate"], dtype=float)
-        n = np.asarray(a["n"], dtype=float)
-        ax.scatter(
-            p,
-            n,
-            s=22,
-            alpha=0.7,
-            color=METHOD_COLORS.get(r.method),
-            label=METHOD_LABELS.get(r.method, r.method),
-        )
-        if a.get("p_true") is not None and r.method == "knapsack":
-            pt = np.asarray(a["p_true"], dtype=float)
-            ax.scatter(pt, n, s=14, marker="x", alpha=0.6, color="black", label="same prompts, true p")
-        if "uniform_n" in a:
-            ax.axhline(a["uniform_n"], color=METHOD_COLORS["uniform"], ls="--", lw=1, label="uniform budget")
-    step_txt = f" (step {snap_runs[0].allocation['step']})" if snap_runs and snap_runs[0].allocation else ""
-    ax.set_title("Rollouts given vs estimated success rate" + step_txt)
-    ax.set_xlabel("estimated success rate p")
-    ax.set_ylabel("rollouts given")
-    ax.set_xlim(-0.03, 1.03)
-    ax.grid(alpha=0.3)
-    handles, labels = ax.get_legend_handles_labels()
-    if handles:
-        uniq = dict(zip(labels, handles))
-        ax.legend(uniq.values(), uniq.keys())
-    fig.tight_layout()
-    paths["allocation"] = out / PLOT_FILES["allocation"]
-    fig.savefig(paths["allocation"], dpi=110)
-    plt.close(fig)
-    return paths
-
-
 def write_report(
     runs: Sequence[RunRecord],
     out_dir: str | Path,
@@ -525,28 +368,3 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     raise TypeError(f"cannot serialise {type(obj).__name__}")
-
-
-def knapsack_fields_markdown() -> str:
-    """The ``knapsack_*`` fields of the trainer config as a markdown table, from their ``help`` metadata.
-
-    docs/configuration.md embeds this table; a test checks the two agree, so the reference cannot drift
-    from the code.
-    """
-    import dataclasses
-
-    from knapsack_trl.trainer.config import KnapsackGRPOConfig
-
-    lines = ["| field | type | default | meaning |", "|---|---|---|---|"]
-    for f in dataclasses.fields(KnapsackGRPOConfig):
-        if not f.name.startswith("knapsack_"):
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-        kind = kind.replace("|", "\\|")
-        text = " ".join(str(f.metadata.get("help", "")).split()).replace("|", "\\|")
-        choices = f.metadata.get("choices")
-        if choices:
-            text += " Choices: " + ", ".join(f"`{c}`" for c in choices) + "."
-        lines.append(f"| `{f.name}` | `{kind}` | `{default!r}` | {text} |")
-    return "\n".join(lines)

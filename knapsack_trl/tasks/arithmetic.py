@@ -1,4 +1,4 @@
-"""A tiny offline world: character tokenizer, ~100k-parameter Llama, arithmetic prompts, binary reward.
+"""The tiny offline world: character tokenizer, small Llama, arithmetic prompts at difficulty levels, binary reward.
 
 Tests, benchmarks and the demo need a policy that trains on 2 CPU cores with nothing from the Hub.
 Everything here is built from code; :func:`save_tiny` writes a folder that ``from_pretrained`` (and so
@@ -11,6 +11,8 @@ import os
 import random
 from collections.abc import Sequence
 from typing import Any
+
+from knapsack_trl.tasks.text import completion_text
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
@@ -140,17 +142,11 @@ def arithmetic_dataset(n: int = 64, digits: Sequence[int] = (1, 2, 3), seed: int
     return Dataset.from_list(arithmetic_rows(n, digits, seed))
 
 
-def _completion_text(completion: Any) -> str:
-    if isinstance(completion, str):
-        return completion
-    return "".join(message.get("content", "") for message in completion)
-
-
 def arithmetic_reward(completions: Sequence[Any], answer: Sequence[str], **kwargs: Any) -> list[float]:
     """1.0 when the completion's leading number equals the answer, else 0.0 (a binary success signal)."""
     rewards = []
     for completion, target in zip(completions, answer, strict=True):
-        text = _completion_text(completion).lstrip()
+        text = completion_text(completion).lstrip()
         digits = ""
         for ch in text:
             if not ch.isdigit():
@@ -158,3 +154,60 @@ def arithmetic_reward(completions: Sequence[Any], answer: Sequence[str], **kwarg
             digits += ch
         rewards.append(1.0 if digits == str(target) else 0.0)
     return rewards
+
+
+LEVELS = {
+    "easy": (1, 2),  # a one-digit number plus a number below 100
+    "medium": (2, 2),
+    "hard": (3, 3),
+}
+
+
+def level_problem(rng: random.Random, level: str) -> dict[str, str]:
+    """One ``a+b=`` problem in :func:`arithmetic_rows`' format (stable ``prompt_id``), at a level."""
+    da, db = LEVELS[level]
+    a = rng.randint(0 if da == 1 else 10 ** (da - 1), 10**da - 1)
+    b = rng.randint(0, 10**db - 1)
+    return {"prompt": f"{a}+{b}=", "answer": str(a + b), "prompt_id": f"add:{a}+{b}", "level": level}
+
+
+def make_splits(
+    seed: int,
+    pool_size: int,
+    heldout_size: int,
+    levels: Sequence[str] = tuple(LEVELS),
+    sft_size: int = 20000,
+    probe_size: int = 96,
+) -> dict[str, list[dict[str, str]]]:
+    """Disjoint problem sets, difficulty levels in equal shares: ``sft``, ``probe``, ``pool``, ``heldout``.
+
+    ``pool`` is GRPO's (small, so prompts recur and history can help), ``heldout`` is only ever
+    evaluated, ``probe`` decides when the warm-up stops, ``sft`` (drawn with replacement) is the
+    warm-up's data. Built here rather than with :func:`arithmetic_rows` because the splits must be
+    disjoint and that generator's one-digit space holds only 100 problems.
+    """
+    rng = random.Random(seed)
+    taken: set[str] = set()
+
+    def distinct(n: int) -> list[dict[str, str]]:
+        rows: list[dict[str, str]] = []
+        tries = 0
+        while len(rows) < n:
+            row = level_problem(rng, levels[len(rows) % len(levels)])
+            tries += 1
+            if row["prompt"] in taken:
+                if tries > 100 * n:
+                    raise ValueError(f"cannot draw {n} distinct problems at levels {tuple(levels)}.")
+                continue
+            taken.add(row["prompt"])
+            rows.append(row)
+        return rows
+
+    splits = {"heldout": distinct(heldout_size), "pool": distinct(pool_size), "probe": distinct(probe_size)}
+    sft: list[dict[str, str]] = []
+    while len(sft) < sft_size:
+        row = level_problem(rng, rng.choice(levels))
+        if row["prompt"] not in taken:
+            sft.append(row)
+    splits["sft"] = sft
+    return splits

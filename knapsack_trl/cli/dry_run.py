@@ -1,0 +1,79 @@
+"""``knapsack-trl train --dry-run``: check a recipe without a model and print what it resolves to.
+
+Every key parses, the budget arithmetic holds, the rewards resolve and a local dataset has the columns
+they need; on a machine without a GPU, GPU recipes are checked as for CPU (bf16 is refused otherwise).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+from knapsack_trl.recipe import (
+    TINY_SCHEME,
+    CommandLine,
+    budget_summary,
+    check_recipe_dataset,
+    dataset_is_local,
+    load_recipe_dataset,
+    parse_tiny_spec,
+    recipe_rewards,
+    resolved_recipe,
+    reward_columns,
+    reward_name,
+)
+
+
+def cpu_overrides(cli: CommandLine) -> list[str]:
+    """On a machine without a GPU, validate GPU recipes as if for CPU: bf16 is otherwise refused up front."""
+    import torch
+
+    if torch.cuda.is_available() or cli.setting("use_cpu") not in (None, False, "false", "False"):
+        return []
+    return ["--use_cpu", "true"]
+
+
+def dry_run(
+    script_args: Any, training_args: Any, model_args: Any, cli: CommandLine, forced_cpu: bool = False
+) -> dict[str, Any]:
+    """Everything a recipe can be checked for without a model; returns the report (raises RecipeError)."""
+    notes: list[str] = []
+    spec = model_args.model_name_or_path
+    if spec.startswith(TINY_SCHEME):
+        parse_tiny_spec(spec)
+        model_note = f"tiny model, built into {Path(training_args.output_dir) / 'tiny_init'}"
+    elif Path(spec).expanduser().exists():
+        model_note = "local folder"
+    else:
+        model_note = "hub model (not downloaded by a dry run)"
+    rewards = recipe_rewards(script_args.reward_funcs)
+    if dataset_is_local(script_args):
+        dataset_report: dict[str, Any] = check_recipe_dataset(
+            load_recipe_dataset(script_args, seed=training_args.seed), rewards, training_args
+        )
+    else:
+        needed = sorted({c for func in rewards for c in reward_columns(func)} | {"prompt"})
+        dataset_report = {
+            "skipped": f"hub dataset {script_args.dataset_name!r} is not downloaded by a dry run; it needs "
+            f"columns {needed}, checked when training starts."
+        }
+    if training_args.use_vllm and importlib.util.find_spec("vllm") is None:
+        notes.append(
+            "use_vllm is set but vllm is not installed here: pip install 'knapsack-trl[vllm]' on the GPU host."
+        )
+    if forced_cpu:
+        notes.append(
+            "no GPU here: bf16 and device checks ran as for CPU (use_cpu); the GPU host checks them again."
+        )
+    return {
+        "dry_run": "ok",
+        "recipe": cli.recipe_path,
+        "trainer": f"{'KnapsackGRPOTrainer' if script_args.trainer_type == 'grpo' else 'KnapsackRLOOTrainer'}",
+        "model": {"model_name_or_path": spec, "source": model_note},
+        "budget": budget_summary(training_args),
+        "rewards": {name: reward_name(func) for name, func in zip(script_args.reward_funcs, rewards)},
+        "dataset": dataset_report,
+        "notes": notes,
+        "resolved": resolved_recipe((script_args, training_args, model_args), cli.set_keys()),
+    }

@@ -1,0 +1,374 @@
+"""``knapsack-trl compare``: run a recipe both ways (uniform and knapsack) over seeds and report.
+
+Two entry points share one harness:
+
+- ``knapsack-trl compare --config RECIPE.yaml --seeds 3 [--oracle] [recipe flags ...]`` parses the
+  recipe exactly as ``knapsack-trl train`` does and runs it with ``knapsack_enabled`` false (stock TRL,
+  uniform) and with knapsack allocation, from the same starting weights and seed. Held-out numbers come from the recipe's
+  test split (prompts also in the training split are removed). A ``tiny://`` model is first warmed up
+  with the demo's supervised phase: from random weights there is nothing for RL to sharpen.
+- ``knapsack-trl compare --seeds 3 [--oracle]`` without ``--config`` runs the demo's experiment
+  (:mod:`knapsack_trl.experiments.demo`) once per seed.
+
+The harness (:mod:`.harness`) measures every run the same way: a listener on the trainer's public hook
+sees each generation batch's rewards and prompt ids, whatever the allocation, and a callback evaluates
+the held-out prompts every few steps with its own RNG stream, so evaluation never changes training.
+
+The oracle row allocates with the *true* success rates of the batch's prompts, estimated from many extra
+samples of the current policy just before each step (not counted as rollouts consumed): how much of
+the possible gain the history-based estimates capture.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from trl import get_peft_config
+
+from knapsack_trl.experiments.demo import DemoSettings, quiet_libraries, run_experiment, settings_dict
+from knapsack_trl.experiments.evaluation import heldout_evaluator, load_policy, true_rates
+from knapsack_trl.experiments.harness import train_method, warm_up_arithmetic
+from knapsack_trl.experiments.methods import METHOD_FIELDS
+from knapsack_trl.experiments.report import (
+    RunRecord,
+    format_ratios,
+    format_table,
+    write_report,
+)
+from knapsack_trl.recipe import (
+    TINY_SCHEME,
+    check_recipe_dataset,
+    load_recipe_dataset,
+    parse_args,
+    prepare_model,
+    recipe_rewards,
+)
+from knapsack_trl.tasks.arithmetic import load_tiny, make_splits, save_tiny
+from knapsack_trl.trainer import KnapsackGRPOTrainer, KnapsackRLOOTrainer
+from knapsack_trl.trainer.plan import row_prompt_id
+
+DEFAULT_OUTPUT_DIR = "knapsack_compare_report"
+METHODS = ("uniform", "knapsack", "oracle")
+EXTRA_METHODS = ("reference",)
+
+
+# --------------------------------------------------------------------------- recipes
+
+
+@dataclass
+class RecipeSeed:
+    """What every method of one seed shares: the parsed recipe, data, rewards, start and measurement."""
+
+    seed: int
+    base: list[str]
+    script_args: Any
+    training_args: Any
+    model_args: Any
+    rewards: list[Callable[..., Any]]
+    train_ds: Any
+    eval_rows: list[dict[str, Any]]
+    model_path: str
+    evaluate: Callable[[Any], dict[str, float]]
+    start_eval: dict[str, float]
+
+
+def _recipe_runs(
+    ns: argparse.Namespace, recipe_flags: list[str], work_dir: str
+) -> tuple[list[RunRecord], dict[str, Any]]:
+    """Every (seed, method) of a recipe; returns the runs and the settings for the report."""
+    runs: list[RunRecord] = []
+    settings: dict[str, Any] = {"recipe": ns.config, "recipe flags": " ".join(recipe_flags) or "none"}
+    for seed in range(ns.seed, ns.seed + ns.seeds):
+        shared = _prepare_seed(ns, recipe_flags, seed, work_dir)
+        runs += [_run_recipe_method(ns, shared, method, work_dir) for method in _methods(ns)]
+        training_args = shared.training_args
+        settings.update(
+            {
+                "trainer": shared.script_args.trainer_type,
+                "model": shared.model_args.model_name_or_path,
+                "rollouts per step (generation_batch_size)": training_args.generation_batch_size,
+                "prompts per step": training_args.generation_batch_size // training_args.num_generations,
+                "max_steps": training_args.max_steps,
+                "training prompts": len(shared.train_ds),
+                "held-out prompts": len(shared.eval_rows),
+                "held-out samples per prompt": ns.eval_samples,
+            }
+        )
+    return runs, settings
+
+
+def _prepare_seed(ns: argparse.Namespace, recipe_flags: list[str], seed: int, work_dir: str) -> RecipeSeed:
+    """Parse the recipe for ``seed``, load its data and rewards, build (and warm up) the start, measure it."""
+    base = ["--config", ns.config, *recipe_flags, "--seed", str(seed)]
+    script_args, training_args, model_args = parse_args(
+        [*base, "--output_dir", os.path.join(work_dir, f"seed{seed}", "init")]
+    )
+    rewards = recipe_rewards(script_args.reward_funcs)
+    train_ds = load_recipe_dataset(script_args, seed=seed)
+    check_recipe_dataset(train_ds, rewards, training_args)
+    eval_rows = _heldout_rows(script_args, train_ds, seed, ns.eval_rows)
+    model_path = prepare_model(model_args, training_args)
+    if model_args.model_name_or_path.startswith(TINY_SCHEME) and ns.warmup_steps > 0:
+        taken = [*train_ds, *eval_rows]
+        model_path = _warm_up_tiny(
+            model_path, taken, ns.warmup_steps, seed, os.path.join(work_dir, f"seed{seed}"), ns.progress
+        )
+    model, tokenizer = load_policy(model_path, model_args)
+    evaluate = heldout_evaluator(tokenizer, eval_rows, rewards, training_args, ns.eval_samples, seed)
+    start_eval = evaluate(model)
+    return RecipeSeed(
+        seed,
+        base,
+        script_args,
+        training_args,
+        model_args,
+        rewards,
+        train_ds,
+        eval_rows,
+        model_path,
+        evaluate,
+        start_eval,
+    )
+
+
+def _run_recipe_method(ns: argparse.Namespace, shared: RecipeSeed, method: str, work_dir: str) -> RunRecord:
+    """One method of one seed, from the seed's shared start."""
+    _, args, _ = parse_args(
+        [
+            *shared.base,
+            "--output_dir",
+            os.path.join(work_dir, f"seed{shared.seed}", method),
+            *(_flag(name, value) for name, value in METHOD_FIELDS[method].items()),
+            "--save_strategy",
+            "no",
+            "--report_to",
+            "none",
+            "--disable_tqdm",
+            "true",
+        ]
+    )
+    model, tokenizer = load_policy(shared.model_path, shared.model_args)
+    trainer_cls = KnapsackGRPOTrainer if shared.script_args.trainer_type == "grpo" else KnapsackRLOOTrainer
+    trainer = trainer_cls(
+        model=model,
+        reward_funcs=list(shared.rewards),
+        args=args,
+        train_dataset=shared.train_ds,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(shared.model_args),
+    )
+    by_id = {row_prompt_id(row, args.knapsack_prompt_id_column): row for row in shared.train_ds}
+    truth = true_rates(
+        trainer,
+        tokenizer,
+        by_id,
+        shared.rewards,
+        k=ns.oracle_samples,
+        max_new=int(args.max_completion_length),
+        threshold=float(args.knapsack_success_threshold),
+        seed=shared.seed,
+    )
+    return train_method(
+        method,
+        trainer,
+        shared.evaluate,
+        eval_every=ns.eval_every or max(1, args.max_steps // 8),
+        seed=shared.seed,
+        start_eval=shared.start_eval,
+        snapshot_step=args.max_steps // 2,
+        truth=truth,
+        progress=ns.progress,
+    )
+
+
+def _heldout_rows(script_args: Any, train_ds: Any, seed: int, limit: int) -> list[dict[str, Any]]:
+    """The recipe's test split minus any prompt also in the training split, at most ``limit`` rows."""
+    try:
+        test = load_recipe_dataset(script_args, split=script_args.dataset_test_split, seed=seed)
+    except (
+        Exception
+    ) as exc:  # a recipe without a test split: say so instead of evaluating on training prompts
+        raise SystemExit(
+            f"knapsack-trl compare: cannot load the held-out split {script_args.dataset_test_split!r} "
+            f"({exc}); set dataset_test_split to a split with prompts not used for training."
+        ) from exc
+    seen = {str(r["prompt"]) for r in train_ds}
+    rows = [dict(r) for r in test if str(r["prompt"]) not in seen]
+    if not rows:
+        raise SystemExit("knapsack-trl compare: every held-out prompt is also a training prompt.")
+    return rows[:limit]
+
+
+def _warm_up_tiny(
+    model_path: str, taken_rows: Sequence[dict[str, Any]], steps: int, seed: int, folder: str, progress: bool
+) -> str:
+    """The demo's supervised warm-up, on problems outside the training and held-out prompts."""
+    s = DemoSettings()
+    torch.set_num_threads(s.threads)
+    model, tokenizer = load_tiny(model_path)
+    taken = {str(r["prompt"]) for r in taken_rows}
+    splits = make_splits(seed, 0, 0)
+    warm_up_arithmetic(
+        model,
+        tokenizer,
+        [r for r in splits["sft"] if r["prompt"] not in taken],
+        [r for r in splits["probe"] if r["prompt"] not in taken],
+        steps=steps,
+        batch_size=s.sft_batch_size,
+        lr=s.sft_lr,
+        target=s.sft_target,
+        seed=seed,
+        progress=progress,
+        max_new_tokens=8,
+    )
+    out = os.path.join(folder, "warmup")
+    save_tiny(out, model, tokenizer)
+    return out
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _flag(name: str, value: Any) -> str:
+    """A recipe flag as TrlParser reads it (booleans as true/false)."""
+    return f"--{name}={str(value).lower() if isinstance(value, bool) else value}"
+
+
+def _methods(ns: argparse.Namespace) -> tuple[str, ...]:
+    if ns.methods:
+        chosen = tuple(m.strip() for m in ns.methods.split(",") if m.strip())
+        unknown = [m for m in chosen if m not in METHODS + EXTRA_METHODS]
+        if unknown or "uniform" not in chosen:
+            raise SystemExit(
+                f"knapsack-trl compare: --methods takes uniform plus any of "
+                f"{', '.join(METHODS[1:] + EXTRA_METHODS)} (got {ns.methods!r})."
+            )
+        return chosen
+    return METHODS if ns.oracle else METHODS[:2]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="knapsack-trl compare",
+        description="Run a recipe with uniform and knapsack allocation (and optionally the oracle) over several "
+        "seeds, from the same starting weights; write a report with mean ± std. Unknown flags are passed "
+        "to the recipe (e.g. --max_steps 200). Without --config, runs the demo's experiment per seed.",
+    )
+    p.add_argument("--config", default=None, help="recipe YAML (as for knapsack-trl train)")
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
+    p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    p.add_argument("--oracle", action="store_true", help="add the oracle row: allocation with the true p")
+    p.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated runs per seed: uniform, knapsack (the defaults), reference (knapsack_preset="
+        "'reference': the paper's rule), oracle (the true p); default uniform,knapsack (+oracle with --oracle)",
+    )
+    p.add_argument(
+        "--oracle-samples", type=int, default=64, help="samples per prompt for the true p (default 64)"
+    )
+    p.add_argument(
+        "--output-dir", default=DEFAULT_OUTPUT_DIR, help=f"report folder (default ./{DEFAULT_OUTPUT_DIR})"
+    )
+    p.add_argument("--eval-rows", type=int, default=256, help="held-out prompts (recipes; default 256)")
+    p.add_argument("--eval-samples", type=int, default=16, help="samples per held-out prompt (default 16)")
+    p.add_argument(
+        "--eval-every", type=int, default=None, help="evaluate every N steps (default max_steps/8)"
+    )
+    p.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=None,
+        help="supervised warm-up steps for tiny:// models (default: the demo's); 0 trains from random weights",
+    )
+    p.add_argument("--quick", action="store_true", help="without --config: the demo's --quick preset")
+    p.add_argument("--steps", type=int, default=None, help="without --config: GRPO steps per run")
+    p.add_argument("--target-accuracy", type=float, default=None, help="target for 'rollouts to target'")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``knapsack-trl compare``."""
+    ns, rest = _parser().parse_known_args(argv)
+    if ns.seeds < 1:
+        raise SystemExit("knapsack-trl compare: --seeds must be >= 1.")
+    for name, value in (
+        ("HF_HUB_OFFLINE", "1"),
+        ("HF_HUB_DISABLE_TELEMETRY", "1"),
+        ("TOKENIZERS_PARALLELISM", "false"),
+    ):
+        os.environ.setdefault(name, value)
+    quiet_libraries()
+    start = time.perf_counter()
+    if ns.config is None:
+        if rest:
+            raise SystemExit(f"knapsack-trl compare: unknown arguments {rest} (recipe flags need --config).")
+        runs, report_settings, notes = _demo_runs(ns)
+        title = "knapsack-trl compare: the demo's experiment"
+    else:
+        if ns.warmup_steps is None:
+            ns.warmup_steps = DemoSettings().sft_steps
+        with tempfile.TemporaryDirectory(prefix="knapsack_compare_") as work_dir:
+            runs, report_settings = _recipe_runs(ns, rest, work_dir)
+        notes = []
+        title = f"knapsack-trl compare: {Path(ns.config).name}"
+    report_settings["seeds"] = list(range(ns.seed, ns.seed + ns.seeds))
+    if "oracle" in _methods(ns):
+        notes.append(
+            f"Oracle: the same allocator fed the true success rate of each step's prompts, from {ns.oracle_samples} "
+            "extra samples of the current policy (not counted as rollouts consumed)."
+        )
+    notes.append(
+        f"Wall time excludes held-out evaluation; the comparison took {time.perf_counter() - start:.0f} s."
+    )
+    agg = write_report(
+        runs, ns.output_dir, title=title, settings=report_settings, target=ns.target_accuracy, notes=notes
+    )
+    print()
+    print(format_table(agg))
+    print()
+    print(format_ratios(agg))
+    print(f"\nReport: {Path(ns.output_dir).resolve() / 'report.md'}")
+    return 0
+
+
+def _demo_runs(ns: argparse.Namespace) -> tuple[list[RunRecord], dict[str, Any], list[str]]:
+    """The demo's experiment once per seed."""
+    settings = DemoSettings.quick() if ns.quick else DemoSettings()
+    if ns.steps is not None:
+        settings.steps = ns.steps
+    runs: list[RunRecord] = []
+    infos = []
+    for seed in range(ns.seed, ns.seed + ns.seeds):
+        settings.seed = seed
+        seed_runs, info = run_experiment(
+            settings, _methods(ns), progress=ns.progress, oracle_samples=ns.oracle_samples
+        )
+        runs += seed_runs
+        infos.append(info)
+    notes = [
+        "Warm-up: held-out greedy accuracy "
+        + ", ".join(f"{i['start_accuracy']:.3f}" for i in infos)
+        + "; share of GRPO prompts with 0<p<1: "
+        + ", ".join(f"{i['pool_frac_mid']:.0%}" for i in infos)
+        + " (per seed)."
+    ]
+    return (
+        runs,
+        {"experiment": "the demo's (knapsack_trl.experiments.demo)", **settings_dict(settings)},
+        notes,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,311 @@
+"""The harness every experiment measures runs with: a recorder on the trainer's public hook, the oracle
+allocator, held-out evaluation during training, and the supervised warm-up of the tiny world.
+
+Runs are measured the same way whatever the allocation: the uniform baseline is the knapsack trainer in
+``knapsack_mode: uniform``, which the contract tests show equal to stock TRL to the last bit, so every run
+reports through :meth:`KnapsackTrainerMixin.add_knapsack_listener`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from knapsack_trl.core.allocator import KnapsackRolloutAllocator
+from knapsack_trl.experiments.evaluation import success_rates
+from knapsack_trl.experiments.report import RunRecord, group_stats
+from knapsack_trl.tasks.arithmetic import arithmetic_reward
+from knapsack_trl.trainer.hooks import AllocationEvent
+
+
+class Recorder:
+    """A knapsack listener: one :func:`group_stats` row per generation batch, and one allocation snapshot.
+
+    ``truth(prompt_ids)`` (optional) gives the true success rates for the snapshot plot.
+    """
+
+    def __init__(
+        self,
+        threshold: float = 0.5,
+        snapshot_step: int | None = None,
+        truth: Callable[[list[str]], np.ndarray] | None = None,
+    ) -> None:
+        self.threshold = threshold
+        self.snapshot_step = snapshot_step
+        self.truth = truth
+        self.steps: list[dict[str, float]] = []
+        self.consumed = 0
+        self.allocation: dict[str, Any] | None = None
+
+    def __call__(self, event: AllocationEvent) -> None:
+        stats = group_stats(event.rollout_prompt_ids, event.rewards.tolist(), self.threshold)
+        self.consumed += int(stats["rollouts"])
+        stats["step"] = float(len(self.steps) + 1)
+        stats["rollouts_consumed"] = float(self.consumed)
+        self.steps.append(stats)
+        self._snapshot(event)
+
+    def _snapshot(self, event: AllocationEvent) -> None:
+        snap = self.snapshot_step
+        if snap is None or event.step < snap or self.allocation is not None or event.allocation is None:
+            return
+        p_true = None if self.truth is None else [float(x) for x in self.truth(event.prompt_ids)]
+        p_est = np.asarray(event.allocation.success_rate, dtype=float)
+        self.allocation = {
+            "step": int(event.step),
+            "prompt_ids": list(event.prompt_ids),
+            # Prompts with no estimate (never seen) are drawn just left of 0.
+            "p_estimate": np.where(np.isnan(p_est), -0.02, p_est).tolist(),
+            "bucket": [str(b) for b in event.allocation.bucket],
+            "n": [int(x) for x in event.allocation.rollouts_per_prompt],
+            "p_true": p_true,
+            "uniform_n": float(event.rollouts.sum()) / len(event.prompt_ids),
+        }
+
+
+class OracleAllocator(KnapsackRolloutAllocator):
+    """Allocates with the *true* success rates (``truth(prompt_ids)``, e.g. from many extra samples of the
+    current policy): what the allocation could do with perfect estimates. Keeps the tracker observing."""
+
+    def __init__(self, base: KnapsackRolloutAllocator, truth: Callable[[list[str]], np.ndarray]) -> None:
+        super().__init__(base.config, base.tracker)
+        self.truth = truth
+
+    def allocate(self, prompt_ids: Sequence[str], budget: int, *, step: int = 0, **_: Any) -> Any:
+        p = np.clip(np.nan_to_num(self.truth(list(prompt_ids)), nan=0.5), 0.0, 1.0)
+        return self.allocate_known(p, budget, step=step)
+
+
+class EvalCallback:
+    """Held-out evaluation every ``eval_every`` steps (and at the end), plus a tqdm bar with live numbers."""
+
+    def __init__(
+        self,
+        evaluate: Callable[[Any], dict[str, float]],
+        eval_every: int,
+        total_steps: int,
+        desc: str,
+        progress: bool = True,
+    ) -> None:
+        from transformers import TrainerCallback
+
+        self.evaluate = evaluate
+        self.eval_every = max(1, int(eval_every))
+        self.total_steps = total_steps
+        self.desc = desc
+        self.progress = progress
+        self.evals: list[dict[str, float]] = []
+        self.eval_seconds = 0.0
+        self.recorder: Recorder | None = None
+        self._bar: Any = None
+        outer = self
+
+        class _Callback(TrainerCallback):
+            def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                from tqdm.auto import tqdm
+
+                outer._bar = tqdm(
+                    total=outer.total_steps, desc=outer.desc, disable=not outer.progress, dynamic_ncols=True
+                )
+
+            def on_step_end(
+                self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any
+            ) -> None:
+                outer.on_step(state.global_step, model)
+
+            def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                if outer._bar is not None:
+                    outer._bar.close()
+
+        self.callback = _Callback()
+
+    def consumed(self) -> float:
+        return float(self.recorder.consumed) if self.recorder is not None else 0.0
+
+    def run(self, model: Any, step: int) -> None:
+        """Evaluate now and record the point against the rollouts consumed so far."""
+        start = time.perf_counter()
+        result = dict(self.evaluate(model))
+        self.eval_seconds += time.perf_counter() - start
+        result["step"] = float(step)
+        result["rollouts_consumed"] = self.consumed()
+        self.evals.append(result)
+
+    def on_step(self, step: int, model: Any) -> None:
+        if step % self.eval_every == 0 or step == self.total_steps:
+            self.run(model, step)
+        if self._bar is None:
+            return
+        self._bar.update(1)
+        recent = self.recorder.steps[-20:] if self.recorder is not None else []
+        if recent:
+            informative = np.mean([s["useful_groups"] for s in recent])
+            post = {
+                "reward": f"{np.mean([s['reward_mean'] for s in recent]):.2f}",
+                "informative prompts": f"{informative:.1f}/{recent[-1]['groups']:.0f}",
+            }
+            if self.evals:
+                post["held-out acc"] = f"{self.evals[-1]['reward']:.3f}"
+            self._bar.set_postfix(post, refresh=False)
+
+
+def train_method(
+    method: str,
+    trainer: Any,
+    evaluate: Callable[[Any], dict[str, float]],
+    *,
+    eval_every: int,
+    seed: int,
+    start_eval: dict[str, float] | None = None,
+    snapshot_step: int | None = None,
+    truth: Callable[[list[str]], np.ndarray] | None = None,
+    progress: bool = True,
+) -> RunRecord:
+    """Train one method's trainer (built with that method's config) and return its record.
+
+    ``truth`` (the true success rates, from many samples of the current policy): the oracle allocates with
+    it; other methods use it once, for the snapshot plot. ``start_eval`` (the shared checkpoint's
+    evaluation) is step 0 of the curve, measured once for all methods.
+    """
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    recorder = Recorder(float(trainer.args.knapsack_success_threshold))
+    if method != "uniform":
+        recorder.snapshot_step, recorder.truth = snapshot_step, truth
+    if method == "oracle" and truth is not None:
+        trainer.knapsack_allocator = OracleAllocator(trainer.knapsack_allocator, truth)
+    trainer.add_knapsack_listener(recorder)
+    evaluator = EvalCallback(
+        evaluate, eval_every, trainer.args.max_steps, f"{method:>8} seed {seed}", progress
+    )
+    evaluator.recorder = recorder
+    trainer.add_callback(evaluator.callback)
+    for callback in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(callback)
+    if start_eval is not None:
+        evaluator.evals.append({**start_eval, "step": 0.0, "rollouts_consumed": 0.0})
+    else:
+        evaluator.run(trainer.model, 0)
+    start = time.perf_counter()
+    trainer.train()
+    wall = time.perf_counter() - start
+    return RunRecord(
+        method=method,
+        seed=seed,
+        steps=recorder.steps,
+        evals=evaluator.evals,
+        allocation=recorder.allocation,
+        wall_time_s=wall - evaluator.eval_seconds,
+        extra={"eval_seconds": evaluator.eval_seconds, "train_seconds_with_eval": wall},
+    )
+
+
+# --------------------------------------------------------------------------- the tiny world's warm-up
+
+
+def sft_batch(tokenizer: Any, rows: Sequence[dict[str, str]]) -> tuple[Any, Any, Any]:
+    """Left-padded ``prompt + answer + eos`` with the loss on the answer tokens only."""
+    import torch
+
+    ids, labels = [], []
+    for row in rows:
+        p = tokenizer(row["prompt"]).input_ids
+        a = [*tokenizer(row["answer"]).input_ids, tokenizer.eos_token_id]
+        ids.append(p + a)
+        labels.append([-100] * len(p) + a)
+    width = max(len(x) for x in ids)
+    x = torch.full((len(ids), width), tokenizer.pad_token_id)
+    y = torch.full((len(ids), width), -100)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, (a, b) in enumerate(zip(ids, labels)):
+        x[i, width - len(a) :] = torch.tensor(a)
+        y[i, width - len(b) :] = torch.tensor(b)
+        mask[i, width - len(a) :] = 1
+    return x, y, mask
+
+
+def warm_up(
+    model: Any,
+    tokenizer: Any,
+    rows: Sequence[dict[str, str]],
+    max_steps: int,
+    batch_size: int = 128,
+    lr: float = 3e-3,
+    seed: int = 0,
+    progress: bool = True,
+    probe: Callable[[Any], float] | None = None,
+    target: float | None = None,
+    check_every: int = 50,
+) -> dict[str, Any]:
+    """Supervised warm-up (AdamW, short linear warm-up, then constant); stops early at ``target``.
+
+    Stopped while the policy is still unreliable, so GRPO starts with many prompts strictly between
+    always-solved and always-failed. When the supervised phase ends varies a lot between seeds (the
+    model learns addition in jumps), so with ``probe`` (mean success on problems outside every other
+    split) it stops at the first check where the probe reaches ``target``: every seed starts GRPO
+    from a comparable policy. Returns ``steps``, ``losses`` and the last ``probe`` value.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    rng = random.Random(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    warm = 20
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
+    model.train()
+    losses: list[float] = []
+    probe_value = math.nan
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        bar = tqdm(total=max_steps, desc="warm-up (supervised)", disable=not progress, dynamic_ncols=True)
+        for step in range(1, max_steps + 1):
+            x, y, mask = sft_batch(tokenizer, rng.sample(list(rows), min(batch_size, len(rows))))
+            loss = model(input_ids=x, attention_mask=mask, labels=y).loss
+            loss.backward()
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(float(loss.item()))
+            bar.update(1)
+            if probe is not None and target is not None and step % check_every == 0:
+                probe_value = probe(model)
+                model.train()
+                bar.set_postfix(loss=f"{losses[-1]:.3f}", probe=f"{probe_value:.2f}", refresh=False)
+                if probe_value >= target:
+                    break
+        bar.close()
+    model.eval()
+    return {"steps": len(losses), "losses": losses, "probe": probe_value}
+
+
+def warm_up_arithmetic(
+    model: Any,
+    tokenizer: Any,
+    sft_rows: Sequence[dict[str, str]],
+    probe_rows: Sequence[dict[str, str]],
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    target: float,
+    seed: int,
+    progress: bool = True,
+    max_new_tokens: int = 8,
+) -> dict[str, Any]:
+    """The tiny world's warm-up: :func:`warm_up` until the probe rows' mean success (8 samples) reaches
+    ``target``, so every seed starts GRPO from a comparable policy."""
+
+    def probe(m: Any) -> float:
+        rates = success_rates(
+            m, tokenizer, probe_rows, [arithmetic_reward], k=8, max_new_tokens=max_new_tokens
+        )
+        return float(rates.mean())
+
+    return warm_up(
+        model, tokenizer, sft_rows, steps, batch_size, lr, seed, progress, probe=probe, target=target
+    )

