@@ -377,7 +377,7 @@ def _unprivileged_python() -> str | None:
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         return None
     for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
-        if os.path.exists(candidate) and sandbox._world_reachable(os.path.realpath(candidate)):
+        if os.path.exists(candidate) and sandbox.world_reachable(os.path.realpath(candidate)):
             return candidate
     return None
 
