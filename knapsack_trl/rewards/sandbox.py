@@ -307,6 +307,11 @@ class SandboxRun:
             os.close(control_r)
         return proc, report_r
 
+    @property
+    def pid(self) -> int:
+        """The launcher's process id (its descendants are the run's setup, init and program)."""
+        return self._proc.pid
+
     def _close_control(self) -> None:
         if self._control_w is not None:
             with suppress(OSError):
