@@ -169,7 +169,9 @@ def start_python(
     run is collected with :meth:`SandboxRun.wait` or :meth:`SandboxRun.stop`.
     """
     if sys.platform != "linux":
-        raise SandboxUnavailableError("knapsack_trl.rewards.sandbox needs Linux (namespaces, rlimits, prctl).")
+        raise SandboxUnavailableError(
+            "knapsack_trl.rewards.sandbox needs Linux (namespaces, rlimits, prctl)."
+        )
     if timeout_s <= 0 or memory_mb <= 0 or max_processes <= 0 or max_file_mb <= 0 or disk_mb <= 0:
         raise ValueError("run_python: timeout_s, memory_mb, max_processes, max_file_mb, disk_mb must be > 0")
     pass_fds = dict(pass_fds or {})
