@@ -76,6 +76,7 @@ SYSCALLS = {
             "open_by_handle_at": 304, "fanotify_init": 300, "kexec_load": 246, "kexec_file_load": 320,
             "init_module": 175, "finit_module": 313, "delete_module": 176, "swapon": 167, "swapoff": 168,
             "reboot": 169, "acct": 163, "syslog": 103, "sethostname": 170, "clone3": 435, "clone": 56,
+            "socket": 41,
         },
     ),
     "aarch64": (
@@ -92,6 +93,7 @@ SYSCALLS = {
             "open_by_handle_at": 265, "fanotify_init": 262, "kexec_load": 104, "kexec_file_load": 294,
             "init_module": 105, "finit_module": 273, "delete_module": 106, "swapon": 224, "swapoff": 225,
             "reboot": 142, "acct": 89, "syslog": 116, "sethostname": 161, "clone3": 435, "clone": 220,
+            "socket": 198,
         },
     ),
 }  # fmt: skip
@@ -99,7 +101,9 @@ SYSCALLS = {
 # What the program may not call (EPERM): kernel objects that outlive the run or escape its memory
 # bound (keyrings, SysV IPC, memfd), namespace and mount changes, tracing, and the interfaces with
 # a record of kernel bugs that no HumanEval solution needs. clone3 answers ENOSYS so that glibc falls
-# back to clone, whose flags the filter can inspect (no new namespaces).
+# back to clone, whose flags the filter can inspect (no new namespaces). ``socket(AF_UNIX, ...)`` is
+# refused too: a path-named socket connects across network namespaces, even through a read-only
+# bind mount (``socketpair`` still works).
 DENIED_SYSCALLS = (
     "keyctl", "add_key", "request_key", "memfd_create", "memfd_secret", "shmget", "shmat", "shmctl",
     "semget", "semop", "semctl", "semtimedop", "msgget", "msgsnd", "msgrcv", "msgctl", "unshare", "setns",
@@ -452,7 +456,7 @@ def _exec_program(cfg: dict, libc, report_fd: int, isolation: set[str], workdir:
     if not _prctl(libc, PR_SET_NO_NEW_PRIVS, 1):
         raise OSError(_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
     added.append("no_new_privs")
-    if install_seccomp(libc, DENIED_SYSCALLS):
+    if install_seccomp(libc, DENIED_SYSCALLS, deny_unix_sockets=True):
         added.append("seccomp")
     python = cfg["python"]
     if not os.access(python, os.X_OK):
@@ -492,10 +496,13 @@ def _keep_only_fds(pass_fds: dict[int, int], report_fd: int) -> int:
     return report
 
 
-def install_seccomp(libc, denied: tuple[str, ...], *, deny_new_namespaces: bool = True) -> bool:
-    """Install a seccomp filter: ``denied`` syscalls fail with EPERM (``clone3`` with ENOSYS) and,
-    with ``deny_new_namespaces``, so does ``clone`` with a namespace flag. False on an unknown
-    architecture. Needs ``no_new_privs`` (or CAP_SYS_ADMIN); stacks on filters already in place."""
+def install_seccomp(
+    libc, denied: tuple[str, ...], *, deny_new_namespaces: bool = True, deny_unix_sockets: bool = False
+) -> bool:
+    """Install a seccomp filter: ``denied`` syscalls fail with EPERM (``clone3`` with ENOSYS); with
+    ``deny_new_namespaces`` so does ``clone`` with a namespace flag, with ``deny_unix_sockets``
+    ``socket(AF_UNIX, ...)``. False on an unknown architecture. Needs ``no_new_privs`` (or
+    CAP_SYS_ADMIN); stacks on filters already in place."""
     import ctypes
 
     arch = os.uname().machine
@@ -513,10 +520,15 @@ def install_seccomp(libc, denied: tuple[str, ...], *, deny_new_namespaces: bool 
         prog += [(jge, 0, 1, 0x40000000), (ret, 0, 0, errno(1))]
     for name in denied:
         prog += [(jeq, 0, 1, numbers[name]), (ret, 0, 0, errno(1))]
+    # A check on the first argument: [nr?] [load arg] [test?] [EPERM] [reload nr], skipped whole
+    # when the number differs.
     if deny_new_namespaces:
         prog += [(jeq, 0, 1, numbers["clone3"]), (ret, 0, 0, errno(38))]
-        prog += [(jeq, 0, 3, numbers["clone"]), (ld, 0, 0, 16), (jset, 0, 1, NAMESPACE_FLAGS)]
-        prog += [(ret, 0, 0, errno(1))]
+        prog += [(jeq, 0, 4, numbers["clone"]), (ld, 0, 0, 16), (jset, 0, 1, NAMESPACE_FLAGS)]
+        prog += [(ret, 0, 0, errno(1)), (ld, 0, 0, 0)]
+    if deny_unix_sockets:
+        prog += [(jeq, 0, 4, numbers["socket"]), (ld, 0, 0, 16), (jeq, 0, 1, 1)]  # AF_UNIX == 1
+        prog += [(ret, 0, 0, errno(1)), (ld, 0, 0, 0)]
     prog += [(ret, 0, 0, allow)]
     blob = b"".join(struct.pack("=HBBI", *insn) for insn in prog)
 

@@ -261,6 +261,9 @@ class Channel:
         except WireError as err:
             raise HarnessError(f"the test passes an argument that is not plain data ({err})") from None
         self.calls += 1
+        if self.buffer or select.select([self.responses], [], [], 0)[0]:
+            self.dead = "the sandbox sent a message before it was asked (or exited)"
+            raise CandidateError(self.dead)
         try:
             data = dumps(request)
             while data:
