@@ -208,8 +208,7 @@ def make_humaneval_reward(
                 _log_once("harness", f"the HumanEval harness failed: {type(err).__name__}: {err}")
                 return None
 
-        workers = min(max_workers or n, sandbox_concurrency(), max(n, 1))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
+        with ThreadPoolExecutor(max_workers=pool_size(n, max_workers)) as pool:
             scores = list(pool.map(run_one, jobs))
         log_metric = kwargs.get("log_metric")
         if callable(log_metric) and n:
@@ -219,6 +218,12 @@ def make_humaneval_reward(
     reward.__name__ = reward.__qualname__ = name
     reward.preflight = preflight  # type: ignore[attr-defined]
     return reward
+
+
+def pool_size(n: int, max_workers: int | None = None) -> int:
+    """Threads for a batch of ``n``: all of it at once (waiting costs no CPU, so a batch of timeouts
+    takes one timeout), at most ``max_workers`` and the process-wide sandbox concurrency."""
+    return max(1, min(max_workers or n, sandbox_concurrency(), n))
 
 
 def judge_completion(
@@ -421,5 +426,6 @@ __all__ = [
     "humaneval_pass_reward",
     "judge_completion",
     "make_humaneval_reward",
+    "pool_size",
     "score_verdict",
 ]
