@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 import uuid
 from pathlib import Path
 
@@ -240,3 +241,45 @@ def test_without_namespaces_an_unreachable_interpreter_is_refused_not_run_as_roo
     assert "cannot run" in result.stderr and "readable by every user" in result.stderr
     with pytest.raises(sandbox.SandboxUnavailableError, match="cannot run a trivial program"):
         sandbox.require_isolation("humaneval_pass")
+
+
+def _live(marker: str) -> list[int]:
+    """Pids of live processes whose command line holds ``marker``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                continue
+            if marker in cmdline and state != "Z":
+                found.append(int(entry))
+    return found
+
+
+@pytest.mark.skipif(world_python() is None, reason="needs an interpreter every user can run")
+def test_without_namespaces_timeouts_and_escaped_processes_are_still_handled(monkeypatch):
+    monkeypatch.setattr(sandbox, "_USE_NAMESPACES", False)  # the documented hook for the degraded path
+    monkeypatch.setattr(sandbox, "_INTERPRETER", {**sandbox._interpreter_info(), "python": world_python()})
+    assert sandbox.run_python("while True:\n    pass\n", timeout_s=1.0).status == "timeout"
+    marker = f"{uuid.uuid4().int % 10**6}.{os.getpid()}"  # a unique sleep duration to find it by
+    source = textwrap.dedent(
+        f"""
+        import os, time
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                os.execvp("sleep", ["sleep", "{marker}"])
+            os._exit(0)
+        time.sleep(0.2)
+        print(os.getuid())
+        """
+    )
+    result = sandbox.run_python(source)
+    assert result.status == "ok", result
+    assert "netns" not in result.isolation and result.stdout.strip() != "0"
+    deadline = time.monotonic() + 3.0
+    while _live(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _live(marker), "an escaped process outlived the run"
