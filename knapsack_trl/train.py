@@ -317,6 +317,16 @@ def resolve_rewards(names: Sequence[str] | None) -> list[Callable[..., Any]]:
     return funcs
 
 
+def preflight(rewards: Sequence[Callable[..., Any]]) -> None:
+    """Before any training: a reward that runs untrusted code checks that this machine isolates it."""
+    from knapsack_trl.rewards import SandboxUnavailableError, preflight_rewards
+
+    try:
+        preflight_rewards(rewards)
+    except SandboxUnavailableError as exc:
+        raise RecipeError(f"reward_funcs: {exc}") from exc
+
+
 def reward_columns(func: Callable[..., Any]) -> list[str]:
     """Dataset columns a reward function needs: its parameters without defaults that TRL does not pass."""
     try:
@@ -576,6 +586,10 @@ def dry_run(
     else:
         model_note = "hub model (not downloaded by a dry run)"
     rewards = resolve_rewards(script_args.reward_funcs)
+    try:
+        preflight(rewards)
+    except RecipeError as exc:  # the recipe may be checked on another machine than the one that trains
+        notes.append(f"{exc} (training on this machine would stop here)")
     if dataset_is_local(script_args):
         dataset_report: dict[str, Any] = check_dataset(
             load_train_dataset(script_args, seed=training_args.seed), rewards, training_args
@@ -652,6 +666,7 @@ def train(script_args: Any, training_args: Any, model_args: Any) -> Any:
     from knapsack_trl.trainer import KnapsackGRPOTrainer, KnapsackRLOOTrainer
 
     rewards = resolve_rewards(script_args.reward_funcs)
+    preflight(rewards)
     train_dataset = load_train_dataset(script_args, seed=training_args.seed)
     check_dataset(train_dataset, rewards, training_args)
     eval_dataset = None
