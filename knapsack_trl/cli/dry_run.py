@@ -13,11 +13,13 @@ from typing import Any
 from knapsack_trl.recipe import (
     TINY_SCHEME,
     CommandLine,
+    RecipeError,
     budget_summary,
     check_recipe_dataset,
     dataset_is_local,
     load_recipe_dataset,
     parse_tiny_spec,
+    preflight,
     recipe_rewards,
     resolved_recipe,
     reward_columns,
@@ -48,6 +50,10 @@ def dry_run(
     else:
         model_note = "hub model (not downloaded by a dry run)"
     rewards = recipe_rewards(script_args.reward_funcs)
+    try:
+        preflight(rewards)
+    except RecipeError as exc:  # the recipe may be checked on another machine than the one that trains
+        notes.append(f"{exc} (training on this machine would stop here)")
     if dataset_is_local(script_args):
         dataset_report: dict[str, Any] = check_recipe_dataset(
             load_recipe_dataset(script_args, seed=training_args.seed), rewards, training_args

@@ -27,6 +27,7 @@ from knapsack_trl.recipe import (
     describe_run,
     load_recipe_dataset,
     parse_command_line,
+    preflight,
     prepare_model,
     recipe_rewards,
 )
@@ -39,6 +40,7 @@ def train(script_args: Any, training_args: Any, model_args: Any) -> Any:
     from knapsack_trl.trainer import KnapsackGRPOTrainer, KnapsackRLOOTrainer
 
     rewards = recipe_rewards(script_args.reward_funcs)
+    preflight(rewards)
     train_dataset = load_recipe_dataset(script_args, seed=training_args.seed)
     check_recipe_dataset(train_dataset, rewards, training_args)
     eval_dataset = None

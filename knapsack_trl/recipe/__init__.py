@@ -15,7 +15,7 @@ from knapsack_trl.recipe.parse import (
     parse_command_line,
     read_recipe,
 )
-from knapsack_trl.recipe.rewards import recipe_rewards, reward_columns, reward_name
+from knapsack_trl.recipe.rewards import preflight, recipe_rewards, reward_columns, reward_name
 from knapsack_trl.recipe.summary import budget_summary, describe_run, resolved_recipe
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "parse_args",
     "parse_command_line",
     "parse_tiny_spec",
+    "preflight",
     "prepare_model",
     "read_recipe",
     "recipe_rewards",

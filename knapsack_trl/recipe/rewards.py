@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from knapsack_trl.recipe.arguments import RecipeError
-from knapsack_trl.rewards import REWARD_FUNCTIONS, resolve_reward
+from knapsack_trl.rewards import REWARD_FUNCTIONS, SandboxUnavailableError, preflight_rewards, resolve_reward
 
 # Arguments TRL passes to every reward function; any other parameter without a default is a dataset column.
 _TRL_REWARD_KWARGS = frozenset(
@@ -38,6 +38,14 @@ def recipe_rewards(names: Sequence[str] | None) -> list[Callable[..., Any]]:
                 "or a dotted import path such as my_pkg.rewards.my_reward."
             ) from exc
     return funcs
+
+
+def preflight(rewards: Sequence[Callable[..., Any]]) -> None:
+    """Before any training: a reward that runs untrusted code checks that this machine isolates it."""
+    try:
+        preflight_rewards(rewards)
+    except SandboxUnavailableError as exc:
+        raise RecipeError(f"reward_funcs: {exc}") from exc
 
 
 def reward_columns(func: Callable[..., Any]) -> list[str]:

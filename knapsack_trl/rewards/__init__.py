@@ -3,7 +3,8 @@
 Every reward has TRL's signature ``f(completions, **kwargs) -> list[float | None]``; dataset columns
 arrive as keyword arguments. Recipes name rewards in ``reward_funcs`` either by a registered name
 (:data:`REWARD_FUNCTIONS`) or by a dotted import path; :func:`resolve_reward` turns either into the
-function.
+function. A reward that runs untrusted code has a ``preflight()``: :func:`preflight_rewards` calls
+them before training, so a machine that cannot isolate the code fails at start-up, not mid-run.
 """
 
 from __future__ import annotations
@@ -15,15 +16,24 @@ from typing import Any
 from knapsack_trl.rewards.code import (
     humaneval_pass_fraction_reward,
     humaneval_pass_reward,
+    judge_completion,
     make_humaneval_reward,
 )
 from knapsack_trl.rewards.math import (
     extract_gsm8k_gold,
+    final_answer,
     format_reward,
     gsm8k_accuracy_reward,
     make_gsm8k_reward,
 )
-from knapsack_trl.rewards.sandbox import SandboxResult, run_python, sandbox_capabilities
+from knapsack_trl.rewards.sandbox import (
+    SandboxResult,
+    SandboxUnavailableError,
+    require_isolation,
+    run_python,
+    sandbox_capabilities,
+    start_python,
+)
 
 RewardFunction = Callable[..., list[float | None]]
 
@@ -82,6 +92,15 @@ def resolve_rewards(specs: str | RewardFunction | Sequence[str | RewardFunction]
     return [resolve_reward(s) for s in specs]
 
 
+def preflight_rewards(funcs: Sequence[RewardFunction]) -> None:
+    """Run each reward's ``preflight()`` (if it has one): raises, e.g. SandboxUnavailableError with
+    what is missing and how to enable it, before any training starts."""
+    for func in funcs:
+        check = getattr(func, "preflight", None)
+        if callable(check):
+            check()
+
+
 def _known() -> str:
     """The hint every resolution error ends with."""
     return f"Known names: {', '.join(sorted(REWARD_FUNCTIONS))}; or a dotted path 'package.module.function'."
@@ -91,16 +110,22 @@ __all__ = [
     "REWARD_FUNCTIONS",
     "RewardFunction",
     "SandboxResult",
+    "SandboxUnavailableError",
     "extract_gsm8k_gold",
+    "final_answer",
     "format_reward",
     "gsm8k_accuracy_reward",
     "humaneval_pass_fraction_reward",
     "humaneval_pass_reward",
+    "judge_completion",
     "make_gsm8k_reward",
     "make_humaneval_reward",
+    "preflight_rewards",
     "register_reward",
+    "require_isolation",
     "resolve_reward",
     "resolve_rewards",
     "run_python",
     "sandbox_capabilities",
+    "start_python",
 ]

@@ -1,35 +1,56 @@
-"""HumanEval reward: run prompt + completion + the task's tests in the sandbox.
+"""HumanEval reward: the candidate runs in the sandbox, the task's tests run in a trusted judge.
 
-A completion passes only if the harness reaches the end of ``check(entry_point)`` and prints a
-per-run random sentinel: an exit code of 0 alone proves nothing (``sys.exit(0)`` before the tests is
-a known reward hack). The sentinel arrives on stdin, is read before the completion's code runs, and
-the harness helpers that print it carry random per-run names: forging a pass takes deliberate
-introspection of the harness (its source file or its globals), which no in-process harness can
-prevent, but exiting early, printing a fixed string or redefining ``check`` all score 0.
+Per completion, two processes: the sandbox (:mod:`~knapsack_trl.rewards.sandbox`) holds prompt +
+completion and serves calls to the entry point; the judge (:mod:`~knapsack_trl.rewards.harness`,
+a separate ``python -I -S`` process, so a test's ``random.seed`` or ``import`` never touches the
+trainer) runs the code prompt, the test and ``check(candidate)`` with ``candidate`` a proxy. Only
+arguments and JSON-plain return values cross, so the verdict never depends on the candidate's
+process: exiting early, printing, patching builtins, tracing frames or returning an object whose
+``__eq__`` is always true all score 0. Time limits: ``call_timeout_s`` per call and ``timeout_s``
+for all of one completion's calls (its module-level code included).
 
-The binary reward (1.0 all tests pass, else 0.0) is the success signal the knapsack tracker needs;
-the fraction variant (share of ``assert`` statements that held) is a shaped alternative for the
-loss, never for estimating success rates.
+The binary reward (1.0 when ``check`` returns, else 0.0) is the success signal the knapsack tracker
+needs. The fraction variant counts, in the judge, the assertions that involve the candidate (a call,
+or a value derived from one; ``assert True`` never counts) and returns held / counted, in [0, 1] by
+construction, or 0.0 when ``check`` did not run to its end; a shaped alternative for the loss, never
+for estimating success rates. A failure of the harness itself is None (TRL ignores the rollout),
+logged once per cause; nothing a policy can emit raises.
 """
 
 from __future__ import annotations
 
-import ast
+import json
 import logging
 import os
 import re
-import secrets
+import select
+import subprocess
+import sys
+import tempfile
 import textwrap
+import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
-from knapsack_trl.rewards.sandbox import SandboxResult, run_python
+from knapsack_trl.rewards import harness
+from knapsack_trl.rewards.sandbox import (
+    SandboxUnavailableError,
+    require_isolation,
+    sandbox_concurrency,
+    start_python,
+)
 
 logger = logging.getLogger(__name__)
 
-_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _PY_LANGS = {"", "python", "py", "python3", "py3"}
+_LANG_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_+-")
+_STARTUP_S = 30.0  # the sandbox's interpreter must greet the judge within this (a harness matter)
+_JUDGE_SLACK_S = 10.0  # the judge's own work on top of the candidate's time
+_MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # one argument list or return value on the wire
+_HARNESS_PATH = Path(harness.__file__)
 
 
 def completion_text(completion: Any) -> str:
@@ -52,16 +73,43 @@ def completion_text(completion: Any) -> str:
     )
 
 
+def fenced_blocks(text: str) -> list[tuple[str, str]]:
+    """``(language, body)`` of each fenced block; an unclosed fence runs to the end of the text.
+
+    A scan with ``str.find`` that only moves forward: linear in the text, whatever its backticks.
+    """
+    blocks = []
+    pos = 0
+    while True:
+        start = text.find("```", pos)
+        if start < 0:
+            return blocks
+        line_end = text.find("\n", start + 3)
+        if line_end < 0:
+            return blocks
+        info = text[start + 3 : line_end].lstrip(" \t")
+        end = 0
+        while end < len(info) and info[end] in _LANG_CHARS:
+            end += 1
+        close = text.find("```", line_end + 1)
+        body_end = len(text) if close < 0 else close
+        blocks.append((info[:end], text[line_end + 1 : body_end]))
+        if close < 0:
+            return blocks
+        pos = close + 3
+
+
 def extract_code(text: str, entry_point: str | None = None) -> str:
     """The code in a completion: the fenced block that defines ``entry_point`` (else the first
     Python block), or the whole text when there is no fence. An unclosed fence (a truncated
     generation) runs to the end of the text."""
-    blocks = [(lang.lower(), body) for lang, body in _FENCE.findall(text)]
-    blocks = [_dedent_module(body) for lang, body in blocks if lang in _PY_LANGS]
+    blocks = [_dedent_module(body) for lang, body in fenced_blocks(text) if lang.lower() in _PY_LANGS]
     if not blocks:
         return text
     if entry_point:
-        pattern = re.compile(rf"^\s*(?:async\s+)?def\s+{re.escape(entry_point)}\s*\(", re.MULTILINE)
+        pattern = re.compile(
+            rf"^[ \t]*(?:async[ \t]+)?def[ \t]+{re.escape(entry_point)}[ \t]*\(", re.MULTILINE
+        )
         for body in blocks:
             if pattern.search(body):
                 return body
@@ -78,100 +126,51 @@ def _dedent_module(block: str) -> str:
     return block
 
 
-def build_program(
-    code_prompt: str, completion: str, test: str, entry_point: str, *, token: str, fraction: bool = False
-) -> str:
-    """The program the sandbox runs: harness prelude, prompt + completion, tests, ``check``, sentinel.
-
-    ``token`` (random per run) names the harness's hidden helpers. With ``fraction`` each ``assert``
-    in the tests is counted instead of stopping the run.
-    """
-    finish, counter = f"_ks_finish_{token}", f"_ks_assert_{token}"
-    prelude = (
-        f"def _ks_harness_{token}():\n"
-        "    import sys\n"
-        "    nonce = sys.stdin.readline().strip()\n"
-        "    counts = [0, 0]\n"
-        "    def check_one(condition):\n"
-        "        counts[1] += 1\n"
-        "        try:\n"
-        "            if condition():\n"
-        "                counts[0] += 1\n"
-        "        except Exception:\n"
-        "            pass\n"
-        "    def finish():\n"
-        "        sys.stdout.write('\\n' + nonce + ' ' + str(counts[0]) + ' ' + str(counts[1]) + '\\n')\n"
-        "        sys.stdout.flush()\n"
-        "    return finish, check_one\n"
-        f"{finish}, {counter} = _ks_harness_{token}()\n"
-        f"del _ks_harness_{token}\n"
-    )
-    if fraction:
-        test = _count_asserts(test, counter)
+def build_candidate(code_prompt: str, completion: str) -> str:
+    """The module the sandbox loads: the code prompt, then the completion (a function body that
+    continues the prompt's ``def``, or whole definitions)."""
     body = completion if completion.startswith((" ", "\t")) else "\n" + completion
-    return f"{prelude}{code_prompt}{body}\n\n{test}\n\ncheck({entry_point})\n{finish}()\n"
-
-
-def _count_asserts(test: str, counter: str) -> str:
-    """Rewrite every ``assert cond`` in the tests as ``counter(lambda: cond)``."""
-
-    class Rewriter(ast.NodeTransformer):
-        def visit_Assert(self, node: ast.Assert) -> ast.AST:
-            call = ast.Call(
-                func=ast.Name(id=counter, ctx=ast.Load()),
-                args=[ast.Lambda(args=_no_args(), body=node.test)],
-                keywords=[],
-            )
-            return ast.copy_location(ast.Expr(value=call), node)
-
-    try:
-        tree = Rewriter().visit(ast.parse(test))
-    except SyntaxError:
-        return test  # the asserts stop the run as usual: all or nothing
-    return ast.unparse(ast.fix_missing_locations(tree))
-
-
-def _no_args() -> ast.arguments:
-    """An empty argument list for a lambda."""
-    return ast.arguments(
-        posonlyargs=[], args=[], vararg=None, kwonlyargs=[], kw_defaults=[], kwarg=None, defaults=[]
-    )
-
-
-def _parse_result(result: SandboxResult, nonce: str, fraction: bool) -> float | None:
-    """Score one run: 0.0 unless it exited 0 and printed the sentinel after ``check`` returned."""
-    if result.status == "error":
-        logger.warning("sandbox could not run a HumanEval program: %s", result.stderr[-500:])
-        return None
-    if result.status != "ok":
-        return 0.0
-    for line in reversed(result.stdout.splitlines()):
-        parts = line.split()
-        if len(parts) == 3 and parts[0] == nonce:
-            passed, total = int(parts[1]), int(parts[2])
-            if not fraction or total == 0:
-                return 1.0
-            return passed / total
-    return 0.0
+    return f"{code_prompt}{body}\n"
 
 
 def make_humaneval_reward(
     *,
     fraction: bool = False,
     timeout_s: float = 5.0,
+    call_timeout_s: float | None = None,
     memory_mb: int = 1024,
     max_workers: int | None = None,
+    check_isolation: bool = True,
 ) -> Callable[..., list[float | None]]:
     """Build a TRL reward function for HumanEval-style tasks.
 
-    The returned ``f(completions, test, entry_point, prompt=None, **kwargs)`` runs each completion in
-    the sandbox, ``max_workers`` at a time (default ``min(4, os.cpu_count())``). The code prefix is
-    the dataset's ``code_prompt`` column, else ``prompt`` / TRL's ``prompts`` when they are plain
-    text; a chat prompt without ``code_prompt`` means the completion must hold the whole function.
-    Scores: 1.0 / 0.0 (``fraction=False``), or the share of asserts that held (``fraction=True``,
-    0.0 when the run did not finish); ``None`` only when the sandbox itself failed.
+    The returned ``f(completions, test, entry_point, prompt=None, **kwargs)`` scores each completion
+    as described in this module's docstring, all of a batch at once (up to ``max_workers``, default
+    the batch size, within the process-wide :func:`~knapsack_trl.rewards.sandbox.sandbox_concurrency`),
+    so a batch of timeouts takes about one ``timeout_s``. ``call_timeout_s`` (default ``timeout_s``)
+    bounds each call. The code prefix is the dataset's ``code_prompt`` column, else ``prompt`` /
+    TRL's ``prompts`` when they are plain text; a chat prompt without ``code_prompt`` means the
+    completion must hold the whole function.
+
+    With ``check_isolation`` this raises :class:`~knapsack_trl.rewards.sandbox.SandboxUnavailableError`
+    here, before any training, when the machine cannot isolate untrusted code (the message says
+    what is missing and how to enable it); otherwise the check runs at the first call. The
+    returned function's ``preflight()`` runs the check on demand.
     """
-    workers = max_workers or min(4, os.cpu_count() or 1)
+    if timeout_s <= 0 or memory_mb <= 0 or (call_timeout_s is not None and call_timeout_s <= 0):
+        raise ValueError("make_humaneval_reward: timeout_s, call_timeout_s and memory_mb must be > 0")
+    if max_workers is not None and max_workers < 1:
+        raise ValueError(f"make_humaneval_reward: max_workers must be >= 1, got {max_workers}")
+    name = "humaneval_pass_fraction" if fraction else "humaneval_pass"
+    per_call = min(call_timeout_s or timeout_s, timeout_s)
+    checked = threading.Event()
+
+    def preflight() -> None:
+        require_isolation(f"{name} (untrusted code)")
+        checked.set()
+
+    if check_isolation:
+        preflight()
 
     def reward(
         completions: Sequence[Any],
@@ -180,6 +179,8 @@ def make_humaneval_reward(
         prompt: Sequence[Any] | None = None,
         **kwargs: Any,
     ) -> list[float | None]:
+        if not checked.is_set():
+            preflight()
         n = len(completions)
         prefixes = _code_prefixes(n, kwargs.get("code_prompt"), prompt, kwargs.get("prompts"))
         if len(test) != n or len(entry_point) != n:
@@ -188,26 +189,220 @@ def make_humaneval_reward(
             )
         jobs = []
         for completion, prefix, tests, entry in zip(completions, prefixes, test, entry_point):
-            code = extract_code(completion_text(completion), entry)
-            token, nonce = secrets.token_hex(8), secrets.token_hex(16)
-            program = build_program(prefix, code, tests, entry, token=token, fraction=fraction)
-            jobs.append((program, nonce))
+            try:
+                code = extract_code(completion_text(completion), entry)
+            except TypeError:
+                code = None  # not text at all: scored 0 below
+            jobs.append((code, prefix, str(tests), str(entry)))
 
-        def run_one(job: tuple[str, str]) -> float | None:
-            program, nonce = job
-            result = run_python(program, timeout_s=timeout_s, memory_mb=memory_mb, stdin=nonce + "\n")
-            return _parse_result(result, nonce, fraction)
+        def run_one(job: tuple[str | None, str, str, str]) -> float | None:
+            code, prefix, tests, entry = job
+            if code is None:
+                return 0.0
+            try:
+                return judge_completion(
+                    prefix, code, tests, entry, fraction=fraction, timeout_s=timeout_s,
+                    call_timeout_s=per_call, memory_mb=memory_mb,
+                )  # fmt: skip
+            except Exception as err:  # a bug of ours must not lose the batch: this rollout only
+                _log_once("harness", f"the HumanEval harness failed: {type(err).__name__}: {err}")
+                return None
 
-        with ThreadPoolExecutor(max_workers=min(workers, max(n, 1))) as pool:
+        with ThreadPoolExecutor(max_workers=pool_size(n, max_workers)) as pool:
             scores = list(pool.map(run_one, jobs))
         log_metric = kwargs.get("log_metric")
         if callable(log_metric) and n:
             log_metric("humaneval/sandbox_errors", sum(s is None for s in scores) / n)
         return scores
 
-    reward.__name__ = "humaneval_pass_fraction" if fraction else "humaneval_pass"
-    reward.__qualname__ = reward.__name__
+    reward.__name__ = reward.__qualname__ = name
+    reward.preflight = preflight  # type: ignore[attr-defined]
     return reward
+
+
+def pool_size(n: int, max_workers: int | None = None) -> int:
+    """Threads for a batch of ``n``: all of it at once (waiting costs no CPU, so a batch of timeouts
+    takes one timeout), at most ``max_workers`` and the process-wide sandbox concurrency."""
+    return max(1, min(max_workers or n, sandbox_concurrency(), n))
+
+
+def judge_completion(
+    code_prompt: str,
+    code: str,
+    test: str,
+    entry_point: str,
+    *,
+    fraction: bool = False,
+    timeout_s: float = 5.0,
+    call_timeout_s: float | None = None,
+    memory_mb: int = 1024,
+) -> float | None:
+    """Score one completion: start its sandbox and its judge, connect them, read the verdict.
+
+    Returns 1.0 / 0.0 (or the fraction), or None when the harness (not the candidate) failed.
+    """
+    program = _server_source(entry_point)
+    candidate = build_candidate(code_prompt, code)
+    sandbox_timeout = _STARTUP_S + harness.MAX_STRETCH * timeout_s + _JUDGE_SLACK_S
+    requests_r, requests_w = os.pipe()
+    responses_r, responses_w = os.pipe()
+    try:
+        run = start_python(
+            program,
+            files={"candidate.py": candidate},
+            timeout_s=sandbox_timeout,
+            memory_mb=memory_mb,
+            pass_fds={3: requests_r, 4: responses_w},
+        )
+    except BaseException:
+        for fd in (requests_w, responses_r):
+            os.close(fd)
+        raise
+    finally:
+        os.close(requests_r)
+        os.close(responses_w)
+    try:
+        verdict, judge_note = _run_judge(
+            {
+                "prefix": code_prompt,
+                "test": test,
+                "entry_point": entry_point,
+                "fraction": fraction,
+                "timeout_s": timeout_s,
+                "call_timeout_s": call_timeout_s or timeout_s,
+                "startup_timeout_s": _STARTUP_S,
+                "max_message_bytes": _MAX_MESSAGE_BYTES,
+                "launcher_pid": run.pid,
+            },
+            requests_w,
+            responses_r,
+            deadline=time.monotonic() + sandbox_timeout,
+        )
+    finally:
+        result = run.stop()
+    if result.status == "error":
+        _log_once("sandbox", f"the sandbox could not run a HumanEval program: {result.stderr[-500:]}")
+        return None
+    return score_verdict(verdict, fraction=fraction, note=judge_note)
+
+
+def score_verdict(verdict: object, *, fraction: bool, note: str = "") -> float | None:
+    """The reward for a judge's verdict; never raises: a verdict out of shape is None (logged)."""
+    if verdict is None:
+        if note == "deadline":
+            return 0.0  # the check did not finish in time (slow candidate, or data that made it slow)
+        _log_once("judge", f"the HumanEval judge produced no verdict: {note}")
+        return None
+    if not isinstance(verdict, dict):
+        _log_once("verdict", f"a HumanEval verdict out of shape: {verdict!r:.200}")
+        return None
+    if "harness_error" in verdict:
+        _log_once(
+            f"task:{verdict['harness_error']}", f"HumanEval task not scorable: {verdict['harness_error']}"
+        )
+        return None
+    finished, calls = verdict.get("finished"), verdict.get("calls")
+    total, held = verdict.get("total"), verdict.get("held")
+    if type(finished) is not bool or not all(type(v) is int for v in (calls, total, held)):
+        _log_once("verdict", f"a HumanEval verdict out of shape: {verdict!r:.200}")
+        return None
+    if not finished:
+        return 0.0
+    if not fraction:
+        if calls == 0:
+            _log_once("no-calls", "a HumanEval check returned without calling the candidate: not scorable")
+            return None
+        return 1.0
+    if total <= 0:
+        _log_once(
+            "no-asserts", "a HumanEval check has no assertion that involves the candidate: not scorable"
+        )
+        return None
+    return min(max(held / total, 0.0), 1.0)
+
+
+def _run_judge(config: dict, requests_w: int, responses_r: int, *, deadline: float) -> tuple[object, str]:
+    """Start the judge on the sandbox's pipes; its verdict (or None) and, without one, why."""
+    verdict_r, verdict_w = os.pipe()
+    workdir = tempfile.mkdtemp(prefix="knapsack-judge-")
+    try:
+        config = {**config, "requests_fd": requests_w, "responses_fd": responses_r, "verdict_fd": verdict_w}
+        config_path = os.path.join(workdir, "config.json")
+        with open(config_path, "w", encoding="utf-8") as fh:
+            json.dump(config, fh)
+        err_path = os.path.join(workdir, "stderr")
+        try:
+            with open(err_path, "wb") as ferr:
+                judge = subprocess.Popen(
+                    [sys.executable, "-I", "-S", "-B", str(_HARNESS_PATH), "judge", config_path],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=ferr,
+                    pass_fds=(requests_w, responses_r, verdict_w),
+                    cwd=workdir,
+                    env={"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"},
+                    start_new_session=True,
+                )
+        finally:
+            for fd in (requests_w, responses_r, verdict_w):
+                os.close(fd)
+        data, complete = _read_until_eof(verdict_r, deadline)
+        if not complete:
+            judge.kill()
+        returncode = judge.wait()
+        if not complete:
+            return None, "deadline"
+        try:
+            return json.loads(data), ""
+        except ValueError:
+            stderr = Path(err_path).read_text(encoding="utf-8", errors="replace")[-500:]
+            return None, f"exit code {returncode}: {stderr}"
+    finally:
+        os.close(verdict_r)
+        _rmtree(workdir)
+
+
+def _read_until_eof(fd: int, deadline: float) -> tuple[bytes, bool]:
+    """Everything written to ``fd`` until its writers close it, or what arrived by the deadline."""
+    chunks = []
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            return b"".join(chunks), False
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            return b"".join(chunks), True
+        chunks.append(chunk)
+
+
+def _rmtree(path: str) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+_SERVER_SOURCE: str | None = None
+
+
+def _server_source(entry_point: str) -> str:
+    """The sandbox's ``main.py``: the harness module's source, then a call to its server."""
+    global _SERVER_SOURCE
+    if _SERVER_SOURCE is None:
+        _SERVER_SOURCE = _HARNESS_PATH.read_text(encoding="utf-8")
+    return f"{_SERVER_SOURCE}\n\nserve({entry_point!r})\n"
+
+
+_LOGGED: set[str] = set()
+_LOGGED_LOCK = threading.Lock()
+
+
+def _log_once(key: str, message: str) -> None:
+    """A harness failure, logged the first time its cause is seen in this process."""
+    with _LOGGED_LOCK:
+        if key in _LOGGED:
+            return
+        _LOGGED.add(key)
+    logger.warning("%s (logged once; the rollout's reward is None)", message)
 
 
 def _code_prefixes(n: int, code_prompt: Any, prompt: Any, prompts: Any) -> list[str]:
@@ -218,5 +413,19 @@ def _code_prefixes(n: int, code_prompt: Any, prompt: Any, prompts: Any) -> list[
     return [""] * n
 
 
-humaneval_pass_reward = make_humaneval_reward()
-humaneval_pass_fraction_reward = make_humaneval_reward(fraction=True)
+humaneval_pass_reward = make_humaneval_reward(check_isolation=False)
+humaneval_pass_fraction_reward = make_humaneval_reward(fraction=True, check_isolation=False)
+
+__all__ = [
+    "SandboxUnavailableError",
+    "build_candidate",
+    "completion_text",
+    "extract_code",
+    "fenced_blocks",
+    "humaneval_pass_fraction_reward",
+    "humaneval_pass_reward",
+    "judge_completion",
+    "make_humaneval_reward",
+    "pool_size",
+    "score_verdict",
+]

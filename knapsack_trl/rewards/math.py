@@ -1,12 +1,27 @@
 """GSM8K rewards: final-answer accuracy (binary, the tracker's success signal) and answer format.
 
-The final answer is taken, in this order, from the last ``\\boxed{...}``, the text after the last
-``####``, the text after the last "answer is" / "answer:", and otherwise the last number in the
-completion. Boxed answers go to math-verify first (LaTeX fractions, ``\\text{}`` units, ``{,}``
-separators), then to our own parser; everything else to our parser, which handles thousands
-separators, ``$`` and trailing units, percent signs, decimals, ``a/b`` and ``\\frac{a}{b}`` fractions
-and negative numbers, and compares numerically with the gold answer (exactly, as fractions; a non-integer gold also
-accepts a decimal rounded to 1e-6).
+The answer is one number *stated as final*, taken from the first of these the completion has:
+
+1. the last ``\\boxed{...}`` (or ``\\fbox{...}``);
+2. the last ``#### N`` (GSM8K's own format; a ``#### Step 2`` line that starts with a word is a
+   markdown heading, not an answer);
+3. the last "the answer is N" / "answer: N" / "answer = N" whose rest of the sentence holds a number;
+4. only when none of these exists, and only with ``fallback_last_number`` (the default), the last
+   number of the completion.
+
+A statement scores 0 when it is hedged, negated, a range or several answers ("not 42", "42 or 43",
+"between 42 and 50", "\\boxed{42 \\text{ or } 43}"); the fallback's sentence is held to the same
+words. Numbers: thousands separators, ``$`` and units, percent, decimals, scientific notation
+(``1e3``, ``1.5 \\times 10^{3}``), ``a/b`` and ``\\frac{a}{b}`` (mixed numbers too), a typographic
+or spaced minus at the start of an answer (``- 10``). Comparison with the gold is exact (as
+fractions; a non-integer gold also accepts a decimal within 1e-6).
+
+A boxed *expression* (``\\boxed{3 \\cdot 6}``, ``\\boxed{\\sqrt{324}}``) goes to math-verify, but
+only when it is short and made of arithmetic that sympy evaluates in bounded time (no powers,
+factorials, ``\\binom``, no number over 15 digits), so no thread ever waits on sympy. Every scan of
+completion text here is linear in its length (``str.find`` / forward scanners; the few regular
+expressions have no nested or overlapping repetition). The tests compare these rules with
+math-verify's on the same cases and list where and why they differ.
 """
 
 from __future__ import annotations
@@ -14,20 +29,60 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
 from knapsack_trl.rewards.code import completion_text
 
-_NUMBER = re.compile(
-    r"(?<![\w.])(?P<sign>[-−])?\$?(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
-    r"(?:\s*/\s*(?P<den>\d+(?:\.\d+)?)(?!\.?\d))?"
-)
-_LATEX_FRAC = re.compile(r"\\[dt]?frac\s*\{\s*([^{}]+?)\s*\}\s*\{\s*([^{}]+?)\s*\}|\\[dt]?frac\s*(\d)\s*(\d)")
 _ANSWER_IS = re.compile(r"answer\s*(?:is|:|=)\s*:?", re.IGNORECASE)
-_MV_UNSAFE = re.compile(r"\^|!|\*\*")  # powers and factorials can hang sympy: never hand them over
+_NUMBER = re.compile(r"\d{1,3}(?:,\d{3})+(?!\d)(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+")
+_EXPONENT = re.compile(r"[eE]([-+]?\d{1,3})(?![\d.])")
+_TIMES_TEN = re.compile(r"[ \t]*(?:×|x|\*|·)[ \t]*10[ \t]*\^[ \t]*\{?[ \t]*([-+]?\d{1,3})[ \t]*\}?")
+_OVER = re.compile(r"[ \t]*/[ \t]*(\d+(?:\.\d+)?)(?![\d.])")
+_HEDGE = re.compile(
+    r"\b(?:not|no|never|none|neither|nor|or|either|between|maybe|perhaps|possibly|probably|approximately"
+    r"|approx|about|around|roughly|nearly|almost|likely|unsure|unclear|guess|at least|at most|more than"
+    r"|less than|fewer than|up to)\b|n't|[~≈±<>≤≥]|\+/-",
+    re.IGNORECASE,
+)
+_CUT = re.compile(r"\n|[.!?](?=\s|$)|\b(?:because|since|as|so|which|where)\b", re.IGNORECASE)
+_FRAC = "\x01"  # marks a \frac{a}{b} in normalized text: \x01a/b\x02
+_FRAC_END = "\x02"
+_BRACE = re.compile(r"[{}]")
+_FRAC_TOKEN = re.compile(r"\x01[ \t]*(-?\d+(?:\.\d+)?)[ \t]*/[ \t]*(-?\d+(?:\.\d+)?)[ \t]*\x02")
+_TEXT_COMMANDS = ("text", "textbf", "textrm", "mathrm", "mathbf", "mbox", "textit", "operatorname")
+_DROP_COMMANDS = {"left": "", "right": "", ",": "", "!": "", ";": "", ":": "", " ": " ", "$": "$", "%": "%"}
+_TIMES_COMMANDS = {"times": "×", "cdot": "·"}
 _MV_MAX_CHARS = 100
+_MV_SAFE = re.compile(r"[0-9.\s+\-*/()=x{},]*")  # what an expression may hold once its commands are checked
+_MV_COMMANDS = {
+    "frac",
+    "dfrac",
+    "tfrac",
+    "sqrt",
+    "cdot",
+    "times",
+    "div",
+    "left",
+    "right",
+    "pi",
+    "text",
+    "mathrm",
+}
+_MV_MAX_DIGITS = 15
 _ABS_TOL = Fraction(1, 10**6)
+_MAX_EXPONENT = 100
+
+
+@dataclass(frozen=True)
+class FinalAnswer:
+    """Where a completion states its answer (``kind``: boxed, ####, answer is, last number), the
+    statement's text, and its value (None when the statement is not one plain number)."""
+
+    kind: str
+    span: str
+    value: Fraction | None
 
 
 def extract_gsm8k_gold(answer: str) -> str:
@@ -42,37 +97,35 @@ def extract_gsm8k_gold(answer: str) -> str:
 
 def parse_number(text: str, *, last: bool = True) -> Fraction | None:
     """A number in ``text`` (the last one, or the first with ``last=False``) as an exact fraction."""
-    matches = list(_NUMBER.finditer(_normalize(text)))
-    if not matches:
+    numbers = _numbers(_normalize(text))
+    if not numbers:
         return None
-    match = matches[-1] if last else matches[0]
-    try:
-        value = Fraction(match["num"].replace(",", ""))
-        if match["den"]:
-            den = Fraction(match["den"])
-            if den == 0:
-                return None
-            value /= den
-    except (ValueError, ZeroDivisionError):
-        return None
-    return -value if match["sign"] else value
+    return numbers[-1][0] if last else numbers[0][0]
 
 
 def extract_final_answer(text: str) -> tuple[str, str] | None:
-    """Where the completion states its final answer: ``(kind, span)`` with kind ``"boxed"``,
-    ``"####"`` or ``"answer is"``; ``None`` when it never says (the caller then takes the last
-    number of the whole text)."""
-    boxed = _last_boxed(text)
-    if boxed is not None:
-        return "boxed", boxed
-    if "####" in text:
-        return "####", text.rsplit("####", 1)[-1].strip().split("\n", 1)[0]
-    matches = list(_ANSWER_IS.finditer(text))
-    if matches:
-        span = text[matches[-1].end() :].strip().split("\n", 1)[0]
-        if parse_number(span) is not None:
-            return "answer is", span
-    return None
+    """The statement of the final answer, ``(kind, span)`` with kind ``"boxed"``, ``"####"`` or
+    ``"answer is"``; ``None`` when the completion never states one (the caller may then take its
+    last number)."""
+    found = _statement(text)
+    return None if found is None else (found[0], found[1])
+
+
+def final_answer(text: str, *, fallback_last_number: bool = True) -> FinalAnswer | None:
+    """The completion's final answer as the reward reads it (see the module docstring)."""
+    found = _statement(text)
+    if found is not None:
+        kind, span = found
+        return FinalAnswer(kind, span, _single_number(span, cut=kind != "boxed"))
+    if not fallback_last_number:
+        return None
+    normalized = _normalize(text)
+    numbers = _numbers(normalized)
+    if not numbers:
+        return None
+    value, start, end = numbers[-1]
+    sentence = _sentence_around(normalized, start, end)
+    return FinalAnswer("last number", sentence, None if _HEDGE.search(sentence) else value)
 
 
 def numbers_equal(pred: Fraction, gold: Fraction) -> bool:
@@ -86,13 +139,16 @@ def numbers_equal(pred: Fraction, gold: Fraction) -> bool:
     return gold.denominator != 1 and abs(pred - gold) <= _ABS_TOL
 
 
-def make_gsm8k_reward(*, use_math_verify: bool = True) -> Callable[..., list[float | None]]:
+def make_gsm8k_reward(
+    *, use_math_verify: bool = True, fallback_last_number: bool = True
+) -> Callable[..., list[float | None]]:
     """Build the GSM8K accuracy reward ``f(completions, answer, **kwargs) -> [1.0 | 0.0, ...]``.
 
     ``answer`` is the gold (a raw GSM8K answer with ``#### N``, or a bare number). With
-    ``use_math_verify`` (the default) boxed answers are checked with math-verify first; it is an
+    ``use_math_verify`` (the default) boxed expressions are checked with math-verify; it is an
     optional dependency (``pip install 'knapsack-trl[rewards]'``) and its absence raises
-    ``ImportError`` at the first call, not at import.
+    ``ImportError`` at the first call, not at import. ``fallback_last_number=False`` scores 0 a
+    completion that never states a final answer.
     """
 
     def gsm8k_accuracy(
@@ -101,7 +157,10 @@ def make_gsm8k_reward(*, use_math_verify: bool = True) -> Callable[..., list[flo
         if len(answer) != len(completions):
             raise ValueError(f"gsm8k reward: got {len(completions)} completions but {len(answer)} answers")
         verifier = _math_verify() if use_math_verify else None
-        return [_score(completion_text(c), str(gold), verifier) for c, gold in zip(completions, answer)]
+        return [
+            _score(_text(c), str(gold), verifier, fallback_last_number)
+            for c, gold in zip(completions, answer)
+        ]
 
     gsm8k_accuracy.__name__ = gsm8k_accuracy.__qualname__ = "gsm8k_accuracy"
     return gsm8k_accuracy
@@ -111,15 +170,12 @@ gsm8k_accuracy_reward = make_gsm8k_reward()
 
 
 def format_reward(completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
-    """1.0 when the completion states a numeric final answer in ``\\boxed{}`` or after ``####``."""
+    """1.0 when the completion states one plain number as its final answer in ``\\boxed{}`` or
+    after ``####``."""
     scores: list[float | None] = []
     for completion in completions:
-        found = extract_final_answer(completion_text(completion))
-        ok = (
-            found is not None
-            and found[0] in ("boxed", "####")
-            and parse_number(found[1], last=False) is not None
-        )
+        found = final_answer(_text(completion), fallback_last_number=False)
+        ok = found is not None and found.kind in ("boxed", "####") and found.value is not None
         scores.append(1.0 if ok else 0.0)
     return scores
 
@@ -127,51 +183,258 @@ def format_reward(completions: Sequence[Any], **kwargs: Any) -> list[float | Non
 format_reward.__name__ = format_reward.__qualname__ = "gsm8k_format"
 
 
-def _score(text: str, gold_text: str, verifier: Callable[[str, str], bool] | None) -> float:
+def _text(completion: Any) -> str:
+    """The completion's text; anything that is not text is empty (scored 0, never raised)."""
+    try:
+        return completion_text(completion)
+    except TypeError:
+        return ""
+
+
+def _score(text: str, gold_text: str, verifier: Callable[[str, str], bool] | None, fallback: bool) -> float:
     """1.0 if the completion's final answer equals the gold answer, else 0.0."""
     gold_str = extract_gsm8k_gold(gold_text)
     gold = parse_number(gold_str, last=False)
-    found = extract_final_answer(text)
-    if found is not None and found[0] == "boxed" and verifier is not None and verifier(gold_str, found[1]):
-        return 1.0
-    # A stated answer is read from its start; otherwise the completion's last number counts.
-    pred = parse_number(found[1], last=False) if found is not None else parse_number(text, last=True)
-    if pred is None:
+    found = final_answer(text, fallback_last_number=fallback)
+    if found is None:
+        return 0.0
+    if found.value is None:
+        if found.kind == "boxed" and verifier is not None and _verifiable(found.span):
+            return 1.0 if verifier(gold_str, found.span) else 0.0
         return 0.0
     if gold is None:
-        return 1.0 if _format_number(pred) == gold_str else 0.0
-    return 1.0 if numbers_equal(pred, gold) else 0.0
+        return 1.0 if _format_number(found.value) == gold_str else 0.0
+    return 1.0 if numbers_equal(found.value, gold) else 0.0
 
 
-def _math_verify() -> Callable[[str, str], bool]:
-    """math-verify's parse + verify for one boxed answer, with guards against slow inputs."""
+def _statement(text: str) -> tuple[str, str] | None:
+    """The highest-priority final-answer statement: boxed, then ``####``, then "answer is"."""
+    boxed = _last_boxed(text)
+    if boxed is not None:
+        return "boxed", boxed
+    hashes = _last_hash_answer(text)
+    if hashes is not None:
+        return "####", hashes
+    for match in reversed(list(_ANSWER_IS.finditer(text))):
+        line_end = text.find("\n", match.end())
+        span = text[match.end() : len(text) if line_end < 0 else line_end].strip()
+        if _numbers(_normalize(span)):
+            return "answer is", span
+        break  # the last such phrase holds no number: the completion states no final answer here
+    return None
+
+
+def _last_hash_answer(text: str) -> str | None:
+    """The text after the last ``####`` of the last line whose ``####`` is not a markdown heading
+    (a heading's text starts with a word: ``#### Step 2``)."""
+    found = None
+    pos = text.find("####")
+    while pos >= 0:
+        line_end = text.find("\n", pos)
+        line_end = len(text) if line_end < 0 else line_end
+        last = text.rfind("####", pos, line_end)
+        content = text[last + 4 : line_end]
+        head = content.lstrip(" \t#*_")
+        if head and not head[0].isalpha():
+            found = content.strip()
+        pos = text.find("####", line_end)
+    return found
+
+
+def _single_number(span: str, *, cut: bool) -> Fraction | None:
+    """The one plain number a statement gives, or None (hedged, several numbers, an expression)."""
+    text = _normalize(span).replace("**", "")
+    if cut:
+        text = _cut_statement(text)
+    if _HEDGE.search(text):
+        return None
+    eq = text.rfind("=")
+    if eq >= 0:
+        text = text[eq + 1 :]
+    numbers = _numbers(text, leading_sign=True)
+    if len(numbers) != 1:
+        return None
+    value, start, end = numbers[0]
+    rest = text[:start] + text[end:]
+    if any(ch.isdigit() or ch in "\\^!" for ch in rest):
+        return None  # an expression, not a plain number: math-verify's (boxed) or nobody's
+    return value
+
+
+def _cut_statement(text: str) -> str:
+    """A stated answer up to the end of its sentence, or to its explanation ("because ...", a
+    parenthesis after the number)."""
+    match = _CUT.search(text)
+    if match:
+        text = text[: match.start()]
+    first = _NUMBER.search(text)
+    paren = text.find("(", first.end()) if first else -1
+    return text[:paren] if paren >= 0 else text
+
+
+def _numbers(text: str, *, leading_sign: bool = False) -> list[tuple[Fraction, int, int]]:
+    """Every number in normalized text: ``(value, start, end)``. A sign counts when it touches the
+    digits after a non-word character (``-3``, not ``8-3``), or, with ``leading_sign``, when only
+    spaces separate it from the digits at the start of the text (``- 10``)."""
+    found: list[tuple[Fraction, int, int]] = []
+    pos = 0
+    frac = text.find(_FRAC)
+    while True:
+        if 0 <= frac < pos:
+            frac = text.find(_FRAC, pos)
+        match = _NUMBER.search(text, pos, frac if frac >= 0 else len(text))
+        if match is None:
+            if frac < 0:
+                return found
+            pos = _fraction_token(text, frac, found)
+            continue
+        start, end = match.span()
+        value = _to_fraction(match[0])
+        over = _OVER.match(text, end)
+        exponent = _EXPONENT.match(text, end) or _TIMES_TEN.match(text, end)
+        if over and value is not None:
+            value = _fraction(match[0], over[1])
+            end = over.end()
+        elif exponent and value is not None:
+            power = int(exponent[1])
+            value = value * Fraction(10) ** power if abs(power) <= _MAX_EXPONENT else None
+            end = exponent.end()
+        pos = end
+        if value is None:
+            continue
+        if _negative(text, start, leading_sign):
+            value = -value
+            start = text.rfind("-", 0, start)
+        found.append((value, start, end))
+
+
+def _fraction_token(text: str, frac: int, found: list[tuple[Fraction, int, int]]) -> int:
+    """Read the marked ``a/b`` at ``frac`` into ``found`` (joining a whole number just before it
+    into a mixed number); return the position after it."""
+    end = text.find(_FRAC_END, frac)
+    after = len(text) if end < 0 else end + 1
+    token = _FRAC_TOKEN.match(text, frac)
+    value = _fraction(token[1], token[2]) if token else None
+    if value is None:
+        return after
+    if found and found[-1][2] == _skip_spaces_back(text, frac) and found[-1][0].denominator == 1:
+        whole, start, _ = found.pop()
+        found.append((whole + value if whole >= 0 else whole - value, start, after))
+    else:
+        found.append((value, frac, after))
+    return after
+
+
+def _negative(text: str, start: int, leading_sign: bool) -> bool:
+    """Whether the number at ``start`` carries a minus sign."""
+    i = start - 1
+    if i >= 0 and text[i] == "$":
+        i -= 1
+    if i >= 0 and text[i] == "-":
+        return i == 0 or not (text[i - 1].isalnum() or text[i - 1] in ".)]}")
+    if not leading_sign:
+        return False
+    j = _skip_spaces_back(text, i + 1) - 1
+    return j >= 0 and text[j] == "-" and j < i and not text[:j].strip(" \t*:")
+
+
+def _skip_spaces_back(text: str, pos: int) -> int:
+    """The position after the last non-space character before ``pos``."""
+    while pos > 0 and text[pos - 1] in " \t":
+        pos -= 1
+    return pos
+
+
+def _to_fraction(number: str) -> Fraction | None:
     try:
-        from math_verify import parse, verify
-    except ImportError as err:
-        raise ImportError(
-            "gsm8k_accuracy_reward checks \\boxed{} answers with math-verify, which is not installed: "
-            "pip install 'knapsack-trl[rewards]' (or math-verify), or build the reward with "
-            "make_gsm8k_reward(use_math_verify=False)."
-        ) from err
+        return Fraction(number.replace(",", ""))
+    except (ValueError, ZeroDivisionError):
+        return None
 
-    def check(gold: str, boxed: str) -> bool:
-        if len(boxed) > _MV_MAX_CHARS or _MV_UNSAFE.search(boxed):
-            return False
-        # math-verify's timeouts use SIGALRM, which only the main thread may set.
-        timeout = 2 if threading.current_thread() is threading.main_thread() else None
-        try:
-            target = parse("\\boxed{" + boxed + "}", parsing_timeout=timeout)
-            return bool(target) and verify(
-                parse(gold, parsing_timeout=timeout), target, timeout_seconds=timeout
-            )
-        except Exception:  # math-verify failing on odd input is a miss, not a crash of the run
-            return False
 
-    return check
+def _fraction(num: str, den: str) -> Fraction | None:
+    top, bottom = _to_fraction(num), _to_fraction(den)
+    if top is None or not bottom:
+        return None
+    return top / bottom
+
+
+def _sentence_around(text: str, start: int, end: int) -> str:
+    """The sentence (or line) holding ``text[start:end]``."""
+    left = max(text.rfind("\n", 0, start), text.rfind(". ", 0, start), text.rfind("? ", 0, start))
+    right_candidates = [p for p in (text.find("\n", end), text.find(". ", end)) if p >= 0]
+    right = min(right_candidates) if right_candidates else len(text)
+    return text[left + 1 : right].strip()
+
+
+def _normalize(text: str) -> str:
+    """LaTeX and typography an answer may carry, reduced to plain text in one forward scan:
+    ``\\frac{a}{b}`` becomes a marked ``a/b``, ``\\text{...}`` its content, ``{,}`` a comma,
+    ``\\times`` / ``\\cdot`` a multiplication sign; spacing commands and ``\\left`` / ``\\right``
+    go. Only flat groups are rewritten: a nested one stays as written (an expression)."""
+    text = text.replace("\u2212", "-").replace("{,}", ",")
+    if "\\" not in text:
+        return text
+    out: list[str] = []
+    pos = 0
+    while True:
+        slash = text.find("\\", pos)
+        if slash < 0:
+            out.append(text[pos:])
+            return "".join(out)
+        out.append(text[pos:slash])
+        name_end = slash + 1
+        while name_end < len(text) and text[name_end].isalpha():
+            name_end += 1
+        name = text[slash + 1 : name_end]
+        pos = name_end
+        if not name and name_end < len(text):  # a one-character command: \, \! \$ \%
+            out.append(_DROP_COMMANDS.get(text[name_end], "\\" + text[name_end]))
+            pos = name_end + 1
+        elif name in ("frac", "dfrac", "tfrac"):
+            top = _flat_group(text, name_end)
+            bottom = _flat_group(text, top[1]) if top else None
+            if top and bottom:
+                out.append(f"{_FRAC}{top[0]}/{bottom[0]}{_FRAC_END}")
+                pos = bottom[1]
+            else:
+                out.append(text[slash:name_end])
+        elif name in _TEXT_COMMANDS:
+            group = _flat_group(text, name_end)
+            if group:
+                out.append(f" {group[0]} ")
+                pos = group[1]
+            else:
+                out.append(text[slash:name_end])
+        elif name in _DROP_COMMANDS:
+            pass
+        elif name in _TIMES_COMMANDS:
+            out.append(_TIMES_COMMANDS[name])
+        else:
+            out.append(text[slash:name_end])
+
+
+def _flat_group(text: str, pos: int) -> tuple[str, int] | None:
+    """A LaTeX argument at ``pos`` without nested braces: ``{...}`` (unclosed runs to the end) or one
+    character; its text and the position after it. None for a nested group. The scan stops at the
+    first brace after the opening one, so a run of nested commands is still read in linear time."""
+    while pos < len(text) and text[pos] in " \t":
+        pos += 1
+    if pos >= len(text):
+        return None
+    if text[pos] != "{":
+        return (text[pos], pos + 1) if text[pos] not in "\\}" else None
+    brace = _BRACE.search(text, pos + 1)
+    if brace is None:
+        return text[pos + 1 :], len(text)
+    if brace[0] == "{":
+        return None
+    return text[pos + 1 : brace.start()], brace.end()
 
 
 def _last_boxed(text: str) -> str | None:
-    """The content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), braces balanced."""
+    """The content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), braces balanced; an unclosed
+    one (a truncated generation) runs to the end."""
     start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
     if start < 0:
         return None
@@ -186,15 +449,47 @@ def _last_boxed(text: str) -> str | None:
             depth -= 1
             if depth == 0:
                 return text[brace + 1 : i]
-    return text[brace + 1 :]  # unclosed (truncated generation): take the rest
+    return text[brace + 1 :]
 
 
-def _normalize(text: str) -> str:
-    """LaTeX and typography an answer may carry, reduced to plain numbers."""
-    text = text.replace("{,}", ",").replace("\\,", "").replace("\\!", "").replace("\\$", "$")
-    text = text.replace("\\%", "%").replace("\u2212", "-").replace("\\left", "").replace("\\right", "")
-    text = _LATEX_FRAC.sub(lambda m: f"({m[1] or m[3]}/{m[2] or m[4]})", text)
-    return re.sub(r"\\text\{([^{}]*)\}", r" \1", text)
+def _verifiable(boxed: str) -> bool:
+    """Whether math-verify may see this boxed expression: short, no hedging, and only arithmetic
+    whose evaluation is bounded (sympy can hang on powers, factorials or binomials of big numbers)."""
+    if len(boxed) > _MV_MAX_CHARS or _HEDGE.search(_normalize(boxed)):
+        return False
+    commands = re.findall(r"\\([A-Za-z]+)", boxed)
+    if any(c not in _MV_COMMANDS for c in commands):
+        return False
+    plain = re.sub(r"\\[A-Za-z]+", "", boxed)
+    if not _MV_SAFE.fullmatch(plain) or "," in plain:
+        return False
+    return all(len(digits) <= _MV_MAX_DIGITS for digits in re.findall(r"\d+", plain))
+
+
+def _math_verify() -> Callable[[str, str], bool]:
+    """math-verify's parse + verify for one boxed expression (already vetted by ``_verifiable``)."""
+    try:
+        from math_verify import parse, verify
+    except ImportError as err:
+        raise ImportError(
+            "gsm8k_accuracy_reward checks \\boxed{} expressions with math-verify, which is not installed: "
+            "pip install 'knapsack-trl[rewards]' (or math-verify), or build the reward with "
+            "make_gsm8k_reward(use_math_verify=False)."
+        ) from err
+
+    def check(gold: str, boxed: str) -> bool:
+        # math-verify's own timeouts use SIGALRM, which only the main thread may set; the vetting
+        # in _verifiable is what bounds the work in every thread.
+        timeout = 2 if threading.current_thread() is threading.main_thread() else None
+        try:
+            target = parse("\\boxed{" + boxed + "}", parsing_timeout=timeout)
+            return bool(target) and verify(
+                parse(gold, parsing_timeout=timeout), target, timeout_seconds=timeout
+            )
+        except Exception:  # math-verify failing on odd input is a miss, not a crash of the run
+            return False
+
+    return check
 
 
 def _format_number(value: Fraction) -> str:

