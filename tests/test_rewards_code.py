@@ -26,8 +26,10 @@ from pathlib import Path
 
 import pytest
 
-from knapsack_trl.rewards import code, harness, preflight_rewards, sandbox
-from knapsack_trl.rewards.code import (
+from knapsack_trl.tasks.humaneval import judge as harness
+from knapsack_trl.tasks.humaneval import reward as code
+from knapsack_trl.tasks.humaneval.judge import WireError, decode, encode
+from knapsack_trl.tasks.humaneval.reward import (
     build_candidate,
     completion_text,
     extract_code,
@@ -38,8 +40,9 @@ from knapsack_trl.rewards.code import (
     make_humaneval_reward,
     score_verdict,
 )
-from knapsack_trl.rewards.harness import WireError, decode, encode
-from knapsack_trl.rewards.sandbox import run_python, sandbox_capabilities
+from knapsack_trl.tasks.registry import preflight_rewards
+from knapsack_trl.tasks.sandbox import runner as sandbox
+from knapsack_trl.tasks.sandbox.runner import run_python, sandbox_capabilities
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox is Linux-only")
 
@@ -363,7 +366,7 @@ def test_a_check_that_needs_a_missing_helper_is_a_harness_failure_logged_once(hu
     kwargs = {"test": [row["test"]] * 2, "entry_point": [row["entry_point"]] * 2}
     chat_prompt = [[{"role": "user", "content": "Write find_zero."}]] * 2
     code._LOGGED.clear()
-    with caplog.at_level(logging.WARNING, logger="knapsack_trl.rewards.code"):
+    with caplog.at_level(logging.WARNING, logger="knapsack_trl.tasks.humaneval.reward"):
         assert humaneval_pass_reward([full, full], prompts=chat_prompt, **kwargs) == [None, None]
     messages = [r.getMessage() for r in caplog.records if "poly" in r.getMessage()]
     assert len(messages) == 1 and "code_prompt" in messages[0]
@@ -477,7 +480,7 @@ def test_pool_is_sized_from_the_batch_within_the_process_limit(monkeypatch):
 
 
 def test_reward_factory_and_start_up_check_refuse_without_isolation(monkeypatch):
-    from knapsack_trl.train import RecipeError, preflight
+    from knapsack_trl.recipe import RecipeError, preflight
 
     monkeypatch.setattr(sandbox, "_USE_NAMESPACES", False)  # the documented hook (the real refusal
     monkeypatch.delenv(sandbox.UNSAFE_ENV, raising=False)  # is in tests/test_sandbox_users.py)
@@ -734,4 +737,4 @@ def test_judge_completion_is_the_single_completion_entry_point():
     assert judge_completion(ADD_PROMPT, "    return a + b\n", ADD_TEST, "add") == 1.0
     assert judge_completion(ADD_PROMPT, "    return a - b\n", ADD_TEST, "add") == 0.0
     assert judge_completion(ADD_PROMPT, "    return 0\n", ADD_TEST, "add", fraction=True) == 0.5
-    assert os.path.basename(harness.__file__) == "harness.py"
+    assert os.path.basename(harness.__file__) == "judge.py"

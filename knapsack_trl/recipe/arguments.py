@@ -37,7 +37,7 @@ class KnapsackScriptArguments:
     reward_funcs: list[str] | None = field(
         default=None,
         metadata={
-            "help": "Reward functions: names from knapsack_trl.rewards.REWARD_FUNCTIONS or dotted import paths "
+            "help": "Reward functions: names from knapsack_trl.tasks.registry.REWARD_FUNCTIONS or dotted import paths "
             "(`my_pkg.rewards.my_reward`, imported with the working directory on sys.path)."
         },
     )

@@ -9,8 +9,8 @@ from typing import Any
 from knapsack_trl.recipe.arguments import KnapsackScriptArguments, RecipeError
 from knapsack_trl.recipe.rewards import reward_columns, reward_name
 from knapsack_trl.tasks.arithmetic import arithmetic_dataset
-from knapsack_trl.tasks.gsm8k import load_gsm8k
-from knapsack_trl.tasks.humaneval import load_humaneval
+from knapsack_trl.tasks.gsm8k.data import load_gsm8k
+from knapsack_trl.tasks.humaneval.data import load_humaneval
 from knapsack_trl.tasks.records import read_records
 
 

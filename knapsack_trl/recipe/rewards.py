@@ -9,7 +9,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from knapsack_trl.recipe.arguments import RecipeError
-from knapsack_trl.rewards import REWARD_FUNCTIONS, SandboxUnavailableError, preflight_rewards, resolve_reward
+from knapsack_trl.tasks.registry import (
+    REWARD_FUNCTIONS,
+    SandboxUnavailableError,
+    preflight_rewards,
+    resolve_reward,
+)
 
 # Arguments TRL passes to every reward function; any other parameter without a default is a dataset column.
 _TRL_REWARD_KWARGS = frozenset(

@@ -1,8 +1,7 @@
-"""``python -m knapsack_trl.rewards``: what isolation this machine gives untrusted code (exit 1 if
-something a HumanEval reward needs is missing)."""
+"""``python -m knapsack_trl.rewards``: the sandbox's self-check (``python -m knapsack_trl.tasks.sandbox``)."""
 
 import sys
 
-from knapsack_trl.rewards.sandbox import _self_check
+from knapsack_trl.tasks.sandbox.runner import self_check
 
-sys.exit(_self_check())
+sys.exit(self_check())

@@ -2,7 +2,7 @@
 
 1. **A batch of timeouts**: ``n`` (64) completions that sleep forever, scored by ``humaneval_pass``
    with the pool of the old default (``min(4, cpu_count)`` workers) and with today's default (the
-   batch at once, within :func:`~knapsack_trl.rewards.sandbox.sandbox_concurrency`). The target is
+   batch at once, within :func:`~knapsack_trl.tasks.sandbox.runner.sandbox_concurrency`). The target is
    about one ``timeout_s`` per batch, not ``n / workers`` of them.
 2. **One sandboxed run**: the median wall time of ``run_python("pass")`` and of judging one correct
    HumanEval-style completion, one at a time.
@@ -34,7 +34,7 @@ OLD_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.
 
 def timeouts_batch(n: int, timeout_s: float, skip_before: bool) -> dict[str, Any]:
     """Seconds to score ``n`` sleeping completions with the old and the new pool size."""
-    from knapsack_trl.rewards.code import make_humaneval_reward, pool_size
+    from knapsack_trl.tasks.humaneval.reward import make_humaneval_reward, pool_size
 
     old_workers = min(4, os.cpu_count() or 1)
     columns = {"test": [ADD_TEST] * n, "entry_point": ["add"] * n, "prompt": [ADD_PROMPT] * n}
@@ -55,8 +55,8 @@ def timeouts_batch(n: int, timeout_s: float, skip_before: bool) -> dict[str, Any
 
 def one_run(repeats: int = 10) -> dict[str, float]:
     """Median seconds of one trivial sandboxed program and of judging one correct completion."""
-    from knapsack_trl.rewards.code import judge_completion
-    from knapsack_trl.rewards.sandbox import run_python
+    from knapsack_trl.tasks.humaneval.reward import judge_completion
+    from knapsack_trl.tasks.sandbox.runner import run_python
 
     run_python("pass")  # warm caches (interpreter paths, cgroup probe)
     sandbox_s = _median(lambda: run_python("pass"), repeats)
@@ -66,8 +66,8 @@ def one_run(repeats: int = 10) -> dict[str, float]:
 
 def parsing(size: int = 20_000) -> list[dict[str, Any]]:
     """Each scanner at ``size`` and ``10 * size``: seconds and their ratio (about 10 is linear)."""
-    from knapsack_trl.rewards.code import extract_code
-    from knapsack_trl.rewards.math import make_gsm8k_reward
+    from knapsack_trl.tasks.gsm8k.reward import make_gsm8k_reward
+    from knapsack_trl.tasks.humaneval.reward import extract_code
 
     reward = make_gsm8k_reward(use_math_verify=False)
     cases: dict[str, tuple[Callable[[int], str], Callable[[str], Any]]] = {

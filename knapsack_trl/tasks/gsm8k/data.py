@@ -1,4 +1,4 @@
-"""GSM8K: the loader and the prompt format (the answer parser and the reward: :mod:`knapsack_trl.rewards.math`).
+"""GSM8K: the loader and the prompt format (the answer parser and the reward: :mod:`knapsack_trl.tasks.gsm8k.reward`).
 
 Rows have a ``prompt`` column (conversational messages, to which TRL applies the chat template itself, or
 plain text), the gold ``answer`` the reward reads, and a stable ``prompt_id``: a content hash of the
@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from knapsack_trl.core.tracker import prompt_id
-from knapsack_trl.rewards.math import extract_gsm8k_gold
+from knapsack_trl.tasks.gsm8k.reward import extract_gsm8k_gold
 from knapsack_trl.tasks.records import check_columns, messages, records_from, text_field, to_dataset
 
 GSM8K_HUB = "openai/gsm8k"

