@@ -85,51 +85,59 @@ class Schedule:
         if isinstance(value, (int, float)):
             return cls("constant", float(value))
         if isinstance(value, Mapping):
-            unknown = set(value) - {"kind", "start", "end", "total_steps"}
-            if unknown:
-                raise SettingError(
-                    f"schedule dict has unknown keys {sorted(unknown)}; use kind, start, end, total_steps."
-                )
-            if "start" not in value:
-                raise SettingError("schedule dict needs a 'start' value.")
-            kind = str(value.get("kind", "constant"))
-            steps = value.get("total_steps", None)
-            end = value.get("end", None)
-            return cls(
-                kind,
-                _number(value["start"], "start"),
-                None if end is None else _number(end, "end"),
-                total_steps if steps is None else _steps(steps),
-            )
+            return cls._parse_mapping(value, total_steps)
         if isinstance(value, str):
-            parts = [p.strip() for p in value.strip().split(":")]
-            if len(parts) == 1:
-                return cls("constant", _number(parts[0], "start"))
-            kind = parts[0].lower()
-            if kind not in SCHEDULE_KINDS:
-                raise SettingError(
-                    f"schedule {value!r}: kind {kind!r} is not known; use one of {list(SCHEDULE_KINDS)}, "
-                    "e.g. 'cosine:128:32' or 'linear:0.2:0:500'."
-                )
-            if len(parts) > 4:
-                raise SettingError(
-                    f"schedule {value!r} has too many parts; use 'kind:start[:end[:total_steps]]'."
-                )
-            start = _number(parts[1], "start")
-            if kind == "constant":
-                if len(parts) > 2:
-                    raise SettingError(
-                        f"schedule {value!r}: a constant schedule takes one value, 'constant:VALUE'."
-                    )
-                return cls("constant", start)
-            if len(parts) < 3:
-                raise SettingError(f"schedule {value!r} needs an end value: '{kind}:START:END[:STEPS]'.")
-            end = _number(parts[2], "end")
-            steps = _steps(parts[3]) if len(parts) == 4 else total_steps
-            return cls(kind, start, end, steps)
+            return cls._parse_text(value, total_steps)
         raise SettingError(
             f"cannot read a schedule from {type(value).__name__}; use a number, string or dict."
         )
+
+    @classmethod
+    def _parse_mapping(cls, value: Mapping[str, Any], total_steps: int | None) -> Schedule:
+        unknown = set(value) - {"kind", "start", "end", "total_steps"}
+        if unknown:
+            raise SettingError(
+                f"schedule dict has unknown keys {sorted(unknown)}; use kind, start, end, total_steps."
+            )
+        if "start" not in value:
+            raise SettingError("schedule dict needs a 'start' value.")
+        kind = str(value.get("kind", "constant"))
+        steps = value.get("total_steps", None)
+        end = value.get("end", None)
+        return cls(
+            kind,
+            _number(value["start"], "start"),
+            None if end is None else _number(end, "end"),
+            total_steps if steps is None else _steps(steps),
+        )
+
+    @classmethod
+    def _parse_text(cls, value: str, total_steps: int | None) -> Schedule:
+        parts = [p.strip() for p in value.strip().split(":")]
+        if len(parts) == 1:
+            return cls("constant", _number(parts[0], "start"))
+        kind = parts[0].lower()
+        if kind not in SCHEDULE_KINDS:
+            raise SettingError(
+                f"schedule {value!r}: kind {kind!r} is not known; use one of {list(SCHEDULE_KINDS)}, "
+                "e.g. 'cosine:128:32' or 'linear:0.2:0:500'."
+            )
+        if len(parts) > 4:
+            raise SettingError(
+                f"schedule {value!r} has too many parts; use 'kind:start[:end[:total_steps]]'."
+            )
+        start = _number(parts[1], "start")
+        if kind == "constant":
+            if len(parts) > 2:
+                raise SettingError(
+                    f"schedule {value!r}: a constant schedule takes one value, 'constant:VALUE'."
+                )
+            return cls("constant", start)
+        if len(parts) < 3:
+            raise SettingError(f"schedule {value!r} needs an end value: '{kind}:START:END[:STEPS]'.")
+        end = _number(parts[2], "end")
+        steps = _steps(parts[3]) if len(parts) == 4 else total_steps
+        return cls(kind, start, end, steps)
 
 
 @dataclass(frozen=True)

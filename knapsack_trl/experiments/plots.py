@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -56,10 +56,19 @@ def make_plots(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     methods = methods_in(runs)
-    paths: dict[str, Path] = {}
     n_seeds = len({r.seed for r in runs})
-    band = f" (mean ± std over {n_seeds} seeds)" if n_seeds > 1 else ""
+    return {
+        "accuracy": _accuracy_plot(plt, runs, out, methods, n_seeds, target),
+        "informative": _informative_plot(plt, runs, out, methods, n_seeds, target),
+        "allocation": _allocation_plot(plt, runs, out, methods, n_seeds, target),
+    }
 
+
+def _accuracy_plot(
+    plt: Any, runs: Sequence[RunRecord], out: Path, methods: list[str], n_seeds: int, target: float | None
+) -> Path:
+    """Held-out accuracy (and training prompts) against rollouts consumed."""
+    band = f" (mean ± std over {n_seeds} seeds)" if n_seeds > 1 else ""
     panels = [("reward", "Held-out accuracy, T=1 samples"), ("accuracy", "Held-out accuracy, greedy")]
     if all("train_reward" in e for r in runs for e in r.evals):
         panels.append(("train_reward", "Training prompts, T=1 samples"))
@@ -82,10 +91,16 @@ def make_plots(
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    paths["accuracy"] = out / PLOT_FILES["accuracy"]
-    fig.savefig(paths["accuracy"], dpi=110)
+    path = out / PLOT_FILES["accuracy"]
+    fig.savefig(path, dpi=110)
     plt.close(fig)
+    return path
 
+
+def _informative_plot(
+    plt: Any, runs: Sequence[RunRecord], out: Path, methods: list[str], n_seeds: int, target: float | None
+) -> Path:
+    """Informative prompts per step, and the rollout-level ratio, per method."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for m in methods:
         rs = [r for r in runs if r.method == m and r.steps]
@@ -111,10 +126,16 @@ def make_plots(
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    paths["informative"] = out / PLOT_FILES["informative"]
-    fig.savefig(paths["informative"], dpi=110)
+    path = out / PLOT_FILES["informative"]
+    fig.savefig(path, dpi=110)
     plt.close(fig)
+    return path
 
+
+def _allocation_plot(
+    plt: Any, runs: Sequence[RunRecord], out: Path, methods: list[str], n_seeds: int, target: float | None
+) -> Path:
+    """One knapsack step: rollouts given against estimated (and true) success rates."""
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     snap_runs = [r for r in runs if r.allocation and r.method != "uniform"]
     seed0 = min((r.seed for r in snap_runs), default=None)
@@ -149,7 +170,7 @@ def make_plots(
         uniq = dict(zip(labels, handles))
         ax.legend(uniq.values(), uniq.keys())
     fig.tight_layout()
-    paths["allocation"] = out / PLOT_FILES["allocation"]
-    fig.savefig(paths["allocation"], dpi=110)
+    path = out / PLOT_FILES["allocation"]
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    return paths
+    return path

@@ -274,25 +274,15 @@ def _signed(ms: tuple[float, float, int]) -> str:
     return body + (f" (± {std * 100:.1f})" if n > 1 else "")
 
 
-def write_report(
-    runs: Sequence[RunRecord],
-    out_dir: str | Path,
-    *,
+def _report_lines(
+    agg: dict[str, Any],
     title: str,
-    settings: dict[str, Any] | None = None,
-    target: float | None = None,
-    notes: Sequence[str] = (),
-) -> dict[str, Any]:
-    """Write ``report.md``, ``results.json`` and the PNGs into ``out_dir``; return the aggregate.
-
-    ``target`` defaults to :func:`default_target` (90% of uniform's gain in held-out success at T=1).
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if target is None:
-        target = default_target(runs)
-    agg = aggregate(runs, target)
-    plots = make_plots(runs, out, target)
+    settings: dict[str, Any] | None,
+    target: float | None,
+    notes: Sequence[str],
+    plots: dict[str, Path],
+) -> list[str]:
+    """The markdown report, line by line: settings, the table, the ratios, definitions, notes, plots."""
     n_seeds = len(agg["seeds"])
     lines = [f"# {title}", ""]
     if settings:
@@ -332,6 +322,29 @@ def write_report(
     lines += ["## Plots", ""]
     lines += [f"![{kind}]({p.name})" for kind, p in plots.items()]
     lines.append("")
+    return lines
+
+
+def write_report(
+    runs: Sequence[RunRecord],
+    out_dir: str | Path,
+    *,
+    title: str,
+    settings: dict[str, Any] | None = None,
+    target: float | None = None,
+    notes: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Write ``report.md``, ``results.json`` and the PNGs into ``out_dir``; return the aggregate.
+
+    ``target`` defaults to :func:`default_target` (90% of uniform's gain in held-out success at T=1).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if target is None:
+        target = default_target(runs)
+    agg = aggregate(runs, target)
+    plots = make_plots(runs, out, target)
+    lines = _report_lines(agg, title, settings, target, notes, plots)
     (out / "report.md").write_text("\n".join(lines))
     payload = {
         "title": title,

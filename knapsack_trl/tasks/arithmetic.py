@@ -12,6 +12,8 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from knapsack_trl.tasks.text import completion_text
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
@@ -211,3 +213,15 @@ def make_splits(
             sft.append(row)
     splits["sft"] = sft
     return splits
+
+
+def random_problems(n: int, seed: int) -> list[dict[str, str]]:
+    """Addition problems with 1-3 digit operands, duplicates allowed (fine-tuning data)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        d = int(rng.integers(1, 4))
+        a = int(rng.integers(0 if d == 1 else 10 ** (d - 1), 10**d))
+        b = int(rng.integers(0, 10**d))
+        rows.append({"prompt": f"{a}+{b}=", "answer": str(a + b)})
+    return rows

@@ -265,6 +265,17 @@ class ValueHeadEstimator:
         if not keep.any():
             return {METRIC_PREFIX + k: float(v) for k, v in metrics.items()}
 
+        metrics["loss_after"] = self._fit(*self._remember(features, s_np, n_np, keep))
+        self.num_updates += 1
+        self.num_rollouts += float(n_np.sum())
+        self.num_successes += float(s_np.sum())
+        metrics["num_updates"] = float(self.num_updates)
+        return {METRIC_PREFIX + k: float(v) for k, v in metrics.items()}
+
+    def _remember(
+        self, features: torch.Tensor, s_np: np.ndarray, n_np: np.ndarray, keep: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Add the batch to the replay buffer (the last ``replay_size`` prompts); the buffer's ``x, y, n``."""
         rows = torch.as_tensor(keep, device=self.device)
         new = {
             "features": features.detach().to(self.device, torch.float32)[rows],
@@ -275,6 +286,10 @@ class ValueHeadEstimator:
         self._replay = {k: torch.cat([self._replay[k], v])[-size:] for k, v in new.items()}
         x, n = self._replay["features"], self._replay["counts"]
         y = self._replay["successes"] / n
+        return x, y, n
+
+    def _fit(self, x: torch.Tensor, y: torch.Tensor, n: torch.Tensor) -> float:
+        """``steps_per_update`` full-batch AdamW steps on the buffer; its loss after them."""
         with torch.no_grad():
             self.head.feature_mean.copy_(x.mean(0))
             self.head.feature_var.copy_(x.var(0, unbiased=False))
@@ -290,12 +305,7 @@ class ValueHeadEstimator:
         self.head.eval()
         with torch.no_grad(), _no_autocast(self.device):
             after = nn.functional.binary_cross_entropy_with_logits(self.head(x), y, reduction="none")
-            metrics["loss_after"] = float((after * n).sum() / n.sum())
-        self.num_updates += 1
-        self.num_rollouts += float(n_np.sum())
-        self.num_successes += float(s_np.sum())
-        metrics["num_updates"] = float(self.num_updates)
-        return {METRIC_PREFIX + k: float(v) for k, v in metrics.items()}
+            return float((after * n).sum() / n.sum())
 
     # ----------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:

@@ -22,6 +22,13 @@ import tempfile
 import time
 from typing import Any
 
+import torch
+from transformers import PrinterCallback, TrainerCallback
+from trl import GRPOConfig, GRPOTrainer
+
+from knapsack_trl.tasks.arithmetic import arithmetic_dataset, build_model, build_tokenizer
+from knapsack_trl.trainer import KnapsackGRPOConfig, KnapsackGRPOTrainer
+
 TARGET_RATIO = 1.05
 
 
@@ -30,35 +37,30 @@ def coin_reward(completions: list[Any], **kwargs: Any) -> list[float]:
     return [float(hashlib.sha1(str(c).encode()).digest()[0] % 2) for c in completions]
 
 
-def _step_timer() -> Any:
-    from transformers import TrainerCallback
+class StepTimer(TrainerCallback):
+    """Wall time of each optimizer step; the first step of every ``train()`` call is dropped."""
 
-    class StepTimer(TrainerCallback):
-        """Wall time of each optimizer step; the first step of every ``train()`` call is dropped."""
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.overhead: list[float] = []
+        self._start = 0.0
+        self._first = True
 
-        def __init__(self) -> None:
-            self.times: list[float] = []
-            self.overhead: list[float] = []
-            self._start = 0.0
-            self._first = True
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._first = True
 
-        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self._first = True
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._start = time.perf_counter()
 
-        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self._start = time.perf_counter()
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        elapsed = time.perf_counter() - self._start
+        if not self._first:
+            self.times.append(elapsed)
+        self._first = False
 
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            elapsed = time.perf_counter() - self._start
-            if not self._first:
-                self.times.append(elapsed)
-            self._first = False
-
-        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
-            if logs and logs.get("knapsack/overhead_seconds") is not None:
-                self.overhead.append(float(logs["knapsack/overhead_seconds"]))
-
-    return StepTimer()
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        if logs and logs.get("knapsack/overhead_seconds") is not None:
+            self.overhead.append(float(logs["knapsack/overhead_seconds"]))
 
 
 def run(
@@ -73,18 +75,8 @@ def run(
     threads: int | None = 1,
 ) -> dict[str, Any]:
     """Time both trainers and return medians, ratio and settings."""
-    import torch
-    from transformers import PrinterCallback
-    from trl import GRPOConfig, GRPOTrainer
-
-    from knapsack_trl.tasks.arithmetic import arithmetic_dataset, build_model, build_tokenizer
-    from knapsack_trl.trainer import KnapsackGRPOConfig, KnapsackGRPOTrainer
-
     if threads:
         torch.set_num_threads(threads)
-    tokenizer = build_tokenizer()
-    dataset = arithmetic_dataset(64, digits=(1, 2, 3))
-    out = tempfile.mkdtemp(prefix="knapsack-overhead-")
     common: dict[str, Any] = dict(
         use_cpu=True,
         bf16=False,
@@ -102,47 +94,15 @@ def run(
         seed=0,
         disable_tqdm=True,
     )
-    timers = {"stock": _step_timer(), "knapsack": _step_timer()}
-    trainers = {
-        "stock": GRPOTrainer(
-            model=build_model(tokenizer, seed=0),
-            reward_funcs=coin_reward,
-            args=GRPOConfig(output_dir=os.path.join(out, "stock"), **common),
-            train_dataset=dataset,
-            processing_class=tokenizer,
-            callbacks=[timers["stock"]],
-        ),
-        "knapsack": KnapsackGRPOTrainer(
-            model=build_model(tokenizer, seed=0),
-            reward_funcs=coin_reward,
-            args=KnapsackGRPOConfig(
-                output_dir=os.path.join(out, "knapsack"),
-                knapsack_enabled=mode != "disabled",
-                knapsack_mode="knapsack" if mode == "disabled" else mode,
-                knapsack_solver=solver,
-                knapsack_n_max=4 * num_generations,
-                **common,
-            ),
-            train_dataset=dataset,
-            processing_class=tokenizer,
-            callbacks=[timers["knapsack"]],
-        ),
+    knapsack_fields = {
+        "knapsack_enabled": mode != "disabled",
+        "knapsack_mode": "knapsack" if mode == "disabled" else mode,
+        "knapsack_solver": solver,
+        "knapsack_n_max": 4 * num_generations,
     }
-    for trainer in trainers.values():
-        trainer.remove_callback(PrinterCallback)  # keep stdout for the result
-    for trainer in trainers.values():  # warm-up round, not timed
-        trainer.train()
-    for timer in timers.values():
-        timer.times.clear()
-        timer.overhead.clear()
-    paired: list[float] = []
-    for r in range(rounds):
-        marks = {name: len(timer.times) for name, timer in timers.items()}
-        for name in ("stock", "knapsack") if r % 2 == 0 else ("knapsack", "stock"):
-            trainers[name].train()
-        round_median = {name: statistics.median(timer.times[marks[name] :]) for name, timer in timers.items()}
-        paired.append(round_median["knapsack"] / round_median["stock"])
-
+    timers = {"stock": StepTimer(), "knapsack": StepTimer()}
+    trainers = _trainers(common, knapsack_fields, timers)
+    paired = _alternate(trainers, timers, rounds)
     knapsack = trainers["knapsack"]
     medians = {name: statistics.median(timer.times) for name, timer in timers.items()}
     return {
@@ -166,6 +126,54 @@ def run(
             "torch_threads": torch.get_num_threads(),
         },
     }
+
+
+def _trainers(
+    common: dict[str, Any], knapsack_fields: dict[str, Any], timers: dict[str, Any]
+) -> dict[str, Any]:
+    """The stock and the knapsack trainer on the same tiny model, data and settings, each with its timer."""
+    tokenizer = build_tokenizer()
+    dataset = arithmetic_dataset(64, digits=(1, 2, 3))
+    out = tempfile.mkdtemp(prefix="knapsack-overhead-")
+    trainers = {
+        "stock": GRPOTrainer(
+            model=build_model(tokenizer, seed=0),
+            reward_funcs=coin_reward,
+            args=GRPOConfig(output_dir=os.path.join(out, "stock"), **common),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            callbacks=[timers["stock"]],
+        ),
+        "knapsack": KnapsackGRPOTrainer(
+            model=build_model(tokenizer, seed=0),
+            reward_funcs=coin_reward,
+            args=KnapsackGRPOConfig(output_dir=os.path.join(out, "knapsack"), **knapsack_fields, **common),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            callbacks=[timers["knapsack"]],
+        ),
+    }
+    for trainer in trainers.values():
+        trainer.remove_callback(PrinterCallback)  # keep stdout for the result
+    return trainers
+
+
+def _alternate(trainers: dict[str, Any], timers: dict[str, Any], rounds: int) -> list[float]:
+    """A warm-up round (not timed), then ``rounds`` rounds alternating which trainer goes first; the
+    knapsack / stock ratio of each round's median step time."""
+    for trainer in trainers.values():
+        trainer.train()
+    for timer in timers.values():
+        timer.times.clear()
+        timer.overhead.clear()
+    paired: list[float] = []
+    for r in range(rounds):
+        marks = {name: len(timer.times) for name, timer in timers.items()}
+        for name in ("stock", "knapsack") if r % 2 == 0 else ("knapsack", "stock"):
+            trainers[name].train()
+        round_median = {name: statistics.median(timer.times[marks[name] :]) for name, timer in timers.items()}
+        paired.append(round_median["knapsack"] / round_median["stock"])
+    return paired
 
 
 def main(argv: list[str] | None = None) -> int:

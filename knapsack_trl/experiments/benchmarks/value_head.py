@@ -25,6 +25,7 @@ Run: ``python -m knapsack_trl.benchmarks.value_head [--json]``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -34,27 +35,32 @@ import time
 from typing import Any
 
 import numpy as np
+import torch
+from datasets import Dataset
+from transformers import PrinterCallback, TrainerCallback
+
+from knapsack_trl.core.allocator import AllocatorConfig, KnapsackRolloutAllocator
+from knapsack_trl.core.calibration import calibration_metrics
+from knapsack_trl.core.values import nonzero_gradient_probability
+from knapsack_trl.experiments.demo import DemoSettings, prepare_checkpoint, run_demo_method
+from knapsack_trl.tasks.arithmetic import (
+    arithmetic_reward,
+    arithmetic_rows,
+    build_model,
+    build_tokenizer,
+    random_problems,
+)
+from knapsack_trl.trainer import KnapsackGRPOConfig, KnapsackGRPOTrainer
+from knapsack_trl.trainer.prompt_features import tokenize_prompts
+from knapsack_trl.trainer.value_head import ValueHeadConfig, ValueHeadEstimator, estimator_prior
 
 TARGET_COST = 0.05
 
 
-def _random_rows(n: int, seed: int) -> list[dict[str, str]]:
-    """Addition problems with 1-3 digit operands, duplicates allowed (fine-tuning data)."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for _ in range(n):
-        d = int(rng.integers(1, 4))
-        a = int(rng.integers(0 if d == 1 else 10 ** (d - 1), 10**d))
-        b = int(rng.integers(0, 10**d))
-        rows.append({"prompt": f"{a}+{b}=", "answer": str(a + b)})
-    return rows
-
-
 def fine_tune(model: Any, tokenizer: Any, steps: int, batch: int, seed: int) -> float:
     """Supervised warm start on the answers (loss on answer tokens only); returns the last loss."""
-    import torch
 
-    rows = _random_rows(20_000, seed + 1)
+    rows = random_problems(20_000, seed + 1)
     rng = np.random.default_rng(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20))
@@ -87,9 +93,6 @@ def fine_tune(model: Any, tokenizer: Any, steps: int, batch: int, seed: int) -> 
 
 def sample_outcomes(model: Any, tokenizer: Any, rows: list[dict[str, str]], samples: int) -> np.ndarray:
     """``(len(rows), samples)`` binary rewards of real completions at temperature 1."""
-    import torch
-
-    from knapsack_trl.tasks.arithmetic import arithmetic_reward
 
     enc = tokenizer([r["prompt"] for r in rows], padding=True, return_tensors="pt", add_special_tokens=False)
     ids = enc["input_ids"].repeat_interleave(samples, 0)
@@ -121,9 +124,6 @@ def simulate_epoch(
     head_config: Any = None,
 ) -> dict[str, Any]:
     """One epoch over unseen prompts with the core allocator; outcomes drawn from ``rates``."""
-    from knapsack_trl.core.allocator import AllocatorConfig, KnapsackRolloutAllocator
-    from knapsack_trl.core.values import nonzero_gradient_probability
-    from knapsack_trl.trainer.value_head import ValueHeadConfig, ValueHeadEstimator, estimator_prior
 
     rng = np.random.default_rng(seed)
     allocator = KnapsackRolloutAllocator(AllocatorConfig(n_min=2, n_max=n_max, solver="greedy"))
@@ -164,6 +164,46 @@ def simulate_epoch(
     }
 
 
+class HeadTimer(TrainerCallback):
+    """Step time (begin -> end), then the head's work for one batch of unique prompts.
+
+    Wall and process CPU time both: on a shared machine wall time swings with other users' load,
+    while CPU time counts only this process's work.
+    """
+
+    def __init__(
+        self,
+        estimator: Any,
+        model: Any,
+        tokenizer: Any,
+        prompts: list[str],
+        prompts_per_batch: int,
+        num_generations: int,
+    ) -> None:
+        self.estimator, self.model, self.tokenizer, self.prompts = estimator, model, tokenizer, prompts
+        self.prompts_per_batch, self.num_generations = prompts_per_batch, num_generations
+        self.rng = np.random.default_rng(0)
+        self.steps: list[tuple[float, float]] = []
+        self.head: list[tuple[float, float]] = []
+        self._t = (0.0, 0.0)
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._t = (time.perf_counter(), time.process_time())
+
+    def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        self.steps.append((time.perf_counter() - self._t[0], time.process_time() - self._t[1]))
+        start = (time.perf_counter(), time.process_time())
+        per = self.prompts_per_batch
+        first = state.global_step * per
+        batch = [self.prompts[(first + i) % len(self.prompts)] for i in range(per)]
+        ids, mask = tokenize_prompts(self.tokenizer, batch)
+        feats = self.estimator.features(self.model, ids, mask, shared_inputs=True)
+        self.estimator.predict(feats)
+        outcomes = self.rng.integers(0, self.num_generations + 1, per)
+        self.estimator.update(feats, outcomes, [self.num_generations] * per)
+        self.head.append((time.perf_counter() - start[0], time.process_time() - start[1]))
+
+
 def step_cost(
     model: Any,
     tokenizer: Any,
@@ -179,46 +219,12 @@ def step_cost(
     are at most 5 tokens); 32 matches ``benchmarks.trainer_overhead``. The head's cost does not grow
     with completion length, a step's does.
     """
-    from datasets import Dataset
-    from transformers import PrinterCallback, TrainerCallback
-
-    from knapsack_trl.tasks.arithmetic import arithmetic_reward
-    from knapsack_trl.trainer import KnapsackGRPOConfig, KnapsackGRPOTrainer
-    from knapsack_trl.trainer.prompt_features import tokenize_prompts
-    from knapsack_trl.trainer.value_head import ValueHeadConfig, ValueHeadEstimator
 
     estimator = ValueHeadEstimator.from_model(model, ValueHeadConfig(seed=0))
-    rng = np.random.default_rng(0)
-
-    class Timer(TrainerCallback):
-        """Step time (begin -> end), then the head's work for one batch of unique prompts.
-
-        Wall and process CPU time both: on a shared machine wall time swings with other users' load,
-        while CPU time counts only this process's work.
-        """
-
-        def __init__(self) -> None:
-            self.steps: list[tuple[float, float]] = []
-            self.head: list[tuple[float, float]] = []
-            self._t = (0.0, 0.0)
-
-        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self._t = (time.perf_counter(), time.process_time())
-
-        def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
-            self.steps.append((time.perf_counter() - self._t[0], time.process_time() - self._t[1]))
-            start = (time.perf_counter(), time.process_time())
-            first = state.global_step * prompts_per_batch
-            batch = [prompts[(first + i) % len(prompts)] for i in range(prompts_per_batch)]
-            ids, mask = tokenize_prompts(tokenizer, batch)
-            feats = estimator.features(model, ids, mask, shared_inputs=True)
-            estimator.predict(feats)
-            outcomes = rng.integers(0, num_generations + 1, prompts_per_batch)
-            estimator.update(feats, outcomes, [num_generations] * prompts_per_batch)
-            self.head.append((time.perf_counter() - start[0], time.process_time() - start[1]))
-
-    timer = Timer()
-    data = Dataset.from_list([{"prompt": p["prompt"], "answer": p["answer"]} for p in _random_rows(512, 99)])
+    timer = HeadTimer(estimator, model, tokenizer, prompts, prompts_per_batch, num_generations)
+    data = Dataset.from_list(
+        [{"prompt": p["prompt"], "answer": p["answer"]} for p in random_problems(512, 99)]
+    )
     trainer = KnapsackGRPOTrainer(
         model=model,
         reward_funcs=arithmetic_reward,
@@ -278,14 +284,9 @@ def run(
     One torch thread by default: on a shared 2-core machine the tiny model's ops ran up to 40x
     slower with 2 threads (``benchmarks.trainer_overhead`` also uses one).
     """
-    import torch
 
     if threads:
         torch.set_num_threads(threads)
-
-    from knapsack_trl.core.calibration import calibration_metrics
-    from knapsack_trl.tasks.arithmetic import arithmetic_rows, build_model, build_tokenizer
-    from knapsack_trl.trainer.value_head import ValueHeadEstimator
 
     t0 = time.perf_counter()
     torch.manual_seed(seed)
@@ -305,37 +306,12 @@ def run(
     epoch_ids = [r["prompt_id"] for r in epoch_rows]
     n_epoch = len(epoch_rows)
 
-    arms: dict[str, list[dict[str, Any]]] = {"history": [], "blend": []}
-    for r in range(repeats):
-        for mode in arms:
-            arms[mode].append(
-                simulate_epoch(
-                    mode,
-                    features[:n_epoch],
-                    rates[:n_epoch],
-                    epoch_ids,
-                    prompts_per_batch,
-                    rollouts_per_prompt,
-                    n_max=4 * rollouts_per_prompt,
-                    seed=seed * 1000 + r,
-                )
-            )
-
+    arms = _first_epoch_arms(
+        features[:n_epoch], rates[:n_epoch], epoch_ids, prompts_per_batch, rollouts_per_prompt, repeats, seed
+    )
     phases["simulate"] = time.perf_counter() - t0 - sum(phases.values())
     head: ValueHeadEstimator = arms["blend"][0]["head"]
-    held_s = outcomes[n_epoch:].sum(axis=1)
-    held_n = np.full(held_s.size, samples)
-    epoch_mean = float(rates[:n_epoch].mean())
-    brier = {
-        "constant_0.5": calibration_metrics(np.full(held_s.size, 0.5), held_s, held_n)["brier"],
-        "constant_epoch_mean": calibration_metrics(np.full(held_s.size, epoch_mean), held_s, held_n)["brier"],
-        "head": calibration_metrics(head.predict(features[n_epoch:]), held_s, held_n)["brier"],
-    }
-    head_held = calibration_metrics(head.predict(features[n_epoch:]), held_s, held_n)
-
-    def summary(mode: str, key: str) -> dict[str, float]:
-        values = [a[key] for a in arms[mode]]
-        return {"mean": float(np.mean(values)), "std": float(np.std(values))}
+    brier, head_held = _held_out_brier(head, features[n_epoch:], outcomes[n_epoch:], rates[:n_epoch], samples)
 
     cost = {
         f"completion_{length}": step_cost(
@@ -354,18 +330,7 @@ def run(
     return {
         "brier_unseen_prompts": brier,
         "held_out_calibration": {k: head_held[k] for k in ("mean_pred", "mean_obs", "ece")},
-        "first_epoch_effective_ratio": {
-            "history": summary("history", "effective_ratio"),
-            "blend": summary("blend", "effective_ratio"),
-            "history_expected": summary("history", "expected_effective_ratio"),
-            "blend_expected": summary("blend", "expected_effective_ratio"),
-            "simulated": True,
-            "repeats": repeats,
-        },
-        "online_brier_first_epoch": {
-            "head": summary("blend", "online_brier")["mean"],
-            "running_mean": summary("blend", "online_brier_constant")["mean"],
-        },
+        **_arm_summaries(arms, repeats),
         "step_cost": {**cost, "target_ratio": TARGET_COST, "torch_threads": torch.get_num_threads()},
         "task": {
             "sft_steps": sft_steps,
@@ -384,11 +349,76 @@ def run(
     }
 
 
+def _arm_summaries(arms: dict[str, list[dict[str, Any]]], repeats: int) -> dict[str, Any]:
+    """Mean and spread over the simulated epochs of each arm's ratios and online Brier scores."""
+
+    def summary(mode: str, key: str) -> dict[str, float]:
+        values = [a[key] for a in arms[mode]]
+        return {"mean": float(np.mean(values)), "std": float(np.std(values))}
+
+    return {
+        "first_epoch_effective_ratio": {
+            "history": summary("history", "effective_ratio"),
+            "blend": summary("blend", "effective_ratio"),
+            "history_expected": summary("history", "expected_effective_ratio"),
+            "blend_expected": summary("blend", "expected_effective_ratio"),
+            "simulated": True,
+            "repeats": repeats,
+        },
+        "online_brier_first_epoch": {
+            "head": summary("blend", "online_brier")["mean"],
+            "running_mean": summary("blend", "online_brier_constant")["mean"],
+        },
+    }
+
+
+def _first_epoch_arms(
+    features: Any,
+    rates: np.ndarray,
+    ids: list[str],
+    prompts_per_batch: int,
+    rollouts_per_prompt: int,
+    repeats: int,
+    seed: int,
+) -> dict[str, list[dict[str, Any]]]:
+    """``repeats`` simulated first epochs per estimator mode (history only, and the head's blend)."""
+    arms: dict[str, list[dict[str, Any]]] = {"history": [], "blend": []}
+    for r in range(repeats):
+        for mode in arms:
+            arms[mode].append(
+                simulate_epoch(
+                    mode,
+                    features,
+                    rates,
+                    ids,
+                    prompts_per_batch,
+                    rollouts_per_prompt,
+                    n_max=4 * rollouts_per_prompt,
+                    seed=seed * 1000 + r,
+                )
+            )
+    return arms
+
+
+def _held_out_brier(
+    head: ValueHeadEstimator, features: Any, outcomes: np.ndarray, epoch_rates: np.ndarray, samples: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Brier scores on the held-out prompts (constant 0.5, the epoch's mean, the head) and the head's
+    calibration there."""
+    held_s = outcomes.sum(axis=1)
+    held_n = np.full(held_s.size, samples)
+    epoch_mean = float(epoch_rates.mean())
+    head_held = calibration_metrics(head.predict(features), held_s, held_n)
+    brier = {
+        "constant_0.5": calibration_metrics(np.full(held_s.size, 0.5), held_s, held_n)["brier"],
+        "constant_epoch_mean": calibration_metrics(np.full(held_s.size, epoch_mean), held_s, held_n)["brier"],
+        "head": head_held["brier"],
+    }
+    return brier, head_held
+
+
 def trainer_first_epoch(seed: int = 0) -> dict[str, float]:
     """Share of rollouts in groups with both outcomes, over one all-new epoch of real GRPO training."""
-    import dataclasses
-
-    from knapsack_trl.experiments.demo import DemoSettings, prepare_checkpoint, run_demo_method
 
     settings = DemoSettings.quick(seed=seed, pool_size=256, prompts_per_step=16, steps=16, eval_every=10**6)
     arms = {

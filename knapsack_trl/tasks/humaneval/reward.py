@@ -19,6 +19,7 @@ logged once per cause; nothing a policy can emit raises.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -168,29 +169,15 @@ def make_humaneval_reward(
             raise ValueError(
                 f"humaneval reward: got {n} completions but {len(test)} tests, {len(entry_point)} entry points"
             )
-        jobs = []
-        for completion, prefix, tests, entry in zip(completions, prefixes, test, entry_point):
-            try:
-                code = extract_code(completion_text(completion), entry)
-            except TypeError:
-                code = None  # not text at all: scored 0 below
-            jobs.append((code, prefix, str(tests), str(entry)))
-
-        def run_one(job: tuple[str | None, str, str, str]) -> float | None:
-            code, prefix, tests, entry = job
-            if code is None:
-                return 0.0
-            try:
-                return judge_completion(
-                    prefix, code, tests, entry, fraction=fraction, timeout_s=timeout_s,
-                    call_timeout_s=per_call, memory_mb=memory_mb,
-                )  # fmt: skip
-            except Exception as err:  # a bug of ours must not lose the batch: this rollout only
-                _log_once("harness", f"the HumanEval harness failed: {type(err).__name__}: {err}")
-                return None
-
+        jobs = [
+            _job(completion, prefix, tests, entry)
+            for completion, prefix, tests, entry in zip(completions, prefixes, test, entry_point)
+        ]
+        judge = functools.partial(
+            _judge_job, fraction=fraction, timeout_s=timeout_s, call_timeout_s=per_call, memory_mb=memory_mb
+        )
         with ThreadPoolExecutor(max_workers=pool_size(n, max_workers)) as pool:
-            scores = list(pool.map(run_one, jobs))
+            scores = list(pool.map(judge, jobs))
         log_metric = kwargs.get("log_metric")
         if callable(log_metric) and n:
             log_metric("humaneval/sandbox_errors", sum(s is None for s in scores) / n)
@@ -199,6 +186,37 @@ def make_humaneval_reward(
     reward.__name__ = reward.__qualname__ = name
     reward.preflight = preflight  # type: ignore[attr-defined]
     return reward
+
+
+def _job(completion: Any, prefix: str, tests: Any, entry: Any) -> tuple[str | None, str, str, str]:
+    """One completion's work: its code (None when it is not text at all: scored 0), prefix, tests, entry."""
+    try:
+        code = extract_code(completion_text(completion), entry)
+    except TypeError:
+        code = None
+    return code, prefix, str(tests), str(entry)
+
+
+def _judge_job(
+    job: tuple[str | None, str, str, str],
+    *,
+    fraction: bool,
+    timeout_s: float,
+    call_timeout_s: float,
+    memory_mb: int,
+) -> float | None:
+    """The judged score of one job; a failure of the harness (ours, not the candidate's) is None."""
+    code, prefix, tests, entry = job
+    if code is None:
+        return 0.0
+    try:
+        return judge_completion(
+            prefix, code, tests, entry, fraction=fraction, timeout_s=timeout_s,
+            call_timeout_s=call_timeout_s, memory_mb=memory_mb,
+        )  # fmt: skip
+    except Exception as err:  # a bug of ours must not lose the batch: this rollout only
+        _log_once("harness", f"the HumanEval harness failed: {type(err).__name__}: {err}")
+        return None
 
 
 def pool_size(n: int, max_workers: int | None = None) -> int:
