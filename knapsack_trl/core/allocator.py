@@ -31,7 +31,7 @@ from knapsack_trl.core.budget import add_evenly, drain_evenly, fill_evenly, unif
 from knapsack_trl.core.posterior import PopulationPrior, Posterior
 from knapsack_trl.core.schedule import BudgetSchedule
 from knapsack_trl.core.solvers import SolverResult, check_solver_name, solve
-from knapsack_trl.core.tracker import SuccessRateTracker
+from knapsack_trl.core.tracker import PromptStats, SuccessRateTracker
 from knapsack_trl.core.values import (
     ValueFunction,
     get_value_function,
@@ -332,12 +332,41 @@ class KnapsackRolloutAllocator:
             )
         return budget, n_min, n_max
 
+    def posterior(
+        self,
+        prompt_ids: Sequence[str],
+        prior_success_rate: np.ndarray | None = None,
+        *,
+        successes: np.ndarray | None = None,
+        trials: np.ndarray | None = None,
+    ) -> Posterior:
+        """Each prompt's beliefs as the posterior rule holds them (population prior, the history that
+        passes the validity rule, ``prior_success_rate`` as in :meth:`allocate`), times the likelihood
+        of ``successes`` out of ``trials`` fresh outcomes the tracker has not seen (a pilot round's)."""
+        ids = [str(p) for p in prompt_ids]
+        prior = _check_prior(prior_success_rate, len(ids))
+        s, n = self._valid_counts(self.tracker.stats(ids))[1:]
+        if (successes is None) != (trials is None):
+            raise ValueError("posterior needs both successes and trials for fresh outcomes, or neither.")
+        if successes is not None and trials is not None:
+            s = s + np.broadcast_to(np.asarray(successes, dtype=np.float64), s.shape)
+            n = n + np.broadcast_to(np.asarray(trials, dtype=np.float64), n.shape)
+        return self._posterior(s, n, prior)
+
+    def _valid_counts(self, st: PromptStats) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(valid, successes, outcomes)``: the history is used only from ``min_observations`` outcomes."""
+        valid = st.total_observations >= self.config.min_observations
+        return valid, np.where(valid, st.successes, 0.0), np.where(valid, st.num_observations, 0.0)
+
+    def _posterior(self, s: np.ndarray, n: np.ndarray, prior: np.ndarray) -> Posterior:
+        return self.population_prior().posterior(
+            s, n, prior_mean=prior, prior_strength=self.tracker.prior_strength
+        )
+
     def _batch(self, ids: list[str], budget: int, prior: np.ndarray) -> _Batch:
         """Buckets from the history that passes the validity rule, point estimates and posteriors."""
         st = self.tracker.stats(ids)
-        valid = st.total_observations >= self.config.min_observations
-        s = np.where(valid, st.successes, 0.0)
-        n = np.where(valid, st.num_observations, 0.0)
+        valid, s, n = self._valid_counts(st)
         zero = valid & (s == 0)
         one = valid & ~zero & (s == n)
         mixed = valid & ~zero & ~one
@@ -348,9 +377,7 @@ class KnapsackRolloutAllocator:
         point[mixed] = self.tracker.success_rate(ids, prior_mean=prior)[mixed]
         estimated = ~valid & ~np.isnan(prior)
         point[estimated] = prior[estimated]
-        posterior = self.population_prior().posterior(
-            s, n, prior_mean=prior, prior_strength=self.tracker.prior_strength
-        )
+        posterior = self._posterior(s, n, prior)
         return _Batch(bucket, point, posterior, uniform_allocation(budget, len(ids)), st.mean_length)
 
     def _posterior_rule(
@@ -439,12 +466,15 @@ class KnapsackRolloutAllocator:
         self,
         table: np.ndarray,
         budget: int,
-        n_min: int,
-        n_max: int,
+        n_min: int | np.ndarray,
+        n_max: int | np.ndarray,
         costs: np.ndarray | None,
         token_budget: float | None,
     ) -> SolverResult:
-        """The configured solver, with ties between identical prompts given to the earliest first."""
+        """The configured solver, with ties between identical prompts given to the earliest first.
+
+        ``n_min`` / ``n_max`` are one bound for all or one per prompt; identical rows must then have
+        identical bounds (the pilot's table keeps rows with different floors apart)."""
         k = table.shape[0]
         result = solve(
             table,
