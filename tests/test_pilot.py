@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from knapsack_trl.benchmarks import allocation as sim
 from knapsack_trl.core.allocator import AllocatorConfig, KnapsackRolloutAllocator
 from knapsack_trl.core.budget import uniform_allocation
 from knapsack_trl.core.pilot import (
@@ -329,3 +330,68 @@ def test_a_value_without_the_mixed_form_is_refused():
     fine = make_allocator({}, n_min=2, n_max=8, value_function=scaled)
     out = allocate_second_round(fine, ["a", "b"], [0, 1], 2, 4)
     assert out.expected_value == pytest.approx(3 * out.expected_informative, rel=1e-9)
+
+
+@pytest.fixture
+def small_mix(monkeypatch: pytest.MonkeyPatch) -> str:
+    mix = sim.Mix("test", lambda rng, size: rng.uniform(0.0, 1.0, size), prompts=8, revisit=2, steps=12)
+    monkeypatch.setitem(sim.MIXES, "small", mix)
+    return "small"
+
+
+def test_simulator_pilot_arms_leave_the_other_arms_unchanged(small_mix: str) -> None:
+    alone = sim.simulate(small_mix, 3, ["default"])
+    together = sim.simulate(small_mix, 3, ["default", "pilot_k2", "pilot_oracle_k2", "pilot_k2_reference"])
+    for name in ("uniform", "oracle", "default"):
+        for key in ("informative_per_step", "realised_per_step", "rollout_ratio"):
+            assert together[name][key] == alone[name][key]
+    # Scored by the expected count given the realised pilot, which the two-phase oracle maximises at the
+    # true rates: with the same pilot draws, no two-phase rule of that k can beat it on any step.
+    for name in ("pilot_k2", "pilot_k2_reference"):
+        assert (
+            together[name]["informative_per_step"]
+            <= together["pilot_oracle_k2"]["informative_per_step"] + 1e-9
+        )
+
+
+def test_simulator_pilot_of_the_whole_budget_is_uniform(
+    small_mix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sim.PILOT_ARMS, "pilot_k8", sim.Arm("everything in the pilot", pilot=8))
+    out = sim.simulate(small_mix, 1, ["pilot_k8"])
+    # The same draws as uniform's groups; with nothing left to allocate the score is the realised count.
+    assert out["pilot_k8"]["realised_per_step"] == out["uniform"]["realised_per_step"]
+    assert out["pilot_k8"]["informative_per_step"] == pytest.approx(out["pilot_k8"]["realised_per_step"])
+
+
+def test_simulator_pilot_arm_matches_an_independent_run(small_mix: str) -> None:
+    out = sim.simulate(small_mix, 2, ["pilot_k2"])
+    mix = sim.MIXES[small_mix]
+    rng = np.random.default_rng([2, sorted(sim.MIXES).index(small_mix)])
+    rates = sim._drift(mix.sample(rng, 16), mix.steps, sim.SIGMA, rng)
+    order = sim._order(16, 8, mix.steps, rng)
+    draws = rng.random((mix.steps, 8, sim.N_MAX))
+    alloc = KnapsackRolloutAllocator(AllocatorConfig(n_min=2, n_max=sim.N_MAX, solver="greedy"))
+    expected, realised = [], []
+    for t in range(mix.steps):
+        ids = [f"q{i}" for i in order[t]]
+        p = rates[t, order[t]]
+        outcomes = draws[t] < p[:, None]
+        pilot = outcomes[:, :2].sum(axis=1)
+        sizes = allocate_second_round(alloc, ids, pilot, 2, 64 - 16, step=t).group_sizes
+        groups = [outcomes[i, : sizes[i]] for i in range(8)]
+        realised.append(sum(0 < g.sum() < g.size for g in groups))
+        chance = [
+            1.0
+            if 0 < pilot[i] < 2
+            else 1 - (1 - p[i]) ** (sizes[i] - 2)
+            if pilot[i] == 0
+            else 1 - p[i] ** (sizes[i] - 2)
+            for i in range(8)
+        ]
+        expected.append(sum(chance))
+        alloc.observe(
+            [ids[i] for i in range(8) for _ in groups[i]], np.concatenate(groups).astype(float), step=t
+        )
+    assert out["pilot_k2"]["informative_per_step"] == pytest.approx(np.mean(expected), rel=1e-12)
+    assert out["pilot_k2"]["realised_per_step"] == pytest.approx(np.mean(realised), rel=1e-12)
