@@ -395,3 +395,12 @@ def test_simulator_pilot_arm_matches_an_independent_run(small_mix: str) -> None:
         )
     assert out["pilot_k2"]["informative_per_step"] == pytest.approx(np.mean(expected), rel=1e-12)
     assert out["pilot_k2"]["realised_per_step"] == pytest.approx(np.mean(realised), rel=1e-12)
+
+
+def test_simulator_cli_runs_the_pilot_arms(small_mix: str, capsys: pytest.CaptureFixture[str]) -> None:
+    arms = "default,pilot_k1,pilot_k2,pilot_k4"
+    assert sim.main(["--mixes", small_mix, "--arms", arms, "--seeds", "2", "--workers", "1", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["mixes"][small_mix]["arms"]
+    assert list(rows) == ["uniform", "oracle", *arms.split(",")]
+    with pytest.raises(SystemExit):
+        sim.main(["--arms", "pilot_k3"])
