@@ -7,7 +7,8 @@ allocator's population prior and the prompt's history, exactly as the posterior 
 of each prompt's *final* group, pilot included (the pilot rollouts are never thrown away).
 
 The value of a final group is ``P(mixed) x w(p)``: ``w = 1`` for ``nonzero_gradient`` (the expected number
-of informative prompts), ``w = p (1-p)^2`` for the paper's ``knapsack`` value. Given the pilot's ``s``
+of informative prompts), ``w = p (1-p)^2`` for the paper's ``knapsack`` value (a callable value must
+have this form; it is checked on the grid, a ValueError otherwise). Given the pilot's ``s``
 successes and ``f`` failures and ``m`` more rollouts, the group ends mixed
 
 - for certain when the pilot is already mixed (``s > 0`` and ``f > 0``),
