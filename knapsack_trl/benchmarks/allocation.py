@@ -20,7 +20,7 @@ pilot and ``1 - p^m`` after an all-success one, at the true ``p``): unbiased for
 less noisy. Reacting to the pilot, they can beat the count oracle; given the same pilot, no two-phase
 rule with that ``k`` can beat its two-phase oracle.
 
-``python -m knapsack_trl.benchmarks.allocation`` prints the table (about 12 minutes on 2 cores, a third of it the two-phase arms);
+``python -m knapsack_trl.benchmarks.allocation`` prints the table (up to about 18 minutes on 2 busy cores, a third of it the two-phase arms);
 ``--json`` prints one JSON object instead. The solver is ``greedy``, exact here (``n_min >= 1`` and
 concave values), to keep the runs fast.
 """
