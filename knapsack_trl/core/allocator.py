@@ -103,10 +103,10 @@ class KnapsackRolloutAllocator:
         if uniform:
             n = batch.uniform.copy()
         elif cfg.rule == "posterior":
-            n, result = posterior_rule(batch, budget, n_min, n_max, self._solve, cfg.token_cost)
+            n, result = posterior_rule(batch, budget, n_min, n_max, self.solve_table, cfg.token_cost)
         else:
             n, result, moved = buckets_rule(
-                batch, cfg, budget, (n_min, n_max), share, self._value_fn, self._solve
+                batch, cfg, budget, (n_min, n_max), share, self._value_fn, self.solve_table
             )
         if int(n.sum()) != budget or n.min() < n_min or n.max() > n_max:
             raise RuntimeError(
@@ -134,7 +134,7 @@ class KnapsackRolloutAllocator:
         p = np.asarray(success_rate, dtype=np.float64).reshape(-1)
         budget, n_min, n_max = self._bounds(budget, p.size, step)
         table = value_table(self._value_fn, p, n_max)
-        result = self._solve(table, budget, n_min, n_max, None, None)
+        result = self.solve_table(table, budget, n_min, n_max, None, None)
         n = np.asarray(result.rollouts, dtype=np.int64)
         uni = uniform_allocation(budget, p.size)
         rows = np.arange(p.size)
@@ -150,11 +150,24 @@ class KnapsackRolloutAllocator:
             n_max=n_max,
         )
 
-    def posterior(self, prompt_ids: Sequence[str], prior_success_rate: np.ndarray | None = None) -> Posterior:
-        """Each prompt's posterior: the population prior, its history (past the validity rule) and the
-        prior's pseudo-outcomes, exactly as :meth:`allocate` sees it."""
+    def posterior(
+        self,
+        prompt_ids: Sequence[str],
+        prior_success_rate: np.ndarray | None = None,
+        *,
+        successes: np.ndarray | None = None,
+        trials: np.ndarray | None = None,
+    ) -> Posterior:
+        """Each prompt's beliefs as the posterior rule holds them (population prior, the history that
+        passes the validity rule, ``prior_success_rate`` as in :meth:`allocate`), times the likelihood
+        of ``successes`` out of ``trials`` fresh outcomes the tracker has not seen (a pilot round's)."""
         ids = [str(p) for p in prompt_ids]
         s, n, _ = self._valid_counts(ids)
+        if (successes is None) != (trials is None):
+            raise ValueError("posterior needs both successes and trials for fresh outcomes, or neither.")
+        if successes is not None and trials is not None:
+            s = s + np.broadcast_to(np.asarray(successes, dtype=np.float64), s.shape)
+            n = n + np.broadcast_to(np.asarray(trials, dtype=np.float64), n.shape)
         prior = _check_prior(prior_success_rate, len(ids))
         return self.population_prior().posterior(
             s, n, prior_mean=prior, prior_strength=self.tracker.prior_strength
@@ -202,22 +215,25 @@ class KnapsackRolloutAllocator:
         table = posterior.value_table(self._value_fn, n_max) if self.config.rule == "posterior" else None
         return Batch(bucket, point, posterior, uniform_allocation(budget, len(ids)), st.mean_length, table)
 
-    def _solve(
+    def solve_table(
         self,
         table: np.ndarray,
         budget: int,
-        n_min: int,
-        n_max: int,
-        costs: np.ndarray | None,
-        token_budget: float | None,
+        n_min: int | np.ndarray,
+        n_max: int | np.ndarray,
+        costs: np.ndarray | None = None,
+        token_budget: float | None = None,
     ) -> SolverResult:
-        """The configured solver, with ties between identical prompts given to the earliest first."""
+        """The configured solver on ``table``, with ties between identical prompts given to the earliest.
+
+        ``n_min`` / ``n_max`` are one bound for all or one per prompt; identical rows must then have
+        identical bounds (a pilot's table keeps rows with different floors apart)."""
         k = table.shape[0]
         result = solve(
             table,
             budget,
-            np.full(k, n_min, dtype=np.int64),
-            np.full(k, n_max, dtype=np.int64),
+            np.broadcast_to(np.asarray(n_min, dtype=np.int64), (k,)).copy(),
+            np.broadcast_to(np.asarray(n_max, dtype=np.int64), (k,)).copy(),
             solver=self.config.solver,
             costs=costs,
             token_budget=token_budget,

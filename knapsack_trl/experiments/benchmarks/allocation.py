@@ -8,9 +8,19 @@ tracker. The score of a step is the number of prompts whose group has mixed outc
 under the true rates: ``sum_i 1 - p_i^n_i - (1 - p_i)^n_i`` (these are the prompts that give a
 gradient). Each arm's score is reported relative to uniform's over the same steps, with a 95% interval
 over seeds; the count oracle allocates with the true rates and the ``nonzero_gradient`` value (the best
-any allocation can do in expectation). This is how the library's defaults are chosen.
+any single-round allocation can do in expectation). This is how the library's defaults are chosen.
 
-``python -m knapsack_trl.benchmarks.allocation`` prints the table (a few minutes on 2 cores);
+The two-phase arms (``pilot_k1``, ``pilot_k2``, ``pilot_k4``: :mod:`knapsack_trl.core.pilot` on the
+default settings; ``pilot_k2_reference`` on the reference preset, run by name only; the two-phase oracles
+``pilot_oracle_k1/k2/k4``, the same knapsack at the true rates) give every prompt ``k`` rollouts
+first (the draws ``draws[t, i, :k]``), then the rest by the knapsack on what those showed (the draws
+that follow); the tracker observes both rounds at the end of the step. Such a step is scored by the
+expected count given the realised pilot (1 for a mixed pilot, else ``1 - (1-p)^m`` after an all-fail
+pilot and ``1 - p^m`` after an all-success one, at the true ``p``): unbiased for the realised count and
+less noisy. Reacting to the pilot, they can beat the count oracle; given the same pilot, no two-phase
+rule with that ``k`` can beat its two-phase oracle.
+
+``python -m knapsack_trl.benchmarks.allocation`` prints the table (up to about 18 minutes on 2 busy cores, a third of it the two-phase arms);
 ``--json`` prints one JSON object instead. The solver is ``greedy``, exact here (``n_min >= 1`` and
 concave values), to keep the runs fast.
 """
@@ -31,7 +41,9 @@ import numpy as np
 
 from knapsack_trl.core.allocator import AllocatorConfig, KnapsackRolloutAllocator
 from knapsack_trl.core.budget import uniform_allocation
+from knapsack_trl.core.pilot import allocate_second_round, final_mixed_probability
 from knapsack_trl.core.presets import PRESETS
+from knapsack_trl.core.solvers import solve
 from knapsack_trl.core.tracker import SuccessRateTracker
 from knapsack_trl.core.values import nonzero_gradient_probability
 
@@ -121,11 +133,14 @@ def _config(**overrides: Any) -> AllocatorConfig:
 
 @dataclass(frozen=True)
 class Arm:
-    """An allocation rule under test: allocator settings and tracker settings."""
+    """An allocation rule under test: allocator settings, tracker settings, the pilot round's
+    rollouts per prompt (0: one round), and ``known``: allocate at the true rates (an oracle)."""
 
     description: str
     config: dict[str, Any] = field(default_factory=dict)
     tracker: dict[str, Any] = field(default_factory=dict)
+    pilot: int = 0
+    known: bool = False
 
 
 _WINDOW16 = {"window": 16}
@@ -166,7 +181,36 @@ ARMS: dict[str, Arm] = {
         {"rule": "posterior", "value_function": "nonzero_gradient", "min_observations": 8},
     ),
 }
+# Two rounds per step; apart from ARMS because they can beat the (single-round) count oracle.
+PILOT_ARMS: dict[str, Arm] = {
+    **{
+        f"pilot_k{k}": Arm(
+            f"the defaults with a pilot of {k} rollouts per prompt, then the knapsack", pilot=k
+        )
+        for k in (1, 2, 4)
+    },
+    "pilot_k2_reference": Arm(
+        "the reference preset's history and value with a pilot of 2, then the knapsack on the posterior",
+        PRESETS["reference"].allocator,
+        PRESETS["reference"].tracker,
+        pilot=2,
+    ),
+    **{
+        f"pilot_oracle_k{k}": Arm(
+            f"two-phase oracle: a pilot of {k}, then the knapsack on P(mixed | pilot) at the true rates",
+            pilot=k,
+            known=True,
+        )
+        for k in (1, 2, 4)
+    },
+}
+# Run by name only (``--arms ...,pilot_k2_reference``), to keep the default run short.
+OPT_IN = ("pilot_k2_reference",)
 BASELINES = ("uniform", "oracle")
+
+
+def _arm(name: str) -> Arm:
+    return ARMS[name] if name in ARMS else PILOT_ARMS[name]
 
 
 def _drift(p0: np.ndarray, steps: int, sigma: float, rng: np.random.Generator) -> np.ndarray:
@@ -188,6 +232,15 @@ def _order(pool: int, prompts: int, steps: int, rng: np.random.Generator) -> np.
     return flat[: steps * prompts].reshape(steps, prompts)
 
 
+def _known_second_round(pilot: np.ndarray, k: int, p: np.ndarray, rest: int) -> np.ndarray:
+    """The two-phase oracle's second round: the knapsack on P(mixed | pilot) at the true rates (rows
+    concave from 0 extra rollouts, so greedy is exact)."""
+    extra = np.arange(N_MAX - k + 1)
+    table = final_mixed_probability(pilot[:, None], (k - pilot)[:, None], extra[None, :], p[:, None])
+    result = solve(table, rest, max(0, N_MIN - k), N_MAX - k, solver="greedy")
+    return np.asarray(result.rollouts, dtype=np.int64)
+
+
 def simulate(
     mix_name: str, seed: int, arms: Sequence[str], sigma: float = SIGMA
 ) -> dict[str, dict[str, float]]:
@@ -202,8 +255,9 @@ def simulate(
     ids = [f"q{i}" for i in range(pool)]
     oracle = KnapsackRolloutAllocator(_config(value_function="nonzero_gradient"))
     allocators = {
-        name: KnapsackRolloutAllocator(_config(**ARMS[name].config), SuccessRateTracker(**ARMS[name].tracker))
+        name: KnapsackRolloutAllocator(_config(**_arm(name).config), SuccessRateTracker(**_arm(name).tracker))
         for name in arms
+        if not _arm(name).known
     }
     totals: dict[str, dict[str, float]] = {
         name: {"informative": 0.0, "realised": 0.0, "rollouts_mixed": 0.0, "seconds": 0.0}
@@ -213,21 +267,37 @@ def simulate(
         batch = order[t]
         p = rates[t, batch]
         batch_ids = [ids[i] for i in batch]
+        wins = draws[t] < p[:, None]
         decided = {
             "uniform": uniform_allocation(budget, mix.prompts),
             "oracle": oracle.allocate_known(p, budget).rollouts_per_prompt,
         }
-        for name, alloc in allocators.items():
+        scores = {}
+        for name in arms:
+            arm = _arm(name)
+            k = arm.pilot
             start = time.perf_counter()
-            decided[name] = alloc.allocate(batch_ids, budget, step=t).rollouts_per_prompt
+            if k:
+                pilot = wins[:, :k].sum(axis=1)
+                rest = budget - k * mix.prompts
+                if arm.known:
+                    extra = _known_second_round(pilot, k, p, rest)
+                else:
+                    extra = allocate_second_round(
+                        allocators[name], batch_ids, pilot, k, rest, step=t
+                    ).extra_rollouts
+                decided[name] = k + extra
+                scores[name] = final_mixed_probability(pilot, k - pilot, extra, p)
+            else:
+                decided[name] = allocators[name].allocate(batch_ids, budget, step=t).rollouts_per_prompt
             totals[name]["seconds"] += time.perf_counter() - start
         for name, n in decided.items():
-            wins = draws[t] < p[:, None]
             used = np.arange(N_MAX)[None, :] < n[:, None]
             s = (wins & used).sum(axis=1)
             mixed = (s > 0) & (s < n)
             row = totals[name]
-            row["informative"] += float(nonzero_gradient_probability(n, p).sum())
+            score = scores[name] if name in scores else nonzero_gradient_probability(n, p)
+            row["informative"] += float(score.sum())
             row["realised"] += float(mixed.sum())
             row["rollouts_mixed"] += float(n[mixed].sum())
             if name in allocators:
@@ -302,7 +372,7 @@ def run(
         "n_min": N_MIN,
         "n_max": N_MAX,
         "drift": {"rho": RHO, "sigma": sigma},
-        "arms": {name: ARMS[name].description for name in arms},
+        "arms": {name: _arm(name).description for name in arms},
         "mixes": results,
     }
 
@@ -340,7 +410,13 @@ def format_table(result: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mixes", default=",".join(MIXES), help=f"comma-separated, of {list(MIXES)}")
-    parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of {list(ARMS)}")
+    known = [*ARMS, *PILOT_ARMS]
+    default = [name for name in known if name not in OPT_IN]
+    parser.add_argument(
+        "--arms",
+        default=",".join(default),
+        help=f"comma-separated, of {known} (default: all but {list(OPT_IN)})",
+    )
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument(
@@ -350,9 +426,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     mixes = [m for m in args.mixes.split(",") if m]
     arms = [a for a in args.arms.split(",") if a]
-    unknown = [m for m in mixes if m not in MIXES] + [a for a in arms if a not in ARMS]
+    unknown = [m for m in mixes if m not in MIXES] + [a for a in arms if a not in known]
     if unknown:
-        parser.error(f"unknown mix or arm {unknown}; mixes {list(MIXES)}, arms {list(ARMS)}")
+        parser.error(f"unknown mix or arm {unknown}; mixes {list(MIXES)}, arms {known}")
     if args.seeds < 2:
         parser.error("--seeds must be >= 2 for an interval")
     result = run(mixes, arms, args.seeds, args.workers, args.sigma)
