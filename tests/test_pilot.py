@@ -271,9 +271,7 @@ def test_spare_budget_evens_out_the_mixed_prompts():
 def test_second_round_budget_checks_name_the_setting():
     assert second_round_budget(2, 8, 64) == 48
     assert second_round_budget(3, 8, 48, num_processes=4, n_max=8) == 24
-    with pytest.raises(
-        ValueError, match=r"pilot_rollouts=3 x 8 prompts = 24 > budget=16"
-    ):
+    with pytest.raises(ValueError, match=r"pilot_rollouts=3 x 8 prompts = 24 > budget=16"):
         second_round_budget(3, 8, 16)
     with pytest.raises(ValueError, match=r"pilot_rollouts=1 x 6 prompts = 6 .* over 4 processes"):
         second_round_budget(1, 6, 24, num_processes=4)
