@@ -134,6 +134,13 @@ def record_generations(trainer: Any) -> list[dict[str, Any]]:
     return outputs
 
 
+def record_lasts(trainer: Any) -> list[dict[str, Any]]:
+    """``trainer.knapsack_last`` after every generation batch, through the public listener hook."""
+    lasts: list[dict[str, Any]] = []
+    trainer.add_knapsack_listener(lambda event: lasts.append(trainer.knapsack_last))
+    return lasts
+
+
 @pytest.fixture
 def recorder() -> Callable[[Any], list[dict[str, Any]]]:
     return record_generations

@@ -1,4 +1,4 @@
-"""One rank of the two-process test: ``torchrun --nproc_per_node 2 tests/dist_worker.py MODEL_DIR OUT_DIR [grpo|rloo]``.
+"""One rank of the two-process test: ``torchrun --nproc_per_node 2 tests/dist_worker.py MODEL_DIR OUT_DIR [grpo|rloo|grpo-blend|grpo-pilot|rloo-pilot]``.
 
 Trains the tiny model with knapsack allocation on CPU (gloo) and writes what this rank saw to
 ``OUT_DIR/rank{RANK}.json``: every allocation, its local and the global advantages, and a finished flag.
@@ -55,6 +55,7 @@ def main(model_dir: str, out_dir: str, kind: str = "grpo") -> None:
         disable_tqdm=True,
         knapsack_n_max=12,
         knapsack_value_estimator="blend" if kind.endswith("blend") else "history",
+        knapsack_pilot_rollouts=2 if kind.endswith("pilot") else 0,
     )
     trainer = trainer_cls(
         model=AutoModelForCausalLM.from_pretrained(model_dir),
@@ -77,6 +78,9 @@ def main(model_dir: str, out_dir: str, kind: str = "grpo") -> None:
                 "order": last["order"].tolist(),
                 "local_advantages": output["advantages"].tolist(),
                 "global_advantages": last["global_advantages"].tolist(),
+                "second_round_rollouts": trainer._metrics["train"]["knapsack/second_round_rollouts"][-1]
+                if args.knapsack_pilot_rollouts
+                else None,
             }
         )
         return output

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from knapsack_trl.experiments.methods import parse_methods
 from knapsack_trl.experiments.plots import PLOT_FILES
 from knapsack_trl.experiments.report import (
     RunRecord,
@@ -99,7 +100,8 @@ def test_aggregate_pairs_seeds_and_report_files(tmp_path):
 
 @pytest.mark.slow
 def test_demo_quick_end_to_end(tmp_path):
-    """``knapsack-trl demo --quick`` as a newcomer runs it: the table, the report folder, consistent numbers."""
+    """``knapsack-trl demo --quick`` as a newcomer runs it (with the pilot method added): the table, the report
+    folder, consistent numbers."""
     out = tmp_path / "report"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
@@ -110,6 +112,8 @@ def test_demo_quick_end_to_end(tmp_path):
             "demo",
             "--quick",
             "--no-progress",
+            "--methods",
+            "uniform,knapsack,pilot",
             "--output-dir",
             str(out),
         ],
@@ -132,9 +136,9 @@ def test_demo_quick_end_to_end(tmp_path):
     settings = data["settings"]
     budget = settings["rollouts_per_step"]
     runs = {r["method"]: r for r in data["runs"]}
-    assert set(runs) == {"uniform", "knapsack"}
+    assert set(runs) == {"uniform", "knapsack", "pilot"}
     consumed = {m: sum(s["rollouts"] for s in r["steps"]) for m, r in runs.items()}
-    assert consumed["uniform"] == consumed["knapsack"] == settings["steps"] * budget  # the same budget
+    assert consumed["uniform"] == consumed["knapsack"] == consumed["pilot"] == settings["steps"] * budget
     for m, r in runs.items():
         assert len(r["steps"]) == settings["steps"]
         assert all(s["rollouts"] == budget for s in r["steps"]), m
@@ -147,6 +151,9 @@ def test_demo_quick_end_to_end(tmp_path):
 
     snap = runs["knapsack"]["allocation"]
     assert snap is not None and sum(snap["n"]) == budget and min(snap["n"]) >= 2
+    snap = runs["pilot"]["allocation"]  # every prompt keeps its 4 pilot rollouts
+    assert snap is not None and sum(snap["n"]) == budget and min(snap["n"]) >= 4
+    assert "| knapsack, pilot round |" in proc.stdout
 
     table = data["aggregate"]["table"]
     for m in ("uniform", "knapsack"):
@@ -161,6 +168,14 @@ def test_demo_quick_end_to_end(tmp_path):
     assert row is not None
     assert float(row.group(1)) == pytest.approx(table["knapsack"]["informative_prompts"][0], abs=0.06)
     assert float(row.group(3)) == pytest.approx(100 * table["knapsack"]["egr_rollouts"][0], abs=0.06)
+
+
+def test_methods_flag_takes_uniform_plus_known_methods():
+    assert parse_methods(None, ("uniform", "knapsack"), "demo") == ("uniform", "knapsack")
+    assert parse_methods("uniform, pilot", (), "demo") == ("uniform", "pilot")
+    for bad in ("knapsack,pilot", "uniform,pilot2"):
+        with pytest.raises(SystemExit, match=r"--methods takes uniform plus any of knapsack, pilot"):
+            parse_methods(bad, (), "compare")
 
 
 def test_configuration_doc_lists_every_knapsack_field():

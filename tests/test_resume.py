@@ -22,7 +22,9 @@ from knapsack_trl.trainer.mixin import STATE_FILE
 pytestmark = pytest.mark.slow
 
 
-def make_trainer(tiny_model, tiny_tokenizer, dataset, tiny_args, output_dir: str, max_steps: int = 4) -> Any:
+def make_trainer(
+    tiny_model, tiny_tokenizer, dataset, tiny_args, output_dir: str, max_steps: int = 4, pilot: int = 0
+) -> Any:
     args = tiny_args(
         KnapsackGRPOConfig,
         output_dir=output_dir,
@@ -30,6 +32,7 @@ def make_trainer(tiny_model, tiny_tokenizer, dataset, tiny_args, output_dir: str
         save_strategy="steps",
         save_steps=2,
         knapsack_n_max=10,
+        knapsack_pilot_rollouts=pilot,
     )
     return KnapsackGRPOTrainer(
         model=tiny_model(),
@@ -51,15 +54,20 @@ def read_state(folder: str) -> dict[str, Any]:
         return json.load(f)
 
 
+@pytest.mark.parametrize("pilot", [0, 2], ids=["one-round", "pilot"])
 def test_resumed_run_allocates_like_the_uninterrupted_run(
-    tiny_model, tiny_tokenizer, twice_dataset, tiny_args, tmp_path
+    tiny_model, tiny_tokenizer, twice_dataset, tiny_args, tmp_path, pilot
 ) -> None:
-    full = make_trainer(tiny_model, tiny_tokenizer, twice_dataset, tiny_args, str(tmp_path / "full"))
+    full = make_trainer(
+        tiny_model, tiny_tokenizer, twice_dataset, tiny_args, str(tmp_path / "full"), pilot=pilot
+    )
     full.train()
     checkpoint = tmp_path / "full" / "checkpoint-2"
     assert read_state(str(checkpoint))["allocator"]["tracker"]["prompts"]  # history was written
 
-    resumed = make_trainer(tiny_model, tiny_tokenizer, twice_dataset, tiny_args, str(tmp_path / "resumed"))
+    resumed = make_trainer(
+        tiny_model, tiny_tokenizer, twice_dataset, tiny_args, str(tmp_path / "resumed"), pilot=pilot
+    )
     resumed.train(resume_from_checkpoint=str(checkpoint))
 
     full_history = {h["step"]: h for h in full.knapsack_history}

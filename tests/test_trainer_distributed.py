@@ -22,7 +22,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("kind", ["grpo", "rloo", "grpo-blend"])
+@pytest.mark.parametrize("kind", ["grpo", "rloo", "grpo-blend", "grpo-pilot", "rloo-pilot"])
 def test_two_processes_share_one_allocation(tiny_dir: str, tmp_path: Path, kind: str) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     command = [
@@ -59,5 +59,8 @@ def test_two_processes_share_one_allocation(tiny_dir: str, tmp_path: Path, kind:
     assert any(g["rollouts"] != [4] * 8 for g in gens0[1:])  # history-dependent allocations happened
     for rank in range(2):
         assert f"[rank {rank}] step 3 rollouts" in proc.stdout
+    if kind.endswith("pilot"):  # every step: 2 pilot rollouts for each of the 8 prompts, then 16 more
+        assert all(min(g["rollouts"]) >= 2 for g in gens0)
+        assert all(g["second_round_rollouts"] == 16 for g in gens0 + gens1)
     if kind.endswith("blend"):  # the value head trained on identical gathered data stays identical
         assert ranks[0]["value_head"] is not None and ranks[0]["value_head"] == ranks[1]["value_head"]

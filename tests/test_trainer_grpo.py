@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import REWARDS
+from conftest import REWARDS, record_lasts
 from datasets import Dataset
 from test_advantages import numpy_grpo
 from trl import GRPOConfig, GRPOTrainer
@@ -131,14 +131,7 @@ def test_random_allocations_match_numpy_reference(
         processing_class=tiny_tokenizer,
     )
     drawn = inject_random_allocations(trainer, seed=7)
-    lasts: list[dict[str, Any]] = []
-    original_finish = trainer._knapsack_finish
-
-    def finish(plan, output):
-        original_finish(plan, output)
-        lasts.append(trainer.knapsack_last)
-
-    trainer._knapsack_finish = finish
+    lasts = record_lasts(trainer)
     outputs = recorder(trainer)
     trainer.train()
 
@@ -308,19 +301,23 @@ def test_evaluation_stays_stock(tiny_model, tiny_tokenizer, train_dataset, tiny_
 
 
 # --------------------------------------------------------------------------- vLLM server mode (mocked)
-def test_vllm_server_mode_gets_one_completion_per_row(
-    tiny_model, tiny_tokenizer, train_dataset, tiny_args
-) -> None:
-    """No vLLM server can run here: the real ``VLLMGeneration.generate`` talks to a MOCK client.
+def reversed_reward(prompts: list[str], completions: list[str], **kwargs: Any) -> list[float]:
+    """1 when the completion is its own prompt reversed: what :func:`mock_vllm_server` answers."""
+    return [float(c == p[::-1]) for p, c in zip(prompts, completions, strict=True)]
 
-    The mock answers each prompt with its own reversed text, so a completion scored against another
-    prompt (TRL's fixed-size ``[::num_generations]`` dedupe with variable groups) gets reward 0.
+
+def mock_vllm_server(trainer: Any, tokenizer: Any, importance_sampling: bool = False) -> Any:
+    """Route ``trainer``'s generation through the real ``VLLMGeneration.generate`` to a MOCK client.
+
+    No vLLM server can run here. The mock answers each prompt with its own reversed text, so a
+    completion scored against another prompt (TRL's fixed-size ``[::num_generations]`` dedupe with
+    variable groups) gets reward 0. Returns the mock client.
     """
     from unittest import mock
 
     from trl.generation.vllm_generation import VLLMGeneration
 
-    eos = tiny_tokenizer.eos_token_id
+    eos = tokenizer.eos_token_id
     client = mock.Mock()
 
     def generate(prompts, features=None, n=1, **kwargs):
@@ -332,18 +329,6 @@ def test_vllm_server_mode_gets_one_completion_per_row(
         }
 
     client.generate.side_effect = generate
-
-    def reversed_reward(prompts: list[str], completions: list[str], **kwargs: Any) -> list[float]:
-        return [float(c == p[::-1]) for p, c in zip(prompts, completions, strict=True)]
-
-    args = tiny_args(KnapsackGRPOConfig, max_steps=2)
-    trainer = KnapsackGRPOTrainer(
-        model=tiny_model(),
-        reward_funcs=reversed_reward,
-        args=args,
-        train_dataset=train_dataset,
-        processing_class=tiny_tokenizer,
-    )
     generation = VLLMGeneration.__new__(VLLMGeneration)
     generation.__dict__.update(
         accelerator=trainer.accelerator,
@@ -364,7 +349,22 @@ def test_vllm_server_mode_gets_one_completion_per_row(
     trainer.use_vllm = True
     trainer.vllm_generation = generation
     trainer._last_loaded_step = 0
-    trainer.vllm_importance_sampling_correction = False
+    trainer.vllm_importance_sampling_correction = importance_sampling
+    return client
+
+
+def test_vllm_server_mode_gets_one_completion_per_row(
+    tiny_model, tiny_tokenizer, train_dataset, tiny_args
+) -> None:
+    args = tiny_args(KnapsackGRPOConfig, max_steps=2)
+    trainer = KnapsackGRPOTrainer(
+        model=tiny_model(),
+        reward_funcs=reversed_reward,
+        args=args,
+        train_dataset=train_dataset,
+        processing_class=tiny_tokenizer,
+    )
+    client = mock_vllm_server(trainer, tiny_tokenizer)
     trainer._knapsack_allocate = lambda ids, budget, step: FakeAllocation([7, 2, 5, 2])
     trainer.train()
     assert client.generate.call_count == 2

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import REWARDS
+from conftest import REWARDS, record_lasts
 from test_advantages import numpy_rloo
 from test_trainer_grpo import FakeAllocation, assert_same_run, inject_random_allocations
 from trl import RLOOConfig, RLOOTrainer
@@ -81,14 +81,7 @@ def test_random_allocations_match_numpy_leave_one_out(
         processing_class=tiny_tokenizer,
     )
     drawn = inject_random_allocations(trainer, seed=11)
-    lasts: list[dict[str, Any]] = []
-    original_finish = trainer._knapsack_finish
-
-    def finish(plan, output):
-        original_finish(plan, output)
-        lasts.append(trainer.knapsack_last)
-
-    trainer._knapsack_finish = finish
+    lasts = record_lasts(trainer)
     outputs = recorder(trainer)
     trainer.train()
 

@@ -44,14 +44,16 @@ import numpy as np
 
 from knapsack_trl.core.allocator import KnapsackRolloutAllocator
 from knapsack_trl.core.budget import fill_evenly
+from knapsack_trl.core.config import AllocatorConfig
 from knapsack_trl.core.errors import SettingError
-from knapsack_trl.core.posterior import Posterior
+from knapsack_trl.core.posterior import GRID, Posterior
 from knapsack_trl.core.solvers import SolverResult
 from knapsack_trl.core.values import ValueFunction, get_value_function, nonzero_gradient_probability
 
 __all__ = [
     "SecondRound",
     "allocate_second_round",
+    "check_pilot_config",
     "final_mixed_probability",
     "second_round_budget",
 ]
@@ -107,6 +109,24 @@ def second_round_budget(
             "exceed n_max after the pilot alone; lower <pilot_rollouts> or raise <n_max>."
         )
     return int(generation_batch_size) - pilot
+
+
+def check_pilot_config(config: AllocatorConfig) -> None:
+    """A SettingError when the allocator's settings cannot run a pilot round (meant for config time):
+    a token budget, an exploration schedule, or a value that is not ``P(mixed) x w(p)``."""
+    if config.token_cost:
+        raise SettingError(
+            "<token_cost>=True does not combine with a pilot round (<pilot_rollouts> > 0); "
+            "turn one of them off."
+        )
+    if config.exploration_schedule is not None:
+        raise SettingError(
+            f"<exploration_schedule>={config.exploration_schedule!r} reserves budget for the buckets rule's "
+            "prompts; the pilot's second round values every prompt by its posterior. Unset the schedule or "
+            "the pilot (<pilot_rollouts>=0)."
+        )
+    highest_n_max = int(np.ceil(config.budget_schedule().n_max.bounds[1]))
+    _mixed_weight(get_value_function(config.value_function), GRID, highest_n_max)
 
 
 @dataclass(frozen=True, eq=False)
@@ -196,17 +216,7 @@ def allocate_second_round(
     m = len(ids)
     if m == 0:
         raise SettingError("allocate_second_round got an empty batch: pass at least one prompt id.")
-    if cfg.token_cost:
-        raise SettingError(
-            "<token_cost>=True does not combine with a pilot round (<pilot_rollouts> > 0); "
-            "turn one of them off."
-        )
-    if cfg.exploration_schedule is not None:
-        raise SettingError(
-            f"<exploration_schedule>={cfg.exploration_schedule!r} reserves budget for the buckets rule's "
-            "prompts; the pilot's second round values every prompt by its posterior. Unset the schedule or "
-            "the pilot (<pilot_rollouts>=0)."
-        )
+    check_pilot_config(cfg)
     rows = _counts("pilot_rollouts", pilot_rollouts, m)
     scored = rows if pilot_scored is None else _counts("pilot_scored", pilot_scored, m)
     wins = _counts("pilot_successes", pilot_successes, m)

@@ -37,7 +37,7 @@ from trl import get_peft_config
 from knapsack_trl.experiments.demo import DemoSettings, quiet_libraries, run_experiment, settings_dict
 from knapsack_trl.experiments.evaluation import heldout_evaluator, load_policy, true_rates
 from knapsack_trl.experiments.harness import train_method, warm_up_arithmetic
-from knapsack_trl.experiments.methods import METHOD_FIELDS
+from knapsack_trl.experiments.methods import METHOD_FIELDS, parse_methods
 from knapsack_trl.experiments.report import (
     RunRecord,
     format_ratios,
@@ -58,7 +58,6 @@ from knapsack_trl.trainer.plan import row_prompt_id
 
 DEFAULT_OUTPUT_DIR = "knapsack_compare_report"
 METHODS = ("uniform", "knapsack", "oracle")
-EXTRA_METHODS = ("reference",)
 
 
 # --------------------------------------------------------------------------- recipes
@@ -244,16 +243,7 @@ def _flag(name: str, value: Any) -> str:
 
 
 def _methods(ns: argparse.Namespace) -> tuple[str, ...]:
-    if ns.methods:
-        chosen = tuple(m.strip() for m in ns.methods.split(",") if m.strip())
-        unknown = [m for m in chosen if m not in METHODS + EXTRA_METHODS]
-        if unknown or "uniform" not in chosen:
-            raise SystemExit(
-                f"knapsack-trl compare: --methods takes uniform plus any of "
-                f"{', '.join(METHODS[1:] + EXTRA_METHODS)} (got {ns.methods!r})."
-            )
-        return chosen
-    return METHODS if ns.oracle else METHODS[:2]
+    return parse_methods(ns.methods, METHODS if ns.oracle else METHODS[:2], "compare")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -270,8 +260,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--methods",
         default=None,
-        help="comma-separated runs per seed: uniform, knapsack (the defaults), reference (knapsack_preset="
-        "'reference': the paper's rule), oracle (the true p); default uniform,knapsack (+oracle with --oracle)",
+        help="comma-separated runs per seed: uniform, knapsack (the defaults), pilot (a pilot round of 4 "
+        "rollouts per prompt, then the knapsack), reference (knapsack_preset='reference': the paper's rule), "
+        "oracle (the true p); default uniform,knapsack (+oracle with --oracle)",
     )
     p.add_argument(
         "--oracle-samples", type=int, default=64, help="samples per prompt for the true p (default 64)"

@@ -39,7 +39,7 @@ from datasets import Dataset
 
 from knapsack_trl.experiments.evaluation import heldout_metrics, success_rates
 from knapsack_trl.experiments.harness import train_method, warm_up_arithmetic
-from knapsack_trl.experiments.methods import METHOD_FIELDS
+from knapsack_trl.experiments.methods import METHOD_FIELDS, parse_methods
 from knapsack_trl.experiments.report import (
     RunRecord,
     format_ratios,
@@ -237,7 +237,7 @@ def run_demo_method(
     progress: bool = True,
     oracle_samples: int = 64,
 ) -> RunRecord:
-    """One GRPO run (``uniform``, ``knapsack``, ``reference`` or ``oracle``) from the warmed-up checkpoint."""
+    """One GRPO run (a method of :data:`METHOD_FIELDS`) from the warmed-up checkpoint."""
     torch.set_num_threads(settings.threads)
     model, tokenizer = load_tiny(checkpoint)
     by_id = {r["prompt_id"]: r for r in prep["pool"]}
@@ -338,6 +338,12 @@ def _parser() -> argparse.ArgumentParser:
         "--oracle", action="store_true", help="also run the oracle allocation (true p from many samples)"
     )
     p.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated runs: uniform plus any of knapsack, pilot (a pilot round of 4 rollouts per "
+        "prompt, then the knapsack), reference, oracle; default uniform,knapsack (+oracle with --oracle)",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=None,
@@ -362,7 +368,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     settings = parse_settings(ns)
-    methods = ("uniform", "knapsack", "oracle") if ns.oracle else ("uniform", "knapsack")
+    methods = parse_methods(
+        ns.methods, ("uniform", "knapsack", "oracle") if ns.oracle else ("uniform", "knapsack"), "demo"
+    )
     t0 = time.perf_counter()
     quiet_libraries()
     runs, info = run_experiment(settings, methods, progress=not ns.no_progress)

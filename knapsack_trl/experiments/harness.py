@@ -61,8 +61,11 @@ class Recorder:
             "prompt_ids": list(event.prompt_ids),
             # Prompts with no estimate (never seen) are drawn just left of 0.
             "p_estimate": np.where(np.isnan(p_est), -0.02, p_est).tolist(),
-            "bucket": [str(b) for b in event.allocation.bucket],
-            "n": [int(x) for x in event.allocation.rollouts_per_prompt],
+            # a pilot's second round has no buckets: every prompt is valued by its posterior
+            "bucket": [
+                str(b) for b in getattr(event.allocation, "bucket", ["posterior"] * len(event.prompt_ids))
+            ],
+            "n": [int(x) for x in event.rollouts],
             "p_true": p_true,
             "uniform_n": float(event.rollouts.sum()) / len(event.prompt_ids),
         }

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-METHOD_ORDER = ("uniform", "knapsack", "reference", "oracle")
+METHOD_ORDER = ("uniform", "knapsack", "pilot", "reference", "oracle")
 METHOD_LABELS = {
     "uniform": "uniform GRPO",
     "knapsack": "knapsack GRPO",
+    "pilot": "knapsack, pilot round",
     "reference": "knapsack, reference preset",
     "oracle": "knapsack, oracle p",
 }
@@ -18,10 +19,34 @@ METHOD_FIELDS: dict[str, dict[str, Any]] = {
     # (tests/test_trainer_grpo.py), and measured through the same listener as every other method.
     "uniform": {"knapsack_enabled": True, "knapsack_mode": "uniform"},
     "knapsack": {"knapsack_enabled": True},
+    # Four rollouts per prompt first (the simulator's best k at 8 per prompt: docs/method.md), the rest
+    # of the batch on what they showed.
+    "pilot": {"knapsack_enabled": True, "knapsack_pilot_rollouts": 4},
     "reference": {"knapsack_enabled": True, "knapsack_preset": "reference"},
     "oracle": {"knapsack_enabled": True},
 }
-METHOD_COLORS = {"uniform": "#4c72b0", "knapsack": "#dd8452", "reference": "#8172b3", "oracle": "#55a868"}
+METHOD_COLORS = {
+    "uniform": "#4c72b0",
+    "knapsack": "#dd8452",
+    "pilot": "#c44e52",
+    "reference": "#8172b3",
+    "oracle": "#55a868",
+}
+
+
+def parse_methods(text: str | None, default: Sequence[str], command: str) -> tuple[str, ...]:
+    """``--methods`` of an experiment command: comma-separated, ``uniform`` plus any other known method;
+    ``default`` when unset. A SystemExit naming the choices otherwise."""
+    if not text:
+        return tuple(default)
+    chosen = tuple(m.strip() for m in text.split(",") if m.strip())
+    unknown = [m for m in chosen if m not in METHOD_ORDER]
+    if unknown or "uniform" not in chosen:
+        raise SystemExit(
+            f"knapsack-trl {command}: --methods takes uniform plus any of {', '.join(METHOD_ORDER[1:])} "
+            f"(got {text!r})."
+        )
+    return chosen
 
 
 def methods_in(runs: Sequence[Any]) -> list[str]:

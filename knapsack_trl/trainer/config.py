@@ -21,6 +21,7 @@ from trl import GRPOConfig, RLOOConfig
 from knapsack_trl.core.budget import check_budget as check_split
 from knapsack_trl.core.config import RULES, AllocatorConfig
 from knapsack_trl.core.errors import SettingError
+from knapsack_trl.core.pilot import check_pilot_config, second_round_budget
 from knapsack_trl.core.presets import PRESETS, Preset, get_preset
 from knapsack_trl.core.tracker import ESTIMATES, SuccessRateTracker
 from knapsack_trl.trainer.value_head import VALUE_ESTIMATORS, ValueHeadConfig
@@ -68,6 +69,7 @@ FIELD_NAMES = {
     **{f.name: f"knapsack_{f.name}" for f in fields(AllocatorConfig)},
     **TRACKER_FIELDS,
     "preset": "knapsack_preset",
+    "pilot_rollouts": "knapsack_pilot_rollouts",
     "budget": "generation_batch_size",
     "value_estimator": "knapsack_value_estimator",
     **{
@@ -243,6 +245,15 @@ class KnapsackConfigMixin:
             "`'linear:0.2:0'`. None = 0 (the reference behaviour)."
         },
     )
+    knapsack_pilot_rollouts: int = field(
+        default=0,
+        metadata={
+            "help": "Pilot round: every prompt of the generation batch first gets this many rollouts; their "
+            "rewards update each prompt's posterior, and the rest of the batch goes by a knapsack on the "
+            "chance that each prompt's final group (pilot included) is mixed. 0 = off (one round). Needs "
+            "k x prompts per batch <= generation_batch_size and a multiple of the number of processes."
+        },
+    )
     knapsack_total_steps: int | None = field(
         default=None,
         metadata={
@@ -334,7 +345,17 @@ class KnapsackConfigMixin:
         allocator_config.validate()
         self.knapsack_tracker()
         self.knapsack_value_head_config()
-        check_budget(self, allocator_config.budget_schedule().lowest_n_max())
+        lowest_n_max = allocator_config.budget_schedule().lowest_n_max()
+        check_budget(self, lowest_n_max)
+        if self.knapsack_pilot_rollouts != 0:
+            check_pilot_config(allocator_config)
+            second_round_budget(
+                self.knapsack_pilot_rollouts,
+                self.generation_batch_size // self.num_generations,
+                self.generation_batch_size,
+                self.world_size,
+                lowest_n_max,
+            )
 
     def knapsack_horizon(self, max_steps: int | None = None) -> int | None:
         """The schedules' horizon: ``knapsack_total_steps``, else the run's ``max_steps`` (the trainer's

@@ -35,6 +35,7 @@ from trl.trainer.utils import get_config_model_id
 from knapsack_trl.core.allocator import KnapsackRolloutAllocator
 from knapsack_trl.core.calibration import group_successes
 from knapsack_trl.core.errors import SettingError
+from knapsack_trl.core.pilot import allocate_second_round
 from knapsack_trl.core.state import CHECKPOINT_STATE_VERSION, check_version
 from knapsack_trl.trainer.advantages import (
     AdvantageResult,
@@ -52,6 +53,15 @@ from knapsack_trl.trainer.plan import (
     local_slice,
 )
 from knapsack_trl.trainer.prompt_features import tokenize_prompts
+from knapsack_trl.trainer.rounds import (
+    GeneratedRound,
+    final_rows,
+    interleave,
+    log_positions,
+    merge_outputs,
+    merge_round_metrics,
+    merged_order,
+)
 from knapsack_trl.trainer.value_head import ValueHeadEstimator, estimator_prior
 
 logger = logging.get_logger(__name__)
@@ -150,8 +160,8 @@ class KnapsackTrainerMixin:
             self._signature_columns = [*self._signature_columns, column]
 
     # ------------------------------------------------------------------ allocation
-    def _knapsack_allocate(self, prompt_ids: list[str], budget: int, step: int) -> Any:
-        """Main process only: the core allocation (tests override this to inject allocations)."""
+    def _knapsack_prior(self, prompt_ids: list[str]) -> np.ndarray | None:
+        """Main process only: the schedules' horizon brought up to date, and the value head's prior."""
         allocator = self.knapsack_allocator
         horizon = self.args.knapsack_horizon(getattr(getattr(self, "state", None), "max_steps", None))
         if allocator.config.total_steps != horizon and horizon is not None:
@@ -161,13 +171,37 @@ class KnapsackTrainerMixin:
         if head_p is not None:  # the head stands in where the validity rule ignores a prompt's history
             total = allocator.tracker.stats(prompt_ids).total_observations
             observed = np.where(total >= self.args.knapsack_min_observations, total, 0)
-        prior = estimator_prior(self.args.knapsack_value_estimator, head_p, observed)
+        return estimator_prior(self.args.knapsack_value_estimator, head_p, observed)
+
+    def _knapsack_allocate(self, prompt_ids: list[str], budget: int, step: int) -> Any:
+        """Main process only: the core allocation (tests override this to inject allocations)."""
+        prior = self._knapsack_prior(prompt_ids)
         try:
-            return allocator.allocate(
+            return self.knapsack_allocator.allocate(
                 prompt_ids,
                 budget,
                 step=step,
                 prior_success_rate=prior,
+                uniform=self.args.knapsack_mode == "uniform",
+            )
+        except SettingError as err:
+            raise field_error(err) from None
+
+    def _knapsack_allocate_second_round(
+        self, prompt_ids: list[str], successes: np.ndarray, scored: np.ndarray, budget: int, step: int
+    ) -> Any:
+        """Main process only: the second round's rollouts from the pilot's outcomes (tests override this)."""
+        prior = self._knapsack_prior(prompt_ids)
+        try:
+            return allocate_second_round(
+                self.knapsack_allocator,
+                prompt_ids,
+                successes,
+                self.args.knapsack_pilot_rollouts,
+                budget,
+                step=step,
+                prior_success_rate=prior,
+                pilot_scored=scored,
                 uniform=self.args.knapsack_mode == "uniform",
             )
         except SettingError as err:
@@ -213,6 +247,104 @@ class KnapsackTrainerMixin:
         rows = local_slice(acc, unique_rows, sizes, order)
         return GenerationPlan(step, prompt_ids, sizes, order, rows, metrics, allocation)
 
+    def _knapsack_two_rounds(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        """A pilot round of ``k`` rollouts per prompt, then the rest of the batch by the knapsack on what the
+        pilot showed; one output of the batch's rows, advantages per final group (pilot included)."""
+        acc = self.accelerator
+        clock = time.perf_counter()
+        prompt_ids, unique_rows = gather_prompts(
+            acc, inputs, self.num_generations, self.args.knapsack_prompt_id_column
+        )
+        step = int(self.state.global_step)
+        self._knapsack_head_p = self._knapsack_score_prompts(unique_rows)
+        pilot = np.full(len(prompt_ids), self.args.knapsack_pilot_rollouts, dtype=np.int64)
+        (order,) = decide_on_main(acc, lambda: (self._knapsack_order(prompt_ids, pilot).tolist(),))
+        overhead = time.perf_counter() - clock
+        self._knapsack_before_generation()
+        rounds = [self._knapsack_run_round(unique_rows, pilot, np.asarray(order, dtype=np.int64))]
+        clock = time.perf_counter()
+        budget = len(inputs) * acc.num_processes - int(pilot.sum())
+        extra, order, metrics, second = self._knapsack_second_round(prompt_ids, rounds[0], budget, step)
+        overhead += time.perf_counter() - clock
+        if budget:
+            rounds.append(self._knapsack_run_round(unique_rows, extra, order))
+        clock = time.perf_counter()
+        output, merged, positions = self._knapsack_join(rounds)
+        plan = GenerationPlan(step, prompt_ids, pilot + extra, merged, [], metrics, second, positions)
+        self._knapsack_finish(plan, output)
+        train = self._metrics["train"]
+        train["knapsack/overhead_seconds"].append(overhead + time.perf_counter() - clock)
+        train["knapsack/pilot_seconds"].append(rounds[0].seconds)
+        train["knapsack/second_round_seconds"].append(rounds[1].seconds if len(rounds) > 1 else 0.0)
+        return output
+
+    def _knapsack_run_round(
+        self, unique_rows: list[dict[str, Any]], sizes: np.ndarray, order: np.ndarray
+    ) -> GeneratedRound:
+        """Generate and score one round: ``sizes[i]`` rows of prompt ``i``, laid out across processes by ``order``."""
+        clock = time.perf_counter()
+        marks = {name: len(values) for name, values in self._metrics["train"].items()}
+        rows = local_slice(self.accelerator, unique_rows, sizes, order)
+        output = self._knapsack_generate_round(rows, regroup=True)
+        return GeneratedRound(
+            sizes,
+            order,
+            output,
+            self._knapsack_rewards,
+            self._knapsack_lengths,
+            marks,
+            time.perf_counter() - clock,
+        )
+
+    def _knapsack_second_round(
+        self, prompt_ids: list[str], pilot: GeneratedRound, budget: int, step: int
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, float], Any]:
+        """Every process: the second round's rows per prompt, their order and metrics, decided on the main
+        process from the pilot's gathered rewards (and the decision itself there, None elsewhere)."""
+        inverse = torch.as_tensor(np.argsort(pilot.order, kind="stable"))
+        rewards = (
+            aggregate_rewards(pilot.rewards[inverse], self.reward_weights).detach().cpu().double().numpy()
+        )
+        second = None
+
+        def decide() -> tuple[list[int], list[int], dict[str, float]]:
+            nonlocal second
+            successes, scored = group_successes(rewards, pilot.sizes, self.args.knapsack_success_threshold)
+            second = self._knapsack_allocate_second_round(prompt_ids, successes, scored, budget, step)
+            extra = np.asarray(second.extra_rollouts, dtype=np.int64)
+            return extra.tolist(), self._knapsack_order(prompt_ids, extra).tolist(), second.metrics()
+
+        extra_list, order_list, metrics = decide_on_main(self.accelerator, decide)
+        extra, order = np.asarray(extra_list, dtype=np.int64), np.asarray(order_list, dtype=np.int64)
+        if extra.size != len(prompt_ids) or int(extra.sum()) != budget or order.size != budget:
+            raise RuntimeError(
+                f"The second round gives {int(extra.sum())} rollouts to {extra.size} prompts; expected "
+                f"{budget} rollouts for {len(prompt_ids)} prompts."
+            )
+        return extra, order, metrics, second
+
+    def _knapsack_join(self, rounds: list[GeneratedRound]) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+        """The rounds as one batch: TRL's output, the final canonical row at each global position, and
+        where TRL's logged rows sit; the gathered rewards and lengths in that batch's order, TRL's
+        per-call metrics folded to one entry."""
+        world = self.accelerator.num_processes
+        order = merged_order([r.order for r in rounds], final_rows([r.sizes for r in rounds]), world)
+        self._knapsack_rewards = interleave([r.rewards for r in rounds], world)
+        lengths = [r.lengths for r in rounds]
+        self._knapsack_lengths = None if any(x is None for x in lengths) else interleave(lengths, world)
+        output = rounds[0].output
+        if len(rounds) > 1:
+            output = merge_outputs([r.output for r in rounds], self._tokenizer.pad_token_id)
+            merge_round_metrics(
+                self._metrics["train"],
+                [r.metric_marks for r in rounds],
+                [float(r.rewards.shape[0]) for r in rounds],
+                self._knapsack_rewards,
+                self.reward_weights,
+                self.reward_func_names,
+            )
+        return output, order, log_positions([int(r.sizes.sum()) for r in rounds], world)
+
     def _knapsack_score_prompts(self, unique_rows: list[dict[str, Any]]) -> np.ndarray | None:
         """Every process: the value head's features and p for the batch's prompts (None without a head).
 
@@ -244,24 +376,47 @@ class KnapsackTrainerMixin:
     def _generate_and_score_completions(self, inputs):
         if not (self.args.knapsack_enabled and self.model.training):
             return super()._generate_and_score_completions(inputs)  # type: ignore[misc]
+        if self.args.knapsack_pilot_rollouts:
+            return self._knapsack_two_rounds(inputs)
         start = time.perf_counter()
         plan = self._knapsack_plan(inputs)
         plan_seconds = time.perf_counter() - start
-        self._knapsack_active = True
-        self._knapsack_rewards = self._knapsack_lengths = None
-        try:
-            self._knapsack_before_generation()
-            output = super()._generate_and_score_completions(plan.local_rows)  # type: ignore[misc]
-        finally:
-            self._knapsack_active = False
+        self._knapsack_before_generation()
+        output = self._knapsack_generate_round(plan.local_rows, regroup=False)
         start = time.perf_counter()
         self._knapsack_finish(plan, output)
         plan_seconds += time.perf_counter() - start
         self._metrics["train"]["knapsack/overhead_seconds"].append(plan_seconds)
         return output
 
+    def _knapsack_generate_round(self, rows: list[dict[str, Any]], regroup: bool) -> dict[str, Any]:
+        """TRL's own generation and scoring of ``rows``, catching the gathered rewards and lengths.
+
+        ``regroup``: a round whose rows are not whole groups of ``num_generations`` (a pilot round) runs
+        with TRL's group size set to 1, so TRL's own advantages (replaced afterwards) need no full groups.
+        """
+        self._knapsack_active = True
+        self._knapsack_rewards = self._knapsack_lengths = None
+        group = self.num_generations
+        if regroup:
+            self.num_generations = 1
+        try:
+            output = super()._generate_and_score_completions(rows)  # type: ignore[misc]
+        finally:
+            self._knapsack_active = False
+            self.num_generations = group
+        if self._knapsack_rewards is None:
+            raise RuntimeError(
+                "_calculate_rewards was not called during generation; cannot compute advantages."
+            )
+        self._knapsack_after_round(output)
+        return output
+
     def _knapsack_before_generation(self) -> None:
-        """Hook for per-trainer state reset before TRL generates (RLOO clears its KL capture)."""
+        """Hook for per-trainer state reset before a batch's first round (RLOO clears its KL capture)."""
+
+    def _knapsack_after_round(self, output: dict[str, Any]) -> None:
+        """Hook called after each of TRL's generation calls (RLOO turns its captured log-probs into KL)."""
 
     def _knapsack_advantages(
         self, rewards_per_func: torch.Tensor, sizes: torch.Tensor, order: torch.Tensor, output: dict[str, Any]
@@ -272,10 +427,6 @@ class KnapsackTrainerMixin:
     # ------------------------------------------------------------------ after generation
     def _knapsack_finish(self, plan: GenerationPlan, output: dict[str, Any]) -> None:
         """Advantages per variable group into TRL's output, then metrics, learning, records, listeners."""
-        if self._knapsack_rewards is None:
-            raise RuntimeError(
-                "_calculate_rewards was not called during generation; cannot compute advantages."
-            )
         device = self._knapsack_rewards.device
         order = torch.as_tensor(plan.order, device=device)
         inverse = torch.empty_like(order)
@@ -293,7 +444,11 @@ class KnapsackTrainerMixin:
             output["advantages"].dtype
         )
         # TRL's completion log is a deque of length B: this replaces the fixed-group values it just wrote.
-        self._logs["advantages"].extend(global_advantages.tolist())
+        if plan.log_positions is None:
+            logged = global_advantages
+        else:
+            logged = global_advantages[torch.as_tensor(plan.log_positions, device=device)]
+        self._logs["advantages"].extend(logged.tolist())
         self._knapsack_log_metrics(plan, result, sizes)
         rewards = aggregate_rewards(rewards_per_func, self.reward_weights).detach().cpu().double().numpy()
         lengths = None if self._knapsack_lengths is None else self._knapsack_lengths[inverse].cpu().numpy()

@@ -29,6 +29,7 @@ class GenerationPlan:
     local_rows: list[dict[str, Any]]
     metrics: dict[str, float]
     allocation: Any = None  # the core Allocation (main process only; None elsewhere)
+    log_positions: np.ndarray | None = None  # global position of each row TRL logged (None: the same order)
 
 
 def row_prompt_id(row: dict[str, Any], column: str) -> str:

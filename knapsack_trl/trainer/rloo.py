@@ -31,6 +31,7 @@ class KnapsackRLOOTrainer(KnapsackTrainerMixin, RLOOTrainer):
     ):
         args = knapsack_args("KnapsackRLOOTrainer", KnapsackRLOOConfig, model, args, train_dataset)
         self._knapsack_logps: list[torch.Tensor] = []
+        self._knapsack_kl: list[torch.Tensor] = []
         super().__init__(model, reward_funcs, args, train_dataset, *rest, **kwargs)
         self._knapsack_setup()
 
@@ -52,6 +53,20 @@ class KnapsackRLOOTrainer(KnapsackTrainerMixin, RLOOTrainer):
         return out
 
     def _knapsack_before_generation(self) -> None:
+        self._knapsack_logps, self._knapsack_kl = [], []
+
+    def _knapsack_after_round(self, output: dict[str, Any]) -> None:
+        """Each round's sequence KL (TRL's sum of ``old - ref`` over completion tokens), this process's rows."""
+        if self.beta == 0.0:
+            return
+        if len(self._knapsack_logps) != 2:
+            raise RuntimeError(
+                f"Expected the policy's and the reference model's log-probs during generation, caught "
+                f"{len(self._knapsack_logps)}; this trl version computes RLOO's KL differently."
+            )
+        old_per_token_logps, ref_per_token_logps = self._knapsack_logps
+        per_token_kl = old_per_token_logps - ref_per_token_logps
+        self._knapsack_kl.append((per_token_kl * output["completion_mask"]).sum(-1))
         self._knapsack_logps = []
 
     def _knapsack_advantages(
@@ -59,19 +74,12 @@ class KnapsackRLOOTrainer(KnapsackTrainerMixin, RLOOTrainer):
     ) -> AdvantageResult:
         kl = None
         if self.beta != 0.0:
-            if len(self._knapsack_logps) != 2:
-                raise RuntimeError(
-                    f"Expected the policy's and the reference model's log-probs during generation, caught "
-                    f"{len(self._knapsack_logps)}; this trl version computes RLOO's KL differently."
-                )
-            old_per_token_logps, ref_per_token_logps = self._knapsack_logps
-            per_token_kl = old_per_token_logps - ref_per_token_logps
-            kl = (per_token_kl * output["completion_mask"]).sum(-1)
+            kl = torch.cat(self._knapsack_kl)
             kl = gather(kl) if self.accelerator.num_processes > 1 else kl
             inverse = torch.empty_like(order)
             inverse[order] = torch.arange(order.numel(), device=order.device)
             kl = kl[inverse]
-            self._knapsack_logps = []
+            self._knapsack_kl = []
         return rloo_advantages(
             rewards_per_func,
             sizes,

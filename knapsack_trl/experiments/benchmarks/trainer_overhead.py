@@ -7,7 +7,11 @@ remains is the knapsack trainer's own work (gather, allocate, expand, advantages
 Step time is wall time from ``on_step_begin`` to ``on_step_end`` (generation, scoring, forward,
 backward, optimizer). The target is a median ratio of at most 1.05.
 
-Run: ``python -m knapsack_trl.benchmarks.trainer_overhead [--json]``.
+``--pilot K`` adds the knapsack trainer with a pilot round of ``K`` rollouts per prompt to the same
+rounds and reports its step time over the one-round knapsack trainer's: a second generation round costs
+latency, not rollouts, and that ratio is the figure (not a pass/fail).
+
+Run: ``python -m knapsack_trl.benchmarks.trainer_overhead [--pilot K] [--json]``.
 """
 
 from __future__ import annotations
@@ -73,8 +77,13 @@ def run(
     mode: str = "knapsack",
     solver: str = "cpsat",
     threads: int | None = 1,
+    pilot: int = 0,
 ) -> dict[str, Any]:
-    """Time both trainers and return medians, ratio and settings."""
+    """Time the trainers side by side and return medians, ratios and settings.
+
+    ``pilot > 0`` adds a third trainer, the knapsack trainer with a pilot round of ``pilot`` rollouts per
+    prompt, timed in the same rounds: its ratio to the one-round knapsack trainer is the pilot's cost.
+    """
     if threads:
         torch.set_num_threads(threads)
     common: dict[str, Any] = dict(
@@ -100,79 +109,97 @@ def run(
         "knapsack_solver": solver,
         "knapsack_n_max": 4 * num_generations,
     }
-    timers = {"stock": StepTimer(), "knapsack": StepTimer()}
-    trainers = _trainers(common, knapsack_fields, timers)
+    variants: dict[str, dict[str, Any] | None] = {"stock": None, "knapsack": knapsack_fields}
+    if pilot:
+        variants["pilot"] = {**knapsack_fields, "knapsack_pilot_rollouts": pilot}
+    timers = {name: StepTimer() for name in variants}
+    trainers = _trainers(common, variants, timers)
     paired = _alternate(trainers, timers, rounds)
-    knapsack = trainers["knapsack"]
     medians = {name: statistics.median(timer.times) for name, timer in timers.items()}
-    return {
+    result = {
         "median_step_seconds": medians,
         "ratio": medians["knapsack"] / medians["stock"],
         # robust to machine-load drift: each round's ratio uses steps run back to back
-        "median_paired_ratio": statistics.median(paired),
+        "median_paired_ratio": _paired_ratio(paired, "knapsack", "stock"),
         "target_ratio": TARGET_RATIO,
         "steps_timed": {name: len(timer.times) for name, timer in timers.items()},
-        "last_allocation": knapsack.knapsack_history[-1]["rollouts"] if knapsack.knapsack_history else None,
+        "last_allocation": _last_allocation(trainers["knapsack"]),
         # the knapsack trainer's own measurement of its work per generation batch (averaged per log)
         "median_knapsack_work_seconds": statistics.median(timers["knapsack"].overhead or [0.0]),
         "settings": {
             "steps_per_round": steps,
             "rounds": rounds,
-            "generation_batch_size": knapsack.args.generation_batch_size,
+            "generation_batch_size": trainers["knapsack"].args.generation_batch_size,
             "num_generations": num_generations,
             "max_completion_length": max_completion_length,
             "mode": mode,
             "solver": solver,
+            "pilot_rollouts": pilot,
             "torch_threads": torch.get_num_threads(),
         },
     }
+    if pilot:
+        result["pilot"] = {
+            "ratio_to_knapsack": medians["pilot"] / medians["knapsack"],
+            "median_paired_ratio_to_knapsack": _paired_ratio(paired, "pilot", "knapsack"),
+            "ratio_to_stock": medians["pilot"] / medians["stock"],
+            "last_allocation": _last_allocation(trainers["pilot"]),
+        }
+    return result
+
+
+def _last_allocation(trainer: Any) -> list[int] | None:
+    return trainer.knapsack_history[-1]["rollouts"] if trainer.knapsack_history else None
+
+
+def _paired_ratio(paired: list[dict[str, float]], name: str, base: str) -> float:
+    return statistics.median(medians[name] / medians[base] for medians in paired)
 
 
 def _trainers(
-    common: dict[str, Any], knapsack_fields: dict[str, Any], timers: dict[str, Any]
+    common: dict[str, Any], variants: dict[str, dict[str, Any] | None], timers: dict[str, Any]
 ) -> dict[str, Any]:
-    """The stock and the knapsack trainer on the same tiny model, data and settings, each with its timer."""
+    """One trainer per variant on the same tiny model, data and settings, each with its timer: the stock
+    GRPOTrainer for ``None``, else a KnapsackGRPOTrainer with those knapsack fields."""
     tokenizer = build_tokenizer()
     dataset = arithmetic_dataset(64, digits=(1, 2, 3))
     out = tempfile.mkdtemp(prefix="knapsack-overhead-")
-    trainers = {
-        "stock": GRPOTrainer(
+    trainers = {}
+    for name, fields in variants.items():
+        output_dir = os.path.join(out, name)
+        trainer_cls, args = (
+            (GRPOTrainer, GRPOConfig(output_dir=output_dir, **common))
+            if fields is None
+            else (KnapsackGRPOTrainer, KnapsackGRPOConfig(output_dir=output_dir, **fields, **common))
+        )
+        trainers[name] = trainer_cls(
             model=build_model(tokenizer, seed=0),
             reward_funcs=coin_reward,
-            args=GRPOConfig(output_dir=os.path.join(out, "stock"), **common),
+            args=args,
             train_dataset=dataset,
             processing_class=tokenizer,
-            callbacks=[timers["stock"]],
-        ),
-        "knapsack": KnapsackGRPOTrainer(
-            model=build_model(tokenizer, seed=0),
-            reward_funcs=coin_reward,
-            args=KnapsackGRPOConfig(output_dir=os.path.join(out, "knapsack"), **knapsack_fields, **common),
-            train_dataset=dataset,
-            processing_class=tokenizer,
-            callbacks=[timers["knapsack"]],
-        ),
-    }
-    for trainer in trainers.values():
-        trainer.remove_callback(PrinterCallback)  # keep stdout for the result
+            callbacks=[timers[name]],
+        )
+        trainers[name].remove_callback(PrinterCallback)  # keep stdout for the result
     return trainers
 
 
-def _alternate(trainers: dict[str, Any], timers: dict[str, Any], rounds: int) -> list[float]:
-    """A warm-up round (not timed), then ``rounds`` rounds alternating which trainer goes first; the
-    knapsack / stock ratio of each round's median step time."""
+def _alternate(trainers: dict[str, Any], timers: dict[str, Any], rounds: int) -> list[dict[str, float]]:
+    """A warm-up round (not timed), then ``rounds`` rounds rotating which trainer goes first; each
+    round's median step time per trainer."""
     for trainer in trainers.values():
         trainer.train()
     for timer in timers.values():
         timer.times.clear()
         timer.overhead.clear()
-    paired: list[float] = []
+    names = list(trainers)
+    paired: list[dict[str, float]] = []
     for r in range(rounds):
         marks = {name: len(timer.times) for name, timer in timers.items()}
-        for name in ("stock", "knapsack") if r % 2 == 0 else ("knapsack", "stock"):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
             trainers[name].train()
-        round_median = {name: statistics.median(timer.times[marks[name] :]) for name, timer in timers.items()}
-        paired.append(round_median["knapsack"] / round_median["stock"])
+        paired.append({name: statistics.median(timer.times[marks[name] :]) for name, timer in timers.items()})
     return paired
 
 
@@ -195,6 +222,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--solver", choices=["cpsat", "dp", "greedy"], default="cpsat")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0 = torch default)")
+    parser.add_argument(
+        "--pilot",
+        type=int,
+        default=0,
+        help="also time the knapsack trainer with a pilot round of this many rollouts per prompt (0 = not)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     ns = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -209,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         mode=ns.mode,
         solver=ns.solver,
         threads=ns.threads or None,
+        pilot=ns.pilot,
     )
     if ns.json:
         print(json.dumps(result))
@@ -227,6 +261,14 @@ def main(argv: list[str] | None = None) -> int:
         f"knapsack trainer's own work per generation batch: {1000 * result['median_knapsack_work_seconds']:.2f} ms"
     )
     print(f"last allocation: {result['last_allocation']}")
+    if ns.pilot:
+        pilot = result["pilot"]
+        print(f"median step time  with a pilot of {ns.pilot}:  {1000 * med['pilot']:.1f} ms")
+        print(
+            f"pilot / one-round knapsack: {pilot['ratio_to_knapsack']:.3f} (paired "
+            f"{pilot['median_paired_ratio_to_knapsack']:.3f}); pilot / stock: {pilot['ratio_to_stock']:.3f}"
+        )
+        print(f"last allocation with the pilot: {pilot['last_allocation']}")
     return 0
 
 

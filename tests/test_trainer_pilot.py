@@ -1,0 +1,303 @@
+"""The pilot round inside the trainers: stock when the pilot is the whole group, a numpy reference for
+random second rounds, one output batch of stock shapes, and config-time errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from conftest import REWARDS, record_lasts
+from test_advantages import numpy_grpo, numpy_rloo
+from test_trainer_grpo import assert_same_run, mock_vllm_server, reversed_reward
+from transformers import TrainingArguments
+from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
+
+from knapsack_trl import KnapsackGRPOConfig, KnapsackGRPOTrainer, KnapsackRLOOConfig, KnapsackRLOOTrainer
+
+pytestmark = pytest.mark.slow
+
+WEIGHTS = np.array([1.0, 0.5])
+
+
+class FakeSecondRound:
+    """Stands in for the core's SecondRound: given extra rollouts per prompt, no diagnostics."""
+
+    def __init__(self, extra: np.ndarray) -> None:
+        self.extra_rollouts = np.asarray(extra, dtype=np.int64)
+
+    def metrics(self) -> dict[str, float]:
+        return {"second_round_rollouts": float(self.extra_rollouts.sum())}
+
+
+def inject_random_second_rounds(trainer: Any, seed: int) -> list[dict[str, np.ndarray]]:
+    """Replace the second-round decision with random extra rollouts summing to its budget (0 included)."""
+    rng = np.random.default_rng(seed)
+    drawn: list[dict[str, np.ndarray]] = []
+
+    def allocate(prompt_ids, successes, scored, budget, step):
+        extra = rng.multinomial(budget, np.full(len(prompt_ids), 1 / len(prompt_ids)))
+        drawn.append({"successes": np.asarray(successes), "scored": np.asarray(scored), "extra": extra})
+        return FakeSecondRound(extra)
+
+    trainer._knapsack_allocate_second_round = allocate
+    return drawn
+
+
+def record_reward_calls(trainer: Any) -> list[dict[str, Any]]:
+    """Every call of TRL's reward computation: its prompts, completion token ids and reward matrix."""
+    calls: list[dict[str, Any]] = []
+    original = trainer._calculate_rewards
+
+    def wrapped(inputs, prompts, completions, completion_ids_list):
+        out = original(inputs, prompts, completions, completion_ids_list)
+        calls.append(
+            {
+                "prompts": list(prompts),
+                "completion_ids": [list(ids) for ids in completion_ids_list],
+                "rewards_per_func": out.detach().cpu().numpy().astype(np.float64),
+            }
+        )
+        return out
+
+    trainer._calculate_rewards = wrapped
+    return calls
+
+
+def aggregate(rpf: np.ndarray) -> np.ndarray:
+    """TRL's weighted sum, NaN where every reward function abstained."""
+    total = np.nansum(rpf * WEIGHTS, axis=1)
+    return np.where(np.isnan(rpf).all(axis=1), np.nan, total)
+
+
+# --------------------------------------------------------------------------- the pilot is the whole group
+def test_whole_group_pilot_is_stock_grpo(run_pair, rewards) -> None:
+    stock, knap = run_pair(
+        GRPOTrainer,
+        GRPOConfig,
+        KnapsackGRPOTrainer,
+        KnapsackGRPOConfig,
+        [rewards["parity"], rewards["sparse"], rewards["sparser"]],
+        reward_weights=[1.0, 0.5, 2.0],
+        beta=0.05,
+        knapsack_pilot_rollouts=4,
+    )
+    assert_same_run(stock, knap)
+    logged = [h for h in knap[0].state.log_history if "loss" in h]
+    stock_logged = [h for h in stock[0].state.log_history if "loss" in h]
+    for ours, theirs in zip(logged, stock_logged, strict=True):
+        assert ours["reward"] == theirs["reward"] and ours["reward_std"] == theirs["reward_std"]
+        assert ours["frac_reward_zero_std"] == theirs["frac_reward_zero_std"]
+        assert ours["knapsack/second_round_rollouts"] == 0.0
+
+
+def test_whole_group_pilot_is_stock_rloo(run_pair, rewards) -> None:
+    stock, knap = run_pair(
+        RLOOTrainer,
+        RLOOConfig,
+        KnapsackRLOOTrainer,
+        KnapsackRLOOConfig,
+        [rewards["parity"], rewards["sparse"]],
+        reward_weights=[1.0, 0.5],
+        beta=0.05,
+        normalize_advantages=True,
+        knapsack_pilot_rollouts=4,
+    )
+    assert_same_run(stock, knap)
+
+
+# --------------------------------------------------------------------------- random second rounds
+def check_rounds(calls, drawn, lasts, outputs, pilot: int, prompt_of: dict[str, str]) -> list[np.ndarray]:
+    """What every trainer must do with a pilot, checked from the reward calls alone; returns, per batch,
+    the final canonical reward matrix rebuilt independently."""
+    assert len(calls) == 2 * len(drawn) == 2 * len(lasts) == 2 * len(outputs)
+    rebuilt = []
+    for k, (draw, last, output) in enumerate(zip(drawn, lasts, outputs, strict=True)):
+        first, second = calls[2 * k], calls[2 * k + 1]
+        prompts = [prompt_of[pid] for pid in last["prompt_ids"]]
+        assert first["prompts"] == [p for p in prompts for _ in range(pilot)]
+        assert second["prompts"] == [p for p, n in zip(prompts, draw["extra"], strict=True) for _ in range(n)]
+        # the decision saw the pilot's own outcomes
+        pilot_r = aggregate(first["rewards_per_func"]).reshape(len(prompts), pilot)
+        np.testing.assert_array_equal(draw["scored"], (~np.isnan(pilot_r)).sum(axis=1))
+        np.testing.assert_array_equal(
+            draw["successes"], (np.nan_to_num(pilot_r, nan=-np.inf) > 0.5).sum(axis=1)
+        )
+        # final groups: each prompt's pilot rows, then its second-round rows
+        sizes = pilot + draw["extra"]
+        assert last["rollouts"] == sizes.tolist()
+        ends = np.cumsum(draw["extra"])
+        parts = []
+        for i in range(len(prompts)):
+            parts.append(first["rewards_per_func"][i * pilot : (i + 1) * pilot])
+            parts.append(second["rewards_per_func"][ends[i] - draw["extra"][i] : ends[i]])
+        canonical = np.concatenate(parts)
+        np.testing.assert_array_equal(last["rewards_per_func"].numpy().astype(np.float64), canonical)
+        rebuilt.append(canonical)
+        # one output batch: the pilot's rows, then the second round's, padded as TRL pads
+        ids = first["completion_ids"] + second["completion_ids"]
+        assert output["completion_ids"].shape[0] == len(ids) == 16
+        for row, expected in enumerate(ids):
+            mask = output["completion_mask"][row]
+            width = int(mask.sum())
+            assert mask[:width].all() and not mask[width:].any()
+            assert output["completion_ids"][row][:width].tolist() == expected
+            prompt_mask = output["prompt_mask"][row]
+            assert prompt_mask[prompt_mask.numel() - int(prompt_mask.sum()) :].all()
+        assert torch.equal(output["advantages"], last["global_advantages"])
+    return rebuilt
+
+
+@pytest.mark.parametrize("pilot", [1, 2])
+def test_random_second_rounds_match_numpy_grpo(
+    tiny_model, tiny_tokenizer, train_dataset, tiny_args, recorder, pilot
+) -> None:
+    args = tiny_args(
+        KnapsackGRPOConfig,
+        max_steps=3,
+        beta=0.05,
+        reward_weights=WEIGHTS.tolist(),
+        knapsack_n_min=0,
+        knapsack_pilot_rollouts=pilot,
+    )
+    trainer = KnapsackGRPOTrainer(
+        model=tiny_model(),
+        reward_funcs=[REWARDS["parity"], REWARDS["sparse"]],
+        args=args,
+        train_dataset=train_dataset,
+        processing_class=tiny_tokenizer,
+    )
+    drawn = inject_random_second_rounds(trainer, seed=3 + pilot)
+    calls = record_reward_calls(trainer)
+    lasts = record_lasts(trainer)
+    outputs = recorder(trainer)
+    trainer.train()
+
+    assert any((d["extra"] == 0).any() for d in drawn)  # prompts left at their pilot are exercised
+    prompt_of = {row["prompt_id"]: row["prompt"] for row in train_dataset}
+    rebuilt = check_rounds(calls, drawn, lasts, outputs, pilot, prompt_of)
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    for canonical, draw, last, output, log in zip(rebuilt, drawn, lasts, outputs, logged, strict=True):
+        sizes = (pilot + draw["extra"]).tolist()
+        expected = numpy_grpo(canonical, sizes, WEIGHTS, "group", "sum_then_normalize")
+        np.testing.assert_allclose(last["advantages"].numpy(), expected, rtol=1e-4, atol=1e-4)
+        assert "ref_per_token_logps" in output  # beta > 0: the reference's log-probs joined too
+        assert output["num_items_in_batch"] == output["completion_mask"].sum()
+        assert log["reward"] == pytest.approx(float(np.nanmean(aggregate(canonical))), rel=1e-6)
+        assert log["knapsack/second_round_rollouts"] == 16 - 4 * pilot
+        assert log["knapsack/pilot_seconds"] > 0 and log["knapsack/second_round_seconds"] > 0
+
+
+def test_random_second_rounds_match_numpy_rloo(
+    tiny_model, tiny_tokenizer, train_dataset, tiny_args, recorder
+) -> None:
+    clip = (-0.5, 1.0)
+    args = tiny_args(
+        KnapsackRLOOConfig,
+        max_steps=3,
+        beta=0.05,
+        normalize_advantages=True,
+        reward_clip_range=clip,
+        reward_weights=WEIGHTS.tolist(),
+        knapsack_n_min=0,
+        knapsack_pilot_rollouts=1,
+    )
+    trainer = KnapsackRLOOTrainer(
+        model=tiny_model(),
+        reward_funcs=[REWARDS["parity"], REWARDS["sparse"]],
+        args=args,
+        train_dataset=train_dataset,
+        processing_class=tiny_tokenizer,
+    )
+    drawn = inject_random_second_rounds(trainer, seed=5)
+    calls = record_reward_calls(trainer)
+    lasts = record_lasts(trainer)
+    outputs = recorder(trainer)
+    trainer.train()
+
+    prompt_of = {row["prompt_id"]: row["prompt"] for row in train_dataset}
+    rebuilt = check_rounds(calls, drawn, lasts, outputs, 1, prompt_of)
+    for canonical, draw, last in zip(rebuilt, drawn, lasts, strict=True):
+        kl = last["kl"].numpy().astype(np.float64)
+        expected = numpy_rloo(canonical, (1 + draw["extra"]).tolist(), WEIGHTS, kl, 0.05, clip, True)
+        np.testing.assert_allclose(last["advantages"].numpy(), expected, rtol=1e-4, atol=1e-4)
+    assert np.abs(lasts[-1]["kl"].numpy()).sum() > 0
+
+
+def test_pilot_with_vllm_server_and_importance_sampling(
+    tiny_model, tiny_tokenizer, train_dataset, tiny_args
+) -> None:
+    """A MOCK vLLM server (none can run here): each round asks for one completion per row, and the
+    importance-sampling fields of both rounds join into one batch."""
+    args = tiny_args(KnapsackGRPOConfig, max_steps=2, knapsack_pilot_rollouts=1)
+    trainer = KnapsackGRPOTrainer(
+        model=tiny_model(),
+        reward_funcs=reversed_reward,
+        args=args,
+        train_dataset=train_dataset,
+        processing_class=tiny_tokenizer,
+    )
+    client = mock_vllm_server(trainer, tiny_tokenizer, importance_sampling=True)
+    outputs: list[dict[str, Any]] = []
+    original = trainer._generate_and_score_completions
+    trainer._generate_and_score_completions = lambda inputs: outputs.append(original(inputs)) or outputs[-1]
+    trainer.train()
+    assert [len(c.kwargs["prompts"]) for c in client.generate.call_args_list] == [4, 12, 4, 12]
+    assert all(c.kwargs["n"] == 1 for c in client.generate.call_args_list)
+    assert all(h["reward"] == 1.0 for h in trainer.state.log_history if "loss" in h)
+    for output in outputs:
+        width = output["completion_ids"].shape[1]
+        for key in ("sampling_per_token_logps", "importance_sampling_ratio", "old_per_token_logps"):
+            assert output[key].shape[0] == 16 and output[key].shape[1] in (1, width), key
+            assert torch.isfinite(output[key]).all(), key
+
+
+# --------------------------------------------------------------------------- config-time errors
+@pytest.mark.parametrize(
+    "fields,match",
+    [
+        (
+            {"knapsack_pilot_rollouts": 5},
+            r"knapsack_pilot_rollouts=5 x 4 prompts = 20 > generation_batch_size=16",
+        ),
+        ({"knapsack_pilot_rollouts": -1}, r"knapsack_pilot_rollouts=-1 must be an integer >= 1"),
+        ({"knapsack_pilot_rollouts": 5, "knapsack_n_max": 4}, r"knapsack_pilot_rollouts=5"),
+        (
+            {"knapsack_pilot_rollouts": 2, "knapsack_token_cost": True},
+            r"knapsack_token_cost=True does not combine with a pilot round",
+        ),
+        (
+            {
+                "knapsack_pilot_rollouts": 2,
+                "knapsack_rule": "buckets",
+                "knapsack_exploration_schedule": "linear:0.2:0",
+            },
+            r"knapsack_exploration_schedule=.*Unset the schedule or the pilot \(knapsack_pilot_rollouts=0\)",
+        ),
+    ],
+)
+def test_bad_pilot_settings_fail_at_config_time(tmp_path, fields: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        KnapsackGRPOConfig(
+            output_dir=str(tmp_path),
+            use_cpu=True,
+            report_to="none",
+            per_device_train_batch_size=8,
+            gradient_accumulation_steps=2,
+            num_generations=4,
+            **fields,
+        )
+
+
+def test_pilot_that_does_not_split_over_processes_fails_at_config_time(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(TrainingArguments, "world_size", property(lambda self: 2))
+    with pytest.raises(ValueError, match=r"do not split evenly over 2 processes"):
+        KnapsackGRPOConfig(
+            output_dir=str(tmp_path),
+            use_cpu=True,
+            report_to="none",
+            per_device_train_batch_size=16,
+            num_generations=32,  # 2 x 16 rows = 32 per batch: one prompt, one pilot rollout
+            knapsack_pilot_rollouts=1,
+        )
