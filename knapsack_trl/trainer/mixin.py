@@ -12,6 +12,10 @@ At generation time (training only) the trainer:
 4. recomputes the advantages per variable group with TRL's rules (:mod:`.advantages`), logs
    ``knapsack/*`` metrics, feeds the tracker and the value head, and tells the listeners (:mod:`.hooks`).
 
+With ``knapsack_pilot_rollouts`` (:meth:`_knapsack_two_rounds`) steps 2-3 run twice: ``k`` rows per
+prompt first, then the rest of the batch decided on the pilot's rewards; the two TRL outputs are
+joined into one batch (:mod:`.rounds`) before step 4.
+
 Because every process keeps ``generation_batch_size / num_processes`` rollouts, DDP, gradient
 accumulation, ``steps_per_generation``, ``num_iterations``, every ``loss_type`` normaliser and vLLM's
 limits are untouched. Evaluation stays stock.
@@ -301,7 +305,7 @@ class KnapsackTrainerMixin:
     ) -> tuple[np.ndarray, np.ndarray, dict[str, float], Any]:
         """Every process: the second round's rows per prompt, their order and metrics, decided on the main
         process from the pilot's gathered rewards (and the decision itself there, None elsewhere)."""
-        inverse = torch.as_tensor(np.argsort(pilot.order, kind="stable"))
+        inverse = torch.as_tensor(np.argsort(pilot.order, kind="stable"), device=pilot.rewards.device)
         rewards = (
             aggregate_rewards(pilot.rewards[inverse], self.reward_weights).detach().cpu().double().numpy()
         )
