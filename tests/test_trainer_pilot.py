@@ -253,6 +253,51 @@ def test_pilot_with_vllm_server_and_importance_sampling(
             assert torch.isfinite(output[key]).all(), key
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"loss_type": "dapo", "num_iterations": 2},
+        {"loss_type": "dr_grpo", "beta": 0.05},
+        {"loss_type": "luspo", "importance_sampling_level": "sequence"},
+        {"steps_per_generation": 4, "gradient_accumulation_steps": 2},
+        {"mask_truncated_completions": True, "top_entropy_quantile": 0.5, "log_completions": True},
+        {"lora": True, "beta": 0.04},
+    ],
+    ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()),
+)
+def test_pilot_feature_matrix(
+    tiny_dir, tiny_model, tiny_tokenizer, train_dataset, tiny_args, overrides
+) -> None:
+    """TRL's features on the joined batch: the final groups are pilot + second round, the loss is finite,
+    and TRL's completion log lines up with the batch's advantages."""
+    fields = dict(overrides)
+    peft_config = None
+    if fields.pop("lora", False):
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
+    args = tiny_args(KnapsackGRPOConfig, max_steps=4, knapsack_pilot_rollouts=2, knapsack_n_min=0, **fields)
+    trainer = KnapsackGRPOTrainer(
+        model=tiny_dir if peft_config else tiny_model(),
+        reward_funcs=REWARDS["difficulty"],
+        args=args,
+        train_dataset=train_dataset.select(range(8)),
+        processing_class=tiny_tokenizer,
+        peft_config=peft_config,
+    )
+    drawn = inject_random_second_rounds(trainer, seed=1)
+    lasts = record_lasts(trainer)
+    trainer.train()
+    assert trainer.state.global_step == 4
+    budget = trainer.args.generation_batch_size
+    assert len(drawn) == len(trainer.knapsack_history) > 0
+    for draw, record in zip(drawn, trainer.knapsack_history, strict=True):
+        assert record["rollouts"] == (2 + draw["extra"]).tolist() and sum(record["rollouts"]) == budget
+    assert all(np.isfinite(h["loss"]) for h in trainer.state.log_history if "loss" in h)
+    assert list(trainer._logs["advantages"]) == lasts[-1]["global_advantages"].tolist()
+    assert len(trainer._logs["prompt"]) == budget
+
+
 # --------------------------------------------------------------------------- config-time errors
 @pytest.mark.parametrize(
     "fields,match",
