@@ -256,9 +256,14 @@ def test_pilot_with_vllm_server_and_importance_sampling(
 @pytest.mark.parametrize(
     "overrides",
     [
+        {"loss_type": "grpo"},
+        {"loss_type": "bnpo"},
         {"loss_type": "dapo", "num_iterations": 2},
         {"loss_type": "dr_grpo", "beta": 0.05},
+        {"loss_type": "cispo"},
+        {"loss_type": "sapo"},
         {"loss_type": "luspo", "importance_sampling_level": "sequence"},
+        {"loss_type": "vespo"},
         {"steps_per_generation": 4, "gradient_accumulation_steps": 2},
         {"mask_truncated_completions": True, "top_entropy_quantile": 0.5, "log_completions": True},
         {"lora": True, "beta": 0.04},
