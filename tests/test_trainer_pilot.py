@@ -226,7 +226,7 @@ def test_random_second_rounds_match_numpy_rloo(
 
 
 def test_pilot_with_vllm_server_and_importance_sampling(
-    tiny_model, tiny_tokenizer, train_dataset, tiny_args
+    tiny_model, tiny_tokenizer, train_dataset, tiny_args, recorder
 ) -> None:
     """A MOCK vLLM server (none can run here): each round asks for one completion per row, and the
     importance-sampling fields of both rounds join into one batch."""
@@ -239,9 +239,7 @@ def test_pilot_with_vllm_server_and_importance_sampling(
         processing_class=tiny_tokenizer,
     )
     client = mock_vllm_server(trainer, tiny_tokenizer, importance_sampling=True)
-    outputs: list[dict[str, Any]] = []
-    original = trainer._generate_and_score_completions
-    trainer._generate_and_score_completions = lambda inputs: outputs.append(original(inputs)) or outputs[-1]
+    outputs = recorder(trainer)
     trainer.train()
     assert [len(c.kwargs["prompts"]) for c in client.generate.call_args_list] == [4, 12, 4, 12]
     assert all(c.kwargs["n"] == 1 for c in client.generate.call_args_list)
