@@ -254,7 +254,7 @@ def format_ratios(agg: dict[str, Any]) -> str:
     for m, r in agg["ratios"].items():
         out.append(
             f"- {METHOD_LABELS.get(m, m)} vs uniform: informative prompts per step x{_fmt(r['informative_ratio'], 2)}, "
-            f"rollout-level ratio x{_fmt(r['egr_ratio'], 2)}, rollouts to target x{_fmt(r['rollouts_to_target_ratio'], 2)}, "
+            f"rollout-level ratio x{_fmt(r['egr_ratio'], 2)}, rollouts to target x{_fmt(r['rollouts_to_target_ratio'], 2)} (below 1: sooner), "
             f"final held-out acc. (T=1) {_signed(r['final_reward_delta'])}, "
             f"greedy {_signed(r['final_accuracy_delta'])}"
             + (
