@@ -115,6 +115,24 @@ def run(
     timers = {name: StepTimer() for name in variants}
     trainers = _trainers(common, variants, timers)
     paired = _alternate(trainers, timers, rounds)
+    settings = {
+        "steps_per_round": steps,
+        "rounds": rounds,
+        "generation_batch_size": trainers["knapsack"].args.generation_batch_size,
+        "num_generations": num_generations,
+        "max_completion_length": max_completion_length,
+        "mode": mode,
+        "solver": solver,
+        "pilot_rollouts": pilot,
+        "torch_threads": torch.get_num_threads(),
+    }
+    return _summary(trainers, timers, paired, settings)
+
+
+def _summary(
+    trainers: dict[str, Any], timers: dict[str, Any], paired: list[dict[str, float]], settings: dict[str, Any]
+) -> dict[str, Any]:
+    """Medians, whole-run and paired ratios, the last allocations, and the settings."""
     medians = {name: statistics.median(timer.times) for name, timer in timers.items()}
     result = {
         "median_step_seconds": medians,
@@ -126,19 +144,9 @@ def run(
         "last_allocation": _last_allocation(trainers["knapsack"]),
         # the knapsack trainer's own measurement of its work per generation batch (averaged per log)
         "median_knapsack_work_seconds": statistics.median(timers["knapsack"].overhead or [0.0]),
-        "settings": {
-            "steps_per_round": steps,
-            "rounds": rounds,
-            "generation_batch_size": trainers["knapsack"].args.generation_batch_size,
-            "num_generations": num_generations,
-            "max_completion_length": max_completion_length,
-            "mode": mode,
-            "solver": solver,
-            "pilot_rollouts": pilot,
-            "torch_threads": torch.get_num_threads(),
-        },
+        "settings": settings,
     }
-    if pilot:
+    if "pilot" in trainers:
         result["pilot"] = {
             "ratio_to_knapsack": medians["pilot"] / medians["knapsack"],
             "median_paired_ratio_to_knapsack": _paired_ratio(paired, "pilot", "knapsack"),
