@@ -98,12 +98,12 @@ def assert_advantages_match_reference(last: dict[str, Any], sizes: list[int]) ->
 def test_tools_pair_each_rollout_with_its_prompt_and_match_the_reference(make_trainer, calc_rows) -> None:
     reward = Recorder()
     trainer = make_trainer(calc_rows, reward, tools=[world.calc], knapsack_n_min=0)
-    drawn = inject_random_allocations(trainer, seed=3)
+    drawn = inject_random_allocations(trainer, seed=0)
     lasts = record_lasts(trainer)
     trainer.train()
 
     assert len(drawn) == len(lasts) == len(reward.batches) == 4
-    assert len({tuple(s) for s in drawn}) > 1
+    assert len({tuple(s) for s in drawn}) > 1 and any((s == 0).any() for s in drawn)  # a prompt with none
     expression = {row["prompt_id"]: row["prompt"][0]["content"].rstrip("=") for row in calc_rows}
     own = foreign = calls = 0
     for sizes, last, batch in zip(drawn, lasts, reward.batches, strict=True):
@@ -196,6 +196,8 @@ def test_a_tool_that_raises_is_a_per_rollout_failure(make_trainer, calc_rows) ->
     logged = [h for h in trainer.state.log_history if "loss" in h]
     assert all(h["tools/failure_frequency"] == 1.0 for h in logged)
     for sizes, last, batch in zip(drawn, lasts, reward.batches, strict=True):
+        rows = [pid for pid, n in zip(last["prompt_ids"], sizes.tolist(), strict=True) for _ in range(n)]
+        assert batch["prompt_id"] == rows
         results = [m["content"] for c in batch["completions"] for m in c if m["role"] == "tool"]
         assert all("error" in r for r in results) and any("calculator offline" in r for r in results)
         assert_advantages_match_reference(last, sizes.tolist())
@@ -390,3 +392,21 @@ def test_a_task_that_changes_between_copies_of_a_row_is_refused(make_trainer) ->
     trainer = make_trainer(Dataset.from_list(rows), None, environment_factory=DriftingEnv, max_steps=1)
     with pytest.raises(ValueError, match=r"different prompts.*reset\(\).*knapsack_prompt_id_column"):
         trainer.train()
+
+
+# --------------------------------------------------------------------------- recipes
+def test_a_recipe_names_agent_parts_by_dotted_path() -> None:
+    from knapsack_trl.recipe import KnapsackScriptArguments, RecipeError, recipe_agents
+
+    calc, env = "knapsack_trl.tasks.calculator.calc", "knapsack_trl.tasks.calculator:CalculatorEnv"
+    kwargs = recipe_agents(KnapsackScriptArguments(tools=calc, environment_factory=env))
+    assert kwargs == {"tools": [world.calc], "environment_factory": world.CalculatorEnv}
+    assert recipe_agents(KnapsackScriptArguments()) == {}
+    with pytest.raises(RecipeError, match=r"tools: cannot import 'no_such_pkg\.calc'"):
+        recipe_agents(KnapsackScriptArguments(tools=["no_such_pkg.calc"]))
+    with pytest.raises(
+        RecipeError, match=r"rollout_func: 'knapsack_trl\.tasks\.calculator\.CHARS' is not a callable"
+    ):
+        recipe_agents(KnapsackScriptArguments(rollout_func="knapsack_trl.tasks.calculator.CHARS"))
+    with pytest.raises(RecipeError, match="set trainer_type: grpo"):
+        recipe_agents(KnapsackScriptArguments(tools=[calc], trainer_type="rloo"))
