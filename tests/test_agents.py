@@ -352,10 +352,10 @@ def test_environment_owned_rows_are_keyed_on_the_row(make_trainer) -> None:
 
 
 def test_environment_without_a_dataset_is_uniform_with_one_warning(make_trainer, monkeypatch) -> None:
-    from knapsack_trl.trainer import mixin
+    from knapsack_trl.trainer import agents
 
     warnings: list[str] = []
-    monkeypatch.setattr(mixin.logger, "warning", lambda msg, *a, **k: warnings.append(str(msg)))
+    monkeypatch.setattr(agents.logger, "warning", lambda msg, *a, **k: warnings.append(str(msg)))
     trainer = make_trainer(None, None, environment_factory=world.CalculatorEnv, max_steps=3)
     trainer.train()
     assert [h["rollouts"] for h in trainer.knapsack_history] == [[G] * 4] * 3

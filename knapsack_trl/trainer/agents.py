@@ -14,9 +14,14 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
+from accelerate.utils import gather, gather_object
+from transformers.utils import logging
 
 from knapsack_trl.core.tracker import prompt_id
-from knapsack_trl.trainer.plan import UNIDENTIFIED
+from knapsack_trl.trainer.plan import UNIDENTIFIED, GenerationPlan, gather_prompts
+
+logger = logging.get_logger(__name__)
 
 
 def rollout_costs(tool_mask: list[list[int]] | None, completion_ids: list[list[int]]) -> list[float]:
@@ -93,3 +98,67 @@ def split_unidentified(
         unidentified_prompts=float((~known).sum()),
     )
     return None, sizes, metrics
+
+
+class KnapsackAgentMixin:
+    """The agent-run parts of :class:`.mixin.KnapsackTrainerMixin`: ids of environment rows, what each
+    rollout cost and called, and the checks and metrics on them."""
+
+    def _knapsack_agent_setup(self) -> None:
+        self._knapsack_tool_mask: list[list[int]] | None = None
+        self._knapsack_tool_calls: torch.Tensor | None = None
+        self._knapsack_prompt_hashes: list[str] | None = None
+        self._knapsack_warned_unidentified = False
+
+    def _knapsack_uses_environment(self) -> bool:
+        """Whether TRL runs an ``environment_factory`` (rows are then keyed by :func:`.plan.row_task_id`)."""
+        return getattr(self, "environment_factories", None) is not None
+
+    def _knapsack_gather(self, inputs: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
+        """The batch's prompt ids and first rows (:func:`.plan.gather_prompts`)."""
+        return gather_prompts(
+            self.accelerator,
+            inputs,
+            self.num_generations,
+            self.args.knapsack_prompt_id_column,
+            environment=self._knapsack_uses_environment(),
+        )
+
+    def _knapsack_warn_unidentified(self, prompt_ids: list[str]) -> None:
+        if UNIDENTIFIED in prompt_ids and not self._knapsack_warned_unidentified:
+            self._knapsack_warned_unidentified = True
+            logger.warning(
+                "Some training rows name no task (TRL's placeholder rows when the environment owns the data and no "
+                "train_dataset is given, or rows with only an 'environment' field): they get num_generations "
+                "rollouts each and no history. For allocation on them, pass a train_dataset whose rows fix the task "
+                f"reset() builds (e.g. a 'task' column, or an id in {self.args.knapsack_prompt_id_column!r})."
+            )
+
+    def _knapsack_capture(self, prompts: list, completions: list, completion_ids: list, device: Any) -> None:
+        """Per rollout, gathered (process-major): the cost (generated tokens, all turns), tool calls, and in
+        environment runs a hash of the prompt ``reset`` built."""
+        world = self.accelerator.num_processes
+        per_rollout = torch.tensor(
+            [rollout_costs(self._knapsack_tool_mask, completion_ids), tool_call_counts(completions)],
+            dtype=torch.float32,
+            device=device,
+        ).T
+        per_rollout = gather(per_rollout) if world > 1 else per_rollout
+        self._knapsack_lengths, self._knapsack_tool_calls = per_rollout[:, 0], per_rollout[:, 1]
+        self._knapsack_prompt_hashes = None
+        if self._knapsack_uses_environment():
+            hashes = prompt_hashes(prompts)
+            self._knapsack_prompt_hashes = gather_object(hashes) if world > 1 else hashes
+
+    def _knapsack_agent_step(self, plan: GenerationPlan, inverse: np.ndarray) -> np.ndarray | None:
+        """Environment runs: every row's copies got one task. Tool runs: tool calls per rollout (canonical
+        order), logged by allocation size. Single-round batches only (a pilot's rounds are not joined here)."""
+        if self._knapsack_prompt_hashes is not None:
+            hashes = [self._knapsack_prompt_hashes[g] for g in inverse.tolist()]
+            check_stable_tasks(plan.prompt_ids, plan.sizes, hashes, self.args.knapsack_prompt_id_column)
+        if self._knapsack_tool_calls is None or not getattr(self, "tools", None):
+            return None
+        calls = self._knapsack_tool_calls.cpu().numpy()[inverse]
+        for name, value in tool_call_metrics(calls, plan.sizes, self.num_generations).items():
+            self._metrics["train"][f"knapsack/{name}"].append(value)
+        return calls

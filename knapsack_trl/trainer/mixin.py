@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate.utils import gather, gather_object
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 from trl.trainer.utils import get_config_model_id
@@ -47,14 +46,7 @@ from knapsack_trl.trainer.advantages import (
     nonzero_variance,
     prompt_weights,
 )
-from knapsack_trl.trainer.agents import (
-    check_stable_tasks,
-    prompt_hashes,
-    rollout_costs,
-    split_unidentified,
-    tool_call_counts,
-    tool_call_metrics,
-)
+from knapsack_trl.trainer.agents import KnapsackAgentMixin, split_unidentified
 from knapsack_trl.trainer.config import KnapsackConfigMixin, check_trl_version, field_error
 from knapsack_trl.trainer.hooks import AllocationEvent, AllocationListener
 from knapsack_trl.trainer.plan import (
@@ -63,7 +55,6 @@ from knapsack_trl.trainer.plan import (
     GenerationPlan,
     balance_rows,
     decide_on_main,
-    gather_prompts,
     local_slice,
 )
 from knapsack_trl.trainer.prompt_features import tokenize_prompts
@@ -134,7 +125,7 @@ def check_train_dataset(dataset: Any, args: KnapsackConfigMixin, environment_fac
         )
 
 
-class KnapsackTrainerMixin:
+class KnapsackTrainerMixin(KnapsackAgentMixin):
     """Mixed in before ``GRPOTrainer`` / ``RLOOTrainer``; call :meth:`_knapsack_setup` after their ``__init__``."""
 
     args: KnapsackConfigMixin
@@ -151,10 +142,7 @@ class KnapsackTrainerMixin:
         self._knapsack_lengths: torch.Tensor | None = None
         self._knapsack_head_features: torch.Tensor | None = None
         self._knapsack_head_p: np.ndarray | None = None
-        self._knapsack_tool_mask: list[list[int]] | None = None
-        self._knapsack_tool_calls: torch.Tensor | None = None
-        self._knapsack_prompt_hashes: list[str] | None = None
-        self._knapsack_warned_unidentified = False
+        self._knapsack_agent_setup()
         self.knapsack_allocator = None
         self.knapsack_value_head = None
         if not args.knapsack_enabled:
@@ -251,29 +239,6 @@ class KnapsackTrainerMixin:
             return np.arange(budget)
         lengths = np.where(np.isnan(lengths), np.nanmean(lengths), lengths)
         return balance_rows(np.repeat(lengths, sizes), world)
-
-    def _knapsack_uses_environment(self) -> bool:
-        """Whether TRL runs an ``environment_factory`` (rows are then keyed by :func:`.plan.row_task_id`)."""
-        return getattr(self, "environment_factories", None) is not None
-
-    def _knapsack_gather(self, inputs: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
-        return gather_prompts(
-            self.accelerator,
-            inputs,
-            self.num_generations,
-            self.args.knapsack_prompt_id_column,
-            environment=self._knapsack_uses_environment(),
-        )
-
-    def _knapsack_warn_unidentified(self, prompt_ids: list[str]) -> None:
-        if UNIDENTIFIED in prompt_ids and not self._knapsack_warned_unidentified:
-            self._knapsack_warned_unidentified = True
-            logger.warning(
-                "Some training rows name no task (TRL's placeholder rows when the environment owns the data and no "
-                "train_dataset is given, or rows with only an 'environment' field): they get num_generations "
-                "rollouts each and no history. For allocation on them, pass a train_dataset whose rows fix the task "
-                f"reset() builds (e.g. a 'task' column, or an id in {self.args.knapsack_prompt_id_column!r})."
-            )
 
     def _knapsack_plan(self, inputs: list[dict[str, Any]]) -> GenerationPlan:
         """Gather, dedupe, allocate on the main process, broadcast, expand and slice."""
@@ -432,22 +397,6 @@ class KnapsackTrainerMixin:
             self._knapsack_capture(prompts, completions, completion_ids_list, rewards_per_func.device)
         return rewards_per_func
 
-    def _knapsack_capture(self, prompts: list, completions: list, completion_ids: list, device: Any) -> None:
-        """Per rollout, gathered (process-major): the cost (generated tokens, all turns), tool calls, and in
-        environment runs a hash of the prompt ``reset`` built."""
-        world = self.accelerator.num_processes
-        per_rollout = torch.tensor(
-            [rollout_costs(self._knapsack_tool_mask, completion_ids), tool_call_counts(completions)],
-            dtype=torch.float32,
-            device=device,
-        ).T
-        per_rollout = gather(per_rollout) if world > 1 else per_rollout
-        self._knapsack_lengths, self._knapsack_tool_calls = per_rollout[:, 0], per_rollout[:, 1]
-        self._knapsack_prompt_hashes = None
-        if self._knapsack_uses_environment():
-            hashes = prompt_hashes(prompts)
-            self._knapsack_prompt_hashes = gather_object(hashes) if world > 1 else hashes
-
     def _generate_and_score_completions(self, inputs):
         if not (self.args.knapsack_enabled and self.model.training):
             return super()._generate_and_score_completions(inputs)  # type: ignore[misc]
@@ -545,19 +494,6 @@ class KnapsackTrainerMixin:
         )
         for listener in self._knapsack_listeners:
             listener(event)
-
-    def _knapsack_agent_step(self, plan: GenerationPlan, inverse: np.ndarray) -> np.ndarray | None:
-        """Environment runs: every row's copies got one task. Tool runs: tool calls per rollout (canonical
-        order), logged by allocation size. Single-round batches only (a pilot's rounds are not joined here)."""
-        if self._knapsack_prompt_hashes is not None:
-            hashes = [self._knapsack_prompt_hashes[g] for g in inverse.tolist()]
-            check_stable_tasks(plan.prompt_ids, plan.sizes, hashes, self.args.knapsack_prompt_id_column)
-        if self._knapsack_tool_calls is None or not getattr(self, "tools", None):
-            return None
-        calls = self._knapsack_tool_calls.cpu().numpy()[inverse]
-        for name, value in tool_call_metrics(calls, plan.sizes, self.num_generations).items():
-            self._metrics["train"][f"knapsack/{name}"].append(value)
-        return calls
 
     def _knapsack_log_metrics(
         self, plan: GenerationPlan, result: AdvantageResult, sizes: torch.Tensor
