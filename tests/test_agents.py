@@ -410,3 +410,50 @@ def test_a_recipe_names_agent_parts_by_dotted_path() -> None:
         recipe_agents(KnapsackScriptArguments(rollout_func="knapsack_trl.tasks.calculator.CHARS"))
     with pytest.raises(RecipeError, match="set trainer_type: grpo"):
         recipe_agents(KnapsackScriptArguments(tools=[calc], trainer_type="rloo"))
+
+
+# --------------------------------------------------------------------------- two processes
+@pytest.mark.multiprocess
+def test_two_processes_keep_each_rollout_with_its_prompt(calc_dir: str, tmp_path) -> None:
+    """Environment rollouts permuted across two gloo processes: both ranks take the same allocation, each
+    rank's environments hold the answers of the rows it was given, and the gathered tool calls, costs
+    and task hashes line up (a misaligned gather would fail the stable-task check)."""
+    import json
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    worker = Path(__file__).with_name("agents_worker.py")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr"]
+    command += ["127.0.0.1", "--master_port", str(port), str(worker), calc_dir, str(tmp_path)]
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    answer = {row["prompt_id"]: row["answer"] for row in world.calculator_rows(8)}
+    answer = {pid: ("-1" if k % 2 else a) for k, (pid, a) in enumerate(answer.items())}
+    assert set(ranks[0]["tracker"]) == set(answer)
+    for g0, g1 in zip(ranks[0]["generations"], ranks[1]["generations"], strict=True):
+        for key in (
+            "prompt_ids",
+            "rollouts",
+            "order",
+            "global_advantages",
+            "tool_calls",
+            "lengths",
+            "rewards",
+        ):
+            assert g0[key] == g1[key], key
+        assert sum(g0["rollouts"]) == 32
+        canonical = [pid for pid, n in zip(g0["prompt_ids"], g0["rollouts"], strict=True) for _ in range(n)]
+        for rank, g in enumerate((g0, g1)):  # each rank's environments were reset with the rows it was given
+            rows = [canonical[c] for c in g0["order"][16 * rank : 16 * (rank + 1)]]
+            assert g["answers"] == [answer[pid] for pid in rows]
+        assert all(r == 0 for pid, r in zip(canonical, g0["rewards"], strict=True) if answer[pid] == "-1")
+    generations = ranks[0]["generations"]
+    assert len(generations) == 3 and all(sum(g["tool_calls"]) > 0 for g in generations)
+    assert any(g["order"] != list(range(32)) for g in generations)  # rollouts moved between processes
