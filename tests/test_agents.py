@@ -140,7 +140,15 @@ def test_tools_tracker_learns_per_prompt_and_costs_count_every_turn(make_trainer
     rows = [{**row, "answer": "-1"} if k % 2 else row for k, row in enumerate(world.calculator_rows(8))]
     calc_rows = Dataset.from_list(rows)
     reward = Recorder()
-    trainer = make_trainer(calc_rows, reward, tools=[world.calc], max_steps=6, knapsack_tracker_window=64)
+    trainer = make_trainer(
+        calc_rows,
+        reward,
+        tools=[world.calc],
+        max_steps=6,
+        knapsack_tracker_window=64,
+        knapsack_token_cost=True,  # the costs below are what the token budget is spent on
+        knapsack_solver="cpsat",
+    )
     outputs = []
     generate = trainer._generate_and_score_completions
     trainer._generate_and_score_completions = lambda inputs: outputs.append(generate(inputs)) or outputs[-1]
@@ -205,9 +213,12 @@ def test_a_tool_that_raises_is_a_per_rollout_failure(make_trainer, calc_rows) ->
 
 # --------------------------------------------------------------------------- rollout_func
 def test_rollout_func_gets_one_row_per_rollout(make_trainer, calc_rows) -> None:
+    """A two-part rollout: the policy's generation, then environment feedback (``env_mask`` 0), which the
+    rollout's cost leaves out."""
     import torch
 
     seen: list[int] = []
+    generated: list[int] = []
 
     def rollout_func(prompts: list, trainer: Any) -> dict[str, Any]:
         """Generates as TRL documents: one prompt per ``num_generations`` rows, that many completions each."""
@@ -229,15 +240,18 @@ def test_rollout_func_gets_one_row_per_rollout(make_trainer, calc_rows) -> None:
         prompt_ids = [
             ids[mask.bool()].tolist() for ids, mask in zip(encoded["input_ids"], encoded["attention_mask"])
         ]
-        completion_ids = []
+        policy = []
         for row in out[:, width:].tolist():
-            completion_ids.append(
+            policy.append(
                 row[: row.index(tokenizer.eos_token_id) + 1] if tokenizer.eos_token_id in row else row
             )
+        feedback = tokenizer("<result>0</result>")["input_ids"]
+        generated.extend(len(ids) for ids in policy)
         return {
             "prompt_ids": [p for p in prompt_ids for _ in range(group)],
-            "completion_ids": completion_ids,
+            "completion_ids": [ids + feedback for ids in policy],
             "logprobs": None,
+            "env_mask": [[1] * len(ids) + [0] * len(feedback) for ids in policy],
             "source": [u[0]["content"] for u in unique for _ in range(group)],
         }
 
@@ -245,14 +259,22 @@ def test_rollout_func_gets_one_row_per_rollout(make_trainer, calc_rows) -> None:
         assert [p[0]["content"] for p in prompts] == source  # each completion scored with its own prompt
         return [float(len(world.completion_text(c)) % 2) for c in completions]
 
-    trainer = make_trainer(calc_rows, source_reward, rollout_func=rollout_func, knapsack_n_min=0)
+    trainer = make_trainer(
+        calc_rows, source_reward, rollout_func=rollout_func, knapsack_n_min=0, knapsack_tracker_window=64
+    )
     drawn = inject_random_allocations(trainer, seed=11)
     lasts = record_lasts(trainer)
     trainer.train()
     assert seen == [B] * 4 and trainer.num_generations == G
-    for sizes, last in zip(drawn, lasts, strict=True):
+    costs: dict[str, list[float]] = {}
+    for k, (sizes, last) in enumerate(zip(drawn, lasts, strict=True)):
         assert last["rollouts"] == sizes.tolist()
         assert_advantages_match_reference(last, sizes.tolist())
+        rows = [pid for pid, n in zip(last["prompt_ids"], sizes.tolist(), strict=True) for _ in range(n)]
+        for pid, n_tokens in zip(rows, generated[B * k : B * (k + 1)], strict=True):
+            costs.setdefault(pid, []).append(float(n_tokens))
+    state = trainer.knapsack_allocator.tracker.state_dict()["prompts"]
+    assert {pid: e["lengths"] for pid, e in state.items()} == costs  # the policy's tokens, feedback excluded
 
 
 # --------------------------------------------------------------------------- environments
