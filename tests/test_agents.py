@@ -479,3 +479,26 @@ def test_two_processes_keep_each_rollout_with_its_prompt(calc_dir: str, tmp_path
     generations = ranks[0]["generations"]
     assert len(generations) == 3 and all(sum(g["tool_calls"]) > 0 for g in generations)
     assert any(g["order"] != list(range(32)) for g in generations)  # rollouts moved between processes
+
+
+def test_environment_row_ids() -> None:
+    """The id table of docs/agents.md: the id column, else the whole row (non-JSON fields left out), else none."""
+    from knapsack_trl.core.tracker import prompt_id
+    from knapsack_trl.trainer.plan import PLACEHOLDER_PROMPT
+
+    assert row_task_id({"environment": "mul", "prompt_id": 7, "task": 1}, "prompt_id") == "7"
+    assert row_task_id({"environment": "mul", "task": 1}, "prompt_id") == prompt_id(
+        {"environment": "mul", "task": 1}
+    )
+    assert row_task_id({"task": 1, "image": object()}, "prompt_id") == row_task_id({"task": 1}, "prompt_id")
+    assert row_task_id({"task": 1}, "prompt_id") != row_task_id({"task": 2}, "prompt_id")
+    prompt = [{"role": "user", "content": "12*34="}]
+    assert row_task_id({"prompt": prompt, "answer": "408"}, "prompt_id") == prompt_id(
+        {"prompt": prompt, "answer": "408"}
+    )
+    for row in (
+        {"prompt": PLACEHOLDER_PROMPT},
+        {"environment": "mul"},
+        {"prompt": PLACEHOLDER_PROMPT, "environment": "a"},
+    ):
+        assert row_task_id(row, "prompt_id") == UNIDENTIFIED

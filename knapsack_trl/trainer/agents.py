@@ -42,8 +42,15 @@ def tool_call_counts(completions: list[Any]) -> list[float]:
 
 
 def prompt_hashes(prompts: list[Any]) -> list[str]:
-    """Per rollout: a hash of the prompt it was generated from (after ``reset`` extended it)."""
-    return [prompt_id(p) for p in prompts]
+    """Per rollout: a hash of the prompt it was generated from (after ``reset`` extended it); empty for a
+    prompt that is not JSON (images), which is then not checked."""
+    hashes = []
+    for prompt in prompts:
+        try:
+            hashes.append(prompt_id(prompt))
+        except TypeError:
+            hashes.append("")
+    return hashes
 
 
 def check_stable_tasks(prompt_ids: list[str], sizes: np.ndarray, hashes: list[str], column: str) -> None:

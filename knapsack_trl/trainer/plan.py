@@ -8,6 +8,7 @@ process receives the same sizes and row order, and each keeps an equal slice, so
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -55,16 +56,25 @@ def row_task_id(row: dict[str, Any], column: str) -> str:
     """An environment run's row id: its ``column`` value, else a content hash of all its fields.
 
     TRL calls ``reset(**row)`` with the row's fields, so a deterministic environment's task is a function
-    of them; the allocation is decided before ``reset`` runs, so nothing later can key it. A row whose
-    only fields are TRL's placeholder prompt and/or ``environment`` names no task: :data:`UNIDENTIFIED`.
+    of them; the allocation is decided before ``reset`` runs, so nothing later can key it. Fields that are
+    not JSON (images) are left out. A row whose only fields are TRL's placeholder prompt and/or
+    ``environment`` names no task: :data:`UNIDENTIFIED`.
     """
     value = row.get(column)
     if value is not None:
         return str(value)
-    fields = {k: v for k, v in row.items() if not (k == "prompt" and v == PLACEHOLDER_PROMPT)}
+    fields = {k: v for k, v in row.items() if not (k == "prompt" and v == PLACEHOLDER_PROMPT) and _is_json(v)}
     if not set(fields) - {"environment"}:
         return UNIDENTIFIED
     return prompt_id(fields)
+
+
+def _is_json(value: Any) -> bool:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _row_key(row: dict[str, Any], column: str, environment: bool) -> Any:
