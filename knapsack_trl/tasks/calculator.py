@@ -141,16 +141,16 @@ def sft_rows(n: int, seed: int = 1) -> list[dict[str, str]]:
     return rows
 
 
-def tool_calls(completion: Any) -> int:
-    """How many tool results a completion (TRL's list of messages) holds: one per executed call."""
-    if isinstance(completion, (list, tuple)):
-        return sum(1 for m in completion if isinstance(m, dict) and m.get("role") == "tool")
-    return 0
-
-
 def calculator_reward(completions: list[Any], answer: list[str], **kwargs: Any) -> list[float]:
     """1.0 when the last assistant turn is exactly the answer, else 0.0 (a binary success signal)."""
     return [float(completion_text(c).strip() == str(a)) for c, a in zip(completions, answer, strict=True)]
+
+
+def exact_call(calls: list[Any], answer: str) -> float:
+    """1.0 when the first call's argument is a valid expression whose value is ``answer``."""
+    if not calls or not _EXPRESSION.fullmatch(str(calls[0])):
+        return 0.0
+    return float(calc(str(calls[0])) == str(answer))
 
 
 def exact_call_reward(completions: list[Any], answer: list[str], **kwargs: Any) -> list[float]:
@@ -163,13 +163,7 @@ def exact_call_reward(completions: list[Any], answer: list[str], **kwargs: Any) 
             if isinstance(m, dict)
             for call in m.get("tool_calls") or []
         ]
-        out.append(
-            float(
-                bool(calls)
-                and _EXPRESSION.fullmatch(str(calls[0])) is not None
-                and calc(str(calls[0])) == str(target)
-            )
-        )
+        out.append(exact_call(calls, target))
     return out
 
 
@@ -187,7 +181,7 @@ class CalculatorEnv:
 
     def __init__(self) -> None:
         self._rng = random.Random(next(CalculatorEnv._instances))  # each instance its own stream
-        self.expression = ""
+        self.expression = self.answer = ""
         self.calls: list[str] = []
 
     def reset(self, task: int | None = None, answer: str | None = None, **row: Any) -> str | None:
@@ -211,6 +205,4 @@ class CalculatorEnv:
 
     def get_reward(self) -> float:
         """1.0 when the rollout's first call was a valid expression whose value is the answer."""
-        if not self.calls or not _EXPRESSION.fullmatch(self.calls[0]):
-            return 0.0
-        return float(calc(self.calls[0]) == self.answer)
+        return exact_call(self.calls, self.answer)
