@@ -29,6 +29,7 @@ from knapsack_trl.recipe import (
     parse_command_line,
     preflight,
     prepare_model,
+    recipe_agents,
     recipe_rewards,
 )
 
@@ -40,6 +41,7 @@ def train(script_args: Any, training_args: Any, model_args: Any) -> Any:
     from knapsack_trl.trainer import KnapsackGRPOTrainer, KnapsackRLOOTrainer
 
     rewards = recipe_rewards(script_args.reward_funcs)
+    agents = recipe_agents(script_args)
     preflight(rewards)
     train_dataset = load_recipe_dataset(script_args, seed=training_args.seed)
     check_recipe_dataset(train_dataset, rewards, training_args)
@@ -67,6 +69,7 @@ def train(script_args: Any, training_args: Any, model_args: Any) -> Any:
         eval_dataset=eval_dataset,
         peft_config=get_peft_config(model_args),
         quantization_config=get_quantization_config(model_args),
+        **agents,
     )
     trainer.accelerator.print(f"knapsack-trl: {describe_run(trainer_cls.__name__, training_args)}")
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)

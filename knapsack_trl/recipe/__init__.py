@@ -4,6 +4,7 @@ Used by the command line (``knapsack-trl train``) and by experiments (``knapsack
 so both read a recipe the same way.
 """
 
+from knapsack_trl.recipe.agents import recipe_agents
 from knapsack_trl.recipe.arguments import PROG, TASKS, TRAINER_TYPES, KnapsackScriptArguments, RecipeError
 from knapsack_trl.recipe.datasets import check_recipe_dataset, dataset_is_local, load_recipe_dataset
 from knapsack_trl.recipe.models import TINY_MODELS, TINY_OPTIONS, parse_tiny_spec, prepare_model
@@ -40,6 +41,7 @@ __all__ = [
     "preflight",
     "prepare_model",
     "read_recipe",
+    "recipe_agents",
     "recipe_rewards",
     "resolved_recipe",
     "reward_columns",

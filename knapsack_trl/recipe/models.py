@@ -8,9 +8,11 @@ from urllib.parse import parse_qsl, urlsplit
 
 from knapsack_trl.recipe.arguments import RecipeError
 from knapsack_trl.recipe.parse import TINY_SCHEME
+from knapsack_trl.tasks import calculator
 from knapsack_trl.tasks.arithmetic import build_model, build_tokenizer, save_tiny
 
-TINY_MODELS = ("arithmetic",)
+TINY_MODELS = ("arithmetic", "calculator")
+TINY_TOKENIZERS = {"arithmetic": build_tokenizer, "calculator": calculator.build_tokenizer}
 TINY_OPTIONS = {"hidden_size": int, "num_layers": int, "seed": int}
 
 
@@ -45,10 +47,10 @@ def prepare_model(model_args: Any, training_args: Any) -> str:
     spec = model_args.model_name_or_path
     if not spec.startswith(TINY_SCHEME):
         return spec
-    _, options = parse_tiny_spec(spec)
+    name, options = parse_tiny_spec(spec)
     folder = Path(training_args.output_dir) / "tiny_init"
     with training_args.main_process_first(desc="build the tiny model"):
         if not (folder / "config.json").exists():
-            tokenizer = build_tokenizer()
+            tokenizer = TINY_TOKENIZERS[name]()
             save_tiny(folder, build_model(tokenizer, **options), tokenizer)
     return str(folder)

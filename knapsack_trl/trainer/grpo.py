@@ -41,7 +41,13 @@ class KnapsackGRPOTrainer(KnapsackTrainerMixin, GRPOTrainer):
         *rest: Any,
         **kwargs: Any,
     ):
-        args = knapsack_args("KnapsackGRPOTrainer", KnapsackGRPOConfig, model, args, train_dataset)
+        bound = inspect.signature(GRPOTrainer.__init__).bind(
+            None, model, reward_funcs, args, train_dataset, *rest, **kwargs
+        )
+        environment = bound.arguments.get("environment_factory")
+        args = knapsack_args(
+            "KnapsackGRPOTrainer", KnapsackGRPOConfig, model, args, train_dataset, environment
+        )
         self._knapsack_single_turn_signature = _num_generations_parameter()
         super().__init__(model, reward_funcs, args, train_dataset, *rest, **kwargs)
         self._knapsack_setup()
@@ -53,6 +59,22 @@ class KnapsackGRPOTrainer(KnapsackTrainerMixin, GRPOTrainer):
             bound.arguments["num_generations"] = 1
             return super()._generate_single_turn(*bound.args[1:], **bound.kwargs)
         return super()._generate_single_turn(*args, **kwargs)
+
+    def _generate(self, prompts: list) -> Any:
+        """TRL's generation; while re-allocating, keeps each rollout's mask of generated tokens (tool results
+        and a ``rollout_func``'s ``env_mask`` 0) for the rollout's token cost. A ``rollout_func`` reads
+        ``trainer.num_generations == 1`` meanwhile: its rows are the allocation's, one completion each."""
+        if not self._knapsack_active:
+            return super()._generate(prompts)
+        group = self.num_generations
+        if self.rollout_func is not None:  # the rows are already expanded: one completion per row
+            self.num_generations = 1
+        try:
+            result = super()._generate(prompts)
+        finally:
+            self.num_generations = group
+        self._knapsack_tool_mask = result[2]
+        return result
 
     def _knapsack_advantages(
         self, rewards_per_func: torch.Tensor, sizes: torch.Tensor, order: torch.Tensor, output: dict[str, Any]

@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate.utils import gather
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 from trl.trainer.utils import get_config_model_id
@@ -47,13 +46,15 @@ from knapsack_trl.trainer.advantages import (
     nonzero_variance,
     prompt_weights,
 )
+from knapsack_trl.trainer.agents import KnapsackAgentMixin, split_unidentified
 from knapsack_trl.trainer.config import KnapsackConfigMixin, check_trl_version, field_error
 from knapsack_trl.trainer.hooks import AllocationEvent, AllocationListener
 from knapsack_trl.trainer.plan import (
+    PLACEHOLDER_PROMPT,
+    UNIDENTIFIED,
     GenerationPlan,
     balance_rows,
     decide_on_main,
-    gather_prompts,
     local_slice,
 )
 from knapsack_trl.trainer.prompt_features import tokenize_prompts
@@ -73,7 +74,14 @@ logger = logging.get_logger(__name__)
 STATE_FILE = "knapsack_state.json"
 
 
-def knapsack_args(trainer_name: str, config_class: type, model: Any, args: Any, train_dataset: Any) -> Any:
+def knapsack_args(
+    trainer_name: str,
+    config_class: type,
+    model: Any,
+    args: Any,
+    train_dataset: Any,
+    environment_factory: Any = None,
+) -> Any:
     """The trainer's ``args`` (TRL's default output dir when None), checked before TRL's set-up runs."""
     check_trl_version()
     if args is None:
@@ -84,21 +92,29 @@ def knapsack_args(trainer_name: str, config_class: type, model: Any, args: Any, 
             f"{trainer_name} needs a {config_class.__name__}, got {type(args).__name__}; build "
             f"{config_class.__name__}(...) with the same arguments (knapsack_enabled=False gives the stock trainer)."
         )
-    check_train_dataset(train_dataset, args)
+    check_train_dataset(train_dataset, args, environment_factory)
     return args
 
 
-def check_train_dataset(dataset: Any, args: KnapsackConfigMixin) -> None:
-    """Fail at start-up when rows carry neither a stable prompt id nor prompt text to hash."""
-    if not args.knapsack_enabled:
+def check_train_dataset(dataset: Any, args: KnapsackConfigMixin, environment_factory: Any = None) -> None:
+    """Fail at start-up when rows carry neither a stable prompt id nor prompt text to hash.
+
+    Without a dataset TRL decides: its own error, or (an environment owns the data) its placeholder rows,
+    which name no task and so are allocated uniformly. Environment rows need no prompt: their id is a hash
+    of the row :func:`.plan.row_task_id`.
+    """
+    if not args.knapsack_enabled or dataset is None:
         return
-    if dataset is None:
-        raise ValueError(
-            "Knapsack allocation needs a train_dataset with a prompt id or prompt text per row (training from an "
-            "environment's placeholder rows would give every prompt the same id); set knapsack_enabled=False."
-        )
     columns = getattr(dataset, "column_names", None)
     if columns is None:  # an IterableDataset without features: checked on the first batch instead
+        return
+    if isinstance(environment_factory, dict) and "environment" not in columns:
+        raise ValueError(
+            f"environment_factory is a dict of {sorted(map(str, environment_factory))}, so each training row must "
+            f"name its environment in an 'environment' column; the dataset has none (columns: {columns}). Add the "
+            "column, or pass a single environment factory."
+        )
+    if environment_factory is not None:
         return
     if args.knapsack_prompt_id_column not in columns and "prompt" not in columns:
         raise ValueError(
@@ -109,7 +125,7 @@ def check_train_dataset(dataset: Any, args: KnapsackConfigMixin) -> None:
         )
 
 
-class KnapsackTrainerMixin:
+class KnapsackTrainerMixin(KnapsackAgentMixin):
     """Mixed in before ``GRPOTrainer`` / ``RLOOTrainer``; call :meth:`_knapsack_setup` after their ``__init__``."""
 
     args: KnapsackConfigMixin
@@ -126,6 +142,7 @@ class KnapsackTrainerMixin:
         self._knapsack_lengths: torch.Tensor | None = None
         self._knapsack_head_features: torch.Tensor | None = None
         self._knapsack_head_p: np.ndarray | None = None
+        self._knapsack_agent_setup()
         self.knapsack_allocator = None
         self.knapsack_value_head = None
         if not args.knapsack_enabled:
@@ -227,18 +244,18 @@ class KnapsackTrainerMixin:
         """Gather, dedupe, allocate on the main process, broadcast, expand and slice."""
         acc = self.accelerator
         budget = len(inputs) * acc.num_processes
-        prompt_ids, unique_rows = gather_prompts(
-            acc, inputs, self.num_generations, self.args.knapsack_prompt_id_column
-        )
+        prompt_ids, unique_rows = self._knapsack_gather(inputs)
         step = int(self.state.global_step)
         self._knapsack_head_p = self._knapsack_score_prompts(unique_rows)
+        self._knapsack_warn_unidentified(prompt_ids)
         allocation = None
 
         def decide() -> tuple[list[int], list[int], dict[str, float]]:
             nonlocal allocation
-            allocation = self._knapsack_allocate(prompt_ids, budget, step)
-            sizes = np.asarray(allocation.rollouts_per_prompt, dtype=np.int64)
-            return sizes.tolist(), self._knapsack_order(prompt_ids, sizes).tolist(), allocation.metrics()
+            allocation, sizes, metrics = split_unidentified(
+                prompt_ids, budget, self.num_generations, lambda ids, b: self._knapsack_allocate(ids, b, step)
+            )
+            return sizes.tolist(), self._knapsack_order(prompt_ids, sizes).tolist(), metrics
 
         size_list, order_list, metrics = decide_on_main(acc, decide)
         sizes = np.asarray(size_list, dtype=np.int64)
@@ -256,9 +273,12 @@ class KnapsackTrainerMixin:
         pilot showed; one output of the batch's rows, advantages per final group (pilot included)."""
         acc = self.accelerator
         clock = time.perf_counter()
-        prompt_ids, unique_rows = gather_prompts(
-            acc, inputs, self.num_generations, self.args.knapsack_prompt_id_column
-        )
+        prompt_ids, unique_rows = self._knapsack_gather(inputs)
+        if UNIDENTIFIED in prompt_ids:
+            raise ValueError(
+                "knapsack_pilot_rollouts needs a task id for every row, and some rows name none (an environment's "
+                "placeholder rows): pass a train_dataset whose rows fix the task, or set knapsack_pilot_rollouts=0."
+            )
         step = int(self.state.global_step)
         self._knapsack_head_p = self._knapsack_score_prompts(unique_rows)
         pilot = np.full(len(prompt_ids), self.args.knapsack_pilot_rollouts, dtype=np.int64)
@@ -336,6 +356,7 @@ class KnapsackTrainerMixin:
         self._knapsack_rewards = interleave([r.rewards for r in rounds], world)
         lengths = [r.lengths for r in rounds]
         self._knapsack_lengths = None if any(x is None for x in lengths) else interleave(lengths, world)
+        self._knapsack_tool_calls = self._knapsack_prompt_hashes = None  # per round only
         output = rounds[0].output
         if len(rounds) > 1:
             output = merge_outputs([r.output for r in rounds], self._tokenizer.pad_token_id)
@@ -359,7 +380,9 @@ class KnapsackTrainerMixin:
         if self.knapsack_value_head is None:
             return None
         ids, mask = tokenize_prompts(
-            self.processing_class, [row["prompt"] for row in unique_rows], device=self.accelerator.device
+            self.processing_class,
+            [row.get("prompt", PLACEHOLDER_PROMPT) for row in unique_rows],
+            device=self.accelerator.device,
         )
         self._knapsack_head_features = self.knapsack_value_head.features(
             self.model, ids, mask, shared_inputs=True
@@ -371,10 +394,7 @@ class KnapsackTrainerMixin:
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)  # type: ignore[misc]
         if self._knapsack_active:
             self._knapsack_rewards = rewards_per_func
-            lengths = torch.tensor(
-                [len(ids) for ids in completion_ids_list], dtype=torch.float32, device=rewards_per_func.device
-            )
-            self._knapsack_lengths = gather(lengths) if self.accelerator.num_processes > 1 else lengths
+            self._knapsack_capture(prompts, completions, completion_ids_list, rewards_per_func.device)
         return rewards_per_func
 
     def _generate_and_score_completions(self, inputs):
@@ -400,7 +420,7 @@ class KnapsackTrainerMixin:
         with TRL's group size set to 1, so TRL's own advantages (replaced afterwards) need no full groups.
         """
         self._knapsack_active = True
-        self._knapsack_rewards = self._knapsack_lengths = None
+        self._knapsack_rewards = self._knapsack_lengths = self._knapsack_tool_mask = None
         group = self.num_generations
         if regroup:
             self.num_generations = 1
@@ -437,6 +457,7 @@ class KnapsackTrainerMixin:
         inverse[order] = torch.arange(order.numel(), device=device)
         sizes = torch.as_tensor(plan.sizes, device=device)
         rewards_per_func = self._knapsack_rewards[inverse]  # global (process-major) -> canonical
+        tool_calls = self._knapsack_agent_step(plan, inverse.cpu().numpy())
         result = self._knapsack_advantages(rewards_per_func, sizes, order, output)
         advantages = result.advantages
         if self.args.knapsack_prompt_weighting == "prompt":
@@ -466,6 +487,7 @@ class KnapsackTrainerMixin:
             "advantages": advantages.detach().cpu(),
             "global_advantages": global_advantages.detach().cpu(),
             "kl": None if result.kl is None else result.kl.detach().cpu(),
+            "tool_calls": tool_calls,
         }
         event = AllocationEvent(
             plan.step, plan.prompt_ids, plan.sizes, rewards, lengths, plan.allocation, plan.metrics
@@ -501,8 +523,12 @@ class KnapsackTrainerMixin:
             self._knapsack_head_features = None
         if self.accelerator.is_main_process:
             row_ids = [pid for pid, n in zip(plan.prompt_ids, plan.sizes.tolist()) for _ in range(n)]
+            keep = [k for k, pid in enumerate(row_ids) if pid != UNIDENTIFIED]  # no task, no history
             self.knapsack_allocator.observe(
-                row_ids, rewards.tolist(), None if lengths is None else lengths.tolist(), step=plan.step
+                [row_ids[k] for k in keep],
+                rewards[keep].tolist(),
+                None if lengths is None else lengths[keep].tolist(),
+                step=plan.step,
             )
 
     # ------------------------------------------------------------------ checkpoints

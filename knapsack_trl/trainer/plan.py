@@ -8,6 +8,7 @@ process receives the same sizes and row order, and each keeps an equal slice, so
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -45,25 +46,60 @@ def row_prompt_id(row: dict[str, Any], column: str) -> str:
     )
 
 
-def _row_key(row: dict[str, Any], column: str) -> Any:
+# The rows TRL trains on when an environment owns the data and no train_dataset is given.
+PLACEHOLDER_PROMPT = [{"role": "user", "content": ""}]
+# The id of a row that names no task (allocated uniformly, never tracked).
+UNIDENTIFIED = "<unidentified>"
+
+
+def row_task_id(row: dict[str, Any], column: str) -> str:
+    """An environment run's row id: its ``column`` value, else a content hash of all its fields.
+
+    TRL calls ``reset(**row)`` with the row's fields, so a deterministic environment's task is a function
+    of them; the allocation is decided before ``reset`` runs, so nothing later can key it. Fields that are
+    not JSON (images) are left out. A row whose only fields are TRL's placeholder prompt and/or
+    ``environment`` names no task: :data:`UNIDENTIFIED`.
+    """
+    value = row.get(column)
+    if value is not None:
+        return str(value)
+    fields = {k: v for k, v in row.items() if not (k == "prompt" and v == PLACEHOLDER_PROMPT) and _is_json(v)}
+    if not set(fields) - {"environment"}:
+        return UNIDENTIFIED
+    return prompt_id(fields)
+
+
+def _is_json(value: Any) -> bool:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _row_key(row: dict[str, Any], column: str, environment: bool) -> Any:
     """What the id is derived from (cheap to compare between neighbouring rows)."""
     value = row.get(column)
-    return ("id", value) if value is not None else ("prompt", row.get("prompt"))
+    if value is not None:
+        return ("id", value)
+    return ("row", row) if environment else ("prompt", row.get("prompt"))
 
 
-def local_prompt_ids(inputs: list[dict[str, Any]], column: str) -> list[str]:
-    """Each row's prompt id, hashed once per run of equal rows (the sampler repeats each prompt)."""
+def local_prompt_ids(inputs: list[dict[str, Any]], column: str, environment: bool = False) -> list[str]:
+    """Each row's prompt id, hashed once per run of equal rows (the sampler repeats each prompt);
+    ``environment``: ids by :func:`row_task_id`."""
     ids: list[str] = []
     previous: Any = None
+    id_of = row_task_id if environment else row_prompt_id
     for row in inputs:
-        key = _row_key(row, column)
-        ids.append(ids[-1] if ids and key == previous else row_prompt_id(row, column))
+        key = _row_key(row, column, environment)
+        ids.append(ids[-1] if ids and key == previous else id_of(row, column))
         previous = key
     return ids
 
 
 def gather_prompts(
-    accelerator: Any, inputs: list[dict[str, Any]], group: int, column: str
+    accelerator: Any, inputs: list[dict[str, Any]], group: int, column: str, environment: bool = False
 ) -> tuple[list[str], list[dict[str, Any]]]:
     """The generation batch's P prompt ids and first rows, in sampler order, on every process."""
     world, rank, local = accelerator.num_processes, accelerator.process_index, len(inputs)
@@ -73,7 +109,7 @@ def gather_prompts(
             f"The generation batch has {budget} rows, not a multiple of num_generations={group}; the knapsack "
             "trainer relies on TRL's RepeatSampler (do not replace the train sampler)."
         )
-    local_ids = local_prompt_ids(inputs, column)
+    local_ids = local_prompt_ids(inputs, column, environment)
     starts = [inputs[j] for j in range(local) if (rank * local + j) % group == 0]
     parts = gather_object([(local_ids, starts)]) if world > 1 else [(local_ids, starts)]
     ids = [pid for part_ids, _ in parts for pid in part_ids]
