@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from knapsack_trl.experiments.methods import parse_methods
+from knapsack_trl.experiments.methods import METHOD_LABELS, parse_methods
 from knapsack_trl.experiments.plots import PLOT_FILES
 from knapsack_trl.experiments.report import (
     RunRecord,
@@ -36,6 +36,7 @@ def test_group_stats_counts_mixed_groups_and_their_rollouts():
     assert s["useful_groups"] == 1 and s["useful_rollouts"] == 3  # only "a" is mixed; NaN is ignored
     assert (s["n_min"], s["n_max"]) == (2, 4)
     assert s["reward_mean"] == pytest.approx(5 / 8)
+    assert s["prompt_reward_mean"] == pytest.approx((2 / 3 + 0 + 1) / 3)  # every prompt weighs the same
 
 
 def test_rollouts_to_reach_interpolates_and_reports_never():
@@ -134,24 +135,27 @@ def test_demo_quick_end_to_end(tmp_path):
 
     data = json.loads((out / "results.json").read_text())
     settings = data["settings"]
+    assert settings["task"] == "headroom" and settings["run_seeds"] == [0, 1]
     budget = settings["rollouts_per_step"]
-    runs = {r["method"]: r for r in data["runs"]}
-    assert set(runs) == {"uniform", "knapsack", "pilot"}
-    consumed = {m: sum(s["rollouts"] for s in r["steps"]) for m, r in runs.items()}
-    assert consumed["uniform"] == consumed["knapsack"] == consumed["pilot"] == settings["steps"] * budget
-    for m, r in runs.items():
+    runs = {(r["method"], r["seed"]): r for r in data["runs"]}
+    assert set(runs) == {(m, s) for m in ("uniform", "knapsack", "pilot") for s in (0, 1)}
+    consumed = {key: sum(s["rollouts"] for s in r["steps"]) for key, r in runs.items()}
+    assert set(consumed.values()) == {settings["steps"] * budget}  # the same budget for every run
+    for key, r in runs.items():
         assert len(r["steps"]) == settings["steps"]
-        assert all(s["rollouts"] == budget for s in r["steps"]), m
-        assert all(0 <= s["useful_rollouts"] <= s["rollouts"] for s in r["steps"]), m
-        assert r["evals"][-1]["rollouts_consumed"] == consumed[m]
+        assert all(s["rollouts"] == budget for s in r["steps"]), key
+        assert all(0 <= s["useful_rollouts"] <= s["rollouts"] for s in r["steps"]), key
+        assert r["evals"][-1]["rollouts_consumed"] == consumed[key]
         assert all(0.0 <= e["accuracy"] <= 1.0 for e in r["evals"])
-    uniform_sizes = {(s["n_min"], s["n_max"]) for s in runs["uniform"]["steps"]}
+        assert r["evals"][0] == runs[("uniform", 0)]["evals"][0]  # one checkpoint, measured once
+    uniform_sizes = {(s["n_min"], s["n_max"]) for s in runs[("uniform", 0)]["steps"]}
     assert uniform_sizes == {(settings["num_generations"], settings["num_generations"])}
-    assert runs["uniform"]["evals"][0] == runs["knapsack"]["evals"][0]  # one checkpoint, measured once
+    # Seeds differ in sampling: the two uniform runs do not see the same rewards.
+    assert runs[("uniform", 0)]["steps"] != runs[("uniform", 1)]["steps"]
 
-    snap = runs["knapsack"]["allocation"]
+    snap = runs[("knapsack", 0)]["allocation"]
     assert snap is not None and sum(snap["n"]) == budget and min(snap["n"]) >= 2
-    snap = runs["pilot"]["allocation"]  # every prompt keeps its 4 pilot rollouts
+    snap = runs[("pilot", 0)]["allocation"]  # every prompt keeps its 4 pilot rollouts
     assert snap is not None and sum(snap["n"]) == budget and min(snap["n"]) >= 4
     assert "| knapsack, pilot round |" in proc.stdout
 
@@ -160,11 +164,24 @@ def test_demo_quick_end_to_end(tmp_path):
         for key in ("egr_rollouts", "egr_groups"):
             value = table[m][key][0]
             assert 0.0 <= value <= 1.0 and not math.isnan(value)
-        assert table[m]["rollouts_consumed"][0] == consumed[m]
-        per_step = np.mean([s["useful_groups"] for s in runs[m]["steps"]])
+        assert table[m]["rollouts_consumed"][0] == settings["steps"] * budget
+        per_step = np.mean([s["useful_groups"] for seed in (0, 1) for s in runs[(m, seed)]["steps"]])
         assert table[m]["informative_prompts"][0] == pytest.approx(per_step)
+    # The verdict opens the report and the terminal output; its first ratio is the best arm's, paired by seed.
+    verdict = data["aggregate"]["verdict"]
+    assert verdict.startswith("Headroom task (--quick), 2 seeds") and verdict in proc.stdout
+    assert f"**{verdict}**" in report
+    best = max(("knapsack", "pilot"), key=lambda m: data["aggregate"]["ratios"][m]["informative_ratio"][0])
+    ratio = np.mean(
+        [
+            np.mean([s["useful_groups"] for s in runs[(best, seed)]["steps"]])
+            / np.mean([s["useful_groups"] for s in runs[("uniform", seed)]["steps"]])
+            for seed in (0, 1)
+        ]
+    )
+    assert f"gave x{ratio:.2f} [" in verdict
     # The table leads with informative prompts per step, the rollout-level ratio after the prompt share.
-    row = re.search(r"\| knapsack GRPO \| ([\d.]+) \| ([\d.]+)% \| ([\d.]+)%", report)
+    row = re.search(r"\| knapsack GRPO \| ([\d.]+) ± [\d.]+ \| ([\d.]+)% ± [\d.]+% \| ([\d.]+)%", report)
     assert row is not None
     assert float(row.group(1)) == pytest.approx(table["knapsack"]["informative_prompts"][0], abs=0.06)
     assert float(row.group(3)) == pytest.approx(100 * table["knapsack"]["egr_rollouts"][0], abs=0.06)
@@ -174,7 +191,7 @@ def test_methods_flag_takes_uniform_plus_known_methods():
     assert parse_methods(None, ("uniform", "knapsack"), "demo") == ("uniform", "knapsack")
     assert parse_methods("uniform, pilot", (), "demo") == ("uniform", "pilot")
     for bad in ("knapsack,pilot", "uniform,pilot2"):
-        with pytest.raises(SystemExit, match=r"--methods takes uniform plus any of knapsack, pilot"):
+        with pytest.raises(SystemExit, match=r"--methods takes uniform plus any of knapsack, paper_value"):
             parse_methods(bad, (), "compare")
 
 
@@ -189,3 +206,45 @@ def test_configuration_doc_lists_every_knapsack_field():
         "docs/configuration.md is out of date: paste knapsack_trl.trainer.config.knapsack_fields_markdown() "
         "between its knapsack-fields markers."
     )
+
+
+@pytest.mark.slow
+def test_compare_runs_a_recipe_with_every_arm(tmp_path):
+    """``knapsack-trl compare --config`` on a recipe with all seven arms and two seeds: every arm consumes the
+    same budget from the same start, uniform keeps its groups, the verdict and intervals are printed."""
+    from knapsack_trl.experiments.methods import METHOD_ORDER
+
+    out = tmp_path / "report"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
+    args = ["--config", str(ROOT / "recipes/tiny/arithmetic-knapsack.yaml"), "--seeds", "2"]
+    args += ["--methods", ",".join(METHOD_ORDER), "--warmup-steps", "300", "--eval-rows", "16"]
+    args += ["--eval-samples", "2", "--oracle-samples", "4", "--output-dir", str(out), "--no-progress"]
+    args += ["--max_steps", "3", "--gradient_accumulation_steps", "1"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "knapsack_trl.cli", "compare", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((out / "results.json").read_text())
+    runs = {(r["method"], r["seed"]): r for r in data["runs"]}
+    assert set(runs) == {(m, s) for m in METHOD_ORDER for s in (0, 1)}
+    budget = data["settings"]["rollouts per step (generation_batch_size)"]
+    for key, r in runs.items():
+        assert [s["rollouts"] for s in r["steps"]] == [budget] * 3, key
+        assert r["evals"][0] == runs[("uniform", key[1])]["evals"][0], key  # the seed's one start
+    assert {(s["n_min"], s["n_max"]) for s in runs[("uniform", 0)]["steps"]} == {(8, 8)}
+    assert min(s["n_min"] for s in runs[("pilot", 0)]["steps"]) >= 4  # every prompt keeps its pilot rollouts
+    verdict = data["aggregate"]["verdict"]
+    assert (
+        verdict.startswith("arithmetic-knapsack, 2 seeds, 95% bootstrap intervals: ")
+        and verdict in proc.stdout
+    )
+    for m in METHOD_ORDER[1:]:
+        assert re.search(
+            rf"- {re.escape(METHOD_LABELS[m])} vs uniform: informative prompts per step x[\d.]+ \[",
+            proc.stdout,
+        )

@@ -34,7 +34,14 @@ from typing import Any
 import torch
 from trl import get_peft_config
 
-from knapsack_trl.experiments.demo import DemoSettings, quiet_libraries, run_experiment, settings_dict
+from knapsack_trl.experiments.demo import (
+    TASKS,
+    DemoSettings,
+    experiment_notes,
+    quiet_libraries,
+    run_experiment,
+    settings_dict,
+)
 from knapsack_trl.experiments.evaluation import heldout_evaluator, load_policy, true_rates
 from knapsack_trl.experiments.harness import train_method, warm_up_arithmetic
 from knapsack_trl.experiments.methods import METHOD_FIELDS, parse_methods
@@ -210,8 +217,9 @@ def _heldout_rows(script_args: Any, train_ds: Any, seed: int, limit: int) -> lis
 def _warm_up_tiny(
     model_path: str, taken_rows: Sequence[dict[str, Any]], steps: int, seed: int, folder: str, progress: bool
 ) -> str:
-    """The demo's supervised warm-up, on problems outside the training and held-out prompts."""
-    s = DemoSettings()
+    """The control task's supervised warm-up (to a probe success of 0.2), on problems outside the training
+    and held-out prompts."""
+    s = DemoSettings.for_task("control")
     torch.set_num_threads(s.threads)
     model, tokenizer = load_tiny(model_path)
     taken = {str(r["prompt"]) for r in taken_rows}
@@ -254,7 +262,13 @@ def _parser() -> argparse.ArgumentParser:
         "to the recipe (e.g. --max_steps 200). Without --config, runs the demo's experiment per seed.",
     )
     p.add_argument("--config", default=None, help="recipe YAML (as for knapsack-trl train)")
-    p.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
+    p.add_argument("--seeds", type=int, default=5, help="number of seeds (default 5)")
+    p.add_argument(
+        "--task",
+        choices=tuple(TASKS),
+        default="headroom",
+        help="without --config: the demo's task, headroom (default) or control",
+    )
     p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
     p.add_argument("--oracle", action="store_true", help="add the oracle row: allocation with the true p")
     p.add_argument(
@@ -305,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
         if rest:
             raise SystemExit(f"knapsack-trl compare: unknown arguments {rest} (recipe flags need --config).")
         runs, report_settings, notes = _demo_runs(ns)
-        title = "knapsack-trl compare: the demo's experiment"
+        title = f"knapsack-trl compare: the demo's {ns.task} task"
+        verdict_task = f"{ns.task.capitalize()} task"
     else:
         if ns.warmup_steps is None:
             ns.warmup_steps = DemoSettings().sft_steps
@@ -313,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             runs, report_settings = _recipe_runs(ns, rest, work_dir)
         notes = []
         title = f"knapsack-trl compare: {Path(ns.config).name}"
+        verdict_task = Path(ns.config).stem
     report_settings["seeds"] = list(range(ns.seed, ns.seed + ns.seeds))
     if "oracle" in _methods(ns):
         notes.append(
@@ -323,8 +339,16 @@ def main(argv: list[str] | None = None) -> int:
         f"Wall time excludes held-out evaluation; the comparison took {time.perf_counter() - start:.0f} s."
     )
     agg = write_report(
-        runs, ns.output_dir, title=title, settings=report_settings, target=ns.target_accuracy, notes=notes
+        runs,
+        ns.output_dir,
+        title=title,
+        settings=report_settings,
+        target=ns.target_accuracy,
+        notes=notes,
+        verdict_task=verdict_task,
     )
+    print()
+    print(agg["verdict"])
     print()
     print(format_table(agg))
     print()
@@ -334,30 +358,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _demo_runs(ns: argparse.Namespace) -> tuple[list[RunRecord], dict[str, Any], list[str]]:
-    """The demo's experiment once per seed."""
-    settings = DemoSettings.quick() if ns.quick else DemoSettings()
+    """The demo's experiment (``--task``): one checkpoint, every method once per GRPO seed."""
+    overrides: dict[str, Any] = {"seed": ns.seed, "seeds": ns.seeds}
     if ns.steps is not None:
-        settings.steps = ns.steps
-    runs: list[RunRecord] = []
-    infos = []
-    for seed in range(ns.seed, ns.seed + ns.seeds):
-        settings.seed = seed
-        seed_runs, info = run_experiment(
-            settings, _methods(ns), progress=ns.progress, oracle_samples=ns.oracle_samples
-        )
-        runs += seed_runs
-        infos.append(info)
-    notes = [
-        "Warm-up: held-out greedy accuracy "
-        + ", ".join(f"{i['start_accuracy']:.3f}" for i in infos)
-        + "; share of GRPO prompts with 0<p<1: "
-        + ", ".join(f"{i['pool_frac_mid']:.0%}" for i in infos)
-        + " (per seed)."
-    ]
+        overrides["steps"] = ns.steps
+    settings = DemoSettings.for_task(ns.task, ns.quick, **overrides)
+    runs, info = run_experiment(
+        settings, _methods(ns), progress=ns.progress, oracle_samples=ns.oracle_samples
+    )
     return (
         runs,
-        {"experiment": "the demo's (knapsack_trl.experiments.demo)", **settings_dict(settings)},
-        notes,
+        {
+            "experiment": f"the demo's {ns.task} task (knapsack_trl.experiments.demo)",
+            **settings_dict(settings),
+        },
+        experiment_notes(settings, info, runs),
     )
 
 

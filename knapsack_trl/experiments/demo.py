@@ -39,6 +39,7 @@ from datasets import Dataset
 
 from knapsack_trl.experiments.evaluation import heldout_metrics, success_rates
 from knapsack_trl.experiments.harness import train_method, warm_up_arithmetic
+from knapsack_trl.experiments.headroom import Bands, screen_headroom
 from knapsack_trl.experiments.methods import METHOD_FIELDS, parse_methods
 from knapsack_trl.experiments.report import (
     RunRecord,
@@ -61,51 +62,103 @@ DEFAULT_OUTPUT_DIR = "knapsack_demo_report"
 
 @dataclass
 class DemoSettings:
-    """Every knob of the demo experiment; the defaults run in about 5 minutes on 2 CPU cores."""
+    """Every knob of the demo experiment. The defaults are the headroom task of docs/benchmark_protocol.md
+    (about 8 minutes on 2 idle cores for two methods and five seeds); :meth:`control` is the random-pool
+    task where no allocation can add much."""
 
+    task: str = "headroom"
     seed: int = 0
+    seeds: int = 5
     hidden_size: int = 128
     num_layers: int = 4
     sft_steps: int = 2500
-    sft_target: float = 0.2
+    sft_target: float = 0.45
     sft_batch_size: int = 128
     sft_lr: float = 3e-3
-    pool_size: int = 384
-    heldout_size: int = 192
+    pool_size: int = 48
+    heldout_size: int = 48
+    candidates: int = 2000
+    screen_samples: int = 64
+    bands: Bands = field(default_factory=Bands)
     levels: tuple[str, ...] = ("easy", "medium", "hard")
-    steps: int = 200
-    prompts_per_step: int = 32
+    steps: int = 60
+    prompts_per_step: int = 16
     num_generations: int = 8
     learning_rate: float = 5e-4
     warmup_steps: int = 10
     max_completion_length: int = 5
-    eval_every: int = 25
+    eval_every: int = 10
     eval_samples: int = 16
-    allocation_snapshot_step: int = 100
+    allocation_snapshot_step: int = 30
     knapsack: dict[str, Any] = field(default_factory=dict)
     threads: int = 1
 
     @property
     def budget(self) -> int:
-        """Rollouts per GRPO step, for both runs (``generation_batch_size``)."""
+        """Rollouts per GRPO step, for every run (``generation_batch_size``)."""
         return self.prompts_per_step * self.num_generations
 
+    @property
+    def run_seeds(self) -> list[int]:
+        """The GRPO seeds: every method runs once per seed from the one checkpoint (built with ``seed``)."""
+        return list(range(self.seed, self.seed + self.seeds))
+
     @classmethod
-    def quick(cls, **overrides: Any) -> DemoSettings:
-        """The ``--quick`` preset for CI: same pipeline, a fraction of the steps and prompts."""
-        base = {
-            "sft_steps": 300,
-            "sft_target": 0.25,
-            "pool_size": 48,
-            "heldout_size": 64,
-            "steps": 24,
-            "prompts_per_step": 8,
-            "eval_every": 8,
-            "eval_samples": 8,
-            "allocation_snapshot_step": 12,
-        }
+    def for_task(cls, task: str, quick: bool = False, **overrides: Any) -> DemoSettings:
+        """The preset of ``task`` (``headroom`` or ``control``), optionally its ``--quick`` variant for CI."""
+        if task not in TASKS:
+            raise ValueError(f"--task must be one of {', '.join(TASKS)} (got {task!r}).")
+        base = dict(TASKS[task])
+        if quick:
+            base.update(QUICK[task])
         base.update(overrides)
-        return cls(**base)
+        return cls(task=task, **base)
+
+
+# The control task: the random pool of the earlier demo (docs/benchmark.md), 100 steps as pre-registered.
+CONTROL = {
+    "sft_target": 0.2,
+    "pool_size": 384,
+    "heldout_size": 192,
+    "steps": 100,
+    "prompts_per_step": 32,
+    "eval_every": 20,
+    "allocation_snapshot_step": 50,
+}
+TASKS: dict[str, dict[str, Any]] = {"headroom": {}, "control": CONTROL}
+# --quick: the same pipeline at a fraction of the work. The headroom variant loosens the bands (a short
+# warm-up solves few prompts); its numbers only keep the path working.
+QUICK: dict[str, dict[str, Any]] = {
+    "headroom": {
+        "sft_steps": 1200,
+        "sft_target": 0.4,
+        "candidates": 400,
+        "screen_samples": 32,
+        "bands": Bands(
+            solved_min=0.9, hard_low=0.03, hard_high=0.3, pool_solved=6, pool_hard=6, heldout_hard=12
+        ),
+        "pool_size": 12,
+        "heldout_size": 12,
+        "seeds": 2,
+        "steps": 12,
+        "prompts_per_step": 4,
+        "eval_every": 6,
+        "eval_samples": 8,
+        "allocation_snapshot_step": 6,
+    },
+    "control": {
+        "sft_steps": 300,
+        "sft_target": 0.25,
+        "pool_size": 48,
+        "heldout_size": 64,
+        "seeds": 1,
+        "steps": 24,
+        "prompts_per_step": 8,
+        "eval_every": 8,
+        "eval_samples": 8,
+        "allocation_snapshot_step": 12,
+    },
+}
 
 
 # --------------------------------------------------------------------------- data
@@ -119,15 +172,19 @@ def _evaluate_fn(
     rows: Sequence[dict[str, str]],
     s: DemoSettings,
     train_rows: Sequence[dict[str, str]] | None = None,
+    eval_seed: int | None = None,
 ) -> Callable[[Any], dict[str, float]]:
-    """Held-out greedy accuracy and success at T=1 from ``eval_samples`` samples, on a fixed RNG stream.
+    """Held-out greedy accuracy and success at T=1 from ``eval_samples`` samples, on a fixed RNG stream
+    (``eval_seed``, default ``s.seed + 1000``: the same for every run of an experiment, so paired runs
+    are measured with the same sampling noise).
 
     With ``train_rows``, also the mean success at T=1 on the GRPO prompts themselves
     (``train_reward``): the RL objective, measured the same way for every allocation.
     """
 
     def evaluate(model: Any) -> dict[str, float]:
-        common = {"max_new_tokens": s.max_completion_length, "seed": s.seed + 1000, "batch_prompts": 256}
+        seed = s.seed + 1000 if eval_seed is None else eval_seed
+        common = {"max_new_tokens": s.max_completion_length, "seed": seed, "batch_prompts": 256}
         greedy = success_rates(model, tokenizer, rows, [arithmetic_reward], greedy=True, **common)
         sampled = success_rates(model, tokenizer, rows, [arithmetic_reward], k=s.eval_samples, **common)
         out = heldout_metrics(greedy, sampled)
@@ -176,10 +233,19 @@ def grpo_config(method: str, settings: DemoSettings, output_dir: str) -> Any:
 
 
 def prepare_checkpoint(settings: DemoSettings, folder: str, progress: bool = True) -> dict[str, Any]:
-    """Build, warm up and save the tiny policy; return the data splits and the checkpoint's measurements."""
+    """Build, warm up and save the tiny policy; return the data splits and the checkpoint's measurements.
+
+    Headroom task: the pool and held-out rows are screened from ``candidates`` with the warmed-up policy
+    (:mod:`.headroom`); control task: random problems at the three levels.
+    """
     torch.set_num_threads(settings.threads)
-    splits = make_splits(settings.seed, settings.pool_size, settings.heldout_size, settings.levels)
-    pool, heldout = splits["pool"], splits["heldout"]
+    headroom = settings.task == "headroom"
+    splits = make_splits(
+        settings.seed,
+        settings.candidates if headroom else settings.pool_size,
+        0 if headroom else settings.heldout_size,
+        settings.levels,
+    )
     tokenizer = build_tokenizer()
     model = build_model(tokenizer, settings.hidden_size, settings.num_layers, seed=settings.seed)
 
@@ -199,7 +265,23 @@ def prepare_checkpoint(settings: DemoSettings, folder: str, progress: bool = Tru
     )
     sft_seconds = time.perf_counter() - start
     save_tiny(folder, model, tokenizer)
-    start_eval = _evaluate_fn(tokenizer, heldout, settings, pool)(model)
+    facts: dict[str, Any] = {}
+    if headroom:
+        screened = screen_headroom(
+            model,
+            tokenizer,
+            splits["pool"],
+            settings.bands,
+            samples=settings.screen_samples,
+            max_new_tokens=settings.max_completion_length,
+            seed=settings.seed + 3,
+        )
+        pool, heldout, facts["screen"] = screened["pool"], screened["heldout"], screened["screen"]
+        facts["screen_seconds"] = time.perf_counter() - start - sft_seconds
+    else:
+        pool, heldout = splits["pool"], splits["heldout"]
+    eval_seed = settings.seed + 1000
+    start_eval = _evaluate_fn(tokenizer, heldout, settings, pool, eval_seed)(model)
     pool_p = success_rates(
         model,
         tokenizer,
@@ -211,6 +293,8 @@ def prepare_checkpoint(settings: DemoSettings, folder: str, progress: bool = Tru
         batch_prompts=256,
     )
     return {
+        **facts,
+        "eval_seed": eval_seed,
         "pool": pool,
         "heldout": heldout,
         "start_eval": start_eval,
@@ -223,6 +307,7 @@ def prepare_checkpoint(settings: DemoSettings, folder: str, progress: bool = Tru
         "pool_p_by_level": {
             lv: round(float(np.mean([q for q, r in zip(pool_p, pool) if r["level"] == lv])), 3)
             for lv in settings.levels
+            if any(r["level"] == lv for r in pool)
         },
         "params": int(sum(p.numel() for p in model.parameters())),
     }
@@ -244,7 +329,7 @@ def run_demo_method(
     trainer = KnapsackGRPOTrainer(
         model=model,
         reward_funcs=[arithmetic_reward],
-        args=grpo_config(method, settings, os.path.join(work_dir, method)),
+        args=grpo_config(method, settings, os.path.join(work_dir, f"{method}_seed{settings.seed}")),
         train_dataset=Dataset.from_list(list(prep["pool"])),
         processing_class=tokenizer,
     )
@@ -264,7 +349,7 @@ def run_demo_method(
     return train_method(
         method,
         trainer,
-        _evaluate_fn(tokenizer, prep["heldout"], settings, prep["pool"]),
+        _evaluate_fn(tokenizer, prep["heldout"], settings, prep["pool"], prep["eval_seed"]),
         eval_every=settings.eval_every,
         seed=settings.seed,
         start_eval=prep["start_eval"],
@@ -281,14 +366,18 @@ def run_experiment(
     progress: bool = True,
     oracle_samples: int = 64,
 ) -> tuple[list[RunRecord], dict[str, Any]]:
-    """Warm up once, then train every method from that same checkpoint; the runs and the warm-up facts."""
+    """Warm up once (seed ``settings.seed``), then train every method once per GRPO seed from that same
+    checkpoint; the runs (seed by seed, methods in order) and the warm-up facts."""
     with contextlib.ExitStack() as stack:
         if work_dir is None:
             work_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="knapsack_demo_"))
         checkpoint = os.path.join(work_dir, f"warmup_seed{settings.seed}")
         prep = prepare_checkpoint(settings, checkpoint, progress)
         runs = [
-            run_demo_method(m, checkpoint, prep, settings, work_dir, progress, oracle_samples)
+            run_demo_method(
+                m, checkpoint, prep, replace(settings, seed=seed), work_dir, progress, oracle_samples
+            )
+            for seed in settings.run_seeds
             for m in methods
         ]
     info = {k: v for k, v in prep.items() if k not in ("pool", "heldout", "start_eval")}
@@ -305,6 +394,7 @@ def settings_dict(settings: DemoSettings) -> dict[str, Any]:
     """Settings as plain values, with the derived budget, for the report."""
     d = asdict(settings)
     d["levels"] = list(settings.levels)
+    d["run_seeds"] = settings.run_seeds
     d["rollouts_per_step"] = settings.budget
     return d
 
@@ -317,10 +407,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quick", action="store_true", help="a short run for CI (well under 2 minutes)")
     p.add_argument(
+        "--task",
+        choices=tuple(TASKS),
+        default="headroom",
+        help="headroom (default: solved and hard-but-solvable prompts, screened from the policy) or control "
+        "(the random pool, where no allocation can add much)",
+    )
+    p.add_argument(
         "--output-dir", default=DEFAULT_OUTPUT_DIR, help=f"report folder (default ./{DEFAULT_OUTPUT_DIR})"
     )
     p.add_argument(
-        "--seed", type=int, default=None, help="seed of data, model, warm-up and both runs (default 0)"
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the data, model and warm-up, and the first GRPO seed (default 0)",
+    )
+    p.add_argument(
+        "--seeds", type=int, default=None, help="GRPO seeds per method from the one checkpoint (default 5)"
     )
     p.add_argument("--steps", type=int, default=None, help="GRPO steps per run")
     p.add_argument(
@@ -354,11 +457,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def parse_settings(ns: argparse.Namespace) -> DemoSettings:
-    """Settings from parsed arguments: the default or ``--quick`` preset, then explicit overrides."""
-    base = DemoSettings.quick() if ns.quick else DemoSettings()
-    names = {f.name for f in fields(DemoSettings)}
+    """Settings from parsed arguments: the task's preset (or its ``--quick`` variant), then explicit
+    overrides."""
+    names = {f.name for f in fields(DemoSettings)} - {"task"}
     overrides = {k: v for k, v in vars(ns).items() if k in names and v is not None}
-    return replace(base, **overrides)
+    if overrides.get("seeds", 1) < 1:
+        raise SystemExit("knapsack-trl demo: --seeds must be >= 1.")
+    return DemoSettings.for_task(ns.task, ns.quick, **overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -380,10 +485,14 @@ def main(argv: list[str] | None = None) -> int:
     agg = write_report(
         runs,
         ns.output_dir,
-        title="knapsack-trl demo: uniform vs knapsack GRPO" + (" (--quick)" if ns.quick else ""),
+        title=f"knapsack-trl demo: uniform vs knapsack GRPO, {settings.task} task"
+        + (" (--quick)" if ns.quick else ""),
         settings=settings_dict(settings),
         notes=notes,
+        verdict_task=f"{settings.task.capitalize()} task" + (" (--quick)" if ns.quick else ""),
     )
+    print()
+    print(agg["verdict"])
     print()
     print(format_table(agg))
     print()
@@ -396,26 +505,29 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def experiment_notes(settings: DemoSettings, info: dict[str, Any], runs: Sequence[RunRecord]) -> list[str]:
-    """What the report should say about the starting point and the difficulty levels."""
+    """What the report should say about the starting point, the task and the seeds."""
     levels = ", ".join(f"{lv} {p:.2f}" for lv, p in info["pool_p_by_level"].items())
+    seeds = settings.run_seeds
     notes = [
         f"Tiny Llama ({info['params']:,} parameters, character tokenizer) warmed up for {info['sft_steps']} "
         f"supervised steps ({info['sft_seconds']:.0f} s). At the start of GRPO: held-out accuracy "
         f"{info['start_reward']:.3f} at T=1 (greedy {info['start_accuracy']:.3f}); GRPO prompts: mean success "
         f"{info['pool_mean_p']:.2f} ({levels}), {info['pool_frac_mid']:.0%} with 0<p<1.",
-        f"Every run starts from that checkpoint with seed {settings.seed}, the same prompt order and "
-        f"{settings.budget} rollouts per step ({settings.prompts_per_step} prompts x {settings.num_generations} "
-        f"on average, {settings.pool_size} GRPO prompts so each recurs every "
-        f"{settings.pool_size // settings.prompts_per_step} steps); only the split of each step's rollouts differs.",
+        f"Every run starts from that checkpoint (seed {settings.seed}); GRPO seeds {seeds[0]}-{seeds[-1]}, "
+        f"each method of a seed with the same prompt order and {settings.budget} rollouts per step "
+        f"({settings.prompts_per_step} prompts x {settings.num_generations} on average, {settings.pool_size} "
+        f"GRPO prompts so each recurs every {settings.pool_size // settings.prompts_per_step} steps); only the "
+        "split of each step's rollouts differs.",
     ]
-    by_level = []
-    for r in runs:
-        last = r.evals[-1] if r.evals else {}
-        parts = [f"{lv} {last[f'reward_{lv}']:.2f}" for lv in settings.levels if f"reward_{lv}" in last]
-        if parts:
-            by_level.append(f"{r.method} ({', '.join(parts)})")
-    if by_level:
-        notes.append("Final held-out accuracy (T=1) by level: " + "; ".join(by_level) + ".")
+    if "screen" in info:
+        sc, b = info["screen"], settings.bands
+        notes.append(
+            f"Headroom task: {sc['candidates']} candidates screened with {sc['samples']} samples each "
+            f"({info['screen_seconds']:.0f} s): {sc['solved']} solved (p >= {b.solved_min}), {sc['hard']} hard "
+            f"({b.hard_low} <= p <= {b.hard_high}), {sc['zero']} at 0. Pool: {b.pool_solved} solved (screened "
+            f"mean p {sc['pool_p_solved']:.3f}) + {b.pool_hard} hard ({sc['pool_p_hard']:.3f}); held-out: "
+            f"{b.heldout_hard} other hard prompts ({sc['heldout_p']:.3f})."
+        )
     return notes
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-METHOD_ORDER = ("uniform", "knapsack", "pilot", "reference", "oracle")
+METHOD_ORDER = ("uniform", "knapsack", "paper_value", "reference", "pilot", "value_head", "oracle")
 METHOD_LABELS = {
     "uniform": "uniform GRPO",
     "knapsack": "knapsack GRPO",
-    "pilot": "knapsack, pilot round",
+    "paper_value": "knapsack, paper's objective",
     "reference": "knapsack, reference preset",
+    "pilot": "knapsack, pilot round",
+    "value_head": "knapsack, value head (blend)",
     "oracle": "knapsack, oracle p",
 }
 # Config fields each method sets on top of the recipe or the demo's settings (uniform: the stock trainer).
@@ -19,17 +21,22 @@ METHOD_FIELDS: dict[str, dict[str, Any]] = {
     # (tests/test_trainer_grpo.py), and measured through the same listener as every other method.
     "uniform": {"knapsack_enabled": True, "knapsack_mode": "uniform"},
     "knapsack": {"knapsack_enabled": True},
+    # The default posterior rule with the paper's objective p(1-p)^2 x P(mixed) instead of counting prompts.
+    "paper_value": {"knapsack_enabled": True, "knapsack_value_function": "knapsack"},
     # Four rollouts per prompt first (the simulator's best k at 8 per prompt: docs/method.md), the rest
     # of the batch on what they showed.
     "pilot": {"knapsack_enabled": True, "knapsack_pilot_rollouts": 4},
     "reference": {"knapsack_enabled": True, "knapsack_preset": "reference"},
+    "value_head": {"knapsack_enabled": True, "knapsack_value_estimator": "blend"},
     "oracle": {"knapsack_enabled": True},
 }
 METHOD_COLORS = {
     "uniform": "#4c72b0",
     "knapsack": "#dd8452",
-    "pilot": "#c44e52",
+    "paper_value": "#937860",
     "reference": "#8172b3",
+    "pilot": "#c44e52",
+    "value_head": "#da8bc3",
     "oracle": "#55a868",
 }
 

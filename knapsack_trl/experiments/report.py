@@ -18,6 +18,7 @@ import numpy as np
 
 from knapsack_trl.experiments.methods import METHOD_LABELS, methods_in
 from knapsack_trl.experiments.plots import make_plots
+from knapsack_trl.experiments.statistics import bootstrap_interval
 
 # "Rollouts to target" and the equal-budget comparison use the held-out success rate of k samples at
 # temperature 1: averaged over samples it moves smoothly, where greedy accuracy flips prompt by prompt.
@@ -71,12 +72,15 @@ def group_stats(
         useful.append(len(outcomes) > 1)
     useful_arr = np.array(useful, dtype=bool)
     finite = [float(r) for r in rewards if not math.isnan(float(r))]
+    group_means = [np.mean(f) for f in ([x for x in v if not math.isnan(x)] for v in groups.values()) if f]
     return {
         "rollouts": float(sizes.sum()),
         "groups": float(len(groups)),
         "useful_groups": float(useful_arr.sum()),
         "useful_rollouts": float(sizes[useful_arr].sum()),
         "reward_mean": float(np.mean(finite)) if finite else math.nan,
+        # each prompt weighs the same: the reward that compares across allocations
+        "prompt_reward_mean": float(np.mean(group_means)) if group_means else math.nan,
         "n_min": float(sizes.min()) if sizes.size else 0.0,
         "n_mean": float(sizes.mean()) if sizes.size else 0.0,
         "n_max": float(sizes.max()) if sizes.size else 0.0,
@@ -113,6 +117,11 @@ def summarize_run(run: RunRecord, target: float | None = None) -> dict[str, floa
         ),
         "egr_rollouts": sum(s["useful_rollouts"] for s in run.steps) / rollouts if rollouts else math.nan,
         "egr_groups": sum(s["useful_groups"] for s in run.steps) / groups if groups else math.nan,
+        "prompt_reward_mean": (
+            float(np.mean([s.get("prompt_reward_mean", math.nan) for s in run.steps]))
+            if run.steps
+            else math.nan
+        ),
         "start_reward": float(run.evals[0]["reward"]) if run.evals else math.nan,
         "final_accuracy": float(final.get("accuracy", math.nan)),
         "final_reward": float(final.get("reward", math.nan)),
@@ -187,14 +196,16 @@ def aggregate(runs: Sequence[RunRecord], target: float | None = None) -> dict[st
             dacc.append(a["final_accuracy"] - b["final_accuracy"])
             drew.append(a["final_reward"] - b["final_reward"])
             dtrain.append(a["final_train_reward"] - b["final_train_reward"])
-        ratios[m] = {
-            "informative_ratio": _mean_std(informative),
-            "egr_ratio": _mean_std(egr),
-            "rollouts_to_target_ratio": _mean_std(rtt),
-            "final_accuracy_delta": _mean_std(dacc),
-            "final_reward_delta": _mean_std(drew),
-            "final_train_reward_delta": _mean_std(dtrain),
+        paired = {
+            "informative_ratio": informative,
+            "egr_ratio": egr,
+            "rollouts_to_target_ratio": rtt,
+            "final_accuracy_delta": dacc,
+            "final_reward_delta": drew,
+            "final_train_reward_delta": dtrain,
         }
+        ratios[m] = {key: _mean_std(values) for key, values in paired.items()}
+        ratios[m]["interval"] = {key: bootstrap_interval(values) for key, values in paired.items()}
     return {"methods": methods, "table": table, "ratios": ratios, "target": target, "seeds": seeds}
 
 
@@ -218,6 +229,7 @@ def format_table(agg: dict[str, Any]) -> str:
         "informative prompts per step",
         "share of prompts informative",
         "rollout-level ratio",
+        "training reward per prompt",
         "held-out acc. (T=1)",
         "held-out acc. (greedy)",
         *(["train prompts acc. (T=1)"] if has_train else []),
@@ -237,6 +249,7 @@ def format_table(agg: dict[str, Any]) -> str:
             _fmt(t["informative_prompts"], 1),
             _fmt(t["egr_groups"], 1, pct=True),
             _fmt(t["egr_rollouts"], 1, pct=True),
+            _fmt(t["prompt_reward_mean"], 3),
             _fmt(t["final_reward"], 3),
             _fmt(t["final_accuracy"], 3),
             *([_fmt(t["final_train_reward"], 3)] if has_train else []),
@@ -248,30 +261,96 @@ def format_table(agg: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _ratio(ms: tuple[float, float, int], ci: tuple[float, float]) -> str:
+    """``x1.15 [1.10, 1.20]``: a mean ratio over seeds with its bootstrap interval (when there is one)."""
+    mean, _, n = ms
+    if n == 0 or math.isnan(mean):
+        return "n/a"
+    return f"x{mean:.2f}" + ("" if math.isnan(ci[0]) else f" [{ci[0]:.2f}, {ci[1]:.2f}]")
+
+
+def _points(ms: tuple[float, float, int], ci: tuple[float, float]) -> str:
+    """``+1.2 points [-0.5, +2.9]``: a mean difference in accuracy points with its bootstrap interval."""
+    mean, _, n = ms
+    if n == 0 or math.isnan(mean):
+        return "n/a"
+    body = f"{mean * 100:+.1f} points"
+    return body + ("" if math.isnan(ci[0]) else f" [{ci[0] * 100:+.1f}, {ci[1] * 100:+.1f}]")
+
+
 def format_ratios(agg: dict[str, Any]) -> str:
-    """One line per non-uniform method: informative prompts, then the paper's comparisons, against uniform."""
+    """One line per non-uniform method against uniform, paired by seed: informative prompts first, then
+    rollouts to target and final accuracy, each with its 95% bootstrap interval over seeds."""
     out = []
+    n_seeds = len(agg["seeds"])
     for m, r in agg["ratios"].items():
+        ci = r.get("interval", {})
+        nan2 = (math.nan, math.nan)
+        reached = r["rollouts_to_target_ratio"][2]
         out.append(
-            f"- {METHOD_LABELS.get(m, m)} vs uniform: informative prompts per step x{_fmt(r['informative_ratio'], 2)}, "
-            f"rollout-level ratio x{_fmt(r['egr_ratio'], 2)}, rollouts to target x{_fmt(r['rollouts_to_target_ratio'], 2)} (below 1: sooner), "
-            f"final held-out acc. (T=1) {_signed(r['final_reward_delta'])}, "
-            f"greedy {_signed(r['final_accuracy_delta'])}"
+            f"- {METHOD_LABELS.get(m, m)} vs uniform: informative prompts per step "
+            f"{_ratio(r['informative_ratio'], ci.get('informative_ratio', nan2))}, rollouts to target "
+            f"{_ratio(r['rollouts_to_target_ratio'], ci.get('rollouts_to_target_ratio', nan2))} (below 1: sooner"
+            + (f"; {reached} of {n_seeds} seeds reached it both ways" if n_seeds > 1 else "")
+            + "), final held-out acc. (T=1) "
+            f"{_points(r['final_reward_delta'], ci.get('final_reward_delta', nan2))}, greedy "
+            f"{_points(r['final_accuracy_delta'], ci.get('final_accuracy_delta', nan2))}"
             + (
-                f", train prompts {_signed(r['final_train_reward_delta'])}"
+                f", train prompts {_points(r['final_train_reward_delta'], ci.get('final_train_reward_delta', nan2))}"
                 if r["final_train_reward_delta"][2]
                 else ""
             )
+            + f"; rollout-level ratio {_ratio(r['egr_ratio'], ci.get('egr_ratio', nan2))}"
         )
     return "\n".join(out)
 
 
-def _signed(ms: tuple[float, float, int]) -> str:
-    mean, std, n = ms
-    if n == 0 or math.isnan(mean):
-        return "n/a"
-    body = f"{mean * 100:+.1f} points"
-    return body + (f" (± {std * 100:.1f})" if n > 1 else "")
+def best_method(agg: dict[str, Any]) -> str | None:
+    """The non-oracle method with the highest mean informative-prompt ratio to uniform (the protocol's
+    "best arm"); None with no such method."""
+    candidates = {
+        m: r["informative_ratio"][0]
+        for m, r in agg["ratios"].items()
+        if m != "oracle" and r["informative_ratio"][2] and not math.isnan(r["informative_ratio"][0])
+    }
+    return max(candidates, key=lambda m: candidates[m]) if candidates else None
+
+
+def verdict(agg: dict[str, Any], task: str) -> str:
+    """The result in one sentence: the best arm's informative prompts, rollouts to target and final
+    accuracy against uniform, with their intervals, and whether the protocol's targets were met."""
+    m = best_method(agg)
+    if m is None:
+        return (
+            f"{task}: no method has an informative-prompt ratio to uniform (no other method ran, or uniform "
+            "had no informative prompts on every seed): run longer or from a warmer start."
+        )
+    r, n = agg["ratios"][m], len(agg["seeds"])
+    ci = r.get("interval", {})
+    nan2 = (math.nan, math.nan)
+    inf_ms, rtt_ms = r["informative_ratio"], r["rollouts_to_target_ratio"]
+    inf_ci, rtt_ci = ci.get("informative_ratio", nan2), ci.get("rollouts_to_target_ratio", nan2)
+    met_inf = inf_ms[0] >= 1.2 and inf_ci[0] > 1
+    met_rtt = rtt_ms[2] > 0 and rtt_ms[0] <= 0.7 and rtt_ci[1] < 1
+    targets = (
+        "both targets met"
+        if met_inf and met_rtt
+        else "targets (x1.2 above 1; x0.7 below 1) "
+        + (
+            "met for informative prompts only"
+            if met_inf
+            else "met for rollouts to target only"
+            if met_rtt
+            else "missed"
+        )
+    )
+    return (
+        f"{task}, {n} seed{'s' if n > 1 else ''}, 95% bootstrap intervals: {METHOD_LABELS.get(m, m)} gave "
+        f"{_ratio(inf_ms, inf_ci)} uniform's informative prompts per step, reached the held-out target with "
+        f"{_ratio(rtt_ms, rtt_ci)} its rollouts ({rtt_ms[2]} of {n} seeds reached it both ways) and ended "
+        f"{_points(r['final_reward_delta'], ci.get('final_reward_delta', nan2))} in held-out accuracy at equal "
+        f"budget; {targets}."
+    )
 
 
 def _report_lines(
@@ -281,10 +360,12 @@ def _report_lines(
     target: float | None,
     notes: Sequence[str],
     plots: dict[str, Path],
+    headline: str | None = None,
 ) -> list[str]:
-    """The markdown report, line by line: settings, the table, the ratios, definitions, notes, plots."""
+    """The markdown report, line by line: the headline, settings, the table, the ratios, definitions,
+    notes, plots."""
     n_seeds = len(agg["seeds"])
-    lines = [f"# {title}", ""]
+    lines = [f"# {title}", ""] + ([f"**{headline}**", ""] if headline else [])
     if settings:
         lines += ["## Settings", ""]
         lines += [f"- `{k}`: {v}" for k, v in settings.items()]
@@ -314,7 +395,11 @@ def _report_lines(
         "rises whenever rollouts pile onto prompts that were mixed anyway, so it does not measure learning "
         "signal on its own. Held-out acc. (T=1): the mean "
         "success of k samples at temperature 1 on prompts never trained on; greedy: one greedy answer each. "
-        "Train prompts acc. (T=1): the same measure on the GRPO prompts, the quantity RL optimises.",
+        "Train prompts acc. (T=1): the same measure on the GRPO prompts, the quantity RL optimises. "
+        "Training reward per prompt: the mean over each step's prompts of their group's mean reward (every "
+        "prompt weighs the same); TRL's logged reward averages rollouts, so it rises when an allocation "
+        "gives solved prompts fewer rollouts and is not comparable across allocations. Intervals: 95% "
+        "percentile bootstrap of the mean over seeds of the per-seed paired ratio or difference.",
         "",
     ]
     if notes:
@@ -333,8 +418,11 @@ def write_report(
     settings: dict[str, Any] | None = None,
     target: float | None = None,
     notes: Sequence[str] = (),
+    verdict_task: str | None = None,
 ) -> dict[str, Any]:
     """Write ``report.md``, ``results.json`` and the PNGs into ``out_dir``; return the aggregate.
+
+    ``verdict_task`` (e.g. "Headroom task"): the report opens with :func:`verdict`'s sentence.
 
     ``target`` defaults to :func:`default_target` (90% of uniform's gain in held-out success at T=1).
     """
@@ -344,7 +432,9 @@ def write_report(
         target = default_target(runs)
     agg = aggregate(runs, target)
     plots = make_plots(runs, out, target)
-    lines = _report_lines(agg, title, settings, target, notes, plots)
+    headline = None if verdict_task is None else verdict(agg, verdict_task)
+    agg["verdict"] = headline
+    lines = _report_lines(agg, title, settings, target, notes, plots, headline)
     (out / "report.md").write_text("\n".join(lines))
     payload = {
         "title": title,
