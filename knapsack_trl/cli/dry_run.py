@@ -17,10 +17,13 @@ from knapsack_trl.recipe import (
     budget_summary,
     check_recipe_dataset,
     dataset_is_local,
+    gguf_cache_folder,
+    gguf_file,
     load_recipe_dataset,
     parse_tiny_spec,
     preflight,
     recipe_rewards,
+    require_gguf,
     resolved_recipe,
     reward_columns,
     reward_name,
@@ -42,7 +45,15 @@ def dry_run(
     """Everything a recipe can be checked for without a model; returns the report (raises RecipeError)."""
     notes: list[str] = []
     spec = model_args.model_name_or_path
-    if spec.startswith(TINY_SCHEME):
+    gguf = gguf_file(spec)
+    if gguf is not None:
+        require_gguf(spec)
+        folder = gguf_cache_folder(gguf)
+        done = (folder / "config.json").exists()
+        model_note = (
+            f"GGUF file {gguf}, {'dequantized in' if done else 'dequantized on first use into'} {folder}"
+        )
+    elif spec.startswith(TINY_SCHEME):
         parse_tiny_spec(spec)
         model_note = f"tiny model, built into {Path(training_args.output_dir) / 'tiny_init'}"
     elif Path(spec).expanduser().exists():

@@ -6,7 +6,17 @@ so both read a recipe the same way.
 
 from knapsack_trl.recipe.arguments import PROG, TASKS, TRAINER_TYPES, KnapsackScriptArguments, RecipeError
 from knapsack_trl.recipe.datasets import check_recipe_dataset, dataset_is_local, load_recipe_dataset
-from knapsack_trl.recipe.models import TINY_MODELS, TINY_OPTIONS, parse_tiny_spec, prepare_model
+from knapsack_trl.recipe.models import (
+    CACHE_ENV,
+    TINY_MODELS,
+    TINY_OPTIONS,
+    dequantize_gguf,
+    gguf_cache_folder,
+    gguf_file,
+    parse_tiny_spec,
+    prepare_model,
+    require_gguf,
+)
 from knapsack_trl.recipe.parse import (
     TINY_SCHEME,
     CommandLine,
@@ -19,6 +29,7 @@ from knapsack_trl.recipe.rewards import preflight, recipe_rewards, reward_column
 from knapsack_trl.recipe.summary import budget_summary, describe_run, resolved_recipe
 
 __all__ = [
+    "CACHE_ENV",
     "PROG",
     "TASKS",
     "TINY_MODELS",
@@ -31,7 +42,10 @@ __all__ = [
     "budget_summary",
     "check_recipe_dataset",
     "dataset_is_local",
+    "dequantize_gguf",
     "describe_run",
+    "gguf_cache_folder",
+    "gguf_file",
     "load_recipe_dataset",
     "make_parser",
     "parse_args",
@@ -41,6 +55,7 @@ __all__ = [
     "prepare_model",
     "read_recipe",
     "recipe_rewards",
+    "require_gguf",
     "resolved_recipe",
     "reward_columns",
     "reward_name",
