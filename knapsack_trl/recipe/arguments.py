@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-TASKS = ("gsm8k", "humaneval", "tiny_arithmetic", "generic")
+TASKS = ("gsm8k", "humaneval", "tiny_arithmetic", "chat_arithmetic", "generic")
 TRAINER_TYPES = ("grpo", "rloo")
 PROG = "knapsack-trl train"
 
@@ -21,7 +21,8 @@ class KnapsackScriptArguments:
         default="generic",
         metadata={
             "help": "Dataset loader: `gsm8k` and `humaneval` (knapsack_trl.tasks), `tiny_arithmetic` (generated "
-            "offline, knapsack_trl.tasks.arithmetic) or `generic` (any dataset with a `prompt` column: hub name, local "
+            "offline, knapsack_trl.tasks.arithmetic), `chat_arithmetic` (chat-format arithmetic for instruct models, "
+            "generated offline, knapsack_trl.tasks.chat_arithmetic) or `generic` (any dataset with a `prompt` column: hub name, local "
             "file or saved folder).",
             "choices": list(TASKS),
         },
@@ -56,7 +57,9 @@ class KnapsackScriptArguments:
     )
     dataset_num_rows: int | None = field(
         default=None,
-        metadata={"help": "Keep only the first N rows (tiny_arithmetic: generate N problems; default 64)."},
+        metadata={
+            "help": "Keep only the first N rows (tiny_arithmetic / chat_arithmetic: generate N problems; default 64)."
+        },
     )
     dataset_prompt_column: str = field(
         default="prompt",
@@ -70,7 +73,16 @@ class KnapsackScriptArguments:
         },
     )
     system_prompt: str | None = field(
-        default=None, metadata={"help": "gsm8k/humaneval: a system message for chat-format prompts."}
+        default=None,
+        metadata={"help": "gsm8k/humaneval/chat_arithmetic: a system message for chat-format prompts."},
+    )
+    instruction: str | None = field(
+        default=None,
+        metadata={
+            "help": "gsm8k/chat_arithmetic: the instruction after each question (gsm8k default: step by step, the "
+            "answer in \\boxed{}; chat_arithmetic default: 'Reply with the number only, as 'Answer: "
+            "<number>'.'). An empty string asks the bare question. Unset: the task's default."
+        },
     )
     dry_run: bool = field(
         default=False,

