@@ -125,7 +125,7 @@ def test_accelerate_configs_parse_with_accelerate(name: str) -> None:
 
 @pytest.mark.parametrize("recipe", GPU_RECIPES, ids=_id)
 def test_gpu_recipe_passes_dry_run(recipe: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc, report, err = _dry_run(["--config", str(recipe)], capsys)
+    rc, report, err = _dry_run(["--config", str(recipe), "--assume-gpu"], capsys)  # as on the GPU host
     assert rc == 0, err
     assert report is not None
     raw = _load(recipe)
@@ -275,7 +275,16 @@ def test_dry_run_in_a_fresh_process_through_the_module_entry_point() -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     recipe = RECIPES / "gsm8k" / "qwen2.5-1.5b-lora-knapsack.yaml"
     result = subprocess.run(
-        [sys.executable, "-m", "knapsack_trl.cli", "train", "--config", str(recipe), "--dry-run"],
+        [
+            sys.executable,
+            "-m",
+            "knapsack_trl.cli",
+            "train",
+            "--config",
+            str(recipe),
+            "--dry-run",
+            "--assume-gpu",
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,

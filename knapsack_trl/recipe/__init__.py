@@ -6,6 +6,14 @@ so both read a recipe the same way.
 
 from knapsack_trl.recipe.arguments import PROG, TASKS, TRAINER_TYPES, KnapsackScriptArguments, RecipeError
 from knapsack_trl.recipe.datasets import check_recipe_dataset, dataset_is_local, load_recipe_dataset
+from knapsack_trl.recipe.hardware import (
+    ASSUME_GPU_FLAG,
+    CPU_SMOKE_FLAG,
+    check_hardware,
+    cpu_smoke_flags,
+    gpu_available,
+    hardware_problems,
+)
 from knapsack_trl.recipe.models import (
     CACHE_ENV,
     TINY_MODELS,
@@ -29,7 +37,9 @@ from knapsack_trl.recipe.rewards import preflight, recipe_rewards, reward_column
 from knapsack_trl.recipe.summary import budget_summary, describe_run, resolved_recipe
 
 __all__ = [
+    "ASSUME_GPU_FLAG",
     "CACHE_ENV",
+    "CPU_SMOKE_FLAG",
     "PROG",
     "TASKS",
     "TINY_MODELS",
@@ -40,12 +50,16 @@ __all__ = [
     "KnapsackScriptArguments",
     "RecipeError",
     "budget_summary",
+    "check_hardware",
     "check_recipe_dataset",
+    "cpu_smoke_flags",
     "dataset_is_local",
     "dequantize_gguf",
     "describe_run",
     "gguf_cache_folder",
     "gguf_file",
+    "gpu_available",
+    "hardware_problems",
     "load_recipe_dataset",
     "make_parser",
     "parse_args",
