@@ -21,6 +21,7 @@ from knapsack_trl.recipe import (
     check_hardware,
     check_recipe_dataset,
     dataset_is_local,
+    file_split_note,
     gguf_cache_folder,
     gguf_file,
     gpu_available,
@@ -86,6 +87,9 @@ def dry_run(
         dataset_report: dict[str, Any] = check_recipe_dataset(
             load_recipe_dataset(script_args, seed=training_args.seed), rewards, training_args
         )
+        split_note = file_split_note(script_args, training_args.seed)
+        if split_note is not None:
+            dataset_report["split"] = split_note
     else:
         needed = sorted({c for func in rewards for c in reward_columns(func)} | {"prompt"})
         dataset_report = {

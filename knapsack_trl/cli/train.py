@@ -32,6 +32,7 @@ from knapsack_trl.recipe import (
     check_recipe_dataset,
     cpu_smoke_flags,
     describe_run,
+    fit_short_run,
     load_recipe_dataset,
     parse_command_line,
     preflight,
@@ -106,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             notes = [f"{CPU_SMOKE_FLAG}: {change}" for change in changes]
         hidden = assume_gpu_flags(cli) if assume_gpu and not smoke else []  # not the GPU host's settings
         script_args, training_args, model_args = parse_command_line(cli, hidden)
+        notes += fit_short_run(training_args)
         if script_args.dry_run:
             import yaml
 

@@ -5,7 +5,14 @@ so both read a recipe the same way.
 """
 
 from knapsack_trl.recipe.arguments import PROG, TASKS, TRAINER_TYPES, KnapsackScriptArguments, RecipeError
-from knapsack_trl.recipe.datasets import check_recipe_dataset, dataset_is_local, load_recipe_dataset
+from knapsack_trl.recipe.datasets import (
+    check_recipe_dataset,
+    dataset_is_local,
+    file_split,
+    file_split_note,
+    load_recipe_dataset,
+    single_local_file,
+)
 from knapsack_trl.recipe.hardware import (
     ASSUME_GPU_FLAG,
     CPU_SMOKE_FLAG,
@@ -34,7 +41,13 @@ from knapsack_trl.recipe.parse import (
     read_recipe,
 )
 from knapsack_trl.recipe.rewards import preflight, recipe_rewards, reward_columns, reward_name
-from knapsack_trl.recipe.summary import budget_summary, describe_run, resolved_recipe
+from knapsack_trl.recipe.summary import (
+    budget_summary,
+    describe_run,
+    effective_n_max,
+    fit_short_run,
+    resolved_recipe,
+)
 
 __all__ = [
     "ASSUME_GPU_FLAG",
@@ -56,6 +69,10 @@ __all__ = [
     "dataset_is_local",
     "dequantize_gguf",
     "describe_run",
+    "effective_n_max",
+    "file_split",
+    "file_split_note",
+    "fit_short_run",
     "gguf_cache_folder",
     "gguf_file",
     "gpu_available",
@@ -73,4 +90,5 @@ __all__ = [
     "resolved_recipe",
     "reward_columns",
     "reward_name",
+    "single_local_file",
 ]

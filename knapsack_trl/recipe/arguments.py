@@ -58,7 +58,16 @@ class KnapsackScriptArguments:
     dataset_num_rows: int | None = field(
         default=None,
         metadata={
-            "help": "Keep only the first N rows (tiny_arithmetic / chat_arithmetic: generate N problems; default 64)."
+            "help": "Keep only the first N rows of the train split (the test split is not cut; tiny_arithmetic / "
+            "chat_arithmetic: generate N problems per split; default 64)."
+        },
+    )
+    dataset_test_fraction: float = field(
+        default=0.1,
+        metadata={
+            "help": "A single local file (.json/.jsonl/.csv/.parquet, also gzipped) has no splits: this fraction "
+            "of its rows (at least 1) is the test split (dataset_test_split), drawn with the recipe's seed, and "
+            "the train split is the rest. 0: train on the whole file (no test split)."
         },
     )
     dataset_prompt_column: str = field(
@@ -101,5 +110,10 @@ class KnapsackScriptArguments:
             )
         if isinstance(self.reward_funcs, str):
             self.reward_funcs = [self.reward_funcs]
+        if not 0 <= self.dataset_test_fraction < 1:
+            raise RecipeError(
+                f"dataset_test_fraction={self.dataset_test_fraction} must be in [0, 1): the share of a single "
+                "local file held out as the test split (0: none)."
+            )
         if self.dataset_num_rows is not None and self.dataset_num_rows < 1:
             raise RecipeError(f"dataset_num_rows={self.dataset_num_rows} must be a positive number of rows.")
