@@ -163,3 +163,21 @@ def test_compare_says_how_to_fix_a_test_split_that_repeats_the_training_prompts(
         SystemExit, match=r"Set dataset_test_split to a split with other prompts.*dataset_test_fraction"
     ):
         compare._heldout_rows(args, load_recipe_dataset(args), 0, 16)
+
+
+@pytest.mark.slow
+def test_compare_cuts_a_long_warmup_and_scales_its_evaluation_on_cpu(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from knapsack_trl.experiments import compare
+
+    monkeypatch.chdir(ROOT)
+    argv = ["--config", str(TINY), "--seeds", "1", "--methods", "uniform", "--warmup-steps", "0"]
+    argv += ["--output-dir", str(tmp_path / "report"), "--no-progress"]
+    argv += ["--max_steps", "2", "--lr_scheduler_type", "cosine", "--warmup_steps", "10"]
+    assert compare.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "knapsack-trl compare: warmup_steps=10 >= max_steps=2" in err
+    report = (tmp_path / "report" / "report.md").read_text()
+    # 32 rollouts per step, 8 per prompt: 8 samples of max(16, 4 * 32 / 8) = 16 held-out prompts
+    assert "- `held-out prompts`: 16" in report and "- `held-out samples per prompt`: 8" in report

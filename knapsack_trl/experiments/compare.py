@@ -47,6 +47,7 @@ from knapsack_trl.experiments.report import (
 from knapsack_trl.recipe import (
     TINY_SCHEME,
     check_recipe_dataset,
+    fit_short_run,
     load_recipe_dataset,
     parse_args,
     prepare_model,
@@ -156,6 +157,8 @@ def _run_recipe_method(ns: argparse.Namespace, shared: RecipeSeed, method: str, 
             "true",
         ]
     )
+    for note in fit_short_run(args):
+        print(f"knapsack-trl compare: {note}", file=sys.stderr)
     model, tokenizer = load_policy(shared.model_path, shared.model_args)
     trainer_cls = KnapsackGRPOTrainer if shared.script_args.trainer_type == "grpo" else KnapsackRLOOTrainer
     trainer = trainer_cls(
