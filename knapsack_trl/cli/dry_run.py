@@ -1,7 +1,9 @@
 """``knapsack-trl train --dry-run``: check a recipe without a model and print what it resolves to.
 
 Every key parses, the budget arithmetic holds, the rewards resolve and a local dataset has the columns
-they need; on a machine without a GPU, GPU recipes are checked as for CPU (bf16 is refused otherwise).
+they need. The hardware is checked as the real run checks it (:mod:`knapsack_trl.recipe.hardware`): on a
+machine without a GPU a bf16 / fp16 / vLLM recipe fails, naming the field and the fix, unless ``--assume-gpu``
+asks for the GPU host's view (the hardware checks are then skipped, and the report says so).
 """
 
 from __future__ import annotations
@@ -11,38 +13,65 @@ from pathlib import Path
 from typing import Any
 
 from knapsack_trl.recipe import (
+    ASSUME_GPU_FLAG,
     TINY_SCHEME,
     CommandLine,
     RecipeError,
     budget_summary,
+    check_hardware,
     check_recipe_dataset,
     dataset_is_local,
+    file_split_note,
+    gguf_cache_folder,
+    gguf_file,
+    gpu_available,
     load_recipe_dataset,
     parse_tiny_spec,
     preflight,
     recipe_rewards,
+    require_gguf,
     resolved_recipe,
     reward_columns,
     reward_name,
 )
 
 
-def cpu_overrides(cli: CommandLine) -> list[str]:
-    """On a machine without a GPU, validate GPU recipes as if for CPU: bf16 is otherwise refused up front."""
-    import torch
-
-    if torch.cuda.is_available() or cli.setting("use_cpu") not in (None, False, "false", "False"):
+def assume_gpu_flags(cli: CommandLine) -> list[str]:
+    """``--assume-gpu`` on a machine without a GPU: build the config with use_cpu, so transformers' bf16
+    refusal (a statement about this machine, not the recipe) does not hide the recipe's other problems."""
+    if gpu_available() or cli.setting("use_cpu") not in (None, False, "false", "False"):
         return []
     return ["--use_cpu", "true"]
 
 
 def dry_run(
-    script_args: Any, training_args: Any, model_args: Any, cli: CommandLine, forced_cpu: bool = False
+    script_args: Any,
+    training_args: Any,
+    model_args: Any,
+    cli: CommandLine,
+    assume_gpu: bool = False,
+    notes: list[str] | None = None,
 ) -> dict[str, Any]:
     """Everything a recipe can be checked for without a model; returns the report (raises RecipeError)."""
-    notes: list[str] = []
+    notes = list(notes or [])
+    if assume_gpu:
+        if not gpu_available():
+            notes.append(
+                f"no GPU here and {ASSUME_GPU_FLAG}: bf16, fp16, vLLM and device checks were skipped; the GPU "
+                "host checks them when training starts."
+            )
+    else:
+        check_hardware(training_args, model_args)
     spec = model_args.model_name_or_path
-    if spec.startswith(TINY_SCHEME):
+    gguf = gguf_file(spec)
+    if gguf is not None:
+        require_gguf(spec)
+        folder = gguf_cache_folder(gguf)
+        done = (folder / "config.json").exists()
+        model_note = (
+            f"GGUF file {gguf}, {'dequantized in' if done else 'dequantized on first use into'} {folder}"
+        )
+    elif spec.startswith(TINY_SCHEME):
         parse_tiny_spec(spec)
         model_note = f"tiny model, built into {Path(training_args.output_dir) / 'tiny_init'}"
     elif Path(spec).expanduser().exists():
@@ -58,6 +87,9 @@ def dry_run(
         dataset_report: dict[str, Any] = check_recipe_dataset(
             load_recipe_dataset(script_args, seed=training_args.seed), rewards, training_args
         )
+        split_note = file_split_note(script_args, training_args.seed)
+        if split_note is not None:
+            dataset_report["split"] = split_note
     else:
         needed = sorted({c for func in rewards for c in reward_columns(func)} | {"prompt"})
         dataset_report = {
@@ -67,10 +99,6 @@ def dry_run(
     if training_args.use_vllm and importlib.util.find_spec("vllm") is None:
         notes.append(
             "use_vllm is set but vllm is not installed here: pip install 'knapsack-trl[vllm]' on the GPU host."
-        )
-    if forced_cpu:
-        notes.append(
-            "no GPU here: bf16 and device checks ran as for CPU (use_cpu); the GPU host checks them again."
         )
     return {
         "dry_run": "ok",

@@ -9,7 +9,10 @@ Several processes (``accelerate`` starts one Python per GPU; each runs this modu
     accelerate launch --config_file recipes/accelerate/ddp.yaml -m knapsack_trl.train \\
         --config recipes/gsm8k/qwen2.5-0.5b-knapsack.yaml
 
-``--dry-run`` checks a recipe without loading a model (:mod:`.dry_run`).
+``--dry-run`` checks a recipe without loading a model (:mod:`.dry_run`; ``--assume-gpu`` checks a GPU
+recipe on a machine without one). ``--cpu-smoke`` turns any recipe into a few-step CPU run (CPU, fp32, no
+vLLM, 2 steps of 2 prompts, no hub push, no trackers, output in ``<output_dir>-cpu-smoke``) and prints
+what it changed (:func:`knapsack_trl.recipe.hardware.cpu_smoke_flags`).
 """
 
 from __future__ import annotations
@@ -18,13 +21,18 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from knapsack_trl.cli.dry_run import cpu_overrides, dry_run
+from knapsack_trl.cli.dry_run import assume_gpu_flags, dry_run
 from knapsack_trl.recipe import (
+    ASSUME_GPU_FLAG,
+    CPU_SMOKE_FLAG,
     PROG,
     CommandLine,
     RecipeError,
+    check_hardware,
     check_recipe_dataset,
+    cpu_smoke_flags,
     describe_run,
+    fit_short_run,
     load_recipe_dataset,
     parse_command_line,
     preflight,
@@ -88,16 +96,30 @@ def train(script_args: Any, training_args: Any, model_args: Any) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``knapsack-trl train`` and ``python -m knapsack_trl.train``; returns the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    smoke, assume_gpu = CPU_SMOKE_FLAG in args, ASSUME_GPU_FLAG in args
+    args = [a for a in args if a not in (CPU_SMOKE_FLAG, ASSUME_GPU_FLAG)]
     try:
-        cli = CommandLine.read(sys.argv[1:] if argv is None else argv)
-        extra = cpu_overrides(cli) if cli.dry_run else []
-        script_args, training_args, model_args = parse_command_line(cli, extra)
+        cli = CommandLine.read(args)
+        if assume_gpu and not cli.dry_run:
+            raise RecipeError(f"{ASSUME_GPU_FLAG} only goes with --dry-run (a real run uses this machine).")
+        notes: list[str] = []
+        if smoke:  # read again with the added flags, so the dry run's `resolved` shows them
+            flags, changes = cpu_smoke_flags(cli)
+            cli = CommandLine.read([*args, *flags])
+            notes = [f"{CPU_SMOKE_FLAG}: {change}" for change in changes]
+        hidden = assume_gpu_flags(cli) if assume_gpu and not smoke else []  # not the GPU host's settings
+        script_args, training_args, model_args = parse_command_line(cli, hidden)
+        notes += fit_short_run(training_args)
         if script_args.dry_run:
             import yaml
 
-            report = dry_run(script_args, training_args, model_args, cli, forced_cpu=bool(extra))
+            report = dry_run(script_args, training_args, model_args, cli, assume_gpu=assume_gpu, notes=notes)
             print(yaml.safe_dump(report, sort_keys=False, width=110), end="")
             return 0
+        check_hardware(training_args, model_args)
+        for note in notes:
+            print(f"knapsack-trl: {note}")
         train(script_args, training_args, model_args)
     except RecipeError as exc:
         print(f"{PROG}: recipe error: {exc}", file=sys.stderr)

@@ -54,6 +54,7 @@ from knapsack_trl.experiments.report import (
 from knapsack_trl.recipe import (
     TINY_SCHEME,
     check_recipe_dataset,
+    fit_short_run,
     load_recipe_dataset,
     parse_args,
     prepare_model,
@@ -118,6 +119,7 @@ def _prepare_seed(ns: argparse.Namespace, recipe_flags: list[str], seed: int, wo
     script_args, training_args, model_args = parse_args(
         [*base, "--output_dir", os.path.join(work_dir, f"seed{seed}", "init")]
     )
+    _scale_eval(ns, training_args)
     rewards = recipe_rewards(script_args.reward_funcs)
     train_ds = load_recipe_dataset(script_args, seed=seed)
     check_recipe_dataset(train_ds, rewards, training_args)
@@ -162,6 +164,8 @@ def _run_recipe_method(ns: argparse.Namespace, shared: RecipeSeed, method: str, 
             "true",
         ]
     )
+    for note in fit_short_run(args):
+        print(f"knapsack-trl compare: {note}", file=sys.stderr)
     model, tokenizer = load_policy(shared.model_path, shared.model_args)
     trainer_cls = KnapsackGRPOTrainer if shared.script_args.trainer_type == "grpo" else KnapsackRLOOTrainer
     trainer = trainer_cls(
@@ -196,6 +200,19 @@ def _run_recipe_method(ns: argparse.Namespace, shared: RecipeSeed, method: str, 
     )
 
 
+def _scale_eval(ns: argparse.Namespace, training_args: Any) -> None:
+    """Fill unset evaluation flags: 256 prompts x 16 samples on a GPU; on CPU (the demo's defaults take
+    hours with a real model) about 4 training steps' rollouts per evaluation (see ``--eval-every``)."""
+    cpu = bool(training_args.use_cpu) or not torch.cuda.is_available()
+    batch, group = training_args.generation_batch_size, training_args.num_generations
+    if ns.eval_samples is None:
+        ns.eval_samples = min(16, group) if cpu else 16
+    if ns.eval_rows is None:
+        ns.eval_rows = max(16, 4 * batch // ns.eval_samples) if cpu else 256
+    if ns.eval_every is None and cpu:
+        ns.eval_every = max(1, training_args.max_steps // 2)
+
+
 def _heldout_rows(script_args: Any, train_ds: Any, seed: int, limit: int) -> list[dict[str, Any]]:
     """The recipe's test split minus any prompt also in the training split, at most ``limit`` rows."""
     try:
@@ -210,7 +227,11 @@ def _heldout_rows(script_args: Any, train_ds: Any, seed: int, limit: int) -> lis
     seen = {str(r["prompt"]) for r in train_ds}
     rows = [dict(r) for r in test if str(r["prompt"]) not in seen]
     if not rows:
-        raise SystemExit("knapsack-trl compare: every held-out prompt is also a training prompt.")
+        raise SystemExit(
+            f"knapsack-trl compare: every held-out prompt (split {script_args.dataset_test_split!r}) is also a "
+            "training prompt. Set dataset_test_split to a split with other prompts; for a single local file, "
+            "keep dataset_test_fraction > 0 so a held-out part is split off it (docs/configuration.md)."
+        )
     return rows[:limit]
 
 
@@ -284,10 +305,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--output-dir", default=DEFAULT_OUTPUT_DIR, help=f"report folder (default ./{DEFAULT_OUTPUT_DIR})"
     )
-    p.add_argument("--eval-rows", type=int, default=256, help="held-out prompts (recipes; default 256)")
-    p.add_argument("--eval-samples", type=int, default=16, help="samples per held-out prompt (default 16)")
     p.add_argument(
-        "--eval-every", type=int, default=None, help="evaluate every N steps (default max_steps/8)"
+        "--eval-rows", type=int, default=None, help="held-out prompts (recipes; default 256, on CPU scaled)"
+    )
+    p.add_argument(
+        "--eval-samples",
+        type=int,
+        default=None,
+        help="samples per held-out prompt (default 16, on CPU scaled)",
+    )
+    p.add_argument(
+        "--eval-every",
+        type=int,
+        default=None,
+        help="evaluate every N steps (default max_steps/8; on CPU max_steps/2). On CPU (use_cpu) an unset "
+        "evaluation flag is scaled to the run: min(16, num_generations) samples of max(16, "
+        "4*generation_batch_size/samples) prompts, about 4 training steps' rollouts per evaluation.",
     )
     p.add_argument(
         "--warmup-steps",

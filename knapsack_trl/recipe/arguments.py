@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-TASKS = ("gsm8k", "humaneval", "tiny_arithmetic", "tiny_calculator", "generic")
+TASKS = ("gsm8k", "humaneval", "tiny_arithmetic", "tiny_calculator", "chat_arithmetic", "generic")
 TRAINER_TYPES = ("grpo", "rloo")
 PROG = "knapsack-trl train"
 
@@ -21,7 +21,8 @@ class KnapsackScriptArguments:
         default="generic",
         metadata={
             "help": "Dataset loader: `gsm8k` and `humaneval` (knapsack_trl.tasks), `tiny_arithmetic` (generated "
-            "offline, knapsack_trl.tasks.arithmetic) or `generic` (any dataset with a `prompt` column: hub name, local "
+            "offline, knapsack_trl.tasks.arithmetic), `chat_arithmetic` (chat-format arithmetic for instruct models, "
+            "generated offline, knapsack_trl.tasks.chat_arithmetic) or `generic` (any dataset with a `prompt` column: hub name, local "
             "file or saved folder).",
             "choices": list(TASKS),
         },
@@ -56,7 +57,18 @@ class KnapsackScriptArguments:
     )
     dataset_num_rows: int | None = field(
         default=None,
-        metadata={"help": "Keep only the first N rows (tiny_arithmetic: generate N problems; default 64)."},
+        metadata={
+            "help": "Keep only the first N rows of the train split (the test split is not cut; tiny_arithmetic / "
+            "chat_arithmetic: generate N problems per split; default 64)."
+        },
+    )
+    dataset_test_fraction: float = field(
+        default=0.1,
+        metadata={
+            "help": "A single local file (.json/.jsonl/.csv/.parquet, also gzipped) has no splits: this fraction "
+            "of its rows (at least 1) is the test split (dataset_test_split), drawn with the recipe's seed, and "
+            "the train split is the rest. 0: train on the whole file (no test split)."
+        },
     )
     dataset_prompt_column: str = field(
         default="prompt",
@@ -70,7 +82,16 @@ class KnapsackScriptArguments:
         },
     )
     system_prompt: str | None = field(
-        default=None, metadata={"help": "gsm8k/humaneval: a system message for chat-format prompts."}
+        default=None,
+        metadata={"help": "gsm8k/humaneval/chat_arithmetic: a system message for chat-format prompts."},
+    )
+    instruction: str | None = field(
+        default=None,
+        metadata={
+            "help": "gsm8k/chat_arithmetic: the instruction after each question (gsm8k default: step by step, the "
+            "answer in \\boxed{}; chat_arithmetic default: 'Reply with the number only, as 'Answer: "
+            "<number>'.'). An empty string asks the bare question. Unset: the task's default."
+        },
     )
     tools: list[str] | None = field(
         default=None,
@@ -108,5 +129,10 @@ class KnapsackScriptArguments:
             self.reward_funcs = [self.reward_funcs]
         if isinstance(self.tools, str):
             self.tools = [self.tools]
+        if not 0 <= self.dataset_test_fraction < 1:
+            raise RecipeError(
+                f"dataset_test_fraction={self.dataset_test_fraction} must be in [0, 1): the share of a single "
+                "local file held out as the test split (0: none)."
+            )
         if self.dataset_num_rows is not None and self.dataset_num_rows < 1:
             raise RecipeError(f"dataset_num_rows={self.dataset_num_rows} must be a positive number of rows.")

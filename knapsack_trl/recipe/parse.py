@@ -151,7 +151,10 @@ def parse_command_line(cli: CommandLine, extra: Sequence[str] = ()) -> tuple[Any
     try:
         *parsed, remaining = parser.parse_args_and_config([*cli.argv, *extra], return_remaining_strings=True)
     except (ValueError, TypeError) as exc:
-        raise RecipeError(f"{cli.recipe_path or 'command line'}: {exc}") from exc
+        from knapsack_trl.recipe.hardware import bf16_refusal
+
+        message = bf16_refusal(str(exc)) or str(exc)
+        raise RecipeError(f"{cli.recipe_path or 'command line'}: {message}") from exc
     if remaining:
         flags = [
             flag.lstrip("-").split("=", 1)[0].replace("-", "_") for flag in remaining if flag.startswith("-")

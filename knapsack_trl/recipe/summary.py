@@ -58,11 +58,42 @@ def budget_summary(training_args: Any) -> dict[str, Any]:
                 "knapsack_n_min": n_min,
                 "knapsack_n_max": n_max,
                 "feasible": f"n_min*P = {n_min * p} <= B = {b} <= n_max*P = {n_max * p}",
+                "effective_n_max": effective_n_max(training_args),
             }
         )
     else:
         summary["knapsack_enabled"] = False
     return summary
+
+
+def effective_n_max(training_args: Any) -> str:
+    """The most rollouts one prompt can get at step 0: the allocator's ``n_max`` (its schedule's value),
+    capped by the batch, since every other prompt keeps ``n_min`` (``B - n_min * (P - 1)``)."""
+    b, g = training_args.generation_batch_size, training_args.num_generations
+    p, n_min = b // g, training_args.knapsack_n_min
+    steps = training_args.max_steps if training_args.max_steps > 0 else None
+    scheduled = training_args.knapsack_allocator_config(total_steps=steps).budget_schedule().n_max_at(0)
+    room = b - n_min * (p - 1)
+    return f"{min(scheduled, room)} (min of n_max {scheduled} and B - n_min*(P-1) = {b} - {n_min}*{p - 1} = {room})"
+
+
+def fit_short_run(training_args: Any) -> list[str]:
+    """Adjust settings a short run cannot use as written; one note per change.
+
+    A warm-up as long as the run keeps the learning rate below its peak throughout (at 0 on step 1): it
+    is lowered to a tenth of the run. Schedulers without a warm-up (``constant``) are left alone.
+    """
+    notes: list[str] = []
+    steps, warmup = training_args.max_steps, training_args.warmup_steps
+    scheduler = str(getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type))
+    if steps > 0 and warmup >= 1 and warmup >= steps and scheduler != "constant":
+        training_args.warmup_steps = steps // 10
+        notes.append(
+            f"warmup_steps={warmup:g} >= max_steps={steps}: the learning rate would stay below its peak for the "
+            f"whole run, so warmup_steps is lowered to {steps // 10} (a tenth of the run); set warmup_steps "
+            "below max_steps to choose another."
+        )
+    return notes
 
 
 def describe_run(trainer_name: str, training_args: Any) -> str:

@@ -1,4 +1,4 @@
-"""Reward functions for TRL trainers (GSM8K, HumanEval), their registry, and the code sandbox.
+"""Reward functions for TRL trainers (GSM8K, HumanEval, chat arithmetic), their registry, and the code sandbox.
 
 Every reward has TRL's signature ``f(completions, **kwargs) -> list[float | None]``; dataset columns
 arrive as keyword arguments. Recipes name rewards in ``reward_funcs`` either by a registered name
@@ -13,6 +13,7 @@ import importlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from knapsack_trl.tasks.chat_arithmetic import chat_arithmetic_reward
 from knapsack_trl.tasks.gsm8k.reward import (
     extract_gsm8k_gold,
     final_answer,
@@ -38,6 +39,7 @@ from knapsack_trl.tasks.sandbox.runner import (
 RewardFunction = Callable[..., list[float | None]]
 
 REWARD_FUNCTIONS: dict[str, RewardFunction] = {
+    "chat_arithmetic": chat_arithmetic_reward,
     "gsm8k_accuracy": gsm8k_accuracy_reward,
     "gsm8k_format": format_reward,
     "humaneval_pass": humaneval_pass_reward,
@@ -111,6 +113,7 @@ __all__ = [
     "RewardFunction",
     "SandboxResult",
     "SandboxUnavailableError",
+    "chat_arithmetic_reward",
     "extract_gsm8k_gold",
     "final_answer",
     "format_reward",
