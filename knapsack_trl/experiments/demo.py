@@ -39,7 +39,7 @@ from datasets import Dataset
 
 from knapsack_trl.experiments.evaluation import heldout_metrics, success_rates
 from knapsack_trl.experiments.harness import train_method, warm_up_arithmetic
-from knapsack_trl.experiments.headroom import Bands, screen_headroom
+from knapsack_trl.experiments.headroom import Bands, screen_headroom, solved_band_filled
 from knapsack_trl.experiments.methods import METHOD_FIELDS, parse_methods
 from knapsack_trl.experiments.report import (
     RunRecord,
@@ -249,6 +249,15 @@ def prepare_checkpoint(settings: DemoSettings, folder: str, progress: bool = Tru
     tokenizer = build_tokenizer()
     model = build_model(tokenizer, settings.hidden_size, settings.num_layers, seed=settings.seed)
 
+    ready = None
+    if headroom:  # also hold the warm-up until the solved band can fill (docs/benchmark_protocol.md)
+        ready = solved_band_filled(
+            tokenizer,
+            splits["pool"],
+            settings.bands,
+            max_new_tokens=settings.max_completion_length,
+            seed=settings.seed + 2,
+        )
     start = time.perf_counter()
     sft = warm_up_arithmetic(
         model,
@@ -262,6 +271,7 @@ def prepare_checkpoint(settings: DemoSettings, folder: str, progress: bool = Tru
         seed=settings.seed,
         progress=progress,
         max_new_tokens=settings.max_completion_length,
+        ready=ready,
     )
     sft_seconds = time.perf_counter() - start
     save_tiny(folder, model, tokenizer)
