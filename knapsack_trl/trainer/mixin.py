@@ -90,8 +90,6 @@ def run_constant_metrics(args: KnapsackConfigMixin) -> frozenset[str]:
         names.add("fallback_rollouts")
     if args.knapsack_solver == "dp" or args.knapsack_mode == "uniform":
         names.add("solver_optimal")
-    if args.knapsack_mode == "uniform":
-        names.update({"rollouts_min", "rollouts_mean", "rollouts_max", "solver_seconds"})
     return frozenset(names)
 
 
