@@ -291,6 +291,10 @@ def test_checkpoint_round_trip_is_exact(tmp_path):
     np.testing.assert_array_equal(restored.predict(feats), est.predict(feats))
     assert restored.fingerprint() == est.fingerprint()
     assert not ValueHeadEstimator(4).load(tmp_path / "missing")
+    retired = {**est.state_dict(), "version": 1}  # written before inputs were scaled per dimension
+    torch.save(retired, tmp_path / VALUE_HEAD_FILENAME)
+    fresh = ValueHeadEstimator(model.config.hidden_size)
+    assert not fresh.load(tmp_path) and fresh.num_updates == 0
 
 
 def test_identical_construction_and_updates_across_processes_by_seed():

@@ -35,6 +35,7 @@ VALUE_ESTIMATORS = ("history", "value_head", "blend")
 HEAD_TYPES = ("linear", "mlp")
 VALUE_HEAD_FILENAME = "knapsack_value_head.pt"
 METRIC_PREFIX = "knapsack/value_head/"
+RETIRED_STATE_VERSIONS = (1,)  # heads with one scalar input scale: not loaded, the head starts untrained
 VARIANCE_FLOOR = 1e-2  # of the mean variance: the least variance a feature dimension is scaled by
 
 
@@ -393,11 +394,15 @@ class ValueHeadEstimator:
         return path
 
     def load(self, checkpoint_dir: str | os.PathLike[str]) -> bool:
-        """Restore from ``<checkpoint_dir>/knapsack_value_head.pt`` on every process; False if absent."""
+        """Restore from ``<checkpoint_dir>/knapsack_value_head.pt`` on every process; False if absent or
+        written by a head that scaled its inputs differently (it relearns faster than it could be mapped)."""
         path = Path(checkpoint_dir) / VALUE_HEAD_FILENAME
         if not path.is_file():
             return False
-        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        if state.get("version") in RETIRED_STATE_VERSIONS:
+            return False
+        self.load_state_dict(state)
         return True
 
     def fingerprint(self) -> str:
