@@ -7,7 +7,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from knapsack_trl.core.allocator import AllocatorConfig, KnapsackRolloutAllocator
-from knapsack_trl.core.calibration import calibration_metrics, group_successes
+from knapsack_trl.core.calibration import calibration_metrics, group_mean_rewards, group_successes
 from knapsack_trl.core.tracker import SuccessRateTracker
 from knapsack_trl.trainer.prompt_features import (
     pad_prompt_ids,
@@ -385,6 +385,15 @@ def test_group_successes_skip_unscorable_rollouts():
     np.testing.assert_array_equal(n, [2, 0, 4])
     with pytest.raises(ValueError, match="sum"):
         group_successes(rewards, [3, 3])
+
+
+def test_group_mean_rewards_by_hand():
+    """Each group's mean over its scorable rollouts; empty or wholly unscorable groups are NaN."""
+    nan = float("nan")
+    means = group_mean_rewards(np.array([1.0, 0.0, nan, 0.25, 0.75, nan]), [3, 0, 2, 1])
+    np.testing.assert_array_equal(means, [0.5, nan, 0.5, nan])
+    with pytest.raises(ValueError, match="sum"):
+        group_mean_rewards(np.zeros(3), [1, 1])
 
 
 def test_config_from_trainer_args_and_validation(tmp_path):
