@@ -202,14 +202,17 @@ def test_knapsack_allocation_moves_budget_to_mixed_prompts(
         "knapsack/informative_prompts_expected",
         "knapsack/informative_prompts_uniform_expected",
         "knapsack/effective_ratio_rollouts",
-        "knapsack/fallback_rollouts",
         "knapsack/rollouts_min",
         "knapsack/rollouts_max",
         "knapsack/prompts_mixed",
         "knapsack/solver_seconds",
-        "knapsack/solver_optimal",
     ):
         assert key in logged[-1], key
+    for key in (
+        "knapsack/fallback_rollouts",
+        "knapsack/solver_optimal",
+    ):  # at the first step (docs/trainer.md)
+        assert key in logged[0] and (key not in logged[-1] or rule == "buckets"), key
     assert logged[-1]["knapsack/rollouts_max"] > 4
     state = trainer.knapsack_allocator.tracker.state_dict()["prompts"]
     assert set(state) == set(dataset["prompt_id"])

@@ -7,7 +7,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from knapsack_trl.core.allocator import AllocatorConfig, KnapsackRolloutAllocator
-from knapsack_trl.core.calibration import calibration_metrics, group_successes
+from knapsack_trl.core.calibration import calibration_metrics, group_mean_rewards, group_successes
 from knapsack_trl.core.tracker import SuccessRateTracker
 from knapsack_trl.trainer.prompt_features import (
     pad_prompt_ids,
@@ -150,6 +150,63 @@ def test_head_beats_constant_priors_on_held_out_prompts(head_type, seed):
     assert head["brier"] < half["brier"] - 0.04
 
 
+RARE = np.array([0.25, 0.05, 0.02])  # success rate by difficulty class: base rate about 0.1
+
+
+def large_norm_features(n: int, rng: np.random.Generator, dim: int = 576) -> tuple[torch.Tensor, np.ndarray]:
+    """Pooled states shaped like a real model's (SmolLM2-135M: 576-d, norms in the hundreds, a few
+    dimensions holding much of the variance) with the difficulty class along one ordinary direction."""
+    shape = np.random.default_rng(0)
+    spread = np.exp(shape.normal(0, 1.5, size=dim))
+    spread[:2] *= 30
+    common = shape.normal(size=dim)
+    common *= 600 / np.linalg.norm(common)
+    signal = shape.normal(size=dim) * np.median(spread) * 1.5
+    k = rng.integers(0, 3, size=n)
+    x = common + rng.normal(size=(n, dim)) * spread + (k - 1)[:, None] * signal
+    return torch.tensor(x, dtype=torch.float32), RARE[k]
+
+
+def tiny_model_features(n: int, rng: np.random.Generator) -> tuple[torch.Tensor, np.ndarray]:
+    """The tiny Llama's pooled states of 1-3 digit sums (difficulty visible in the text), rare successes."""
+    prompts, _ = addition_prompts(n, seed=int(rng.integers(1 << 30)))
+    model = tiny_llama()
+    feats = pool_hidden_states(
+        model.model(*encode(prompts), output_hidden_states=True).hidden_states[-1], None
+    )
+    digits = np.array([len(p.split("+")[0]) for p in prompts])
+    return feats.detach(), RARE[digits - 1]
+
+
+def ranking_auc(p: np.ndarray, rate: np.ndarray) -> float:
+    """P(an easiest-class prompt is predicted above a harder one), ties half."""
+    pos, neg = p[rate == rate.max()], p[rate < rate.max()]
+    return float(((pos[:, None] > neg[None]) + 0.5 * (pos[:, None] == neg[None])).mean())
+
+
+@pytest.mark.parametrize("make", [large_norm_features, tiny_model_features], ids=["large-norm", "tiny-llama"])
+@pytest.mark.parametrize("batches", [1, 8])
+@pytest.mark.parametrize("head_type", ["mlp", "linear"])
+def test_head_on_rare_successes_ranks_held_out_prompts(make, batches, head_type):
+    """The collapse seen with SmolLM2 (every unseen prompt at the 0.001 floor after one update on a batch
+    with success rate 0.094): with rare successes the head must stay calibrated in the mean and rank."""
+    for seed in (0, 1):
+        rng = np.random.default_rng(seed)
+        x, rate = make(16 * batches + 300, rng)
+        est = ValueHeadEstimator(x.shape[1], ValueHeadConfig(head_type=head_type, seed=seed))
+        observed = []
+        for b in range(batches):
+            rows = slice(16 * b, 16 * (b + 1))
+            successes = rng.binomial(8, rate[rows])
+            observed.append(successes.sum() / (8 * 16))
+            est.update(x[rows], successes, np.full(16, 8))
+        p = est.predict(x[16 * batches :])
+        held_out = rate[16 * batches :]
+        assert ranking_auc(p, held_out) > (0.65 if batches == 1 else 0.8), seed  # 1 batch: ~13 successes
+        assert np.mean(p <= 1.0001e-3) < 0.05, seed  # no prompt here has p below 0.02
+        assert abs(p.mean() - np.mean(observed)) < 0.5 * np.mean(observed), seed
+
+
 def test_untrained_head_predicts_one_half_and_is_not_ready():
     model = tiny_llama()
     est = ValueHeadEstimator.from_model(model)
@@ -234,6 +291,10 @@ def test_checkpoint_round_trip_is_exact(tmp_path):
     np.testing.assert_array_equal(restored.predict(feats), est.predict(feats))
     assert restored.fingerprint() == est.fingerprint()
     assert not ValueHeadEstimator(4).load(tmp_path / "missing")
+    retired = {**est.state_dict(), "version": 1}  # written before inputs were scaled per dimension
+    torch.save(retired, tmp_path / VALUE_HEAD_FILENAME)
+    fresh = ValueHeadEstimator(model.config.hidden_size)
+    assert not fresh.load(tmp_path) and fresh.num_updates == 0
 
 
 def test_identical_construction_and_updates_across_processes_by_seed():
@@ -324,6 +385,15 @@ def test_group_successes_skip_unscorable_rollouts():
     np.testing.assert_array_equal(n, [2, 0, 4])
     with pytest.raises(ValueError, match="sum"):
         group_successes(rewards, [3, 3])
+
+
+def test_group_mean_rewards_by_hand():
+    """Each group's mean over its scorable rollouts; empty or wholly unscorable groups are NaN."""
+    nan = float("nan")
+    means = group_mean_rewards(np.array([1.0, 0.0, nan, 0.25, 0.75, nan]), [3, 0, 2, 1])
+    np.testing.assert_array_equal(means, [0.5, nan, 0.5, nan])
+    with pytest.raises(ValueError, match="sum"):
+        group_mean_rewards(np.zeros(3), [1, 1])
 
 
 def test_config_from_trainer_args_and_validation(tmp_path):

@@ -64,3 +64,21 @@ def group_successes(
     counts = np.bincount(group[valid], minlength=n.size).astype(np.float64)
     successes = np.bincount(group[valid], weights=(r[valid] > threshold).astype(np.float64), minlength=n.size)
     return successes, counts
+
+
+def group_mean_rewards(rewards: np.ndarray, sizes: np.ndarray | list[int]) -> np.ndarray:
+    """Each group's mean reward over its scorable (non-NaN) rollouts; NaN for a group with none.
+
+    Laid out as :func:`group_successes` reads them. The mean of these over prompts weighs every prompt
+    the same, whatever its rollouts: the reward to compare allocations by.
+    """
+    r = np.asarray(rewards, dtype=np.float64).reshape(-1)
+    n = np.asarray(sizes, dtype=np.int64).reshape(-1)
+    if int(n.sum()) != r.size:
+        raise ValueError(f"group sizes sum to {int(n.sum())} but there are {r.size} rewards.")
+    group = np.repeat(np.arange(n.size), n)
+    valid = ~np.isnan(r)
+    counts = np.bincount(group[valid], minlength=n.size).astype(np.float64)
+    sums = np.bincount(group[valid], weights=r[valid], minlength=n.size)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1.0), np.nan)

@@ -314,6 +314,14 @@ class KnapsackConfigMixin:
         default=1000,
         metadata={"help": "Allocations kept in memory on every process (`trainer.knapsack_history`)."},
     )
+    knapsack_log_allocations: bool = field(
+        default=True,
+        metadata={
+            "help": "Write each generation batch's allocation (prompt ids, rollouts, rewards, the p used) to "
+            "output_dir/knapsack_allocations.jsonl (main process; a resumed run continues it without duplicates) "
+            "and the tracker's final state to output_dir/knapsack_state_final.json."
+        },
+    )
 
     def __post_init__(self) -> None:
         check_trl_version()

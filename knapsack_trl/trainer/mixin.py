@@ -36,7 +36,7 @@ from transformers.utils import logging
 from trl.trainer.utils import get_config_model_id
 
 from knapsack_trl.core.allocator import KnapsackRolloutAllocator
-from knapsack_trl.core.calibration import group_successes
+from knapsack_trl.core.calibration import group_mean_rewards, group_successes
 from knapsack_trl.core.errors import SettingError
 from knapsack_trl.core.pilot import allocate_second_round
 from knapsack_trl.core.state import CHECKPOINT_STATE_VERSION, check_version
@@ -47,6 +47,7 @@ from knapsack_trl.trainer.advantages import (
     prompt_weights,
 )
 from knapsack_trl.trainer.agents import KnapsackAgentMixin, split_unidentified
+from knapsack_trl.trainer.allocation_log import FINAL_STATE_FILE, AllocationLog
 from knapsack_trl.trainer.config import KnapsackConfigMixin, check_trl_version, field_error
 from knapsack_trl.trainer.hooks import AllocationEvent, AllocationListener
 from knapsack_trl.trainer.plan import (
@@ -72,6 +73,32 @@ from knapsack_trl.trainer.value_head import ValueHeadEstimator, estimator_prior
 logger = logging.get_logger(__name__)
 
 STATE_FILE = "knapsack_state.json"
+# The mean over the batch's prompts of each prompt's mean reward: every prompt weighs the same, whatever
+# its rollouts (TRL's ``reward`` averages rollouts, so it follows the allocation).
+PROMPT_MEAN_REWARD = "knapsack/reward_prompt_mean"
+# Logged at the first batch, then only in batches where the value differs from this one.
+USUALLY = {"solver_optimal": 1.0}
+
+
+def run_constant_metrics(args: KnapsackConfigMixin) -> frozenset[str]:
+    """The allocation metrics (no prefix) this config fixes for the whole run: logged at the first batch only."""
+    names = set()
+    if args.knapsack_n_max_schedule is None:
+        names.add("n_max")
+    if args.knapsack_exploration_schedule is None:
+        names.add("exploration_share")
+    if args.knapsack_rule != "buckets" or not args.knapsack_fallback or args.knapsack_mode == "uniform":
+        names.add("fallback_rollouts")
+    if args.knapsack_solver == "dp" or args.knapsack_mode == "uniform":
+        names.add("solver_optimal")
+    return frozenset(names)
+
+
+def log_finite(metrics: dict[str, list[float]], name: str, value: float) -> None:
+    """Append ``value`` unless it is NaN or infinite: TRL logs a metric with no finite value as None."""
+    value = float(value)
+    if np.isfinite(value):
+        metrics[name].append(value)
 
 
 def knapsack_args(
@@ -145,8 +172,14 @@ class KnapsackTrainerMixin(KnapsackAgentMixin):
         self._knapsack_agent_setup()
         self.knapsack_allocator = None
         self.knapsack_value_head = None
+        self._knapsack_first_logged = False
+        self.knapsack_allocation_log: AllocationLog | None = None
         if not args.knapsack_enabled:
             return
+        self._knapsack_constants = run_constant_metrics(args)
+        if args.knapsack_log_allocations:
+            self.knapsack_allocation_log = AllocationLog(args.output_dir, self.accelerator.is_main_process)
+            self.add_knapsack_listener(self.knapsack_allocation_log)
         # Epoch-based runs learn max_steps only in train(): schedules get a stand-in horizon until then.
         self.knapsack_allocator = KnapsackRolloutAllocator(
             args.knapsack_allocator_config(total_steps=args.knapsack_horizon() or 1), args.knapsack_tracker()
@@ -159,6 +192,23 @@ class KnapsackTrainerMixin(KnapsackAgentMixin):
     def add_knapsack_listener(self, listener: AllocationListener) -> None:
         """Call ``listener(event)`` after every generation batch (:class:`AllocationEvent`), on every process."""
         self._knapsack_listeners.append(listener)
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        """TRL's ``train``; with ``knapsack_log_allocations`` the allocation log restarts at the run's first
+        batch and the tracker's final state is written to ``output_dir/knapsack_state_final.json``."""
+        log = self.knapsack_allocation_log
+        if log is not None:
+            log.restart()
+        output = super().train(*args, **kwargs)  # type: ignore[misc]
+        if log is not None and self.accelerator.is_main_process:
+            self._knapsack_write_state(os.path.join(self.args.output_dir, FINAL_STATE_FILE))
+        return output
+
+    def _knapsack_write_state(self, path: str) -> None:
+        """:meth:`knapsack_state_dict` as JSON at ``path`` (the checkpoints' format)."""
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(self.knapsack_state_dict(), f, allow_nan=False)
 
     def finish(self) -> None:
         """End a run so that every process exits: trackers finish, then the process group is destroyed.
@@ -474,8 +524,8 @@ class KnapsackTrainerMixin(KnapsackAgentMixin):
         else:
             logged = global_advantages[torch.as_tensor(plan.log_positions, device=device)]
         self._logs["advantages"].extend(logged.tolist())
-        self._knapsack_log_metrics(plan, result, sizes)
         rewards = aggregate_rewards(rewards_per_func, self.reward_weights).detach().cpu().double().numpy()
+        self._knapsack_log_metrics(plan, result, sizes, rewards)
         lengths = None if self._knapsack_lengths is None else self._knapsack_lengths[inverse].cpu().numpy()
         self._knapsack_learn(plan, rewards, lengths)
         record = {"step": plan.step, "prompt_ids": plan.prompt_ids, "rollouts": plan.sizes.tolist()}
@@ -496,8 +546,9 @@ class KnapsackTrainerMixin(KnapsackAgentMixin):
             listener(event)
 
     def _knapsack_log_metrics(
-        self, plan: GenerationPlan, result: AdvantageResult, sizes: torch.Tensor
+        self, plan: GenerationPlan, result: AdvantageResult, sizes: torch.Tensor, rewards: np.ndarray
     ) -> None:
+        """The batch's ``knapsack/*`` metrics: finite values only, run constants at the first batch only."""
         metrics = self._metrics["train"]
         metrics["frac_reward_zero_std"][-1] = result.is_std_zero.float().mean().item()
         present = sizes > 0
@@ -510,8 +561,14 @@ class KnapsackTrainerMixin(KnapsackAgentMixin):
         metrics["knapsack/effective_ratio_rollouts"].append(
             nonzero[present].float().mul(sizes[present]).sum().item() / int(sizes.sum())
         )
+        prompt_means = group_mean_rewards(rewards, plan.sizes)
+        if not np.isnan(prompt_means).all():
+            metrics[PROMPT_MEAN_REWARD].append(float(np.nanmean(prompt_means)))
+        first = not self._knapsack_first_logged
+        self._knapsack_first_logged = True
         for name, value in plan.metrics.items():
-            metrics[f"knapsack/{name}"].append(float(value))
+            if first or (name not in self._knapsack_constants and USUALLY.get(name) != value):
+                log_finite(metrics, f"knapsack/{name}", value)
 
     def _knapsack_learn(self, plan: GenerationPlan, rewards: np.ndarray, lengths: np.ndarray | None) -> None:
         """The value head trains on every process (identical data); the tracker observes on the main one."""
@@ -519,7 +576,7 @@ class KnapsackTrainerMixin(KnapsackAgentMixin):
             successes, counts = group_successes(rewards, plan.sizes, self.args.knapsack_success_threshold)
             update = self.knapsack_value_head.update(self._knapsack_head_features, successes, counts)
             for name, value in update.items():
-                self._metrics["train"][name].append(value)
+                log_finite(self._metrics["train"], name, value)
             self._knapsack_head_features = None
         if self.accelerator.is_main_process:
             row_ids = [pid for pid, n in zip(plan.prompt_ids, plan.sizes.tolist()) for _ in range(n)]
@@ -547,8 +604,7 @@ class KnapsackTrainerMixin(KnapsackAgentMixin):
             folder = os.path.join(
                 self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             )
-            with open(os.path.join(folder, STATE_FILE), "w") as f:
-                json.dump(self.knapsack_state_dict(), f, allow_nan=False)
+            self._knapsack_write_state(os.path.join(folder, STATE_FILE))
             if self.knapsack_value_head is not None:
                 self.knapsack_value_head.save(folder)
 

@@ -35,6 +35,8 @@ VALUE_ESTIMATORS = ("history", "value_head", "blend")
 HEAD_TYPES = ("linear", "mlp")
 VALUE_HEAD_FILENAME = "knapsack_value_head.pt"
 METRIC_PREFIX = "knapsack/value_head/"
+RETIRED_STATE_VERSIONS = (1,)  # heads with one scalar input scale: not loaded, the head starts untrained
+VARIANCE_FLOOR = 1e-2  # of the mean variance: the least variance a feature dimension is scaled by
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,9 @@ class ValueHeadConfig:
     recent evidence instead of chasing the latest batch, while old features (from an older policy)
     age out. Predictions are used once ``min_updates``
     batches have been trained on (before that :meth:`ValueHeadEstimator.predict_or_none` gives None).
+    ``target_smoothing``: each prompt's target is ``(s + k m) / (n + k)`` with ``m`` the buffer's success
+    rate, so 0 of 8 reads as "rare", not "never" (without it a head that separates its few training
+    prompts drives the hard ones to the 0.001 floor).
     """
 
     head_type: str = "mlp"
@@ -59,6 +64,7 @@ class ValueHeadConfig:
     min_updates: int = 1
     forward_batch_size: int = 64
     seed: int = 0
+    target_smoothing: float = 1.0
 
     def __post_init__(self) -> None:
         if self.head_type not in HEAD_TYPES:
@@ -79,6 +85,8 @@ class ValueHeadConfig:
             raise ValueError(f"steps_per_update={self.steps_per_update!r} must be >= 1.")
         if self.replay_size < 0:
             raise ValueError(f"replay_size={self.replay_size!r} must be >= 0.")
+        if not (math.isfinite(self.target_smoothing) and self.target_smoothing >= 0):
+            raise ValueError(f"target_smoothing={self.target_smoothing!r} must be finite and >= 0.")
         if self.min_updates < 0 or self.forward_batch_size < 1 or self.weight_decay < 0:
             raise ValueError("min_updates >= 0, forward_batch_size >= 1 and weight_decay >= 0 are required.")
 
@@ -96,10 +104,13 @@ class ValueHeadConfig:
 class PromptValueHead(nn.Module):
     """Logit of a prompt's success rate from its pooled hidden state.
 
-    Inputs are centred by the training features' mean and scaled by their variance averaged over
-    dimensions (the pooled states of different prompts share a large common component; without it a
-    small head learns slowly). One scalar scale stays sane when there are very few prompts. The last layer starts at
-    zero, so an untrained head predicts exactly 0.5 for every prompt.
+    Inputs are standardised per dimension by the training features' mean and variance (a variance floor
+    of ``VARIANCE_FLOOR`` times the mean variance keeps near-constant dimensions from blowing up), then
+    divided by ``sqrt(input_dim)``, so an input has norm about 1 whatever the model's hidden size and
+    activation scale. Without that a real model's 576-d states, with a few dimensions holding a quarter
+    of the variance, let each AdamW step (about ``lr`` per weight) move the logits by ``lr`` times the
+    input's L1 norm: a few steps on a batch of mostly failures drove every prediction to the floor. The
+    last layer starts at zero, so an untrained head predicts exactly 0.5 for every prompt.
     """
 
     def __init__(self, input_dim: int, head_type: str = "mlp", hidden_size: int | None = None) -> None:
@@ -121,8 +132,15 @@ class PromptValueHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Logits, shape ``(N,)``."""
-        x = (features - self.feature_mean) * torch.rsqrt(self.feature_var.mean() + 1e-6)
+        var = self.feature_var + VARIANCE_FLOOR * self.feature_var.mean() + 1e-12
+        x = (features - self.feature_mean) * torch.rsqrt(var * self.input_dim)
         return self.net(x).squeeze(-1)
+
+    @property
+    def output_bias(self) -> torch.Tensor:
+        """The last layer's bias: the logit every prediction is shifted by."""
+        last = self.net if isinstance(self.net, nn.Linear) else self.net[-1]
+        return last.bias
 
 
 def _no_autocast(device: torch.device) -> torch.autocast:
@@ -284,15 +302,23 @@ class ValueHeadEstimator:
         }
         size = max(self.config.replay_size, int(rows.sum()))
         self._replay = {k: torch.cat([self._replay[k], v])[-size:] for k, v in new.items()}
-        x, n = self._replay["features"], self._replay["counts"]
-        y = self._replay["successes"] / n
+        x, n, successes = self._replay["features"], self._replay["counts"], self._replay["successes"]
+        k = self.config.target_smoothing
+        y = (successes + k * successes.sum() / n.sum()) / (n + k)
         return x, y, n
 
     def _fit(self, x: torch.Tensor, y: torch.Tensor, n: torch.Tensor) -> float:
-        """``steps_per_update`` full-batch AdamW steps on the buffer; its loss after them."""
+        """``steps_per_update`` full-batch AdamW steps on the buffer, between two intercept fits; its loss after.
+
+        The intercept is solved exactly (:meth:`_fit_intercept`) before and after the steps, so the
+        buffer's mean prediction is its success rate: the steps only learn which prompts are easier or
+        harder. With rare successes, gradient steps from 0.5 would otherwise fit the base rate through
+        the weights, as fast as they move, and overshoot.
+        """
         with torch.no_grad():
             self.head.feature_mean.copy_(x.mean(0))
             self.head.feature_var.copy_(x.var(0, unbiased=False))
+        self._fit_intercept(x, y, n)
         self.head.train()
         with torch.enable_grad(), _no_autocast(self.device):
             for _ in range(self.config.steps_per_update):
@@ -302,10 +328,32 @@ class ValueHeadEstimator:
                 ).sum()
                 (loss / n.sum()).backward()
                 self.optimizer.step()
+        self._fit_intercept(x, y, n)
         self.head.eval()
         with torch.no_grad(), _no_autocast(self.device):
             after = nn.functional.binary_cross_entropy_with_logits(self.head(x), y, reduction="none")
             return float((after * n).sum() / n.sum())
+
+    def _fit_intercept(self, x: torch.Tensor, y: torch.Tensor, n: torch.Tensor) -> None:
+        """Shift the output bias so the rollout-weighted mean prediction on ``x`` equals the observed rate.
+
+        Newton's method on the one-dimensional, convex logistic loss in the shift (the intercept's own
+        score equation). The target keeps half a success away from 0 and from all: a buffer with no
+        success still predicts a small positive rate, never a certainty.
+        """
+        self.head.eval()
+        with torch.no_grad(), _no_autocast(self.device):
+            z, w = self.head(x).double(), n.double()
+            total = float(w.sum())
+            target = min(max(float((y.double() * w).sum()), 0.5), total - 0.5)
+            shift = 0.0
+            for _ in range(50):
+                p = torch.sigmoid(z + shift)
+                step = (float((w * p).sum()) - target) / max(float((w * p * (1 - p)).sum()), 1e-12)
+                shift -= max(min(step, 4.0), -4.0)
+                if abs(step) < 1e-10:
+                    break
+            self.head.output_bias.add_(shift)
 
     # ----------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -346,11 +394,15 @@ class ValueHeadEstimator:
         return path
 
     def load(self, checkpoint_dir: str | os.PathLike[str]) -> bool:
-        """Restore from ``<checkpoint_dir>/knapsack_value_head.pt`` on every process; False if absent."""
+        """Restore from ``<checkpoint_dir>/knapsack_value_head.pt`` on every process; False if absent or
+        written by a head that scaled its inputs differently (it relearns faster than it could be mapped)."""
         path = Path(checkpoint_dir) / VALUE_HEAD_FILENAME
         if not path.is_file():
             return False
-        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        if state.get("version") in RETIRED_STATE_VERSIONS:
+            return False
+        self.load_state_dict(state)
         return True
 
     def fingerprint(self) -> str:
