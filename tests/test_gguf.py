@@ -242,3 +242,30 @@ def test_the_real_smollm2_gguf_dequantizes_to_a_chat_model(cache: Path) -> None:
     ids = tokenizer(text, return_tensors="pt").input_ids
     with torch.no_grad():
         assert torch.isfinite(model(ids).logits).all()
+
+
+def test_the_dry_run_needs_the_gguf_package_only_until_the_cache_exists(
+    tiny_gguf: tuple[Path, Any],
+    cache: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    path, _ = tiny_gguf
+    monkeypatch.chdir(ROOT)
+    argv = ["train", "--config", "recipes/tiny/arithmetic-knapsack.yaml", "--model_name_or_path", str(path)]
+    argv += ["--output_dir", str(tmp_path / "out"), "--dry-run"]
+    real_find_spec = importlib.util.find_spec
+    with monkeypatch.context() as patch:
+        patch.setattr(
+            importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real_find_spec(name, *a)
+        )
+        assert cli.main(argv) == 2
+        assert "pip install 'knapsack-trl[gguf]'" in capsys.readouterr().err
+    folder = dequantize_gguf(path)
+    with monkeypatch.context() as patch:
+        patch.setattr(
+            importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real_find_spec(name, *a)
+        )
+        assert cli.main(argv) == 0
+        assert f"dequantized in {folder}" in capsys.readouterr().out

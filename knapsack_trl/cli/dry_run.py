@@ -65,9 +65,10 @@ def dry_run(
     spec = model_args.model_name_or_path
     gguf = gguf_file(spec)
     if gguf is not None:
-        require_gguf(spec)
         folder = gguf_cache_folder(gguf)
         done = (folder / "config.json").exists()
+        if not done:  # a cached folder loads without the gguf package, as in the real run
+            require_gguf(spec)
         model_note = (
             f"GGUF file {gguf}, {'dequantized in' if done else 'dequantized on first use into'} {folder}"
         )
