@@ -28,6 +28,19 @@ from knapsack_trl.experiments.report import (
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``knapsack-trl ARGS`` in a fresh interpreter, offline, as a user runs it."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "knapsack_trl.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
 def test_group_stats_counts_mixed_groups_and_their_rollouts():
     ids = ["a", "a", "a", "b", "b", "c", "c", "c", "c"]
     rewards = [1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 1.0, float("nan")]
@@ -104,26 +117,16 @@ def test_demo_quick_end_to_end(tmp_path):
     """``knapsack-trl demo --quick`` as a newcomer runs it (with the pilot method added): the table, the report
     folder, consistent numbers."""
     out = tmp_path / "report"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "knapsack_trl.cli",
-            "demo",
-            "--quick",
-            "--no-progress",
-            "--methods",
-            "uniform,knapsack,pilot",
-            "--output-dir",
-            str(out),
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    args = [
+        "demo",
+        "--quick",
+        "--no-progress",
+        "--methods",
+        "uniform,knapsack,pilot",
+        "--output-dir",
+        str(out),
+    ]
+    proc = _cli(args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| uniform GRPO |" in proc.stdout and "| knapsack GRPO |" in proc.stdout
 
@@ -215,19 +218,11 @@ def test_compare_runs_a_recipe_with_every_arm(tmp_path):
     from knapsack_trl.experiments.methods import METHOD_ORDER
 
     out = tmp_path / "report"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
     args = ["--config", str(ROOT / "recipes/tiny/arithmetic-knapsack.yaml"), "--seeds", "2"]
     args += ["--methods", ",".join(METHOD_ORDER), "--warmup-steps", "300", "--eval-rows", "16"]
     args += ["--eval-samples", "2", "--oracle-samples", "4", "--output-dir", str(out), "--no-progress"]
     args += ["--max_steps", "3", "--gradient_accumulation_steps", "1"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "knapsack_trl.cli", "compare", *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    proc = _cli(["compare", *args], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((out / "results.json").read_text())
     runs = {(r["method"], r["seed"]): r for r in data["runs"]}
@@ -262,18 +257,10 @@ def test_compare_quick_on_the_real_pretrained_model(tmp_path):
     """The real-model benchmark's path, two steps: SmolLM2-135M-Instruct from its GGUF on chat arithmetic,
     uniform and the pilot arm on the same budget, the same start, a verdict."""
     out = tmp_path / "report"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
     args = ["--config", "recipes/tiny/smollm2-chat-arithmetic-knapsack.yaml", "--seeds", "1"]
     args += ["--methods", "uniform,pilot", "--eval-rows", "4", "--eval-samples", "2", "--eval-every", "2"]
     args += ["--output-dir", str(out), "--no-progress", "--max_steps", "2", "--dataset_num_rows", "8"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "knapsack_trl.cli", "compare", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    proc = _cli(["compare", *args], ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((out / "results.json").read_text())
     runs = {r["method"]: r for r in data["runs"]}

@@ -64,6 +64,22 @@ def select_headroom(
     return pool, heldout
 
 
+def arithmetic_rates(
+    model: Any, tokenizer: Any, rows: Sequence[dict[str, str]], samples: int, max_new_tokens: int, seed: int
+) -> np.ndarray:
+    """Each row's success rate over ``samples`` samples at T=1, scored by the arithmetic reward."""
+    return success_rates(
+        model,
+        tokenizer,
+        rows,
+        [arithmetic_reward],
+        k=samples,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        batch_prompts=256,
+    )
+
+
 def solved_band_filled(
     tokenizer: Any,
     candidates: Sequence[dict[str, str]],
@@ -80,16 +96,7 @@ def solved_band_filled(
     """
 
     def ready(model: Any) -> bool:
-        p = success_rates(
-            model,
-            tokenizer,
-            candidates,
-            [arithmetic_reward],
-            k=samples,
-            max_new_tokens=max_new_tokens,
-            seed=seed,
-            batch_prompts=256,
-        )
+        p = arithmetic_rates(model, tokenizer, candidates, samples, max_new_tokens, seed)
         return int(np.sum(p >= 1.0)) >= 3 * bands.pool_solved
 
     return ready
@@ -106,16 +113,7 @@ def screen_headroom(
     seed: int,
 ) -> dict[str, Any]:
     """Sample every candidate ``samples`` times on a fixed stream and select the pool and held-out rows."""
-    p = success_rates(
-        model,
-        tokenizer,
-        candidates,
-        [arithmetic_reward],
-        k=samples,
-        max_new_tokens=max_new_tokens,
-        seed=seed,
-        batch_prompts=256,
-    )
+    p = arithmetic_rates(model, tokenizer, candidates, samples, max_new_tokens, seed)
     pool, heldout = select_headroom(candidates, p, bands)
     by_prompt = dict(zip((c["prompt"] for c in candidates), p))
     return {
