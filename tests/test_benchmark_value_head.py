@@ -85,3 +85,11 @@ def test_summary_reports_each_arm_and_the_blend_over_history_ratio(arms: dict) -
         PROMPTS // PER_BATCH,
         True,
     )
+
+
+def test_trainer_settings_are_one_epoch_of_new_prompts() -> None:
+    s = bench.trainer_settings(3)
+    assert (s.task, s.seed, s.pool_size, s.prompts_per_step, s.steps) == ("control", 3, 256, 16, 16)
+    assert s.steps * s.prompts_per_step == s.pool_size and s.eval_every > s.steps
+    # the old DemoSettings.quick preset, which the first figures used
+    assert (s.sft_steps, s.sft_target, s.heldout_size, s.num_generations) == (300, 0.25, 64, 8)

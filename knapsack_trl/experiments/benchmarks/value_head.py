@@ -466,12 +466,21 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
 
 
+def trainer_settings(seed: int = 0) -> DemoSettings:
+    """The demo's random-pool (control) task at its ``--quick`` size, one epoch of 256 new prompts.
+
+    The same settings as the removed ``DemoSettings.quick`` preset these figures were first run with."""
+    return DemoSettings.for_task(
+        "control", quick=True, seed=seed, pool_size=256, prompts_per_step=16, steps=16, eval_every=10**6
+    )
+
+
 def trainer_first_epoch(seed: int = 0) -> dict[str, dict[str, float]]:
     """One all-new epoch of real GRPO training per arm: ``effective_ratio``, the share of rollouts in
     groups with both outcomes, and ``informative_prompts``, such groups per generation batch (both as
     :func:`~knapsack_trl.experiments.report.summarize_run` counts them from the recorder's steps)."""
 
-    settings = DemoSettings.quick(seed=seed, pool_size=256, prompts_per_step=16, steps=16, eval_every=10**6)
+    settings = trainer_settings(seed)
     arms = {
         "uniform": ("uniform", "history"),
         "history": ("knapsack", "history"),
