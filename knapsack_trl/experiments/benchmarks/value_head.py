@@ -6,14 +6,18 @@
    (192 for the epoch, 96 held out).
 3. Brier score on the 96 prompts the head never trained on, against their real outcomes: constant
    0.5 (the tracker's default prior), the epoch's mean success rate, and the head.
-4. First-epoch effective gradient ratio, *simulated*: 12 batches of 16 unseen prompts x 8 rollouts go
-   through the core allocator (greedy, n_min 2, n_max 32). ``history``: no prior, so uniform.
-   ``blend``: the head's prediction as the prior, the head trained online on the batches before.
-   Outcomes are drawn from the measured rates; the policy is frozen during the simulated epoch.
-   Reported: the share of rollouts in groups with both outcomes (and its expectation).
+4. First epoch, *simulated*: 12 batches of 16 unseen prompts x 8 rollouts. ``uniform``: 8 each, no
+   allocator. ``history`` and ``blend`` go through the core allocator (greedy, n_min 2, n_max 32);
+   ``history`` has no prior, so it is uniform too. ``blend``: the head's prediction as the prior, the
+   head trained online on the batches before. Outcomes are drawn from the measured rates; the policy
+   is frozen during the simulated epoch. Reported: the effective gradient ratio (share of rollouts in
+   groups with both outcomes) and the informative prompts per batch (prompts whose group has both
+   outcomes, counted by :func:`~knapsack_trl.experiments.report.group_stats`), each with its
+   expectation, and blend / history for the latter.
    The same comparison through the real trainer follows: the demo's warmed-up policy, one epoch
    of GRPO in which every prompt is new (256 prompts, 16 per step, 8 rollouts on average), run
-   stock uniform, knapsack with ``history`` and knapsack with ``blend`` from the same checkpoint.
+   stock uniform, knapsack with ``history`` and knapsack with ``blend`` from the same checkpoint;
+   both figures as :func:`~knapsack_trl.experiments.report.summarize_run` gives them.
 5. Step-time cost: the head's work per step (tokenize the batch's unique prompts, one no-grad
    forward, predict, update) against the same step of ``KnapsackGRPOTrainer`` on the same policy, both
    timed inside one training loop, with completions of 8 tokens (the task's natural cap) and 32
@@ -43,6 +47,7 @@ from knapsack_trl.core.allocator import AllocatorConfig, KnapsackRolloutAllocato
 from knapsack_trl.core.calibration import calibration_metrics
 from knapsack_trl.core.values import nonzero_gradient_probability
 from knapsack_trl.experiments.demo import DemoSettings, prepare_checkpoint, run_demo_method
+from knapsack_trl.experiments.report import group_stats, summarize_run
 from knapsack_trl.tasks.arithmetic import (
     arithmetic_reward,
     arithmetic_rows,
@@ -123,31 +128,38 @@ def simulate_epoch(
     seed: int,
     head_config: Any = None,
 ) -> dict[str, Any]:
-    """One epoch over unseen prompts with the core allocator; outcomes drawn from ``rates``."""
+    """One epoch over unseen prompts; outcomes drawn from ``rates``.
+
+    ``uniform``: every prompt gets ``rollouts_per_prompt``, no allocator. ``history`` / ``blend``: the
+    core allocator with that estimator mode. ``batches`` keeps each batch's sizes and successes.
+    """
 
     rng = np.random.default_rng(seed)
     allocator = KnapsackRolloutAllocator(AllocatorConfig(n_min=2, n_max=n_max, solver="greedy"))
     head = ValueHeadEstimator(int(features.shape[1]), head_config or ValueHeadConfig(seed=0))
-    useful = expected = 0.0
+    useful = expected = expected_informative = 0.0
     total = 0
+    informative: list[float] = []
+    batches: list[dict[str, list[int]]] = []
     online_brier, online_brier_constant = [], []
     for start in range(0, len(prompt_ids), prompts_per_batch):
         ids = prompt_ids[start : start + prompts_per_batch]
         feats = features[start : start + prompts_per_batch]
         p_true = rates[start : start + prompts_per_batch]
-        head_p = head.predict_or_none(feats) if mode == "blend" else None
-        prior = estimator_prior(mode, head_p, allocator.tracker.stats(ids).num_observations)
-        sizes = allocator.allocate(
-            ids, len(ids) * rollouts_per_prompt, prior_success_rate=prior
-        ).rollouts_per_prompt
+        sizes = _batch_sizes(mode, allocator, head, ids, feats, rollouts_per_prompt)
         successes = rng.binomial(sizes, p_true)
-        mixed = (successes > 0) & (successes < sizes)
-        useful += float(sizes[mixed].sum())
-        expected += float((sizes * nonzero_gradient_probability(sizes, p_true)).sum())
-        total += int(sizes.sum())
         rewards = np.concatenate([np.r_[np.ones(s), np.zeros(n - s)] for s, n in zip(successes, sizes)])
-        allocator.observe(np.repeat(ids, sizes).tolist(), rewards.tolist())
-        if mode == "history":
+        rollout_ids = np.repeat(ids, sizes).tolist()
+        stats = group_stats(rollout_ids, rewards.tolist())
+        useful += stats["useful_rollouts"]
+        informative.append(stats["useful_groups"])
+        p_mixed = nonzero_gradient_probability(sizes, p_true)
+        expected += float((sizes * p_mixed).sum())
+        expected_informative += float(p_mixed.sum())
+        total += int(sizes.sum())
+        batches.append({"sizes": sizes.tolist(), "successes": successes.tolist()})
+        allocator.observe(rollout_ids, rewards.tolist())
+        if mode != "blend":
             continue
         metrics = head.update(feats, successes, sizes)
         if head.num_updates > 1:
@@ -156,12 +168,34 @@ def simulate_epoch(
     return {
         "effective_ratio": useful / total,
         "expected_effective_ratio": expected / total,
+        "informative_prompts": float(np.mean(informative)),
+        "expected_informative_prompts": expected_informative / len(informative),
         "online_brier": float(np.mean(online_brier)) if online_brier else float("nan"),
         "online_brier_constant": float(np.mean(online_brier_constant))
         if online_brier_constant
         else float("nan"),
+        "batches": batches,
         "head": head,
     }
+
+
+def _batch_sizes(
+    mode: str,
+    allocator: KnapsackRolloutAllocator,
+    head: ValueHeadEstimator,
+    ids: list[str],
+    feats: Any,
+    rollouts_per_prompt: int,
+) -> np.ndarray:
+    """One batch's rollouts per prompt: the plain uniform split, or the allocator in ``mode``."""
+
+    if mode == "uniform":
+        return np.full(len(ids), rollouts_per_prompt)
+    head_p = head.predict_or_none(feats) if mode == "blend" else None
+    prior = estimator_prior(mode, head_p, allocator.tracker.stats(ids).num_observations)
+    return np.asarray(
+        allocator.allocate(ids, len(ids) * rollouts_per_prompt, prior_success_rate=prior).rollouts_per_prompt
+    )
 
 
 class HeadTimer(TrainerCallback):
@@ -350,18 +384,26 @@ def run(
 
 
 def _arm_summaries(arms: dict[str, list[dict[str, Any]]], repeats: int) -> dict[str, Any]:
-    """Mean and spread over the simulated epochs of each arm's ratios and online Brier scores."""
+    """Mean and spread over the simulated epochs of each arm's ratios, informative prompts per batch
+    and online Brier scores."""
 
     def summary(mode: str, key: str) -> dict[str, float]:
         values = [a[key] for a in arms[mode]]
         return {"mean": float(np.mean(values)), "std": float(np.std(values))}
 
+    def per_arm(key: str) -> dict[str, Any]:
+        out: dict[str, Any] = {mode: summary(mode, key) for mode in arms}
+        out.update({f"{mode}_expected": summary(mode, f"expected_{key}") for mode in arms})
+        return out
+
+    informative = per_arm("informative_prompts")
     return {
-        "first_epoch_effective_ratio": {
-            "history": summary("history", "effective_ratio"),
-            "blend": summary("blend", "effective_ratio"),
-            "history_expected": summary("history", "expected_effective_ratio"),
-            "blend_expected": summary("blend", "expected_effective_ratio"),
+        "first_epoch_effective_ratio": {**per_arm("effective_ratio"), "simulated": True, "repeats": repeats},
+        "first_epoch_informative_prompts": {
+            **informative,
+            "blend_over_history": _ratio(informative["blend"]["mean"], informative["history"]["mean"]),
+            "prompts_per_batch": len(arms["history"][0]["batches"][0]["sizes"]),
+            "batches": len(arms["history"][0]["batches"]),
             "simulated": True,
             "repeats": repeats,
         },
@@ -381,8 +423,11 @@ def _first_epoch_arms(
     repeats: int,
     seed: int,
 ) -> dict[str, list[dict[str, Any]]]:
-    """``repeats`` simulated first epochs per estimator mode (history only, and the head's blend)."""
-    arms: dict[str, list[dict[str, Any]]] = {"history": [], "blend": []}
+    """``repeats`` simulated first epochs per arm: uniform, history only, and the head's blend.
+
+    Each arm's epoch ``r`` draws from its own generator seeded ``seed * 1000 + r``, so adding an arm
+    leaves the others' numbers unchanged."""
+    arms: dict[str, list[dict[str, Any]]] = {"uniform": [], "history": [], "blend": []}
     for r in range(repeats):
         for mode in arms:
             arms[mode].append(
@@ -417,16 +462,32 @@ def _held_out_brier(
     return brier, head_held
 
 
-def trainer_first_epoch(seed: int = 0) -> dict[str, float]:
-    """Share of rollouts in groups with both outcomes, over one all-new epoch of real GRPO training."""
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
 
-    settings = DemoSettings.quick(seed=seed, pool_size=256, prompts_per_step=16, steps=16, eval_every=10**6)
+
+def trainer_settings(seed: int = 0) -> DemoSettings:
+    """The demo's random-pool (control) task at its ``--quick`` size, one epoch of 256 new prompts.
+
+    The same settings as the removed ``DemoSettings.quick`` preset these figures were first run with."""
+    return DemoSettings.for_task(
+        "control", quick=True, seed=seed, pool_size=256, prompts_per_step=16, steps=16, eval_every=10**6
+    )
+
+
+def trainer_first_epoch(seed: int = 0) -> dict[str, dict[str, float]]:
+    """One all-new epoch of real GRPO training per arm: ``effective_ratio``, the share of rollouts in
+    groups with both outcomes, and ``informative_prompts``, such groups per generation batch (both as
+    :func:`~knapsack_trl.experiments.report.summarize_run` counts them from the recorder's steps)."""
+
+    settings = trainer_settings(seed)
     arms = {
         "uniform": ("uniform", "history"),
         "history": ("knapsack", "history"),
         "blend": ("knapsack", "blend"),
     }
     ratios: dict[str, float] = {}
+    informative: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as work:
         prep = prepare_checkpoint(settings, os.path.join(work, "checkpoint"), progress=False)
         for name, (method, estimator) in arms.items():
@@ -434,14 +495,53 @@ def trainer_first_epoch(seed: int = 0) -> dict[str, float]:
             record = run_demo_method(
                 method, os.path.join(work, "checkpoint"), prep, arm, os.path.join(work, name), progress=False
             )
-            useful = sum(step["useful_rollouts"] for step in record.steps)
-            ratios[name] = useful / sum(step["rollouts"] for step in record.steps)
-    return ratios
+            summary = summarize_run(record)
+            ratios[name] = float(summary["egr_rollouts"])
+            informative[name] = float(summary["informative_prompts"])
+            informative[f"{name}_batches"] = float(len(record.steps))
+    informative["blend_over_history"] = _ratio(informative["blend"], informative["history"])
+    informative["prompts_per_batch"] = float(settings.prompts_per_step)
+    return {"effective_ratio": ratios, "informative_prompts": informative}
+
+
+def _print_first_epoch(result: dict[str, Any]) -> None:
+    """The first-epoch sections: simulated, then through the real trainer when it ran."""
+
+    e, inf = result["first_epoch_effective_ratio"], result["first_epoch_informative_prompts"]
+    print(
+        f"First-epoch effective gradient ratio (SIMULATED with the core allocator, {e['repeats']} repeats; "
+        "share of rollouts in groups with both outcomes)"
+    )
+    for mode in ("uniform", "history", "blend"):
+        s, x = e[mode], e[f"{mode}_expected"]
+        print(f"  {mode:<8} {s['mean']:.3f} +- {s['std']:.3f}   (expected {x['mean']:.3f})")
+    o = result["online_brier_first_epoch"]
+    print(
+        f"  online Brier in that epoch (each batch scored before the head trains on it, from batch 2): "
+        f"head {o['head']:.4f} vs running mean {o['running_mean']:.4f}"
+    )
+    print(
+        f"First-epoch informative prompts per batch (SIMULATED; prompts whose group has both outcomes, "
+        f"of {inf['prompts_per_batch']} per batch, {inf['batches']} batches)"
+    )
+    for mode in ("uniform", "history", "blend"):
+        s, x = inf[mode], inf[f"{mode}_expected"]
+        print(f"  {mode:<8} {s['mean']:.2f} +- {s['std']:.2f}   (expected {x['mean']:.2f})")
+    print(f"  blend / history {inf['blend_over_history']:.3f}")
+    real, real_inf = result.get("first_epoch_trainer"), result.get("first_epoch_trainer_informative_prompts")
+    if real and real_inf:
+        print(
+            "First-epoch effective gradient ratio and informative prompts per batch through "
+            f"KnapsackGRPOTrainer (real training, every prompt new, {real_inf['prompts_per_batch']:.0f} per batch)"
+        )
+        for name, value in real.items():
+            batches = real_inf[f"{name}_batches"]
+            print(f"  {name:<8} {value:.3f}   {real_inf[name]:.2f} per batch ({batches:.0f} batches)")
+        print(f"  informative prompts, blend / history {real_inf['blend_over_history']:.3f}")
 
 
 def _print(result: dict[str, Any]) -> None:
     b = result["brier_unseen_prompts"]
-    e = result["first_epoch_effective_ratio"]
     c = result["step_cost"]
     t = result["task"]
     print(
@@ -456,25 +556,7 @@ def _print(result: dict[str, Any]) -> None:
     print(
         f"  head: mean predicted {cal['mean_pred']:.3f} vs observed {cal['mean_obs']:.3f}, ECE {cal['ece']:.3f}"
     )
-    print(
-        f"First-epoch effective gradient ratio (SIMULATED with the core allocator, {e['repeats']} repeats; "
-        "share of rollouts in groups with both outcomes)"
-    )
-    for mode in ("history", "blend"):
-        s, x = e[mode], e[f"{mode}_expected"]
-        print(f"  {mode:<8} {s['mean']:.3f} +- {s['std']:.3f}   (expected {x['mean']:.3f})")
-    real = result.get("first_epoch_trainer")
-    if real:
-        print(
-            "First-epoch effective gradient ratio through KnapsackGRPOTrainer (real training, every prompt new)"
-        )
-        for name, value in real.items():
-            print(f"  {name:<8} {value:.3f}")
-    o = result["online_brier_first_epoch"]
-    print(
-        f"  online Brier in that epoch (each batch scored before the head trains on it, from batch 2): "
-        f"head {o['head']:.4f} vs running mean {o['running_mean']:.4f}"
-    )
+    _print_first_epoch(result)
     print(
         f"Step cost of the head per KnapsackGRPOTrainer step (target <= {100 * c['target_ratio']:.0f}%; {c['torch_threads']} torch thread(s))"
     )
@@ -507,7 +589,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     result = run(seed=ns.seed, sft_steps=ns.sft_steps, repeats=ns.repeats, threads=ns.threads)
     if not ns.no_trainer_epoch:
-        result["first_epoch_trainer"] = trainer_first_epoch(ns.seed)
+        real = trainer_first_epoch(ns.seed)
+        result["first_epoch_trainer"] = real["effective_ratio"]
+        result["first_epoch_trainer_informative_prompts"] = real["informative_prompts"]
     if ns.json:
         json.dump(result, sys.stdout, indent=2)
         print()
