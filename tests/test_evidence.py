@@ -124,10 +124,10 @@ def test_verdict_names_the_best_non_oracle_arm_with_paired_intervals():
 
 
 def test_task_presets():
-    assert DemoSettings() == DemoSettings.for_task("headroom")
+    assert DemoSettings.for_task("headroom") == DemoSettings(checkpoint_seed=99)
     control = DemoSettings.for_task("control")
     assert {k: getattr(control, k) for k in CONTROL} == CONTROL and control.task == "control"
-    headroom = DemoSettings()
+    headroom = DemoSettings.for_task("headroom")
     assert headroom.pool_size == headroom.bands.pool_solved + headroom.bands.pool_hard
     assert headroom.pool_size // headroom.prompts_per_step == 3  # each prompt back every 3 steps
     assert DemoSettings.for_task("headroom", quick=True, seeds=3).run_seeds == [0, 1, 2]

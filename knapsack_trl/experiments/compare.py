@@ -291,6 +291,12 @@ def _parser() -> argparse.ArgumentParser:
         help="without --config: the demo's task, headroom (default) or control",
     )
     p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    p.add_argument(
+        "--checkpoint-seed",
+        type=int,
+        default=None,
+        help="without --config: the warm-up's seed (headroom default 99)",
+    )
     p.add_argument("--oracle", action="store_true", help="add the oracle row: allocation with the true p")
     p.add_argument(
         "--methods",
@@ -393,6 +399,8 @@ def main(argv: list[str] | None = None) -> int:
 def _demo_runs(ns: argparse.Namespace) -> tuple[list[RunRecord], dict[str, Any], list[str]]:
     """The demo's experiment (``--task``): one checkpoint, every method once per GRPO seed."""
     overrides: dict[str, Any] = {"seed": ns.seed, "seeds": ns.seeds}
+    if ns.checkpoint_seed is not None:
+        overrides["checkpoint_seed"] = ns.checkpoint_seed
     if ns.steps is not None:
         overrides["steps"] = ns.steps
     settings = DemoSettings.for_task(ns.task, ns.quick, **overrides)

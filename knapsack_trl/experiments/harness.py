@@ -244,7 +244,6 @@ def warm_up(
     probe: Callable[[Any], float] | None = None,
     target: float | None = None,
     check_every: int = 50,
-    ready: Callable[[Any], bool] | None = None,
 ) -> dict[str, Any]:
     """Supervised warm-up (AdamW, short linear warm-up, then constant); stops early at ``target``.
 
@@ -280,7 +279,7 @@ def warm_up(
                 probe_value = probe(model)
                 model.train()
                 bar.set_postfix(loss=f"{losses[-1]:.3f}", probe=f"{probe_value:.2f}", refresh=False)
-                if probe_value >= target and (ready is None or ready(model)):
+                if probe_value >= target:
                     break
         bar.close()
     model.eval()
@@ -300,10 +299,9 @@ def warm_up_arithmetic(
     seed: int,
     progress: bool = True,
     max_new_tokens: int = 8,
-    ready: Callable[[Any], bool] | None = None,
 ) -> dict[str, Any]:
     """The tiny world's warm-up: :func:`warm_up` until the probe rows' mean success (8 samples) reaches
-    ``target`` (and ``ready`` holds), so every seed starts GRPO from a comparable policy."""
+    ``target``, so every seed starts GRPO from a comparable policy."""
 
     def probe(m: Any) -> float:
         rates = success_rates(
@@ -322,5 +320,4 @@ def warm_up_arithmetic(
         progress,
         probe=probe,
         target=target,
-        ready=ready,
     )

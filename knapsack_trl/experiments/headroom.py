@@ -11,7 +11,7 @@ prompts (p >= ``solved_min``) and **hard-but-solvable** ones (``hard_low`` <= p 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,28 +78,6 @@ def arithmetic_rates(
         seed=seed,
         batch_prompts=256,
     )
-
-
-def solved_band_filled(
-    tokenizer: Any,
-    candidates: Sequence[dict[str, str]],
-    bands: Bands,
-    *,
-    max_new_tokens: int,
-    samples: int = 16,
-    seed: int = 0,
-) -> Callable[[Any], bool]:
-    """A warm-up stop condition: at least 3x ``pool_solved`` candidates solved on all of ``samples`` samples.
-
-    Where the supervised phase stops varies a lot between seeds (the model learns addition in jumps); a
-    probe-success target alone can stop before any prompt is solved, leaving the solved band empty.
-    """
-
-    def ready(model: Any) -> bool:
-        p = arithmetic_rates(model, tokenizer, candidates, samples, max_new_tokens, seed)
-        return int(np.sum(p >= 1.0)) >= 3 * bands.pool_solved
-
-    return ready
 
 
 def screen_headroom(
