@@ -184,7 +184,9 @@ def test_demo_quick_end_to_end(tmp_path):
     )
     assert f"gave x{ratio:.2f} [" in verdict
     # The table leads with informative prompts per step, the rollout-level ratio after the prompt share.
-    row = re.search(r"\| knapsack GRPO \| ([\d.]+) ± [\d.]+ \| ([\d.]+)% ± [\d.]+% \| ([\d.]+)%", report)
+    row = re.search(
+        r"\| knapsack GRPO \| ([\d.]+) ± [\d.]+ \| ([\d.]+) ± [\d.]+% \| ([\d.]+) ± [\d.]+%", report
+    )
     assert row is not None
     assert float(row.group(1)) == pytest.approx(table["knapsack"]["informative_prompts"][0], abs=0.06)
     assert float(row.group(3)) == pytest.approx(100 * table["knapsack"]["egr_rollouts"][0], abs=0.06)
