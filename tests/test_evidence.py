@@ -121,6 +121,10 @@ def test_verdict_names_the_best_non_oracle_arm_with_paired_intervals():
     assert "reached the held-out target with x0.50 [0.50, 0.50] its rollouts (3 of 3 seeds" in text
     assert "ended +5.0 points [+5.0, +5.0] in held-out accuracy" in text
     assert text.endswith("; both targets met.")
+    agg["target"] = None  # uniform did not improve: no target, and the sentence says why
+    assert "had no rollouts-to-target comparison (uniform did not improve held-out accuracy)" in verdict(
+        agg, "T"
+    )
 
 
 def test_task_presets():

@@ -344,10 +344,18 @@ def verdict(agg: dict[str, Any], task: str) -> str:
             else "missed"
         )
     )
+    if agg.get("target") is None:
+        reach = "had no rollouts-to-target comparison (uniform did not improve held-out accuracy)"
+    elif not rtt_ms[2]:
+        reach = f"reached the held-out target on no seed where uniform also did (of {n})"
+    else:
+        reach = (
+            f"reached the held-out target with {_ratio(rtt_ms, rtt_ci)} its rollouts ({rtt_ms[2]} of {n} "
+            "seeds reached it both ways)"
+        )
     return (
         f"{task}, {n} seed{'s' if n > 1 else ''}, 95% bootstrap intervals: {METHOD_LABELS.get(m, m)} gave "
-        f"{_ratio(inf_ms, inf_ci)} uniform's informative prompts per step, reached the held-out target with "
-        f"{_ratio(rtt_ms, rtt_ci)} its rollouts ({rtt_ms[2]} of {n} seeds reached it both ways) and ended "
+        f"{_ratio(inf_ms, inf_ci)} uniform's informative prompts per step, {reach} and ended "
         f"{_points(r['final_reward_delta'], ci.get('final_reward_delta', nan2))} in held-out accuracy at equal "
         f"budget; {targets}."
     )
