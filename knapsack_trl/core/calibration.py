@@ -47,6 +47,20 @@ def calibration_metrics(
     }
 
 
+def _scorable_groups(
+    rewards: np.ndarray, sizes: np.ndarray | list[int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Rewards flat, each rollout's group index, which rollouts are scorable (not NaN), and the scorable
+    rollouts per group; raises when the sizes do not add up to the rewards."""
+    r = np.asarray(rewards, dtype=np.float64).reshape(-1)
+    n = np.asarray(sizes, dtype=np.int64).reshape(-1)
+    if int(n.sum()) != r.size:
+        raise ValueError(f"group sizes sum to {int(n.sum())} but there are {r.size} rewards.")
+    group = np.repeat(np.arange(n.size), n)
+    valid = ~np.isnan(r)
+    return r, group, valid, np.bincount(group[valid], minlength=n.size).astype(np.float64)
+
+
 def group_successes(
     rewards: np.ndarray, sizes: np.ndarray | list[int], threshold: float = 0.5
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -55,14 +69,10 @@ def group_successes(
     Binary success is ``reward > threshold`` (the tracker's rule); NaN rewards (unscorable) count in
     neither. ``sizes[i]`` consecutive rollouts belong to prompt ``i``; a group of size 0 gives (0, 0).
     """
-    r = np.asarray(rewards, dtype=np.float64).reshape(-1)
-    n = np.asarray(sizes, dtype=np.int64).reshape(-1)
-    if int(n.sum()) != r.size:
-        raise ValueError(f"group sizes sum to {int(n.sum())} but there are {r.size} rewards.")
-    group = np.repeat(np.arange(n.size), n)
-    valid = ~np.isnan(r)
-    counts = np.bincount(group[valid], minlength=n.size).astype(np.float64)
-    successes = np.bincount(group[valid], weights=(r[valid] > threshold).astype(np.float64), minlength=n.size)
+    r, group, valid, counts = _scorable_groups(rewards, sizes)
+    successes = np.bincount(
+        group[valid], weights=(r[valid] > threshold).astype(np.float64), minlength=counts.size
+    )
     return successes, counts
 
 
@@ -72,13 +82,7 @@ def group_mean_rewards(rewards: np.ndarray, sizes: np.ndarray | list[int]) -> np
     Laid out as :func:`group_successes` reads them. The mean of these over prompts weighs every prompt
     the same, whatever its rollouts: the reward to compare allocations by.
     """
-    r = np.asarray(rewards, dtype=np.float64).reshape(-1)
-    n = np.asarray(sizes, dtype=np.int64).reshape(-1)
-    if int(n.sum()) != r.size:
-        raise ValueError(f"group sizes sum to {int(n.sum())} but there are {r.size} rewards.")
-    group = np.repeat(np.arange(n.size), n)
-    valid = ~np.isnan(r)
-    counts = np.bincount(group[valid], minlength=n.size).astype(np.float64)
-    sums = np.bincount(group[valid], weights=r[valid], minlength=n.size)
+    r, group, valid, counts = _scorable_groups(rewards, sizes)
+    sums = np.bincount(group[valid], weights=r[valid], minlength=counts.size)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(counts > 0, sums / np.maximum(counts, 1.0), np.nan)
