@@ -25,12 +25,13 @@ CHARS = tuple("0123456789+-*=? ")
 CHAT_TEMPLATE = "{% for message in messages %}{{ message['content'] }}{% endfor %}"
 
 
-def build_tokenizer() -> Any:
-    """A character-level ``PreTrainedTokenizerFast`` (WordLevel over single characters), left padding."""
+def character_tokenizer(tokens: Sequence[str], chat_template: str) -> Any:
+    """A left-padding ``PreTrainedTokenizerFast``: WordLevel over ``SPECIAL_TOKENS`` then ``tokens`` (single
+    characters, or markers the caller also adds as tokens so they are not split)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate((*SPECIAL_TOKENS, *CHARS))}
+    vocab = {tok: i for i, tok in enumerate((*SPECIAL_TOKENS, *tokens))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     tok.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
     tok.decoder = decoders.Fuse()
@@ -43,8 +44,13 @@ def build_tokenizer() -> Any:
         padding_side="left",
         clean_up_tokenization_spaces=False,
     )
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.chat_template = chat_template
     return tokenizer
+
+
+def build_tokenizer() -> Any:
+    """The tiny world's character-level tokenizer (digits, operators), left padding, a plain chat template."""
+    return character_tokenizer(CHARS, CHAT_TEMPLATE)
 
 
 def build_model(

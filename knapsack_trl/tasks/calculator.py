@@ -23,9 +23,9 @@ import random
 import re
 from typing import Any
 
+from knapsack_trl.tasks.arithmetic import EOS, character_tokenizer
 from knapsack_trl.tasks.text import completion_text
 
-PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 BOT, CALL, END_CALL, RESULT, END_RESULT = "<bot>", "<call>", "</call>", "<result>", "</result>"
 MARKERS = (BOT, CALL, END_CALL, RESULT, END_RESULT)
 CHARS = tuple("0123456789+-*=?: \nabcdefghijklmnopqrstuvwxyz_")
@@ -64,24 +64,10 @@ RESPONSE_TEMPLATE = {
 
 def build_tokenizer() -> Any:
     """A character-level tokenizer with the markers as single tokens, the chat template and the parser."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import AddedToken
 
-    vocab = {tok: i for i, tok in enumerate((PAD, BOS, EOS, UNK, *MARKERS, *CHARS))}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
-    tok.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token=PAD,
-        bos_token=BOS,
-        eos_token=EOS,
-        unk_token=UNK,
-        padding_side="left",
-        clean_up_tokenization_spaces=False,
-    )
+    tokenizer = character_tokenizer((*MARKERS, *CHARS), CHAT_TEMPLATE)
     tokenizer.add_tokens([AddedToken(m, special=False, normalized=False) for m in MARKERS])
-    tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.response_template = RESPONSE_TEMPLATE
     return tokenizer
 
