@@ -6,13 +6,16 @@ The experiment, end to end and offline:
    supervised phase on additions at three difficulty levels, stopped once a probe set reaches a target
    success rate, so that many prompts are neither always solved nor always failed (the regime where
    rollout allocation matters);
-2. measure the checkpoint on a fixed held-out set (greedy accuracy, success of ``k`` samples at
+2. headroom task (default): screen candidate problems with the warmed-up policy into a pool of solved
+   and hard-but-solvable prompts and a hard held-out set (:mod:`.headroom`); control task: a random
+   pool and held-out set;
+3. measure the checkpoint on the held-out set (greedy accuracy, success of ``k`` samples at
    temperature 1) and on the GRPO prompts;
-3. train two GRPO runs from that same checkpoint, same seed, same prompt order and the same rollout
-   budget per step (``generation_batch_size``): stock uniform GRPO, and knapsack allocation (optionally
-   the oracle). The GRPO prompts come from a pool small enough that each prompt recurs every few
-   steps, so the success-rate history can help;
-4. print the table and write the report folder (markdown, ``results.json``, PNG plots).
+4. train every method from that same checkpoint once per GRPO seed, each seed's methods with the same
+   prompt order and the same rollout budget per step (``generation_batch_size``). The pool is small
+   enough that each prompt recurs every few steps, so the success-rate history can help;
+5. print the verdict (the best method against uniform, paired by seed, with bootstrap intervals), the
+   table, and write the report folder (markdown, ``results.json``, PNG plots).
 
 Every run is measured by the same harness (:mod:`knapsack_trl.compare`: a trainer subclass that sees
 each generation batch's rewards and prompt ids, and a callback that evaluates on its own RNG stream),
