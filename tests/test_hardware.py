@@ -14,6 +14,7 @@ import yaml
 
 from knapsack_trl import cli
 from knapsack_trl.recipe import CommandLine, cpu_smoke_flags, gpu_available, hardware_problems
+from knapsack_trl.recipe.hardware import cpu_bf16_flags, cpu_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU_RECIPES = sorted(
@@ -143,3 +144,53 @@ def test_cpu_smoke_trains_a_gpu_style_recipe_for_two_steps(
     assert [e["step"] for e in steps] == [1, 2]
     assert all(e["knapsack/rollouts_mean"] == 8 for e in steps)
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- bf16 autocast on a CPU
+
+
+CPUINFO_AMX = "processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile\n\nprocessor\t: 1\n"
+CPUINFO_AVX512_BF16 = "processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16\n"
+
+
+def test_cpu_flags_reads_the_flags_line_of_proc_cpuinfo(tmp_path: Path) -> None:
+    (tmp_path / "amx").write_text(CPUINFO_AMX)
+    assert cpu_flags(tmp_path / "amx") == {"fpu", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
+    assert cpu_flags(tmp_path / "missing") == set()  # no /proc/cpuinfo (macOS, Windows): no AMX known
+
+
+@pytest.mark.parametrize(
+    ("settings", "flags", "turned_off"),
+    [
+        ({"use_cpu": True, "bf16": True}, {"amx_bf16", "avx512_bf16"}, False),
+        ({"use_cpu": True, "bf16": True}, {"avx512_bf16"}, True),  # bf16 without AMX: slower than fp32
+        ({"use_cpu": True, "bf16": True}, set(), True),
+        ({"use_cpu": True, "bf16": False}, set(), False),
+        ({"use_cpu": False, "bf16": True}, set(), False),  # a GPU run: not this function's business
+        ({"bf16": True}, set(), False),
+    ],
+)
+def test_cpu_bf16_is_kept_only_on_a_cpu_with_amx(
+    tmp_path: Path, settings: dict[str, Any], flags: set[str], turned_off: bool
+) -> None:
+    recipe = _variant(tmp_path, **{"use_cpu": None, "bf16": None, **settings})
+    added, notes = cpu_bf16_flags(CommandLine.read(["--config", str(recipe)]), flags)
+    assert added == (["--bf16", "false"] if turned_off else [])
+    assert len(notes) == int(turned_off) and all("amx_bf16" in n and "fp32" in n for n in notes)
+    # a flag on the command line counts as the recipe's value would
+    added, _ = cpu_bf16_flags(CommandLine.read(["--config", str(recipe), "--bf16", "false"]), flags)
+    assert added == []
+
+
+@pytest.mark.parametrize("has_amx", [True, False], ids=["amx", "no-amx"])
+def test_the_dry_run_shows_bf16_resolved_for_this_cpu(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, has_amx: bool
+) -> None:
+    import knapsack_trl.recipe.hardware as hardware
+
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: {"amx_bf16"} if has_amx else {"avx512_bf16"})
+    rc, out, err = _train(["--config", str(_variant(tmp_path, use_cpu=True, bf16=True)), "--dry-run"], capsys)
+    assert rc == 0, err
+    report = yaml.safe_load(out)
+    turned_off = [n for n in report["notes"] if n.startswith("bf16: true -> false: this CPU has no AMX")]
+    assert report["resolved"]["bf16"] is has_amx and len(turned_off) == int(not has_amx)

@@ -40,6 +40,7 @@ from knapsack_trl.recipe import (
     recipe_agents,
     recipe_rewards,
 )
+from knapsack_trl.recipe.hardware import cpu_bf16_flags
 
 
 def train(script_args: Any, training_args: Any, model_args: Any) -> Any:
@@ -106,8 +107,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         notes: list[str] = []
         if smoke:  # read again with the added flags, so the dry run's `resolved` shows them
             flags, changes = cpu_smoke_flags(cli)
-            cli = CommandLine.read([*args, *flags])
+            args = [*args, *flags]
+            cli = CommandLine.read(args)
             notes = [f"{CPU_SMOKE_FLAG}: {change}" for change in changes]
+        if not assume_gpu:  # bf16 autocast on a CPU only where it is fast
+            flags, changes = cpu_bf16_flags(cli)
+            if flags:
+                cli = CommandLine.read([*args, *flags])
+                notes += changes
         hidden = assume_gpu_flags(cli) if assume_gpu and not smoke else []  # not the GPU host's settings
         script_args, training_args, model_args = parse_command_line(cli, hidden)
         notes += fit_short_run(training_args)
