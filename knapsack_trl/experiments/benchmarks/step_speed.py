@@ -16,14 +16,17 @@ and ``other`` (the rest of the step: tokenizing, decoding, gradient clipping, lo
 
 Results are compared too: each process first scores a fixed set of chat-formatted prompts and answers
 under its setting (teacher-forced per-token log-probabilities, with the trainer's autocast), and the
-report gives the largest and mean absolute difference from the reference setting's, with the loss and
-reward of the first timed steps. Settings that sample differently give different completions after the
-first token that differs, so per-step losses are only comparable in distribution.
+report gives the largest and mean absolute difference from the reference setting's, with the loss,
+gradient norm and reward of training step 1 (the warm-up: the same start, seed and prompts in every
+setting). Settings that sample differently give different completions after the first token that
+differs, so later steps are only comparable in distribution. Each record also says what the setting did
+to the model: attention implementation, autocast, the dtype the first linear layer computes in per
+phase, torch's thread count.
 
-Run (about 2 minutes per process on 2 idle cores)::
+Run (about 2 minutes per process with one thread; docs/own_model_cpu.md#speed has the figures)::
 
-    python -m knapsack_trl.benchmarks.step_speed \\
-        --config recipes/tiny/smollm2-chat-arithmetic-uniform.yaml --settings today,default --rounds 3
+    python -m knapsack_trl.benchmarks.step_speed --config recipes/tiny/smollm2-chat-arithmetic-uniform.yaml \\
+        --settings today,recipe --threads 1 --rounds 3 --json speed.json
 """
 
 from __future__ import annotations
@@ -71,8 +74,9 @@ class SpeedSetting:
     help: str = ""
 
 
-# The smollm2 recipes before the speed defaults: fp32, SDPA attention (the model's default), 8 x 4 batches.
-TODAY = ("--bf16", "false", "--attn_implementation", "sdpa")
+# The smollm2 recipes before the speed defaults: fp32, SDPA attention (the model's default), 8 x 4 batches,
+# gradient checkpointing (TRL's GRPOConfig default).
+TODAY = ("--bf16", "false", "--attn_implementation", "sdpa", "--gradient_checkpointing", "true")
 TODAY += ("--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "4")
 LORA = ("--use_peft", "true", "--lora_r", "16", "--lora_alpha", "32")
 SETTINGS: dict[str, SpeedSetting] = {
@@ -93,6 +97,13 @@ SETTINGS: dict[str, SpeedSetting] = {
     "today_one_batch": SpeedSetting(
         (*TODAY, "--per_device_train_batch_size", "32", "--gradient_accumulation_steps", "1"),
         help="today (fp32) with the generation batch in one micro-batch",
+    ),
+    "recipe_one_batch": SpeedSetting(
+        ("--per_device_train_batch_size", "32", "--gradient_accumulation_steps", "1"),
+        help="the recipe with the generation batch in one micro-batch of 32 (more memory)",
+    ),
+    "recipe_checkpointing": SpeedSetting(
+        ("--gradient_checkpointing", "true"), help="the recipe with gradient checkpointing (TRL's default)"
     ),
     "recipe_fp32": SpeedSetting(("--bf16", "false"), help="the recipe with bf16 off (the opt-out)"),
     "recipe_sdpa": SpeedSetting(("--attn_implementation", "sdpa"), help="the recipe with SDPA attention"),
@@ -416,7 +427,7 @@ def run(
                 runs.append(record)
                 if json_path:
                     Path(json_path).write_text(
-                        json.dumps(_result(runs, names, config, rounds, steps), indent=1)
+                        json.dumps(_result(runs, names, config, rounds, steps, threads), indent=1)
                     )
                 if progress:
                     times = ", ".join(f"{s['step_seconds']:.1f}" for s in record["steps"])
