@@ -41,6 +41,7 @@ from knapsack_trl.recipe import (
     recipe_rewards,
 )
 from knapsack_trl.recipe.hardware import cpu_bf16_flags
+from knapsack_trl.recipe.models import recipe_model_init_kwargs
 
 
 def train(script_args: Any, training_args: Any, model_args: Any) -> Any:
@@ -61,13 +62,7 @@ def train(script_args: Any, training_args: Any, model_args: Any) -> Any:
         )
 
     model_path = prepare_model(model_args, training_args)
-    model_init_kwargs = {
-        "revision": model_args.model_revision,
-        "attn_implementation": model_args.attn_implementation,
-        "dtype": model_args.dtype,
-    }
-    model_init_kwargs.update(training_args.model_init_kwargs or {})
-    training_args.model_init_kwargs = model_init_kwargs
+    training_args.model_init_kwargs = recipe_model_init_kwargs(model_args, training_args)
 
     trainer_cls = KnapsackGRPOTrainer if script_args.trainer_type == "grpo" else KnapsackRLOOTrainer
     trainer = trainer_cls(

@@ -75,6 +75,17 @@ def prepare_model(model_args: Any, training_args: Any) -> str:
     return str(folder)
 
 
+def recipe_model_init_kwargs(model_args: Any, training_args: Any) -> dict[str, Any]:
+    """What the trainer passes to ``from_pretrained`` for the recipe's model: revision, attention
+    implementation and dtype from the model fields, overridden by the recipe's own ``model_init_kwargs``."""
+    return {
+        "revision": model_args.model_revision,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": model_args.dtype,
+        **(training_args.model_init_kwargs or {}),
+    }
+
+
 def gguf_file(spec: str) -> Path | None:
     """The GGUF file ``spec`` names (a ``.gguf`` path, or a folder holding one and no ``config.json``)."""
     if spec.startswith(TINY_SCHEME):

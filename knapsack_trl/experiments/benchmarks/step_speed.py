@@ -321,6 +321,7 @@ def worker(config: str, setting: str, steps: int, output_dir: str, extra: Sequen
         recipe_rewards,
     )
     from knapsack_trl.recipe.hardware import cpu_bf16_flags
+    from knapsack_trl.recipe.models import recipe_model_init_kwargs
     from knapsack_trl.trainer import KnapsackGRPOTrainer, KnapsackRLOOTrainer
 
     argv = ["--config", config, *SETTINGS[setting].flags, *extra]
@@ -332,11 +333,7 @@ def worker(config: str, setting: str, steps: int, output_dir: str, extra: Sequen
     rewards = [clock.timed("reward", fn) for fn in recipe_rewards(script_args.reward_funcs)]
     dataset = load_recipe_dataset(script_args, seed=training_args.seed)
     model_path = prepare_model(model_args, training_args)
-    training_args.model_init_kwargs = {
-        "attn_implementation": model_args.attn_implementation,
-        "dtype": model_args.dtype,
-        **(training_args.model_init_kwargs or {}),
-    }
+    training_args.model_init_kwargs = recipe_model_init_kwargs(model_args, training_args)
     from trl import get_peft_config
 
     trainer_cls = KnapsackGRPOTrainer if script_args.trainer_type == "grpo" else KnapsackRLOOTrainer
