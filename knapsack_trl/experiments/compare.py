@@ -44,7 +44,7 @@ from knapsack_trl.experiments.demo import (
 )
 from knapsack_trl.experiments.evaluation import heldout_evaluator, load_policy, true_rates
 from knapsack_trl.experiments.harness import train_method, warm_up_arithmetic
-from knapsack_trl.experiments.methods import METHOD_FIELDS, parse_methods
+from knapsack_trl.experiments.methods import ARMS, parse_methods
 from knapsack_trl.experiments.report import (
     RunRecord,
     format_ratios,
@@ -155,7 +155,10 @@ def _run_recipe_method(ns: argparse.Namespace, shared: RecipeSeed, method: str, 
             *shared.base,
             "--output_dir",
             os.path.join(work_dir, f"seed{shared.seed}", method),
-            *(_flag(name, value) for name, value in METHOD_FIELDS[method].items()),
+            *(
+                _flag(name, value)
+                for name, value in ARMS[method].config_fields(shared.training_args.num_generations).items()
+            ),
             "--save_strategy",
             "no",
             "--report_to",

@@ -43,7 +43,7 @@ from datasets import Dataset
 from knapsack_trl.experiments.evaluation import heldout_metrics, success_rates
 from knapsack_trl.experiments.harness import train_method, warm_up_arithmetic
 from knapsack_trl.experiments.headroom import Bands, screen_headroom
-from knapsack_trl.experiments.methods import METHOD_FIELDS, parse_methods
+from knapsack_trl.experiments.methods import ARMS, parse_methods
 from knapsack_trl.experiments.report import (
     RunRecord,
     format_ratios,
@@ -211,7 +211,7 @@ def _evaluate_fn(
 
 
 def grpo_config(method: str, settings: DemoSettings, output_dir: str) -> Any:
-    """The GRPO config shared by every method; only :data:`METHOD_FIELDS` differ."""
+    """The GRPO config shared by every arm; only the arm's fields (:data:`.methods.ARMS`) differ."""
     kwargs: dict[str, Any] = {
         "output_dir": output_dir,
         "per_device_train_batch_size": settings.budget,
@@ -235,7 +235,7 @@ def grpo_config(method: str, settings: DemoSettings, output_dir: str) -> Any:
         "dataloader_num_workers": 0,
         "knapsack_solver": "greedy",
         **settings.knapsack,
-        **METHOD_FIELDS[method],
+        **ARMS[method].config_fields(settings.num_generations),
     }
     return KnapsackGRPOConfig(**kwargs)
 
@@ -330,7 +330,7 @@ def run_demo_method(
     progress: bool = True,
     oracle_samples: int = 64,
 ) -> RunRecord:
-    """One GRPO run (a method of :data:`METHOD_FIELDS`) from the warmed-up checkpoint."""
+    """One GRPO run (an arm of :data:`.methods.ARMS`) from the warmed-up checkpoint."""
     torch.set_num_threads(settings.threads)
     model, tokenizer = load_tiny(checkpoint)
     by_id = {r["prompt_id"]: r for r in prep["pool"]}
