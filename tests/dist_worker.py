@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from conftest import REWARDS
+from helpers import REWARDS
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from knapsack_trl import (

@@ -14,10 +14,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pytest
-from conftest import record_lasts
 from datasets import Dataset
-from test_advantages import numpy_grpo
-from test_trainer_grpo import inject_random_allocations
+from helpers import inject_random_allocations, numpy_grpo, record_lasts
 
 from knapsack_trl import KnapsackGRPOConfig, KnapsackGRPOTrainer
 from knapsack_trl.tasks import calculator as world
@@ -412,6 +410,16 @@ class DriftingEnv(world.CalculatorEnv):
 def test_a_task_that_changes_between_copies_of_a_row_is_refused(make_trainer) -> None:
     rows = [{"task_name": f"t{k}", "prompt_id": f"t{k}"} for k in range(8)]
     trainer = make_trainer(Dataset.from_list(rows), None, environment_factory=DriftingEnv, max_steps=1)
+    with pytest.raises(ValueError, match=r"different prompts.*reset\(\).*knapsack_prompt_id_column"):
+        trainer.train()
+
+
+def test_a_task_that_changes_between_copies_is_refused_with_a_pilot_round(make_trainer) -> None:
+    """The stable-task check holds across a pilot round's two generation calls (it was switched off there)."""
+    rows = [{"task_name": f"t{k}", "prompt_id": f"t{k}"} for k in range(8)]
+    trainer = make_trainer(
+        Dataset.from_list(rows), None, environment_factory=DriftingEnv, max_steps=1, knapsack_pilot_rollouts=2
+    )
     with pytest.raises(ValueError, match=r"different prompts.*reset\(\).*knapsack_prompt_id_column"):
         trainer.train()
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import REWARDS
 from datasets import concatenate_datasets
+from helpers import REWARDS
 
 from knapsack_trl import KnapsackGRPOConfig, KnapsackGRPOTrainer
 from knapsack_trl.trainer.mixin import STATE_FILE

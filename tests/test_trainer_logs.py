@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import difficulty_reward
 from datasets import concatenate_datasets
+from helpers import difficulty_reward
 from transformers import TrainerCallback
 
 from knapsack_trl import KnapsackGRPOConfig, KnapsackGRPOTrainer, KnapsackRLOOConfig, KnapsackRLOOTrainer
