@@ -102,6 +102,18 @@ def test_uniform_baseline_differs_only_in_allocation_and_names(knapsack: Path) -
     assert a["output_dir"] != b["output_dir"]
 
 
+@pytest.mark.parametrize("knapsack", KNAPSACK_RECIPES, ids=_id)
+def test_pilot_twin_differs_only_in_the_pilot_and_names(knapsack: Path) -> None:
+    pilot = knapsack.with_name(knapsack.name.replace("-knapsack.yaml", "-pilot.yaml"))
+    if not pilot.exists():
+        assert knapsack.name.startswith("smollm2"), f"{_id(knapsack)} has no pilot twin"
+        return
+    a, b = _load(knapsack), _load(pilot)
+    differing = {key for key in a.keys() | b.keys() if a.get(key) != b.get(key)}
+    assert differing <= {"knapsack_pilot_rollouts", "output_dir", "run_name"}
+    assert a.get("knapsack_pilot_rollouts", 0) == 0 and b["knapsack_pilot_rollouts"] == 4
+
+
 @pytest.mark.parametrize("name", ACCELERATE_CONFIGS)
 def test_accelerate_configs_parse_with_accelerate(name: str) -> None:
     from accelerate.commands.config.config_args import load_config_from_file
