@@ -77,6 +77,26 @@ def record_lasts(trainer: Any) -> list[dict[str, Any]]:
     return lasts
 
 
+def record_reward_calls(trainer: Any) -> list[dict[str, Any]]:
+    """Every call of TRL's reward computation: its prompts, completion token ids and reward matrix."""
+    calls: list[dict[str, Any]] = []
+    original = trainer._calculate_rewards
+
+    def wrapped(inputs, prompts, completions, completion_ids_list):
+        out = original(inputs, prompts, completions, completion_ids_list)
+        calls.append(
+            {
+                "prompts": list(prompts),
+                "completion_ids": [list(ids) for ids in completion_ids_list],
+                "rewards_per_func": out.detach().cpu().numpy().astype(np.float64),
+            }
+        )
+        return out
+
+    trainer._calculate_rewards = wrapped
+    return calls
+
+
 # --------------------------------------------------------------------------- injected allocations
 class FakeAllocation:
     """Stands in for the core allocation: given rollouts per prompt, no diagnostics."""

@@ -16,6 +16,7 @@ from helpers import (
     numpy_grpo,
     numpy_rloo,
     record_lasts,
+    record_reward_calls,
     reversed_reward,
 )
 from transformers import TrainingArguments
@@ -29,26 +30,6 @@ from knapsack_trl.core.tracker import SuccessRateTracker
 pytestmark = pytest.mark.slow
 
 WEIGHTS = np.array([1.0, 0.5])
-
-
-def record_reward_calls(trainer: Any) -> list[dict[str, Any]]:
-    """Every call of TRL's reward computation: its prompts, completion token ids and reward matrix."""
-    calls: list[dict[str, Any]] = []
-    original = trainer._calculate_rewards
-
-    def wrapped(inputs, prompts, completions, completion_ids_list):
-        out = original(inputs, prompts, completions, completion_ids_list)
-        calls.append(
-            {
-                "prompts": list(prompts),
-                "completion_ids": [list(ids) for ids in completion_ids_list],
-                "rewards_per_func": out.detach().cpu().numpy().astype(np.float64),
-            }
-        )
-        return out
-
-    trainer._calculate_rewards = wrapped
-    return calls
 
 
 def aggregate(rpf: np.ndarray) -> np.ndarray:

@@ -10,7 +10,8 @@ from trl import GRPOTrainer
 
 from knapsack_trl.trainer.advantages import AdvantageResult, grpo_advantages
 from knapsack_trl.trainer.config import KnapsackGRPOConfig
-from knapsack_trl.trainer.mixin import KnapsackTrainerMixin, knapsack_args
+from knapsack_trl.trainer.mixin import KnapsackTrainerMixin
+from knapsack_trl.trainer.startup import knapsack_args
 from knapsack_trl.trainer.trl_bridge import GRPOBridge
 
 

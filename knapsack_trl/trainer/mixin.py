@@ -32,20 +32,19 @@ from typing import Any
 import numpy as np
 import torch
 from transformers.utils import logging
-from trl.trainer.utils import get_config_model_id
 
 from knapsack_trl.core.allocator import KnapsackRolloutAllocator
-from knapsack_trl.core.calibration import group_mean_rewards, group_successes
+from knapsack_trl.core.calibration import group_successes
 from knapsack_trl.core.errors import SettingError
 from knapsack_trl.core.state import CHECKPOINT_STATE_VERSION, check_version
 from knapsack_trl.trainer.advantages import (
     AdvantageResult,
     aggregate_rewards,
-    nonzero_variance,
     prompt_weights,
 )
 from knapsack_trl.trainer.agents import KnapsackAgentMixin, split_unidentified
 from knapsack_trl.trainer.allocation_log import FINAL_STATE_FILE, AllocationLog
+from knapsack_trl.trainer.batch_metrics import log_batch_metrics, log_finite, run_constant_metrics
 from knapsack_trl.trainer.config import KnapsackConfigMixin, field_error
 from knapsack_trl.trainer.hooks import AllocationEvent, AllocationListener
 from knapsack_trl.trainer.plan import PLACEHOLDER_PROMPT, UNIDENTIFIED, GenerationBatch, balance_rows
@@ -53,9 +52,7 @@ from knapsack_trl.trainer.prompt_features import tokenize_prompts
 from knapsack_trl.trainer.rounds import GeneratedRound
 from knapsack_trl.trainer.trl_bridge import (
     ADVANTAGES,
-    ZERO_STD_METRIC,
     Capture,
-    check_trl_version,
     completion_log,
     train_metrics,
 )
@@ -64,111 +61,6 @@ from knapsack_trl.trainer.value_head import ValueHeadEstimator, estimator_prior
 logger = logging.get_logger(__name__)
 
 STATE_FILE = "knapsack_state.json"
-# The mean over the batch's prompts of each prompt's mean reward: every prompt weighs the same, whatever
-# its rollouts (TRL's ``reward`` averages rollouts, so it follows the allocation).
-PROMPT_MEAN_REWARD = "knapsack/reward_prompt_mean"
-# Logged at the first batch, then only in batches where the value differs from this one.
-USUALLY = {"solver_optimal": 1.0}
-
-
-def run_constant_metrics(args: KnapsackConfigMixin) -> frozenset[str]:
-    """The allocation metrics (no prefix) this config fixes for the whole run: logged at the first batch only."""
-    names = set()
-    if args.knapsack_n_max_schedule is None:
-        names.add("n_max")
-    if args.knapsack_exploration_schedule is None:
-        names.add("exploration_share")
-    if args.knapsack_rule != "buckets" or not args.knapsack_fallback or args.knapsack_mode == "uniform":
-        names.add("fallback_rollouts")
-    if args.knapsack_solver == "dp" or args.knapsack_mode == "uniform":
-        names.add("solver_optimal")
-    return frozenset(names)
-
-
-def log_finite(metrics: dict[str, list[float]], name: str, value: float) -> None:
-    """Append ``value`` unless it is NaN or infinite: TRL logs a metric with no finite value as None."""
-    value = float(value)
-    if np.isfinite(value):
-        metrics[name].append(value)
-
-
-def knapsack_args(
-    trainer_name: str,
-    config_class: type,
-    model: Any,
-    args: Any,
-    train_dataset: Any,
-    environment_factory: Any = None,
-) -> Any:
-    """The trainer's ``args`` (TRL's default output dir when None), checked before TRL's set-up runs."""
-    check_trl_version()
-    if args is None:
-        model_name = model if isinstance(model, str) else get_config_model_id(model.config)
-        args = config_class(f"{model_name.split('/')[-1]}-{trainer_name.removesuffix('Trainer')}")
-    if not isinstance(args, config_class):
-        raise TypeError(
-            f"{trainer_name} needs a {config_class.__name__}, got {type(args).__name__}; build "
-            f"{config_class.__name__}(...) with the same arguments (knapsack_enabled=False gives the stock trainer)."
-        )
-    check_train_dataset(train_dataset, args, environment_factory)
-    return args
-
-
-def check_train_dataset(dataset: Any, args: KnapsackConfigMixin, environment_factory: Any = None) -> None:
-    """Fail at start-up when rows carry neither a stable prompt id nor prompt text to hash, or when a
-    candidate pool cannot be drawn from the dataset.
-
-    Without a dataset TRL decides: its own error, or (an environment owns the data) its placeholder rows,
-    which name no task and so are allocated uniformly. Environment rows need no prompt: their id is a hash
-    of the row :func:`.plan.row_task_id`.
-    """
-    if not args.knapsack_enabled:
-        return
-    factor = args.knapsack_candidate_factor
-    if factor > 1:
-        _check_candidate_dataset(dataset, args)
-    if dataset is None:
-        return
-    columns = getattr(dataset, "column_names", None)
-    if columns is None:  # an IterableDataset without features: checked on the first batch instead
-        return
-    if isinstance(environment_factory, dict) and "environment" not in columns:
-        raise ValueError(
-            f"environment_factory is a dict of {sorted(map(str, environment_factory))}, so each training row must "
-            f"name its environment in an 'environment' column; the dataset has none (columns: {columns}). Add the "
-            "column, or pass a single environment factory."
-        )
-    if environment_factory is not None:
-        return
-    if args.knapsack_prompt_id_column not in columns and "prompt" not in columns:
-        raise ValueError(
-            f"The training dataset has neither a {args.knapsack_prompt_id_column!r} column "
-            f"(knapsack_prompt_id_column) nor a 'prompt' column to hash (columns: {columns}). Knapsack allocation "
-            "keys each prompt's success history on a stable id: add an id column (e.g. the row index) and point "
-            "knapsack_prompt_id_column at it, or set knapsack_enabled=False."
-        )
-
-
-def _check_candidate_dataset(dataset: Any, args: KnapsackConfigMixin) -> None:
-    """With candidates the sampler draws ``c x P`` distinct prompts per batch from a map-style dataset."""
-    factor, candidates = args.knapsack_candidate_factor, args.knapsack_candidates_per_batch
-    if dataset is None:
-        raise ValueError(
-            f"knapsack_candidate_factor={factor} chooses among the training dataset's prompts, but no "
-            "train_dataset was given (an environment's placeholder rows name no task); pass a train_dataset "
-            "or set knapsack_candidate_factor=1."
-        )
-    if not hasattr(dataset, "__len__"):
-        raise ValueError(
-            f"knapsack_candidate_factor={factor} needs a map-style train_dataset (an IterableDataset has no "
-            "length to draw candidate pools from); load it as a Dataset or set knapsack_candidate_factor=1."
-        )
-    if len(dataset) < candidates:
-        raise ValueError(
-            f"The training dataset has {len(dataset)} prompts, fewer than one generation batch of candidates: "
-            f"knapsack_candidate_factor={factor} x {args.knapsack_prompts_per_batch} prompts per batch = "
-            f"{candidates}. Lower knapsack_candidate_factor or generation_batch_size, or add prompts."
-        )
 
 
 class KnapsackTrainerMixin(KnapsackAgentMixin):
@@ -459,27 +351,12 @@ class KnapsackTrainerMixin(KnapsackAgentMixin):
     def _knapsack_log_metrics(
         self, batch: GenerationBatch, result: AdvantageResult, sizes: torch.Tensor, rewards: np.ndarray
     ) -> None:
-        """The batch's ``knapsack/*`` metrics: finite values only, run constants at the first batch only."""
-        metrics = train_metrics(self)
-        metrics[ZERO_STD_METRIC][-1] = result.is_std_zero.float().mean().item()
-        present = sizes > 0
-        nonzero = nonzero_variance(result.group_reward_std)
-        # Prompts whose group has mixed rewards: the ones that give a gradient (the figure that counts).
-        metrics["knapsack/informative_prompts"].append(nonzero[present].float().sum().item())
-        metrics["knapsack/informative_prompts_share"].append(nonzero[present].float().mean().item())
-        # Rollout-level: the share of rollouts in such groups (the paper's figure; it rises whenever
-        # rollouts pile onto prompts that were mixed anyway).
-        informative_rollouts = nonzero[present].float().mul(sizes[present]).sum().item()
-        metrics["knapsack/informative_rollouts"].append(informative_rollouts)
-        metrics["knapsack/effective_ratio_rollouts"].append(informative_rollouts / int(sizes.sum()))
-        prompt_means = group_mean_rewards(rewards, batch.joined.sizes)
-        if not np.isnan(prompt_means).all():
-            metrics[PROMPT_MEAN_REWARD].append(float(np.nanmean(prompt_means)))
+        """The batch's ``knapsack/*`` metrics (:func:`.batch_metrics.log_batch_metrics`)."""
         first = not self._knapsack_first_logged
         self._knapsack_first_logged = True
-        for name, value in batch.metrics.items():
-            if first or (name not in self._knapsack_constants and USUALLY.get(name) != value):
-                log_finite(metrics, f"knapsack/{name}", value)
+        log_batch_metrics(
+            train_metrics(self), batch, result, sizes, rewards, self._knapsack_constants, first=first
+        )
 
     def _knapsack_learn(
         self, batch: GenerationBatch, rewards: np.ndarray, lengths: np.ndarray | None

@@ -9,7 +9,8 @@ from trl import RLOOTrainer
 
 from knapsack_trl.trainer.advantages import AdvantageResult, rloo_advantages
 from knapsack_trl.trainer.config import KnapsackRLOOConfig
-from knapsack_trl.trainer.mixin import KnapsackTrainerMixin, knapsack_args
+from knapsack_trl.trainer.mixin import KnapsackTrainerMixin
+from knapsack_trl.trainer.startup import knapsack_args
 from knapsack_trl.trainer.trl_bridge import Capture, RLOOBridge
 
 
