@@ -1,0 +1,114 @@
+"""The text rewards under attack: every parser linear in its input.
+
+The policy writes the text these parsers read, in the trainer's thread. Linear time is checked by relative
+cost within one run: each parser on each pathological shape at 1k, 10k and 100k characters, CPU time of
+this thread (so other processes' load does not count), garbage collection paused. A linear parser grows
+about 10x per 10x input; a quadratic one about 100x. No absolute time is asserted.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from knapsack_trl.tasks import calculator
+from knapsack_trl.tasks.chat_arithmetic import chat_arithmetic_reward
+from knapsack_trl.tasks.gsm8k.reward import format_reward, gsm8k_accuracy_reward, make_gsm8k_reward
+from knapsack_trl.tasks.humaneval.reward import extract_code
+
+
+def _call(expression: str) -> list[dict[str, Any]]:
+    """A rollout whose first tool call is ``calc(x=expression)``."""
+    call = {"type": "function", "function": {"name": "calc", "arguments": {"x": expression}}}
+    return [{"role": "assistant", "content": "", "tool_calls": [call]}]
+
+
+LAST_NUMBER = make_gsm8k_reward(fallback_last_number=True)
+PARSERS: dict[str, Callable[[str], Any]] = {
+    "gsm8k_accuracy": lambda text: gsm8k_accuracy_reward([text], answer=["5"]),
+    "gsm8k_accuracy_last_number": lambda text: LAST_NUMBER([text], answer=["5"]),
+    "gsm8k_format": lambda text: format_reward([text]),
+    "chat_arithmetic": lambda text: chat_arithmetic_reward([text], answer=["5"]),
+    "calculator_exact_call": lambda text: calculator.exact_call_reward([_call(text)], answer=["408"]),
+    "calculator_reply": lambda text: calculator.calculator_reward([text], answer=["408"]),
+    "humaneval_extract_code": lambda text: extract_code(text, "f"),
+}
+
+# name: (prefix, repeated unit, suffix); the unit fills the text to the size asked for.
+SHAPES: dict[str, tuple[str, str, str]] = {
+    # the first three found: 2-4 CPU-seconds for ~200 tokens before the fix
+    "times_ten_spaces": ("The answer is 5 x 10 ^", " ", "z"),
+    "equals_then_times_ten_spaces": ("Answer: 2 + 3 = 5 \\times 10^", "\t", "z"),
+    "answer_marker_spaces": ("answer", " ", "z"),
+    # every other regex and scanner of tasks/, each at its worst
+    "answer_marker_tabs_after_marker": ("Answer: answer", "\t", "}"),
+    "answer_marker_stars": ("answer", "*", "z"),
+    "answer_is_spaces": ("The answer", " ", "is 5"),
+    "answer_is_runs": ("", "answer is ", "5"),
+    "spaced_minus_numbers": ("The answer is ", "- 1 ", ""),
+    "spaced_minus": ("The answer is -", " ", "5"),
+    "over_spaces": ("The answer is 1 /", " ", "z"),
+    "numbers": ("", "1 ", ""),
+    "thousands_separators": ("", "1,234", ""),
+    "comma_runs": ("{", ",1", "z"),
+    "one_long_number": ("The answer is ", "1", ""),
+    "one_long_decimal": ("The answer is 0.", "1", ""),
+    "exponents": ("", "1e1", ""),
+    "times_ten_many": ("", "1 x 10^{1} ", ""),
+    "control_characters": ("The answer is ", "\x01", "5"),
+    "control_fractions": ("", "\x011/", ""),
+    "frac_spaces": ("\\frac{", " ", "1}{2}"),
+    "frac_unclosed": ("", "\\frac{1}{", ""),
+    "frac_nested": ("", "\\frac{", ""),
+    "text_commands": ("", "\\text{", ""),
+    "boxes": ("", "\\boxed{1}", ""),
+    "boxes_nested_unclosed": ("", "\\boxed{", ""),
+    "boxes_without_braces": ("", "\\boxed ", "{5}"),
+    "closing_braces": ("\\boxed{5", "}", ""),
+    "hash_headings": ("", "#### a\n", ""),
+    "hashes": ("", "####", ""),
+    "hedge_words": ("The answer is 5 ", "not ", ""),
+    "equals_runs": ("Answer: 5", "=", ""),
+    "parentheses": ("The answer is 5 ", "(", ""),
+    "fences": ("", "```\n", ""),
+    "backticks": ("", "`", ""),
+    "spaces_before_def": ("```python\n", " ", "def f("),
+    "expression_digits": ("", "12*", "34"),
+}
+LINEAR_BOUND = 25  # linear ~10 per 10x input (up to ~14 with allocation effects); quadratic ~100
+
+
+def _text(shape: tuple[str, str, str], size: int) -> str:
+    prefix, unit, suffix = shape
+    return prefix + unit * max(1, (size - len(prefix) - len(suffix)) // len(unit)) + suffix
+
+
+def _cpu_seconds(func: Callable[[str], Any], text: str) -> float:
+    """The least CPU time of this thread over a few calls (the work, not the machine's load)."""
+    best = float("inf")
+    for _ in range(3):
+        gc.disable()
+        try:
+            start = time.thread_time()
+            func(text)
+            best = min(best, time.thread_time() - start)
+        finally:
+            gc.enable()
+        if best > 0.2:
+            break
+    return max(best, 1e-6)
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_every_parser_is_linear_on_every_pathological_shape(shape: str) -> None:
+    growth = {}
+    for name, parser in PARSERS.items():
+        small, medium = (_cpu_seconds(parser, _text(SHAPES[shape], n)) for n in (1_000, 10_000))
+        assert medium / small < 4 * LINEAR_BOUND, f"{name} grows {medium / small:.0f}x from 1k to 10k chars"
+        large = _cpu_seconds(parser, _text(SHAPES[shape], 100_000))
+        growth[name] = round(large / medium, 1)
+    assert max(growth.values()) < LINEAR_BOUND, f"work at 100k / work at 10k chars: {growth}"
