@@ -1,4 +1,4 @@
-"""The text rewards under attack: every parser linear in its input.
+"""The text rewards under attack: every parser linear in its input, and GSM8K strict by default.
 
 The policy writes the text these parsers read, in the trainer's thread. Linear time is checked by relative
 cost within one run: each parser on each pathological shape at 1k, 10k and 100k characters, CPU time of
@@ -17,8 +17,10 @@ import pytest
 
 from knapsack_trl.tasks import calculator
 from knapsack_trl.tasks.chat_arithmetic import chat_arithmetic_reward
+from knapsack_trl.tasks.gsm8k.answers import final_answer
 from knapsack_trl.tasks.gsm8k.reward import format_reward, gsm8k_accuracy_reward, make_gsm8k_reward
 from knapsack_trl.tasks.humaneval.reward import extract_code
+from knapsack_trl.tasks.registry import REWARD_FUNCTIONS
 
 
 def _call(expression: str) -> list[dict[str, Any]]:
@@ -112,3 +114,53 @@ def test_every_parser_is_linear_on_every_pathological_shape(shape: str) -> None:
         large = _cpu_seconds(parser, _text(SHAPES[shape], 100_000))
         growth[name] = round(large / medium, 1)
     assert max(growth.values()) < LINEAR_BOUND, f"work at 100k / work at 10k chars: {growth}"
+
+
+# --------------------------------------------------------------------------- GSM8K: strict by default
+@pytest.mark.parametrize(
+    ("completion", "gold"),
+    [
+        ("\\boxed{43 \\boxed{42}}", "42"),  # the outer box is the answer: an expression, not a number
+        ("\\boxed{43 \\boxed{42}}", "43"),
+        ("\\boxed{\\boxed{42}}", "42"),  # a box in a box is not one plain number either
+        ("\\boxed{41 \\fbox{42}}", "42"),
+        ("Final: \\boxed{7} and \\boxed{1 + \\boxed{42}}", "42"),
+    ],
+)
+def test_a_box_inside_a_box_is_read_as_the_outer_box(completion: str, gold: str) -> None:
+    assert gsm8k_accuracy_reward([completion], answer=[gold]) == [0.0]
+    assert format_reward([completion]) == [0.0]
+
+
+def test_the_last_box_at_top_level_is_the_answer() -> None:
+    assert gsm8k_accuracy_reward(["\\boxed{41} then \\boxed{42}"], answer=["42"]) == [1.0]
+    assert gsm8k_accuracy_reward(["\\boxed{41} then \\boxed{42"], answer=["42"]) == [1.0]  # truncated
+    assert gsm8k_accuracy_reward(["\\boxed{42} then \\boxed{41}"], answer=["42"]) == [0.0]
+    assert final_answer("\\boxed{43 \\boxed{42}}").span == "43 \\boxed{42}"
+
+
+UNSTATED = [
+    "I can't solve this. Question 7 had 42 apples.",
+    " ".join(str(k) for k in range(1, 43)),  # every number up to the gold
+    "Step 1: 12. Step 2: 30. So she has 42 apples left.",
+    "42",
+]
+
+
+def test_the_last_number_fallback_is_off_by_default() -> None:
+    assert gsm8k_accuracy_reward(UNSTATED, answer=["42"] * len(UNSTATED)) == [0.0] * len(UNSTATED)
+    assert make_gsm8k_reward()(UNSTATED, answer=["42"] * len(UNSTATED)) == [0.0] * len(UNSTATED)
+    assert all(final_answer(text) is None for text in UNSTATED)
+    # Stated answers are read as before.
+    stated = ["The answer is 42.", "#### 42", "\\boxed{42}", "**Answer:** 42"]
+    assert gsm8k_accuracy_reward(stated, answer=["42"] * 4) == [1.0] * 4
+
+
+def test_the_last_number_fallback_is_an_explicit_registered_option() -> None:
+    lenient = REWARD_FUNCTIONS["gsm8k_accuracy_last_number"]
+    assert lenient.__name__ == "gsm8k_accuracy_last_number"
+    assert lenient(["After all that, she has 42 apples left."], answer=["42"]) == [1.0]
+    assert lenient(["It is not 42."], answer=["42"]) == [
+        0.0
+    ]  # the fallback's sentence is still held to hedges
+    assert final_answer("she has 42 apples left", fallback_last_number=True).kind == "last number"

@@ -1,9 +1,10 @@
 """GSM8K answers: the one number a completion states as final, and exact comparison with the gold.
 
-The rules (the reward, :mod:`.reward`, scores with them): the last ``\\boxed{...}``, else the last
-``#### N`` (a ``#### Step 2`` heading is not an answer), else the last "the answer is N", else (optionally)
-the last number; hedged, negated, range or multiple answers are no answer. Every scan of completion text
-is linear in its length (``tests/test_redteam_text.py`` measures it on each pathological shape).
+The rules (the reward, :mod:`.reward`, scores with them): the last ``\\boxed{...}`` that is not inside
+another box, else the last ``#### N`` (a ``#### Step 2`` heading is not an answer), else the last "the
+answer is N", else (only when asked for: ``fallback_last_number``) the last number; hedged, negated, range
+or multiple answers are no answer. Every scan of completion text is linear in its length
+(``tests/test_redteam_text.py`` measures it on each pathological shape).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ _TIMES_COMMANDS = {"times": "×", "cdot": "·"}
 _ABS_TOL = Fraction(1, 10**6)
 _MAX_EXPONENT = 100
 _MAX_NUMBER_CHARS = 1000  # a longer digit run is no answer (and int() of it costs superlinear time)
+_BOX = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _LEADING = " \t*:"  # what may come before a spaced minus that starts an answer ("**Answer:** - 10")
 
 
@@ -75,8 +77,10 @@ def extract_final_answer(text: str) -> tuple[str, str] | None:
     return None if found is None else (found[0], found[1])
 
 
-def final_answer(text: str, *, fallback_last_number: bool = True) -> FinalAnswer | None:
-    """The completion's final answer as the reward reads it (see the module docstring)."""
+def final_answer(text: str, *, fallback_last_number: bool = False) -> FinalAnswer | None:
+    """The completion's final answer as the reward reads it (see the module docstring). Without a
+    statement it is None, unless ``fallback_last_number`` takes the last number instead (lenient:
+    a policy can end any text with a number)."""
     found = _statement(text)
     if found is not None:
         kind, span = found
@@ -339,23 +343,30 @@ def _flat_group(text: str, pos: int) -> tuple[str, int] | None:
 
 
 def _last_boxed(text: str) -> str | None:
-    """The content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), braces balanced; an unclosed
-    one (a truncated generation) runs to the end."""
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if start < 0:
-        return None
-    brace = text.find("{", start)
-    if brace < 0 or text[start:brace].strip() not in ("\\boxed", "\\fbox"):
-        return None
-    depth = 0
-    for i in range(brace, len(text)):
-        if text[i] == "{":
-            depth += 1
-        elif text[i] == "}":
-            depth -= 1
+    """The content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) that is not inside another box,
+    braces balanced; an unclosed one (a truncated generation) runs to the end. A box inside a box is
+    part of the outer box's content (``\\boxed{43 \\boxed{42}}`` states ``43 \\boxed{42}``, no
+    number). None when the last box command has no braced argument. One forward scan: a box's
+    content is read once and the scan goes on after it."""
+    found = None
+    pos = 0
+    while (box := _BOX.search(text, pos)) is not None:
+        brace = box.end()
+        while brace < len(text) and text[brace].isspace():
+            brace += 1
+        if brace >= len(text) or text[brace] != "{":
+            found, pos = None, brace
+            continue
+        depth, i = 0, brace
+        while (mark := _BRACE.search(text, i)) is not None:
+            depth += 1 if mark[0] == "{" else -1
+            i = mark.end()
             if depth == 0:
-                return text[brace + 1 : i]
-    return text[brace + 1 :]
+                found, pos = text[brace + 1 : mark.start()], i
+                break
+        else:
+            return text[brace + 1 :]
+    return found
 
 
 def format_number(value: Fraction) -> str:

@@ -2,12 +2,15 @@
 
 The answer is one number *stated as final*, taken from the first of these the completion has:
 
-1. the last ``\\boxed{...}`` (or ``\\fbox{...}``);
+1. the last ``\\boxed{...}`` (or ``\\fbox{...}``) that is not inside another box (a box inside a box is
+   part of the outer box's content: ``\\boxed{43 \\boxed{42}}`` states no plain number and scores 0);
 2. the last ``#### N`` (GSM8K's own format; a ``#### Step 2`` line that starts with a word is a
    markdown heading, not an answer);
 3. the last "the answer is N" / "answer: N" / "answer = N" whose rest of the sentence holds a number;
-4. only when none of these exists, and only with ``fallback_last_number`` (the default), the last
-   number of the completion.
+4. only when none of these exists, and only with ``fallback_last_number`` (off by default; the
+   registered ``gsm8k_accuracy_last_number``), the last number of the completion. It is lenient on
+   purpose, for base models that never state an answer: a policy can end any text with the gold
+   ("Question 7 had 42 apples.", or every number up to it), so a run that trains on it can be gamed.
 
 A statement scores 0 when it is hedged, negated, a range or several answers ("not 42", "42 or 43",
 "between 42 and 50", "\\boxed{42 \\text{ or } 43}"); the fallback's sentence is held to the same
@@ -50,6 +53,7 @@ __all__ = [
     "extract_gsm8k_gold",
     "final_answer",
     "format_reward",
+    "gsm8k_accuracy_last_number_reward",
     "gsm8k_accuracy_reward",
     "make_gsm8k_reward",
     "numbers_equal",
@@ -75,15 +79,17 @@ _MV_MAX_DIGITS = 15
 
 
 def make_gsm8k_reward(
-    *, use_math_verify: bool = True, fallback_last_number: bool = True
+    *, use_math_verify: bool = True, fallback_last_number: bool = False
 ) -> Callable[..., list[float | None]]:
     """Build the GSM8K accuracy reward ``f(completions, answer, **kwargs) -> [1.0 | 0.0, ...]``.
 
     ``answer`` is the gold (a raw GSM8K answer with ``#### N``, or a bare number). With
     ``use_math_verify`` (the default) boxed expressions are checked with math-verify; it is an
     optional dependency (``pip install 'knapsack-trl[rewards]'``) and its absence raises
-    ``ImportError`` at the first call, not at import. ``fallback_last_number=False`` scores 0 a
-    completion that never states a final answer.
+    ``ImportError`` at the first call, not at import. ``fallback_last_number=True`` reads the last
+    number of a completion that never states a final answer (lenient, gameable: the module docstring);
+    by default such a completion scores 0. The function is named ``gsm8k_accuracy``, or
+    ``gsm8k_accuracy_last_number`` with the fallback, so logs tell the two apart.
     """
 
     def gsm8k_accuracy(
@@ -97,11 +103,13 @@ def make_gsm8k_reward(
             for c, gold in zip(completions, answer)
         ]
 
-    gsm8k_accuracy.__name__ = gsm8k_accuracy.__qualname__ = "gsm8k_accuracy"
+    name = "gsm8k_accuracy_last_number" if fallback_last_number else "gsm8k_accuracy"
+    gsm8k_accuracy.__name__ = gsm8k_accuracy.__qualname__ = name
     return gsm8k_accuracy
 
 
 gsm8k_accuracy_reward = make_gsm8k_reward()
+gsm8k_accuracy_last_number_reward = make_gsm8k_reward(fallback_last_number=True)
 
 
 def format_reward(completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
