@@ -1,4 +1,5 @@
-"""The text rewards under attack: every parser linear in its input, and GSM8K strict by default.
+"""The text rewards under attack: every parser linear in its input, GSM8K strict by default, no input that
+raises, and a calculator reward that pays for using the tool.
 
 The policy writes the text these parsers read, in the trainer's thread. Linear time is checked by relative
 cost within one run: each parser on each pathological shape at 1k, 10k and 100k characters, CPU time of
@@ -11,13 +12,16 @@ from __future__ import annotations
 import gc
 import time
 from collections.abc import Callable
+from fractions import Fraction
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from knapsack_trl.tasks import calculator
 from knapsack_trl.tasks.chat_arithmetic import chat_arithmetic_reward
-from knapsack_trl.tasks.gsm8k.answers import final_answer
+from knapsack_trl.tasks.gsm8k.answers import extract_gsm8k_gold, final_answer, format_number, parse_number
 from knapsack_trl.tasks.gsm8k.reward import format_reward, gsm8k_accuracy_reward, make_gsm8k_reward
 from knapsack_trl.tasks.humaneval.reward import extract_code
 from knapsack_trl.tasks.registry import REWARD_FUNCTIONS
@@ -35,7 +39,9 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "gsm8k_accuracy_last_number": lambda text: LAST_NUMBER([text], answer=["5"]),
     "gsm8k_format": lambda text: format_reward([text]),
     "chat_arithmetic": lambda text: chat_arithmetic_reward([text], answer=["5"]),
-    "calculator_exact_call": lambda text: calculator.exact_call_reward([_call(text)], answer=["408"]),
+    "calculator_exact_call": lambda text: calculator.exact_call_reward(
+        [_call(text)], answer=["408"], expression=["12*34"]
+    ),
     "calculator_reply": lambda text: calculator.calculator_reward([text], answer=["408"]),
     "humaneval_extract_code": lambda text: extract_code(text, "f"),
 }
@@ -164,3 +170,94 @@ def test_the_last_number_fallback_is_an_explicit_registered_option() -> None:
         0.0
     ]  # the fallback's sentence is still held to hedges
     assert final_answer("she has 42 apples left", fallback_last_number=True).kind == "last number"
+
+
+# --------------------------------------------------------------------------- GSM8K: nothing raises
+def test_a_gold_without_a_number_scores_none_and_long_numbers_never_overflow() -> None:
+    huge = "1" + "0" * 400 + ".5"
+    assert gsm8k_accuracy_reward(["The answer is 5", "\\boxed{5}"], answer=["no number", ""]) == [None, None]
+    assert gsm8k_accuracy_reward([f"The answer is {huge}"], answer=["x"]) == [None]
+    assert gsm8k_accuracy_reward([f"The answer is {huge}"], answer=[huge]) == [1.0]
+    assert gsm8k_accuracy_reward(["The answer is 5"], answer=[huge]) == [0.0]
+    assert gsm8k_accuracy_reward(["The answer is 0." + "3" * 300], answer=["1/3"]) == [1.0]
+    assert extract_gsm8k_gold(f"#### {huge}") == huge
+    assert format_number(Fraction(1, 3)) == "1/3" and format_number(Fraction(-5, 2)) == "-2.5"
+    assert format_number(Fraction(1, 10**7)) == "0.0000001"
+    assert parse_number("1" * 5000) is None  # past the digits any answer has: no number
+
+
+NUMBERISH = st.lists(
+    st.sampled_from(
+        [
+            *"0123456789.,-+eE/ x^{}$%=*\n\t",
+            "\\boxed{",
+            "\\fbox{",
+            "\\frac",
+            "\\text{",
+            "\\times",
+            "####",
+            "answer is ",
+            "Answer:",
+            "not ",
+            "\x01",
+            "\x02",
+            "\u2212",
+            "0" * 40,
+            "9" * 400,
+        ]
+    ),
+    max_size=40,
+).map("".join)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(completion=st.one_of(st.text(), NUMBERISH), gold=st.one_of(st.text(max_size=20), NUMBERISH))
+def test_scoring_never_raises_on_arbitrary_text(completion: str, gold: str) -> None:
+    scores = [
+        *gsm8k_accuracy_reward([completion], answer=[gold]),
+        *REWARD_FUNCTIONS["gsm8k_accuracy_last_number"]([completion], answer=[gold]),
+        *make_gsm8k_reward(use_math_verify=False)([completion], answer=[gold]),
+    ]
+    gold_has_number = parse_number(extract_gsm8k_gold(gold), last=False) is not None
+    assert all(s in (0.0, 1.0) for s in scores) if gold_has_number else scores == [None] * 3
+    assert format_reward([completion]) in ([0.0], [1.0])
+    assert chat_arithmetic_reward([completion], answer=[gold]) in ([0.0], [1.0])
+
+
+# --------------------------------------------------------------------------- calculator: use the tool
+def test_the_exact_call_reward_pays_for_the_problems_computation_only() -> None:
+    rows = calculator.calculator_rows(3)
+    answers, expressions = [r["answer"] for r in rows], [r["expression"] for r in rows]
+    a, b = expressions[0].split("*")
+
+    def score(call: str, k: int = 0) -> float:
+        return calculator.exact_call_reward([_call(call)], answer=[answers[k]], expression=[expressions[k]])[
+            0
+        ]
+
+    assert score(expressions[0]) == 1.0 and score(f"{b}*{a}") == 1.0  # the product, either order
+    assert score(answers[0]) == 0.0  # the bare answer: knowing the number, not using the tool
+    assert score(f"{answers[0]}*1") == 0.0 and score(f"{answers[0]}+0") == 0.0  # dressed up as a computation
+    assert score(f"{a}*{b}*1") == 0.0 and score(f"{a}+{b}") == 0.0  # other computations
+    assert score(expressions[1]) == 0.0  # another problem's product
+    assert calculator.exact_call_reward([[]], answer=[answers[0]], expression=[expressions[0]]) == [0.0]
+
+
+def test_the_calculator_environment_pays_for_the_problems_computation_only() -> None:
+    env = calculator.CalculatorEnv()
+    text = env.reset(task=7)
+    expression, answer = calculator.problem(7)["expression"], calculator.problem(7)["answer"]
+    assert text == expression + "="
+    env.calc(answer)
+    assert env.get_reward() == 0.0  # the first call was the bare answer
+    env.reset(task=7)
+    env.calc(expression)
+    env.calc(answer)
+    assert env.get_reward() == 1.0
+    row = calculator.calculator_rows(1)[0]
+    env.reset(**row)  # a dataset row: scored on its own problem
+    env.calc(row["expression"])
+    assert env.get_reward() == 1.0
+    env.reset(**row)
+    env.calc(row["answer"])
+    assert env.get_reward() == 0.0

@@ -370,8 +370,19 @@ def _last_boxed(text: str) -> str | None:
 
 
 def format_number(value: Fraction) -> str:
-    """Canonical text of a number: an integer, or a decimal when it has a finite one."""
+    """Canonical text of a number, exact at any size: an integer, a decimal when it has a finite one
+    (``2.5``, ``0.0000001``), else ``a/b``."""
     if value.denominator == 1:
         return str(value.numerator)
-    as_float = float(value)
-    return repr(as_float) if Fraction(as_float) == value else f"{value.numerator}/{value.denominator}"
+    den = value.denominator
+    twos = (den & -den).bit_length() - 1
+    rest, fives = den >> twos, 0
+    while rest % 5 == 0:
+        rest, fives = rest // 5, fives + 1
+    if rest != 1:
+        return f"{value.numerator}/{den}"
+    places = max(twos, fives)
+    scaled = abs(value.numerator) * 10**places // den
+    whole, fraction = divmod(scaled, 10**places)
+    sign = "-" if value < 0 else ""
+    return f"{sign}{whole}." + f"{fraction:0{places}d}".rstrip("0")

@@ -19,6 +19,10 @@ words. Numbers: thousands separators, ``$`` and units, percent, decimals, scient
 or spaced minus at the start of an answer (``- 10``). Comparison with the gold is exact (as
 fractions; a non-integer gold also accepts a decimal within 1e-6).
 
+Scores: 1.0 or 0.0 for every completion, whatever its text (nothing a policy writes raises); ``None``
+only when the gold itself holds no number (a data error the policy cannot cause: the row cannot be
+scored).
+
 A boxed *expression* (``\\boxed{3 \\cdot 6}``, ``\\boxed{\\sqrt{324}}``) goes to math-verify, but
 only when it is short and made of arithmetic that sympy evaluates in bounded time (no powers,
 factorials, ``\\binom``, no number over 15 digits), so no thread ever waits on sympy. Every scan of
@@ -40,7 +44,6 @@ from knapsack_trl.tasks.gsm8k.answers import (
     extract_final_answer,
     extract_gsm8k_gold,
     final_answer,
-    format_number,
     normalize,
     numbers_equal,
     parse_number,
@@ -134,10 +137,15 @@ def _text(completion: Any) -> str:
         return ""
 
 
-def _score(text: str, gold_text: str, verifier: Callable[[str, str], bool] | None, fallback: bool) -> float:
-    """1.0 if the completion's final answer equals the gold answer, else 0.0."""
+def _score(
+    text: str, gold_text: str, verifier: Callable[[str, str], bool] | None, fallback: bool
+) -> float | None:
+    """1.0 if the completion's final answer equals the gold answer, else 0.0; None for a gold
+    without a number."""
     gold_str = extract_gsm8k_gold(gold_text)
     gold = parse_number(gold_str, last=False)
+    if gold is None:
+        return None
     found = final_answer(text, fallback_last_number=fallback)
     if found is None:
         return 0.0
@@ -145,8 +153,6 @@ def _score(text: str, gold_text: str, verifier: Callable[[str, str], bool] | Non
         if found.kind == "boxed" and verifier is not None and _verifiable(found.span):
             return 1.0 if verifier(gold_str, found.span) else 0.0
         return 0.0
-    if gold is None:
-        return 1.0 if format_number(found.value) == gold_str else 0.0
     return 1.0 if numbers_equal(found.value, gold) else 0.0
 
 
