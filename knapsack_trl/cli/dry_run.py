@@ -102,7 +102,8 @@ def dry_run(
         }
     if training_args.use_vllm and importlib.util.find_spec("vllm") is None:
         notes.append(
-            "use_vllm is set but vllm is not installed here: pip install 'knapsack-trl[vllm]' on the GPU host."
+            "use_vllm is set but vllm is not installed here: pip install 'trl[vllm]' on the GPU host (or, in "
+            "your knapsack-trl clone there, pip install -e '.[vllm]')."
         )
     return {
         "dry_run": "ok",

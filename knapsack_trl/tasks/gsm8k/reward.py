@@ -88,7 +88,7 @@ def make_gsm8k_reward(
 
     ``answer`` is the gold (a raw GSM8K answer with ``#### N``, or a bare number). With
     ``use_math_verify`` (the default) boxed expressions are checked with math-verify; it is an
-    optional dependency (``pip install 'knapsack-trl[rewards]'``) and its absence raises
+    optional dependency (``pip install math-verify``, or the ``rewards`` extra) and its absence raises
     ``ImportError`` at the first call, not at import. ``fallback_last_number=True`` reads the last
     number of a completion that never states a final answer (lenient, gameable: the module docstring);
     by default such a completion scores 0. The function is named ``gsm8k_accuracy``, or
@@ -177,7 +177,8 @@ def _math_verify() -> Callable[[str, str], bool]:
     except ImportError as err:
         raise ImportError(
             "gsm8k_accuracy_reward checks \\boxed{} expressions with math-verify, which is not installed: "
-            "pip install 'knapsack-trl[rewards]' (or math-verify), or build the reward with "
+            "pip install math-verify (or, in your knapsack-trl clone, pip install -e '.[rewards]'), or build "
+            "the reward with "
             "make_gsm8k_reward(use_math_verify=False)."
         ) from err
 
