@@ -76,7 +76,7 @@ class Recorder:
 
     def __call__(self, prompts: list, completions: list, **kwargs: Any) -> list[float]:
         self.batches.append({"prompts": prompts, "completions": completions, **kwargs})
-        return world.exact_call_reward(completions, kwargs["answer"])
+        return world.exact_call_reward(completions, kwargs["answer"], kwargs["expression"])
 
 
 def first_call(completion: list[dict[str, Any]]) -> str | None:
@@ -162,7 +162,7 @@ def test_tools_tracker_learns_per_prompt_and_costs_count_every_turn(make_trainer
     costs: dict[str, list[float]] = {}
     for batch, output in zip(reward.batches, outputs, strict=True):
         generated = (output["completion_mask"] * output["tool_mask"]).sum(1).tolist()
-        scores = world.exact_call_reward(batch["completions"], batch["answer"])
+        scores = world.exact_call_reward(batch["completions"], batch["answer"], batch["expression"])
         for pid, score, cost in zip(batch["prompt_id"], scores, generated, strict=True):
             successes.setdefault(pid, []).append(score)
             costs.setdefault(pid, []).append(cost)
