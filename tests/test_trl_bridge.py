@@ -8,6 +8,7 @@ import io
 import itertools
 import re
 import tokenize
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import transformers
 import trl
 from trl import GRPOTrainer, RLOOTrainer
 
-from knapsack_trl import KnapsackGRPOTrainer, KnapsackRLOOTrainer
+from knapsack_trl import KnapsackGRPOConfig, KnapsackGRPOTrainer, KnapsackRLOOConfig, KnapsackRLOOTrainer
 from knapsack_trl.trainer import trl_bridge
 from knapsack_trl.trainer.trl_bridge import GRPOBridge, RLOOBridge
 
@@ -99,3 +100,26 @@ def test_every_override_is_trls_method_without_knapsack_state(monkeypatch, ours,
         trainer.model = type("Model", (), {"training": True})()
         assert getattr(ours, name)(trainer, *args) is sentinel, name
         assert len(calls) == 1 and calls[0][0] is trainer and calls[0][1] == args, name
+
+
+@pytest.mark.parametrize("config_class", [KnapsackGRPOConfig, KnapsackRLOOConfig])
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [({}, True), ({"gradient_checkpointing": False}, False), ({"activation_checkpointing": False}, False)],
+)
+def test_configs_warn_nothing_and_keep_the_checkpointing_choice(
+    tmp_path, config_class, given, expected
+) -> None:
+    """TRL 1.16 defaults transformers' deprecated ``gradient_checkpointing`` name, which warns on every config
+    from transformers 5.25; ours carries the value to the new name without a warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        args = config_class(
+            output_dir=str(tmp_path),
+            use_cpu=True,
+            bf16=False,
+            per_device_train_batch_size=8,
+            num_generations=4,
+            **given,
+        )
+    assert args.gradient_checkpointing is expected

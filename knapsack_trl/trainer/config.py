@@ -35,6 +35,8 @@ __all__ = [
 ]
 
 MODES = ("knapsack", "uniform")
+# transformers >= 5.25 renamed gradient_checkpointing to activation_checkpointing (the old name warns).
+_ACTIVATION_CHECKPOINTING = any(f.name == "activation_checkpointing" for f in fields(GRPOConfig))
 
 
 PROMPT_WEIGHTINGS = ("rollout", "prompt")
@@ -319,6 +321,10 @@ class KnapsackConfigMixin:
 
     def __post_init__(self) -> None:
         check_trl_version()
+        if _ACTIVATION_CHECKPOINTING and self.activation_checkpointing is None:
+            # TRL 1.16 defaults transformers' deprecated alias (gradient_checkpointing=True), which warns on every
+            # config from transformers 5.25: carry its value to the new name, which the alias then mirrors.
+            self.activation_checkpointing, self.gradient_checkpointing = self.gradient_checkpointing, None
         super().__post_init__()  # type: ignore[misc]  # the TRL config's own checks set generation_batch_size
         if not self.knapsack_enabled:
             return

@@ -61,6 +61,15 @@ def check_trl_version(installed: str | None = None) -> None:
     raise RuntimeError(message)
 
 
+# TRL 1.16 reads transformers' deprecated gradient-checkpointing names around every generation; transformers
+# 5.25 warns for each. They are TRL's to rename: silence exactly those three messages.
+warnings.filterwarnings(
+    "ignore",
+    message=r"`(is_gradient_checkpointing|gradient_checkpointing_enable|gradient_checkpointing_disable)` is deprecated",
+    category=FutureWarning,
+)
+
+
 # ----------------------------------------------------------------------------------------------- TRL's names
 # Output keys TRL 1.16 writes for text models, and how two generation rounds of each are joined.
 LEFT_PADDED = ("prompt_ids", "prompt_mask")
