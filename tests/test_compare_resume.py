@@ -64,6 +64,7 @@ def _run_files(folder: Path) -> dict[str, bytes]:
 def _deterministic(results: dict[str, Any]) -> dict[str, Any]:
     """``results.json`` less what measures time (wall times, evaluation seconds) and the code record."""
     out = json.loads(json.dumps(results))
+    del out["settings"]["code"]
     for run in out["runs"]:
         del run["wall_time_s"], run["extra"]
     for row in out["aggregate"]["table"].values():

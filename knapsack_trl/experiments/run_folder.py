@@ -213,8 +213,10 @@ def _lock(folder: Path, command: str) -> Any:
 
 
 def _remove_partial_files(folder: Path) -> None:
-    """Temp files and folders a killed process left (``.<name>.tmp-<pid>``), deepest last."""
-    for p in sorted(folder.rglob(f".*{TMP_MARK}*"), key=lambda p: len(p.parts)):
+    """Temp files and folders a killed process left (``.<name>.tmp-<pid>``) where this module writes."""
+    pattern = f".*{TMP_MARK}*"
+    found = [*folder.glob(pattern), *(folder / RUNS_DIR).glob(pattern), *(folder / START_DIR).rglob(pattern)]
+    for p in sorted(found, key=lambda p: len(p.parts)):
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
         else:
