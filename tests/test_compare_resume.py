@@ -331,5 +331,12 @@ def test_a_folder_keeps_finished_runs_and_refuses_other_settings(tmp_path):
     with pytest.raises(SystemExit, match=r"--resume, but .* holds no comparison"):
         RunFolder.open(tmp_path / "empty", _protocol(UNIFORM, [0]), command=COMMAND, resume=True)
 
+    with RunFolder.open(out, _protocol(PILOT, [0]), command=COMMAND) as folder:
+        folder.refuse_lost_start("seed 2's start", 2)  # no run of seed 2: it may be built
+        with pytest.raises(
+            SystemExit, match=r"seed 0's start is missing .* the runs pilot_seed0, uniform_seed0 "
+        ):
+            folder.refuse_lost_start("seed 0's start", 0)
+
     with RunFolder.open(out, _protocol(UNIFORM, [0], steps=5), command=COMMAND, fresh=True) as folder:
         assert folder.runs() == [] and folder.protocol["settings"]["steps"] == 5

@@ -206,8 +206,9 @@ def _prepare_seed(
     model_dir = folder.start_path(f"seed{seed}", START_MODEL)
     tiny = model_args.model_name_or_path.startswith(TINY_SCHEME)
     saved = read_json(start_file)
-    if saved is not None and tiny and not (model_dir / "config.json").is_file():
-        saved = None  # the start model was deleted: build it again
+    if saved is None or (tiny and not (model_dir / "config.json").is_file()):
+        folder.refuse_lost_start(f"seed {seed}'s start (seed{seed}/{START_FILE}, {START_MODEL}/)", seed)
+        saved = None
     if saved is not None and saved["data"] != data:
         raise SystemExit(
             f"knapsack-trl compare: seed {seed}'s training or held-out rows differ from those its finished runs in "

@@ -429,6 +429,7 @@ def saved_checkpoint(folder: RunFolder, start: DemoSettings, progress: bool) -> 
     saved copy, so a run made in a later process starts from the same weights and numbers."""
     model, facts = folder.start_path(CHECKPOINT), folder.start_path(CHECKPOINT_FACTS)
     if not facts.is_file() or not (model / "config.json").is_file():
+        folder.refuse_lost_start(f"the checkpoint ({CHECKPOINT}/, {CHECKPOINT_FACTS})")
         prep = folder.build_folder(model, lambda tmp: prepare_checkpoint(start, str(tmp), progress))
         write_json(facts, prep)
     return str(model), read_json(facts)

@@ -365,6 +365,18 @@ class RunFolder:
     def start_path(self, *parts: str) -> Path:
         return self.path.joinpath(START_DIR, *parts)
 
+    def refuse_lost_start(self, what: str, seed: int | None = None) -> None:
+        """Stop before rebuilding a saved start (of ``seed``, or of every run) that finished runs began from:
+        runs from a rebuilt one need not match theirs (on another machine the numbers differ)."""
+        made = sorted(
+            p.stem for p in (self.path / RUNS_DIR).glob("*.json" if seed is None else f"*_seed{seed}.json")
+        )
+        if made:
+            raise SystemExit(
+                f"{self.command}: {what} is missing from {self.path / START_DIR}, but the runs {', '.join(made)} "
+                "started from it; restore it, or add --fresh to discard the folder's runs."
+            )
+
     def build_folder(self, target: Path, build: Callable[[Path], T]) -> T:
         """``build(tmp)`` fills a hidden folder beside ``target``, which is then renamed to ``target``: a
         killed build leaves no half-written ``target``."""
