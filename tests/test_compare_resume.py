@@ -297,6 +297,26 @@ def test_protocol_differences_name_each_setting_old_and_new():
     other = make_protocol("recipe", {"steps": 4, "eval": {"samples": 8}}, UNIFORM, [0])
     assert protocol_differences(old, other) == ['experiment: "demo" -> "recipe"']
 
+    # A field newer than the folder's runs (the code gained it since) is no difference at its default.
+    def grown(value: int, steps: int = 4) -> dict[str, Any]:
+        return make_protocol(
+            "demo",
+            {"steps": 4, "eval": {"samples": 8, "new_setting": value}},
+            {"pilot": {**PILOT["pilot"], "knapsack_new_field": value, "max_steps": steps}},
+            [0],
+            defaults={
+                "settings": {"eval": {"new_setting": 0}},
+                "arms": {"pilot": {"knapsack_new_field": 0, "max_steps": 500}},
+            },
+        )
+
+    assert protocol_differences(old, grown(0)) == []
+    assert protocol_differences(old, grown(2, steps=500)) == [
+        "eval.new_setting: (not set) -> 2",
+        "trainer config max_steps: 4 -> 500 (arm pilot)",  # a default is no excuse for a changed value
+        "trainer config knapsack_new_field: (not set) -> 2 (arm pilot)",
+    ]
+
 
 def test_a_folder_keeps_finished_runs_and_refuses_other_settings(tmp_path):
     out = tmp_path / "out"

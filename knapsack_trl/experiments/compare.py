@@ -55,6 +55,7 @@ from knapsack_trl.experiments.report import RunRecord, format_ratios, format_tab
 from knapsack_trl.experiments.run_folder import (
     RunFolder,
     add_folder_flags,
+    field_defaults,
     fingerprint,
     make_protocol,
     open_folder,
@@ -123,10 +124,8 @@ def _plan_recipe(ns: argparse.Namespace, recipe_flags: list[str], work_dir: str)
         ns.warmup_steps = DemoSettings().sft_steps
     eval_every = ns.eval_every or max(1, training_args.max_steps // 8)
     tiny = model_args.model_name_or_path.startswith(TINY_SCHEME)
-    arms = {
-        m: trainer_settings(_arm_args(base, ns.seed, m, training_args.num_generations, out)[0])
-        for m in _methods(ns)
-    }
+    configs = {m: _arm_args(base, ns.seed, m, training_args.num_generations, out)[0] for m in _methods(ns)}
+    arms = {m: trainer_settings(config) for m, config in configs.items()}
     settings = {
         "recipe": {**asdict(script_args), **asdict(model_args)},
         "tiny model warm-up steps": ns.warmup_steps if tiny else None,
@@ -144,7 +143,16 @@ def _plan_recipe(ns: argparse.Namespace, recipe_flags: list[str], work_dir: str)
         training_args,
         model_args,
         eval_every,
-        make_protocol("recipe", settings, arms, seeds),
+        make_protocol(
+            "recipe",
+            settings,
+            arms,
+            seeds,
+            defaults={
+                "settings": {"recipe": {**field_defaults(script_args), **field_defaults(model_args)}},
+                "arms": {m: field_defaults(config) for m, config in configs.items()},
+            },
+        ),
     )
 
 

@@ -52,6 +52,7 @@ from knapsack_trl.experiments.report import (
 from knapsack_trl.experiments.run_folder import (
     RunFolder,
     add_folder_flags,
+    field_defaults,
     make_protocol,
     open_folder,
     read_json,
@@ -453,7 +454,11 @@ def demo_protocol(settings: DemoSettings, methods: Sequence[str], oracle_samples
     shared["checkpoint_seed"] = checkpoint_seed(settings)
     shared["oracle_samples"] = oracle_samples
     arms = {m: trainer_settings(grpo_config(m, settings, "unused")) for m in methods}
-    return make_protocol("demo", shared, arms, settings.run_seeds)
+    defaults = {
+        "settings": field_defaults(DemoSettings),
+        "arms": dict.fromkeys(methods, field_defaults(KnapsackGRPOConfig)),
+    }
+    return make_protocol("demo", shared, arms, settings.run_seeds, defaults)
 
 
 def report_from_folder(

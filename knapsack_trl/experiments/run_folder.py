@@ -22,6 +22,8 @@ open. A lock (``.lock``, released by the kernel even on SIGKILL) keeps two proce
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import enum
 import hashlib
 import json
 import os
@@ -58,10 +60,29 @@ T = TypeVar("T")
 # --------------------------------------------------------------------------- what decides a run
 
 
+def _plain_value(obj: Any) -> Any:
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    return str(obj)
+
+
 def plain(data: Any) -> Any:
-    """``data`` as JSON gives it back (tuples as lists, enums and other objects as strings), so a setting
-    compares equal to itself read back from ``protocol.json``."""
-    return json.loads(json.dumps(data, default=str))
+    """``data`` as JSON gives it back (tuples as lists, enums as their values, other objects as strings),
+    so a setting compares equal to itself read back from ``protocol.json``."""
+    return json.loads(json.dumps(data, default=_plain_value))
+
+
+def field_defaults(config: Any) -> dict[str, Any]:
+    """The declared default of each field of a dataclass (or its class); fields without one are left out."""
+    out = {}
+    for f in dataclasses.fields(config):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return plain(out)
 
 
 def trainer_settings(config: Any) -> dict[str, Any]:
@@ -70,9 +91,18 @@ def trainer_settings(config: Any) -> dict[str, Any]:
 
 
 def make_protocol(
-    experiment: str, settings: Mapping[str, Any], arms: Mapping[str, Mapping[str, Any]], seeds: Sequence[int]
+    experiment: str,
+    settings: Mapping[str, Any],
+    arms: Mapping[str, Mapping[str, Any]],
+    seeds: Sequence[int],
+    defaults: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The protocol of one invocation: ``settings`` shared by every run, each arm's trainer config."""
+    """The protocol of one invocation: ``settings`` shared by every run, each arm's trainer config.
+
+    ``defaults`` (``{"settings": ..., "arms": {arm: ...}}``, shaped like what they cover): the code's
+    default of each field. A field the folder's protocol lacks is no difference when it is at its default:
+    the field is newer than the folder's runs, and a new field's default keeps the old behaviour. They
+    serve that check only and are not written to the folder."""
     return plain(
         {
             "format": FORMAT,
@@ -80,6 +110,7 @@ def make_protocol(
             "settings": settings,
             "arms": arms,
             "seeds": sorted(seeds),
+            "defaults": defaults or {},
         }
     )
 
@@ -127,14 +158,20 @@ def _git_commit() -> str | None:
 _UNSET = object()
 
 
-def _differences(old: Any, new: Any, name: str = "") -> list[tuple[str, Any, Any]]:
-    """``(dotted name, old, new)`` for every leaf that differs; a key on one side only is ``_UNSET`` on the other."""
+def _differences(old: Any, new: Any, default: Any = _UNSET, name: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted name, old, new)`` for every leaf that differs; a key on one side only is ``_UNSET`` on the
+    other, and no difference when only ``new`` has it, at its ``default``."""
     if isinstance(old, dict) and isinstance(new, dict):
         out = []
         for key in [*old, *(k for k in new if k not in old)]:
-            out += _differences(old.get(key, _UNSET), new.get(key, _UNSET), f"{name}.{key}" if name else key)
+            below = default.get(key, _UNSET) if isinstance(default, dict) else _UNSET
+            out += _differences(
+                old.get(key, _UNSET), new.get(key, _UNSET), below, f"{name}.{key}" if name else key
+            )
         return out
-    return [] if old == new else [(name, old, new)]
+    if old == new or (old is _UNSET and default is not _UNSET and new == default):
+        return []
+    return [(name, old, new)]
 
 
 def _show(value: Any) -> str:
@@ -145,15 +182,20 @@ def protocol_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list
     """Each setting of ``new`` that differs from ``old``: ``name: old -> new``. Arms are compared where both
     have them (an arm only in ``new`` is an addition); a trainer field that differs in several arms the
     same way is one line naming them."""
+    defaults = new.get("defaults", {})
     lines = [
         f"{name}: {_show(a)} -> {_show(b)}"
-        for key in ("experiment", "settings")
-        for name, a, b in _differences(old.get(key), new.get(key), key if key == "experiment" else "")
+        for name, a, b in [
+            *_differences(old.get("experiment"), new.get("experiment"), name="experiment"),
+            *_differences(old.get("settings"), new.get("settings"), defaults.get("settings", _UNSET)),
+        ]
     ]
     by_change: dict[tuple[str, str, str], list[str]] = {}
     for arm, config in new.get("arms", {}).items():
         if arm in old.get("arms", {}):
-            for name, a, b in _differences(old["arms"][arm], config):
+            for name, a, b in _differences(
+                old["arms"][arm], config, defaults.get("arms", {}).get(arm, _UNSET)
+            ):
                 by_change.setdefault((name, _show(a), _show(b)), []).append(arm)
     lines += [
         f"trainer config {name}: {a} -> {b} (arm{'s' if len(arms) > 1 else ''} {', '.join(arms)})"
@@ -275,7 +317,7 @@ class RunFolder:
                         f"{command}: --resume, but {folder} holds no comparison (no {PROTOCOL_FILE}); check "
                         "--output-dir, or leave out --resume to start one there."
                     )
-                merged = {**protocol, "code": code}
+                merged = {**{k: v for k, v in protocol.items() if k != "defaults"}, "code": code}
             else:
                 _refuse_other_settings(folder, old, protocol, command)
                 merged = {
