@@ -465,6 +465,12 @@ def load_runs(path: str | Path) -> list[RunRecord]:
     return [RunRecord.from_dict(d) for d in json.loads(p.read_text())["runs"]]
 
 
+def to_json(data: Any) -> str:
+    """``data`` as the report folder's JSON files hold it: numpy values as plain ones, NaN kept, so
+    :meth:`RunRecord.from_dict` of the parsed text gives back the same numbers."""
+    return json.dumps(data, indent=1, default=_json_default)
+
+
 def _jsonable(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}
