@@ -400,6 +400,7 @@ def _init(cfg: dict, libc, report_fd: int, isolation: set[str], fs_view: bool, m
             fh.write(text)
         os.chown(path, owner, owner if uid is not None else os.getgid())
     _report(report_fd, {"isolation": added})
+    _set_signals(signal.SIG_IGN)  # nothing the program sends can end init (SIGKILL: see below)
     program = os.fork()
     if program == 0:
         _guard(report_fd, lambda: _exec_program(cfg, libc, report_fd, isolation, workdir, mode))
@@ -425,6 +426,7 @@ def _exec_program(cfg: dict, libc, report_fd: int, isolation: set[str], workdir:
     """In the program's process: limits, an unprivileged uid, seccomp, only its own fds; then exec."""
     import resource
 
+    _set_signals(signal.SIG_DFL)  # ignored signals survive exec: give the program the defaults back
     _prctl(libc, PR_SET_PDEATHSIG, signal.SIGKILL)
     limits = cfg["limits"]
     mb = 1024 * 1024
@@ -471,11 +473,27 @@ def _exec_program(cfg: dict, libc, report_fd: int, isolation: set[str], workdir:
     env.update(HOME=workdir, TMPDIR=workdir)
     if cfg["libdir"]:
         env["LD_LIBRARY_PATH"] = cfg["libdir"]
+    # From here on the run is the program's: however it ends, the caller scores it (never "error").
+    _report(report_fd, {"started": True})
     try:
         os.execve(python, [python, "-I", "-S", "-B", "-X", "utf8", "main.py"], env)
     except OSError as err:  # the original report descriptor is closed: report on the kept one
-        _report(report_fd, {"error": f"exec {python}: {err}"})
+        _report(report_fd, {"started": False, "error": f"exec {python}: {err}"})
         os._exit(SETUP_FAILED)
+
+
+def _set_signals(handler) -> None:
+    """Set every catchable signal but SIGCHLD (whose SIG_IGN would reap children unseen) to ``handler``.
+
+    In init, SIG_IGN: the kernel never delivers SIGKILL or SIGSTOP to a namespace's init from
+    inside it, and an ignored signal cannot interrupt it (Python's SIGINT handler would).
+    """
+    for sig in signal.valid_signals():
+        if sig not in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD):
+            try:  # noqa: SIM105
+                signal.signal(sig, handler)
+            except (OSError, ValueError):  # the real-time signals glibc keeps for itself
+                pass
 
 
 def _keep_only_fds(pass_fds: dict[int, int], report_fd: int) -> int:

@@ -352,7 +352,10 @@ class SandboxRun:
             self._stack.close()
         status, returncode = _classify(timed_out, proc.returncode, report)
         if "error" in report:
-            stderr = f"{stderr}\n[sandbox setup failed: {report['error']}]".lstrip("\n")
+            what = (
+                "the run ended after the program started" if report.get("started") else "sandbox setup failed"
+            )
+            stderr = f"{stderr}\n[{what}: {report['error']}]".lstrip("\n")
         _warn_if_partial(isolation, report.get("notes", ()))
         self._result = SandboxResult(
             status, returncode, stdout, stderr, time.monotonic() - self._start, isolation
@@ -500,8 +503,14 @@ def _launcher_code() -> bytes:
 
 
 def _classify(timed_out: bool, launcher_rc: int | None, report: dict) -> tuple[SandboxStatus, int | None]:
-    """Turn the launcher's exit and its report into a status and the program's return code."""
-    if "error" in report:
+    """Turn the launcher's exit and its report into a status and the program's return code.
+
+    ``"error"`` only when the program never started (``started`` is reported just before its exec):
+    however a run ends after that, by the clock, the caller, or anything the program did (its init
+    killed, the tree gone), it is the program's run and never a harness failure.
+    """
+    started = bool(report.get("started"))
+    if "error" in report and not started:
         return "error", None
     if report.get("wait_status") is not None:
         returncode = os.waitstatus_to_exitcode(report["wait_status"])
@@ -514,7 +523,9 @@ def _classify(timed_out: bool, launcher_rc: int | None, report: dict) -> tuple[S
         return "timeout", None
     if report.get("stopped"):
         return "stopped", None
-    # The launcher died without a report (killed from outside): not the program's doing.
+    if started:  # the program's tree ended without its init's report: the program's doing
+        return "failed", None
+    # The launcher died before the program started (killed from outside): not the program's doing.
     return "error", launcher_rc
 
 
