@@ -8,7 +8,12 @@ must refuse. ``tests/test_sandbox_users.py`` runs the same classes as another ui
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -104,3 +109,152 @@ def test_the_judge_scores_a_sandbox_that_died_after_the_start_as_zero():
     code = "    import os, signal\n    os.kill(1, signal.SIGKILL)\n    os.kill(-1, signal.SIGKILL)\n    os._exit(1)\n"
     assert judge_completion(ADD_PROMPT, code, ADD_TEST, "add", timeout_s=2.0) == 0.0
     assert judge_completion(ADD_PROMPT, "    return a + b\n", ADD_TEST, "add", timeout_s=2.0) == 1.0
+
+
+# --- class 7: every exported runner requires isolation --------------------------------------------
+
+
+def world_python() -> str | None:
+    """An interpreter every user can run (a program run as a pool uid without a private root needs one)."""
+    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
+        if os.path.exists(candidate) and sandbox.world_reachable(os.path.realpath(candidate)):
+            return candidate
+    return None
+
+
+@pytest.fixture
+def drop_box():
+    """A directory every uid may write: where a program that ran would leave its mark."""
+    path = Path(tempfile.mkdtemp(prefix="knapsack-redteam-"))
+    path.chmod(0o777)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_exported_runners_refuse_without_isolation(monkeypatch, drop_box):
+    import knapsack_trl.rewards as published
+
+    monkeypatch.setattr(sandbox, "_USE_NAMESPACES", False)  # the documented hook: no namespaces
+    monkeypatch.delenv(sandbox.UNSAFE_ENV, raising=False)
+    mark = drop_box / "ran"
+    program = f"open({str(mark)!r}, 'w').write('x')\n"
+    attempts = {
+        "run_python": lambda: published.run_python(program),
+        "start_python": lambda: published.start_python(program).wait(),
+        "judge_completion": lambda: judge_completion(
+            ADD_PROMPT, f"    return a + b\n{program}", ADD_TEST, "add"
+        ),
+    }
+    for name, attempt in attempts.items():
+        # Refused up front: measures missing, or (root with an interpreter only root can run) not
+        # even a trivial program could start as the pool uid.
+        with pytest.raises(sandbox.SandboxUnavailableError, match="To enable full isolation") as err:
+            attempt()
+        assert "netns" in str(err.value) or "cannot run a trivial program" in str(err.value), name
+    assert not mark.exists()  # refused before anything ran
+
+
+def test_the_launcher_refuses_a_run_without_the_isolation_it_requires(monkeypatch, drop_box):
+    # Even when the up-front check is fooled (a stale cache that claims full isolation), the launcher
+    # checks the measures in force for this run, in the program's own process, before its exec.
+    python = world_python()
+    if python is None:
+        pytest.skip("needs an interpreter every user can run (for the run without a private root)")
+    monkeypatch.setattr(sandbox, "_USE_NAMESPACES", False)
+    monkeypatch.setattr(sandbox, "_INTERPRETER", {**sandbox._interpreter_info(), "python": python})
+    monkeypatch.setitem(sandbox._CAPABILITIES, False, frozenset({*sandbox.REQUIRED_ISOLATION, "userns"}))
+    monkeypatch.delenv(sandbox.UNSAFE_ENV, raising=False)
+    mark = drop_box / "ran"
+    result = sandbox.run_python(f"open({str(mark)!r}, 'w').write('x')\n")
+    assert result.status == "error" and result.returncode is None, result
+    assert "refusing to run untrusted code" in result.stderr and "netns" in result.stderr
+    assert not mark.exists()
+
+
+# --- class 2: the unsafe opt-in never hands the program its judge ---------------------------------
+
+# A wrong solution that, at load, goes for its judge through the host's /proc: reads the judge's
+# configuration (the tests and expected values), writes a passing verdict into the judge's verdict
+# pipe, kills the judge and a process of the trainer's uid. What it managed lands in the drop box.
+JUDGE_HUNTER = """
+    return 0
+import os, signal
+_log = []
+for _pid in os.listdir("/proc"):
+    if not _pid.isdigit() or int(_pid) == os.getpid():
+        continue
+    try:
+        _argv = open(f"/proc/{_pid}/cmdline", "rb").read().split(b"\\0")
+    except OSError:
+        continue
+    if b"judge" in _argv and any(a.endswith(b"config.json") for a in _argv):
+        _log.append("judge seen")
+        for _arg in _argv:
+            if _arg.endswith(b"config.json"):
+                try:
+                    open(_arg).read()
+                    _log.append("config read")
+                except OSError:
+                    pass
+        for _fd in range(3, 64):
+            try:
+                _w = os.open(f"/proc/{_pid}/fd/{_fd}", os.O_WRONLY | os.O_NONBLOCK)
+                os.write(_w, b'{"finished": true, "failure": null, "calls": 1, "total": 1, "held": 1}')
+                _log.append("verdict written")
+            except OSError:
+                pass
+        try:
+            os.kill(int(_pid), signal.SIGKILL)
+            _log.append("judge killed")
+        except OSError:
+            pass
+try:
+    os.kill(DECOY, signal.SIGKILL)
+    _log.append("decoy killed")
+except OSError:
+    pass
+open(DROP + "/log", "w").write(",".join(_log))
+"""
+
+
+def test_the_unsafe_opt_in_is_refused_for_callers_other_than_root(monkeypatch, drop_box):
+    if os.geteuid() == 0:
+        pytest.skip("runs as a caller other than root (tests/test_sandbox_users.py does, from a root suite)")
+    monkeypatch.setattr(sandbox, "_USE_NAMESPACES", False)
+    monkeypatch.setenv(sandbox.UNSAFE_ENV, "1")
+    mark = drop_box / "ran"
+    program = f"open({str(mark)!r}, 'w').write('x')\n"
+    for attempt in (
+        lambda: sandbox.require_isolation("humaneval_pass"),
+        lambda: sandbox.run_python(program),
+        lambda: make_humaneval_reward(),
+        lambda: judge_completion(ADD_PROMPT, f"    return a + b\n{program}", ADD_TEST, "add"),
+    ):
+        with pytest.raises(sandbox.SandboxUnavailableError, match="refused for a caller other than root"):
+            attempt()
+    assert not mark.exists()
+
+
+def test_the_unsafe_opt_in_as_root_keeps_the_judge_out_of_the_programs_reach(monkeypatch, drop_box):
+    if os.geteuid() != 0:
+        pytest.skip("the opt-in runs only for root (a caller other than root is refused, tested above)")
+    python = world_python()
+    if python is None:
+        pytest.skip("needs an interpreter every user can run (the program runs as a pool uid)")
+    monkeypatch.setattr(sandbox, "_USE_NAMESPACES", False)
+    monkeypatch.setattr(sandbox, "_INTERPRETER", {**sandbox._interpreter_info(), "python": python})
+    monkeypatch.setenv(sandbox.UNSAFE_ENV, "1")
+    decoy = subprocess.Popen(["sleep", "60"])  # a process of the trainer's uid
+    try:
+        code = JUDGE_HUNTER.lstrip("\n").replace("DECOY", str(decoy.pid)).replace("DROP", repr(str(drop_box)))
+        score = judge_completion(ADD_PROMPT, code, ADD_TEST, "add", timeout_s=5.0)
+        alive = decoy.poll() is None
+    finally:
+        decoy.kill()
+        decoy.wait()
+    log = (drop_box / "log").read_text().split(",")
+    assert "judge seen" in log  # the hunt ran and found its judge (positive control)
+    assert log == ["judge seen"], log  # and got nothing else
+    assert score == 0.0 and alive

@@ -157,27 +157,64 @@ def test_root_without_cap_sys_admin_isolates_through_a_user_namespace(driver_dir
 
 
 REFUSAL_BODY = """
-try:
-    sandbox.require_isolation("humaneval_pass")
-    out["require"] = "passed"
-except sandbox.SandboxUnavailableError as err:
-    out["require"] = str(err)
-try:
-    make_humaneval_reward()
-    out["factory"] = "built"
-except sandbox.SandboxUnavailableError as err:
-    out["factory"] = str(err)
+mark = {mark!r}
+program = f"open({{mark!r}}, 'w').write('x')\\n"
+attempts = {{
+    "require": lambda: sandbox.require_isolation("humaneval_pass"),
+    "factory": lambda: make_humaneval_reward(),
+    "run_python": lambda: sandbox.run_python(program),
+    "start_python": lambda: sandbox.start_python(program).wait(),
+    "judge_completion": lambda: judge_completion("", "def add(a, b):\\n    return a + b\\n" + program,
+                                                 "def check(candidate):\\n    assert candidate(1, 2) == 3\\n", "add"),
+}}
+for name, attempt in attempts.items():
+    try:
+        attempt()
+        out[name] = "ran"
+    except sandbox.SandboxUnavailableError as err:
+        out[name] = str(err)
+out["ran"] = os.path.exists(mark)
 """
+
+
+@pytest.fixture
+def drop_box():
+    """A directory every uid may write: where a program that ran would leave its mark."""
+    path = Path(tempfile.mkdtemp(prefix="knapsack-sbx-users-drop-"))
+    path.chmod(0o777)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @needs_root_tools
 @pytest.mark.parametrize("as_root", [True, False], ids=["root", "unprivileged"])
-def test_without_namespaces_untrusted_code_is_refused_at_start_up(driver_dir, as_root):
+def test_without_namespaces_untrusted_code_is_refused_at_start_up(driver_dir, drop_box, as_root):
     uid = None if as_root else free_uid(4300)
-    out, _ = run_driver(driver_dir, REFUSAL_BODY, uid=uid, no_namespaces=True)
-    for message in (out["require"], out["factory"]):
-        assert "missing:" in message and "netns" in message and "mountns" in message
-        assert "To enable full isolation" in message and sandbox.UNSAFE_ENV in message
+    out, _ = run_driver(
+        driver_dir, REFUSAL_BODY.format(mark=str(drop_box / "ran")), uid=uid, no_namespaces=True
+    )
+    assert out.pop("ran") is False  # every exported runner refused before anything ran
+    for name, message in out.items():
+        assert "missing:" in message and "netns" in message and "mountns" in message, name
+        assert "To enable full isolation" in message and sandbox.UNSAFE_ENV in message, name
+
+
+@needs_root_tools
+def test_the_unsafe_opt_in_is_refused_for_an_unprivileged_caller(driver_dir, drop_box):
+    # Without namespaces its program would run as the caller's uid, beside its judge: it could write
+    # its own verdict through /proc, read the judge's configuration, or kill the trainer.
+    out, _ = run_driver(
+        driver_dir,
+        REFUSAL_BODY.format(mark=str(drop_box / "ran")),
+        uid=free_uid(4400),
+        no_namespaces=True,
+        env={sandbox.UNSAFE_ENV: "1"},
+    )
+    assert out.pop("ran") is False
+    for name, message in out.items():
+        assert "refused for a caller other than root" in message and "missing:" in message, name
 
 
 UNSAFE_BODY = """
@@ -197,20 +234,15 @@ out["score"] = judge_completion({prompt!r}, "    return a + b\\n", {test!r}, "ad
 
 
 @needs_root_tools
-@pytest.mark.parametrize("as_root", [True, False], ids=["root", "unprivileged"])
-def test_unsafe_opt_in_runs_with_a_loud_warning_and_never_as_root(driver_dir, as_root):
-    uid = None if as_root else free_uid(4400)
+def test_unsafe_opt_in_as_root_runs_with_a_loud_warning_and_a_pool_uid(driver_dir):
     secret = f"s3cret-{uuid.uuid4().hex}"
     secret_dir = Path(tempfile.mkdtemp(prefix="knapsack-sbx-secret-"))
     secret_dir.chmod(0o755)  # readable by all, writable by root only
-    if uid is not None:
-        os.chown(secret_dir, 0, 0)
     body = UNSAFE_BODY.format(secret_dir=str(secret_dir), prompt=ADD_PROMPT, test=ADD_TEST)
     try:
         out, stderr = run_driver(
             driver_dir,
             body,
-            uid=uid,
             no_namespaces=True,
             env={sandbox.UNSAFE_ENV: "1", "KNAPSACK_TEST_SECRET": secret},
         )
@@ -221,12 +253,8 @@ def test_unsafe_opt_in_runs_with_a_loud_warning_and_never_as_root(driver_dir, as
     assert out["status"] == "ok", out
     ids = out["stdout"].split("\n")[0].split()
     assert ids[0] == ids[1] != "0"  # never uid 0, even without namespaces
-    assert (ids[0] == str(uid)) if uid is not None else any(c == f"uid:{ids[0]}" for c in out["isolation"])
-    # As root the program runs as a pool uid: the caller's environment is out of reach. An
-    # unprivileged caller without namespaces can only run it as itself, so its processes'
-    # environments are readable: the documented risk of the opt-in (docs/threat_model.md).
-    assert (secret in out["stdout"]) is (not as_root)
-    assert ("environ refused" in out["stdout"]) is as_root
+    assert any(c == f"uid:{ids[0]}" for c in out["isolation"])  # a pool uid: not the caller's
+    assert secret not in out["stdout"] and "environ refused" in out["stdout"]
     assert "write refused" in out["stdout"] and not escaped
     assert out["score"] == 1.0
 
@@ -236,11 +264,13 @@ def test_unsafe_opt_in_runs_with_a_loud_warning_and_never_as_root(driver_dir, as
 def test_without_namespaces_an_unreachable_interpreter_is_refused_not_run_as_root(monkeypatch):
     monkeypatch.setattr(sandbox, "_USE_NAMESPACES", False)  # the documented hook for the degraded path
     monkeypatch.setenv(sandbox.UNSAFE_ENV, "1")
-    result = sandbox.run_python("import os\nprint(os.getuid())\n")
-    assert result.status == "error" and result.stdout == ""
-    assert "cannot run" in result.stderr and "readable by every user" in result.stderr
-    with pytest.raises(sandbox.SandboxUnavailableError, match="cannot run a trivial program"):
-        sandbox.require_isolation("humaneval_pass")
+    for attempt in (
+        lambda: sandbox.run_python("import os\nprint(os.getuid())\n"),
+        lambda: sandbox.require_isolation("humaneval_pass"),
+    ):
+        with pytest.raises(sandbox.SandboxUnavailableError, match="cannot run a trivial program") as err:
+            attempt()
+        assert "readable by every user" in str(err.value)
 
 
 def _live(marker: str) -> list[int]:
@@ -258,9 +288,13 @@ def _live(marker: str) -> list[int]:
     return found
 
 
-@pytest.mark.skipif(world_python() is None, reason="needs an interpreter every user can run")
+@pytest.mark.skipif(
+    world_python() is None or os.geteuid() != 0,
+    reason="the degraded path runs for root only (the unsafe opt-in), with an interpreter every user can run",
+)
 def test_without_namespaces_timeouts_and_escaped_processes_are_still_handled(monkeypatch):
     monkeypatch.setattr(sandbox, "_USE_NAMESPACES", False)  # the documented hook for the degraded path
+    monkeypatch.setenv(sandbox.UNSAFE_ENV, "1")
     monkeypatch.setattr(sandbox, "_INTERPRETER", {**sandbox._interpreter_info(), "python": world_python()})
     assert sandbox.run_python("while True:\n    pass\n", timeout_s=1.0).status == "timeout"
     marker = f"{uuid.uuid4().int % 10**6}.{os.getpid()}"  # a unique sleep duration to find it by

@@ -55,6 +55,8 @@ PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
 SECCOMP_MODE_FILTER = 2
 
+# What running untrusted code needs; a separate identity is "uid:<n>" (root callers) or "userns".
+REQUIRED_ISOLATION = ("netns", "ipcns", "mountns", "pidns", "rootfs", "seccomp", "no_new_privs", "rlimits")
 SETUP_FAILED = 125  # exit code of the launcher's processes when the sandbox could not be set up
 WORKDIR = "/tmp/sandbox"
 DEVICES = ("null", "zero", "full", "random", "urandom")
@@ -114,6 +116,14 @@ DENIED_SYSCALLS = (
     "init_module", "finit_module", "delete_module", "swapon", "swapoff", "reboot", "acct", "syslog",
     "sethostname",
 )  # fmt: skip
+
+
+def missing_isolation(capabilities) -> list[str]:
+    """The measures in :data:`REQUIRED_ISOLATION` (and a separate identity) that ``capabilities`` lack."""
+    missing = [m for m in REQUIRED_ISOLATION if m not in capabilities]
+    if not any(c.startswith("uid:") for c in capabilities) and "userns" not in capabilities:
+        missing.append("a separate user (uid pool for root, or a user namespace)")
+    return missing
 
 
 def launch(config_path: str, report_fd: int) -> int:
@@ -403,7 +413,7 @@ def _init(cfg: dict, libc, report_fd: int, isolation: set[str], fs_view: bool, m
     _set_signals(signal.SIG_IGN)  # nothing the program sends can end init (SIGKILL: see below)
     program = os.fork()
     if program == 0:
-        _guard(report_fd, lambda: _exec_program(cfg, libc, report_fd, isolation, workdir, mode))
+        _guard(report_fd, lambda: _exec_program(cfg, libc, report_fd, isolation | set(added), workdir, mode))
     for fd in cfg["pass_fds"].values():
         os.close(fd)
     status = None
@@ -460,6 +470,9 @@ def _exec_program(cfg: dict, libc, report_fd: int, isolation: set[str], workdir:
     added.append("no_new_privs")
     if install_seccomp(libc, DENIED_SYSCALLS, deny_unix_sockets=True):
         added.append("seccomp")
+    missing = missing_isolation(isolation | set(added)) if cfg["require_isolation"] else []
+    if missing:  # this run lacks what the caller's check found on the machine: never run it so
+        raise PermissionError(f"refusing to run untrusted code without: {', '.join(missing)}")
     python = cfg["python"]
     if not os.access(python, os.X_OK):
         raise PermissionError(

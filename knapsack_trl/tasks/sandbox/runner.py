@@ -61,14 +61,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from knapsack_trl.tasks.sandbox.launcher import REQUIRED_ISOLATION as REQUIRED_ISOLATION
+from knapsack_trl.tasks.sandbox.launcher import missing_isolation
+
 logger = logging.getLogger(__name__)
 
 SandboxStatus = Literal["ok", "failed", "timeout", "stopped", "error"]
 
 UNSAFE_ENV = "KNAPSACK_TRL_UNSAFE_SANDBOX"
 CONCURRENCY_ENV = "KNAPSACK_TRL_SANDBOX_CONCURRENCY"
-# What running untrusted code needs; a separate identity is "uid:<n>" (root callers) or "userns".
-REQUIRED_ISOLATION = ("netns", "ipcns", "mountns", "pidns", "rootfs", "seccomp", "no_new_privs", "rlimits")
 
 _SETUP_FAILED = 125  # the launcher's exit code when the sandbox could not be set up
 _MIN_OUTPUT_BYTES = 256
@@ -167,7 +168,29 @@ def start_python(
     (pipes), to talk to the program while it runs; the caller may close its copies once this
     returns. Holds one of the process-wide sandbox slots (:func:`sandbox_concurrency`) until the
     run is collected with :meth:`SandboxRun.wait` or :meth:`SandboxRun.stop`.
+
+    Raises :class:`SandboxUnavailableError` where this machine cannot isolate untrusted code (as
+    :func:`require_isolation` does); the launcher checks the measures again for this very run, in
+    the program's process, and refuses to start the program without them.
     """
+    settings = _settings(
+        timeout_s, memory_mb, max_processes, max_file_mb, disk_mb, max_output_bytes, files, pass_fds
+    )
+    caps = require_isolation("running untrusted code")
+    return SandboxRun(source, stdin=stdin, enforce=not missing_isolation(caps), **settings)
+
+
+def _settings(
+    timeout_s: float,
+    memory_mb: int,
+    max_processes: int,
+    max_file_mb: int,
+    disk_mb: int,
+    max_output_bytes: int,
+    files: Mapping[str, str] | None,
+    pass_fds: Mapping[int, int] | None,
+) -> dict:
+    """A run's settings, checked (ValueError naming the setting) before anything starts."""
     if sys.platform != "linux":
         raise SandboxUnavailableError(
             "knapsack_trl.tasks.sandbox.runner needs Linux (namespaces, rlimits, prctl)."
@@ -187,15 +210,13 @@ def start_python(
         "disk_mb": int(disk_mb),
         "cpu_s": int(timeout_s) + 1,
     }
-    return SandboxRun(
-        source,
-        names,
-        timeout_s=float(timeout_s),
-        limits=limits,
-        stdin=stdin,
-        max_output_bytes=max(int(max_output_bytes), _MIN_OUTPUT_BYTES),
-        pass_fds=pass_fds,
-    )
+    return {
+        "files": names,
+        "timeout_s": float(timeout_s),
+        "limits": limits,
+        "max_output_bytes": max(int(max_output_bytes), _MIN_OUTPUT_BYTES),
+        "pass_fds": pass_fds,
+    }
 
 
 class SandboxRun:
@@ -211,8 +232,10 @@ class SandboxRun:
         stdin: str | None,
         max_output_bytes: int,
         pass_fds: dict[int, int],
+        enforce: bool,
     ) -> None:
         self._start = time.monotonic()
+        self._enforce = enforce
         self._timeout_s = timeout_s
         self._max_output_bytes = max_output_bytes
         self._result: SandboxResult | None = None
@@ -261,6 +284,7 @@ class SandboxRun:
             "files": files,
             "timeout_s": self._timeout_s,
             "namespaces": _USE_NAMESPACES,
+            "require_isolation": self._enforce,
             "uid": uid,
             "outer_uid": os.geteuid(),
             "outer_gid": os.getegid(),
@@ -377,7 +401,8 @@ def sandbox_capabilities() -> frozenset[str]:
     with _CAPABILITIES_LOCK:
         key = _USE_NAMESPACES
         if key not in _CAPABILITIES:
-            result = run_python("pass", timeout_s=30.0)
+            settings = _settings(30.0, 1024, 16, 16, 64, 65536, None, None)
+            result = SandboxRun("pass", stdin=None, enforce=False, **settings).wait()  # what is there
             if result.status != "ok":
                 raise SandboxUnavailableError(
                     f"the sandbox cannot run a trivial program on this machine ({result.status}): "
@@ -387,18 +412,11 @@ def sandbox_capabilities() -> frozenset[str]:
         return _CAPABILITIES[key]
 
 
-def missing_isolation(capabilities: frozenset[str]) -> list[str]:
-    """The measures in :data:`REQUIRED_ISOLATION` (and a separate identity) that ``capabilities`` lack."""
-    missing = [m for m in REQUIRED_ISOLATION if m not in capabilities]
-    if not any(c.startswith("uid:") for c in capabilities) and "userns" not in capabilities:
-        missing.append("a separate user (uid pool for root, or a user namespace)")
-    return missing
-
-
 def require_isolation(purpose: str = "running untrusted code") -> frozenset[str]:
     """The capabilities, if this machine isolates untrusted code fully; else raise, naming what is
-    missing and how to enable it. ``KNAPSACK_TRL_UNSAFE_SANDBOX=1`` runs anyway with a loud
-    warning (the launcher still never runs a program as uid 0)."""
+    missing and how to enable it. For root, ``KNAPSACK_TRL_UNSAFE_SANDBOX=1`` runs anyway with a
+    loud warning (the program runs as a pool uid, never as uid 0). Any other caller is refused even
+    then: without namespaces its program would run as its own uid, beside its judge and trainer."""
     unsafe = os.environ.get(UNSAFE_ENV, "") == "1"
     try:
         caps = sandbox_capabilities()
@@ -413,6 +431,12 @@ def require_isolation(purpose: str = "running untrusted code") -> frozenset[str]
     )
     if not unsafe:
         raise SandboxUnavailableError(message)
+    if os.geteuid() != 0:
+        raise SandboxUnavailableError(
+            f"{message} ({UNSAFE_ENV}=1 is refused for a caller other than root: the program would run "
+            "as your uid beside its judge and your trainer, so it could write its own verdict through "
+            "/proc, read the tests and their expected values, or kill the trainer.)"
+        )
     if not _UNSAFE_WARNED.is_set():
         _UNSAFE_WARNED.set()
         logger.warning(
@@ -430,8 +454,8 @@ _HOW_TO_ENABLE = (
     "--security-opt seccomp=unconfined), or allow unprivileged user namespaces "
     "(sysctl -w kernel.unprivileged_userns_clone=1 user.max_user_namespaces=15000; on Ubuntu 23.10+ "
     "also kernel.apparmor_restrict_unprivileged_userns=0); seccomp needs x86_64 or aarch64. Check with "
-    f"`python -m knapsack_trl.tasks.sandbox`. To run anyway with partial isolation (never as root), set "
-    f"{UNSAFE_ENV}=1."
+    f"`python -m knapsack_trl.tasks.sandbox`. To run anyway with partial isolation, as root only (the "
+    f"program then runs as a pool uid; other callers are refused), set {UNSAFE_ENV}=1."
 )
 
 _CAPABILITIES: dict[bool, frozenset[str]] = {}
