@@ -258,3 +258,48 @@ def test_the_unsafe_opt_in_as_root_keeps_the_judge_out_of_the_programs_reach(mon
     assert "judge seen" in log  # the hunt ran and found its judge (positive control)
     assert log == ["judge seen"], log  # and got nothing else
     assert score == 0.0 and alive
+
+
+# --- class 5: only the socket families a candidate needs ------------------------------------------
+
+
+@needs_isolation
+def test_only_internet_socket_families_can_be_opened():
+    # Families the network namespace does not cover (AF_VSOCK reaches the host of a VM, AF_NETLINK,
+    # AF_PACKET, AF_ALG, AF_BLUETOOTH, ... and any the kernel adds) never reach the kernel: EPERM
+    # comes from the filter (the kernel answers EAFNOSUPPORT for a family it lacks).
+    source = (
+        "import json, socket\n"
+        "seen = {}\n"
+        "for family in range(0, 64):\n"
+        "    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM, socket.SOCK_RAW, socket.SOCK_SEQPACKET):\n"
+        "        try:\n"
+        "            socket.socket(family, kind).close()\n"
+        "            seen.setdefault(family, []).append(0)\n"
+        "        except OSError as err:\n"
+        "            seen.setdefault(family, []).append(err.errno)\n"
+        "pairs = {}\n"
+        "for family in (socket.AF_UNIX, socket.AF_INET, 40, 16):\n"
+        "    try:\n"
+        "        a, b = socket.socketpair(family)\n"
+        "        pairs[family] = 0\n"
+        "    except OSError as err:\n"
+        "        pairs[family] = err.errno\n"
+        "print(json.dumps({'seen': seen, 'pairs': pairs}))\n"
+    )
+    result = sandbox.run_python(source)
+    assert result.status == "ok", result
+    import errno
+    import json
+
+    report = json.loads(result.stdout)
+    seen = {int(k): v for k, v in report["seen"].items()}
+    assert 0 in seen[2] + seen[10]  # AF_INET and AF_INET6 open (inside the empty namespace)
+    refused = {family: codes for family, codes in seen.items() if family not in (2, 10)}
+    assert refused == {family: [errno.EPERM] * 4 for family in refused}
+    assert {int(k): v for k, v in report["pairs"].items()} == {
+        1: 0,
+        2: errno.EPERM,
+        40: errno.EPERM,
+        16: errno.EPERM,
+    }

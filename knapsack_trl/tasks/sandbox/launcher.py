@@ -78,7 +78,7 @@ SYSCALLS = {
             "open_by_handle_at": 304, "fanotify_init": 300, "kexec_load": 246, "kexec_file_load": 320,
             "init_module": 175, "finit_module": 313, "delete_module": 176, "swapon": 167, "swapoff": 168,
             "reboot": 169, "acct": 163, "syslog": 103, "sethostname": 170, "clone3": 435, "clone": 56,
-            "socket": 41,
+            "socket": 41, "socketpair": 53,
         },
     ),
     "aarch64": (
@@ -95,7 +95,7 @@ SYSCALLS = {
             "open_by_handle_at": 265, "fanotify_init": 262, "kexec_load": 104, "kexec_file_load": 294,
             "init_module": 105, "finit_module": 273, "delete_module": 106, "swapon": 224, "swapoff": 225,
             "reboot": 142, "acct": 89, "syslog": 116, "sethostname": 161, "clone3": 435, "clone": 220,
-            "socket": 198,
+            "socket": 198, "socketpair": 199,
         },
     ),
 }  # fmt: skip
@@ -103,9 +103,7 @@ SYSCALLS = {
 # What the program may not call (EPERM): kernel objects that outlive the run or escape its memory
 # bound (keyrings, SysV IPC, memfd), namespace and mount changes, tracing, and the interfaces with
 # a record of kernel bugs that no HumanEval solution needs. clone3 answers ENOSYS so that glibc falls
-# back to clone, whose flags the filter can inspect (no new namespaces). ``socket(AF_UNIX, ...)`` is
-# refused too: a path-named socket connects across network namespaces, even through a read-only
-# bind mount (``socketpair`` still works).
+# back to clone, whose flags the filter can inspect (no new namespaces).
 DENIED_SYSCALLS = (
     "keyctl", "add_key", "request_key", "memfd_create", "memfd_secret", "shmget", "shmat", "shmctl",
     "semget", "semop", "semctl", "semtimedop", "msgget", "msgsnd", "msgrcv", "msgctl", "unshare", "setns",
@@ -116,6 +114,13 @@ DENIED_SYSCALLS = (
     "init_module", "finit_module", "delete_module", "swapon", "swapoff", "reboot", "acct", "syslog",
     "sethostname",
 )  # fmt: skip
+
+# Socket families the program may open, an allow-list: AF_INET and AF_INET6, which the empty network
+# namespace confines (a loopback that is down). Every other family fails with EPERM: AF_UNIX (a
+# path-named socket connects across network namespaces, even through a read-only bind mount),
+# AF_VSOCK (the host of a virtual machine), AF_NETLINK, AF_PACKET, AF_ALG and the rest, known or
+# added by a later kernel. ``socketpair`` makes only a connected AF_UNIX pair.
+SOCKET_FAMILIES = {"socket": (2, 10), "socketpair": (1,)}
 
 
 def missing_isolation(capabilities) -> list[str]:
@@ -468,7 +473,7 @@ def _exec_program(cfg: dict, libc, report_fd: int, isolation: set[str], workdir:
     if not _prctl(libc, PR_SET_NO_NEW_PRIVS, 1):
         raise OSError(_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
     added.append("no_new_privs")
-    if install_seccomp(libc, DENIED_SYSCALLS, deny_unix_sockets=True):
+    if install_seccomp(libc, DENIED_SYSCALLS, socket_families=SOCKET_FAMILIES):
         added.append("seccomp")
     missing = missing_isolation(isolation | set(added)) if cfg["require_isolation"] else []
     if missing:  # this run lacks what the caller's check found on the machine: never run it so
@@ -528,12 +533,17 @@ def _keep_only_fds(pass_fds: dict[int, int], report_fd: int) -> int:
 
 
 def install_seccomp(
-    libc, denied: tuple[str, ...], *, deny_new_namespaces: bool = True, deny_unix_sockets: bool = False
+    libc,
+    denied: tuple[str, ...],
+    *,
+    deny_new_namespaces: bool = True,
+    socket_families: dict[str, tuple[int, ...]] | None = None,
 ) -> bool:
     """Install a seccomp filter: ``denied`` syscalls fail with EPERM (``clone3`` with ENOSYS); with
-    ``deny_new_namespaces`` so does ``clone`` with a namespace flag, with ``deny_unix_sockets``
-    ``socket(AF_UNIX, ...)``. False on an unknown architecture. Needs ``no_new_privs`` (or
-    CAP_SYS_ADMIN); stacks on filters already in place."""
+    ``deny_new_namespaces`` so does ``clone`` with a namespace flag; ``socket_families`` maps
+    ``socket`` / ``socketpair`` to the only address families they may create (others: EPERM).
+    False on an unknown architecture. Needs ``no_new_privs`` (or CAP_SYS_ADMIN); stacks on filters
+    already in place."""
     import ctypes
 
     arch = os.uname().machine
@@ -557,8 +567,11 @@ def install_seccomp(
         prog += [(jeq, 0, 1, numbers["clone3"]), (ret, 0, 0, errno(38))]
         prog += [(jeq, 0, 4, numbers["clone"]), (ld, 0, 0, 16), (jset, 0, 1, NAMESPACE_FLAGS)]
         prog += [(ret, 0, 0, errno(1)), (ld, 0, 0, 0)]
-    if deny_unix_sockets:
-        prog += [(jeq, 0, 4, numbers["socket"]), (ld, 0, 0, 16), (jeq, 0, 1, 1)]  # AF_UNIX == 1
+    for name, families in (socket_families or {}).items():
+        # [nr?] [load the family (the low 32 bits of arg 0)] [allowed? -> reload] ... [EPERM] [reload nr]
+        k = len(families)
+        prog += [(jeq, 0, k + 3, numbers[name]), (ld, 0, 0, 16)]
+        prog += [(jeq, k - i, 0, family) for i, family in enumerate(families)]
         prog += [(ret, 0, 0, errno(1)), (ld, 0, 0, 0)]
     prog += [(ret, 0, 0, allow)]
     blob = b"".join(struct.pack("=HBBI", *insn) for insn in prog)
