@@ -8,15 +8,20 @@ must refuse. ``tests/test_sandbox_users.py`` runs the same classes as another ui
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from knapsack_trl.tasks.humaneval import judge as harness
 from knapsack_trl.tasks.humaneval.reward import judge_completion, make_humaneval_reward
 from knapsack_trl.tasks.sandbox import runner as sandbox
 
@@ -303,3 +308,142 @@ def test_only_internet_socket_families_can_be_opened():
         40: errno.EPERM,
         16: errno.EPERM,
     }
+
+
+# --- class 3: the trusted side is bounded ---------------------------------------------------------
+
+MERSENNE_61 = 2**61 - 1  # every multiple of it hashes to 0: a set of them collides in every slot
+
+
+def wire_line(value: object) -> bytes:
+    """A reply as the judge reads it off the pipe."""
+    return harness.dumps({"id": 0, "ok": value})
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    with contextlib.suppress(harness.WireError):
+        fn()
+    return time.perf_counter() - start
+
+
+@pytest.mark.parametrize("tag", ["set", "frozenset", "dict"])
+def test_hash_colliding_replies_decode_in_linear_time(tag):
+    n = 20_000
+    plain = list(range(1, n + 1))
+    colliding = [k * MERSENNE_61 for k in range(1, n + 1)]
+    assert len({hash(x) for x in colliding}) == 1
+
+    def reply(items: list[int]) -> bytes:
+        return wire_line({"dict": [[x, 0] for x in items]} if tag == "dict" else {tag: items})
+
+    def read(line: bytes):
+        return lambda: harness.decode(harness.loads(line)["ok"], max_elements=harness.MAX_REPLY_ELEMENTS)
+
+    plain_line, colliding_line = reply(plain), reply(colliding)
+    read(plain_line)()  # warm up
+    plain_s = min(timed(read(plain_line)) for _ in range(3))
+    colliding_s = timed(read(colliding_line))  # quadratic: seconds; linear: about plain_s
+    assert colliding_s < 10 * plain_s + 0.05, (colliding_s, plain_s)
+    with pytest.raises(harness.WireError, match="share one hash"):
+        read(colliding_line)()
+    few = [k * MERSENNE_61 for k in range(1, 5)] + plain  # a few equal hashes are ordinary data
+    assert len(harness.decode(harness.loads(reply(few))["ok"])) == n + 4
+
+
+def test_reply_size_depth_and_element_count_are_bounded():
+    limit = harness.MAX_REPLY_ELEMENTS
+    ints = list(range(limit - 8))
+    assert harness.decode(harness.loads(wire_line(ints), max_elements=limit)["ok"]) == ints
+    with pytest.raises(harness.WireError, match="elements"):
+        harness.loads(wire_line(list(range(limit + 1))), max_elements=limit)
+    with pytest.raises(harness.WireError, match="elements"):
+        harness.decode(list(range(limit + 1)), max_elements=limit)
+    # Separators inside strings are text, not elements.
+    text = ",[{:" * limit
+    assert harness.decode(harness.loads(wire_line([text]), max_elements=limit)["ok"]) == [text]
+    unterminated = b'{"id":0,"ok":"' + b'\\"' * 100_000  # scanned once, not once per quote
+    with pytest.raises(harness.WireError):
+        harness.loads(unterminated, max_elements=limit)
+    with pytest.raises(harness.WireError, match="nested deeper"):
+        harness.decode(harness.loads(wire_line([[[[[1]]]]]))["ok"], max_depth=4)
+
+
+def test_the_judges_channel_keeps_a_hostile_reply_small():
+    # 4 MiB of empty lists: ~200 MiB once parsed; the channel refuses it from its size on the wire.
+    import tracemalloc
+
+    requests_r, requests_w = os.pipe()
+    responses_r, responses_w = os.pipe()
+    hostile = b'{"id":0,"ok":[' + b"[]," * ((4 << 20) // 3 - 10) + b"[]]}\n"
+    channel = harness.Channel(
+        requests_w, responses_r, call_timeout_s=30.0, total_timeout_s=30.0, startup_timeout_s=30.0,
+        max_message_bytes=len(hostile) + 16, clock=harness.CandidateClock(None),
+    )  # fmt: skip
+    writer = threading.Thread(target=lambda: os.write(responses_w, hostile) and os.close(responses_w))
+    tracemalloc.start()
+    try:
+        writer.start()
+        with pytest.raises(harness.CandidateError, match="elements"):
+            channel.call((1, 2), {})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        writer.join()
+        for fd in (requests_r, requests_w, responses_r):
+            os.close(fd)
+    assert peak < 4 * len(hostile), peak  # the bytes themselves and a copy or two, never the objects
+
+
+@needs_isolation
+def test_the_judge_runs_under_its_own_memory_bound():
+    # The check itself (trusted code, in the judge) cannot allocate past the judge's bound.
+    test = (
+        "def check(candidate):\n"
+        "    try:\n"
+        f"        hog = bytearray({harness_bound_mb() + 64} << 20)\n"
+        "        bounded = False\n"
+        "    except MemoryError:\n"
+        "        bounded = True\n"
+        "    assert bounded and candidate(2, 3) == 5\n"
+    )
+    assert judge_completion(ADD_PROMPT, "    return a + b\n", test, "add", timeout_s=5.0) == 1.0
+
+
+def harness_bound_mb() -> int:
+    from knapsack_trl.tasks.humaneval import reward
+
+    return reward.JUDGE_MEMORY_MB
+
+
+def machine_memory_mb() -> int:
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // (1 << 20)
+
+
+def test_default_concurrency_fits_the_sum_of_memory_bounds_in_ram(monkeypatch):
+    monkeypatch.delenv(sandbox.CONCURRENCY_ENV, raising=False)
+    monkeypatch.delenv(sandbox.MEMORY_ENV, raising=False)
+    budget = sandbox.sandbox_memory_budget_mb()
+    assert 0 < budget <= machine_memory_mb()
+    for memory_mb, companion_mb in ((256, 0), (1024, 0), (1024, harness_bound_mb()), (4096, 0)):
+        bound = sandbox.run_memory_bound_mb(memory_mb, companion_mb)
+        assert bound >= memory_mb + companion_mb
+        runs = sandbox.sandbox_concurrency(memory_mb, companion_mb)
+        assert runs >= 1 and runs * bound <= max(budget, bound), (memory_mb, runs, bound, budget)
+
+
+@needs_isolation
+def test_runs_wait_for_memory_so_the_sum_of_bounds_fits_the_budget(monkeypatch):
+    memory_mb = 64
+    bound = sandbox.run_memory_bound_mb(memory_mb)
+    monkeypatch.setenv(sandbox.MEMORY_ENV, str(2 * bound + bound // 2))  # room for two runs
+    monkeypatch.setenv(sandbox.CONCURRENCY_ENV, "16")
+    program = "import time\nprint(time.time())\ntime.sleep(0.5)\nprint(time.time())\n"
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: sandbox.run_python(program, memory_mb=memory_mb), range(4)))
+    assert [r.status for r in results] == ["ok"] * 4, results
+    spans = [tuple(map(float, r.stdout.split())) for r in results]
+    most = max(sum(start <= t < end for start, end in spans) for t, _ in spans)
+    assert most <= 2, spans
+    with pytest.raises(ValueError, match=sandbox.MEMORY_ENV):
+        sandbox.run_python("pass", memory_mb=3 * bound)

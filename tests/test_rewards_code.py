@@ -470,10 +470,19 @@ def test_non_text_completions_score_zero_without_raising():
 
 def test_pool_is_sized_from_the_batch_within_the_process_limit(monkeypatch):
     monkeypatch.setenv(sandbox.CONCURRENCY_ENV, "48")
+    monkeypatch.setenv(sandbox.MEMORY_ENV, str(1 << 20))  # room for all: the count decides
     assert [code.pool_size(n) for n in (0, 1, 20, 64, 500)] == [1, 1, 20, 48, 48]
     assert code.pool_size(64, max_workers=4) == 4
+    # Each run with its judge reserves its bounds: the memory budget decides.
+    pair = sandbox.run_memory_bound_mb(1024, code.JUDGE_MEMORY_MB)
+    monkeypatch.setenv(sandbox.MEMORY_ENV, str(10 * pair + pair // 2))
+    assert [code.pool_size(n) for n in (1, 8, 64)] == [1, 8, 10]
+    assert code.pool_size(64, memory_mb=512) == (10 * pair + pair // 2) // sandbox.run_memory_bound_mb(
+        512, code.JUDGE_MEMORY_MB
+    )
     monkeypatch.delenv(sandbox.CONCURRENCY_ENV)
-    assert code.pool_size(64) == min(64, sandbox.sandbox_concurrency())
+    monkeypatch.delenv(sandbox.MEMORY_ENV)
+    assert code.pool_size(64) == min(64, sandbox.sandbox_concurrency(1024, code.JUDGE_MEMORY_MB))
 
 
 # --- degraded machines: refuse before training ---------------------------------------------------

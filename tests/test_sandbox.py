@@ -614,12 +614,19 @@ def test_capabilities_name_what_is_missing():
 
 
 def test_concurrency_is_bounded_and_configurable(monkeypatch):
-    assert 4 <= sandbox.sandbox_concurrency() <= 64
+    monkeypatch.delenv(sandbox.CONCURRENCY_ENV, raising=False)
+    monkeypatch.delenv(sandbox.MEMORY_ENV, raising=False)
+    assert 1 <= sandbox.sandbox_concurrency() <= 64
+    monkeypatch.setenv(sandbox.MEMORY_ENV, str(1 << 20))
     monkeypatch.setenv(sandbox.CONCURRENCY_ENV, "3")
     assert sandbox.sandbox_concurrency() == 3
-    monkeypatch.setenv(sandbox.CONCURRENCY_ENV, "zero")
-    with pytest.raises(ValueError, match=sandbox.CONCURRENCY_ENV):
-        sandbox.sandbox_concurrency()
+    monkeypatch.setenv(sandbox.MEMORY_ENV, str(2 * sandbox.run_memory_bound_mb(1024)))
+    assert sandbox.sandbox_concurrency(1024) == 2 and sandbox.sandbox_concurrency(16 * 1024) == 1
+    for env in (sandbox.CONCURRENCY_ENV, sandbox.MEMORY_ENV):
+        monkeypatch.setenv(env, "zero")
+        with pytest.raises(ValueError, match=env):
+            sandbox.sandbox_concurrency()
+        monkeypatch.setenv(env, "8")
 
 
 def test_pipes_passed_to_the_program_and_stop():

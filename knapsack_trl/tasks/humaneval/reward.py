@@ -52,6 +52,9 @@ _LANG_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 _STARTUP_S = 30.0  # the sandbox's interpreter must greet the judge within this (a harness matter)
 _JUDGE_SLACK_S = 10.0  # the judge's own work on top of the candidate's time
 _MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # one argument list or return value on the wire
+# The judge's address-space bound: it decodes at most 4 MiB and MAX_REPLY_ELEMENTS values per reply
+# (a judge of a HumanEval task peaks near 16 MB); reserved beside each sandbox in the memory budget.
+JUDGE_MEMORY_MB = 256
 _HARNESS_PATH = Path(harness.__file__)
 
 
@@ -176,7 +179,7 @@ def make_humaneval_reward(
         judge = functools.partial(
             _judge_job, fraction=fraction, timeout_s=timeout_s, call_timeout_s=per_call, memory_mb=memory_mb
         )
-        with ThreadPoolExecutor(max_workers=pool_size(n, max_workers)) as pool:
+        with ThreadPoolExecutor(max_workers=pool_size(n, max_workers, memory_mb)) as pool:
             scores = list(pool.map(judge, jobs))
         log_metric = kwargs.get("log_metric")
         if callable(log_metric) and n:
@@ -219,10 +222,11 @@ def _judge_job(
         return None
 
 
-def pool_size(n: int, max_workers: int | None = None) -> int:
+def pool_size(n: int, max_workers: int | None = None, memory_mb: int = 1024) -> int:
     """Threads for a batch of ``n``: all of it at once (waiting costs no CPU, so a batch of timeouts
-    takes one timeout), at most ``max_workers`` and the process-wide sandbox concurrency."""
-    return max(1, min(max_workers or n, sandbox_concurrency(), n))
+    takes one timeout), at most ``max_workers`` and the process-wide sandbox concurrency for runs of
+    ``memory_mb``, each with its judge (their bounds fit the sandbox memory budget together)."""
+    return max(1, min(max_workers or n, sandbox_concurrency(memory_mb, JUDGE_MEMORY_MB), n))
 
 
 def judge_completion(
@@ -252,6 +256,7 @@ def judge_completion(
             timeout_s=sandbox_timeout,
             memory_mb=memory_mb,
             pass_fds={3: requests_r, 4: responses_w},
+            companion_mb=JUDGE_MEMORY_MB,
         )
     except BaseException:
         for fd in (requests_w, responses_r):
@@ -271,6 +276,7 @@ def judge_completion(
                 "call_timeout_s": call_timeout_s or timeout_s,
                 "startup_timeout_s": _STARTUP_S,
                 "max_message_bytes": _MAX_MESSAGE_BYTES,
+                "memory_mb": JUDGE_MEMORY_MB,
                 "launcher_pid": run.pid,
             },
             requests_w,

@@ -40,6 +40,7 @@ code needs is absent, unless ``KNAPSACK_TRL_UNSAFE_SANDBOX=1`` accepts the risk 
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import io
 import logging
@@ -70,6 +71,7 @@ SandboxStatus = Literal["ok", "failed", "timeout", "stopped", "error"]
 
 UNSAFE_ENV = "KNAPSACK_TRL_UNSAFE_SANDBOX"
 CONCURRENCY_ENV = "KNAPSACK_TRL_SANDBOX_CONCURRENCY"
+MEMORY_ENV = "KNAPSACK_TRL_SANDBOX_MEMORY_MB"
 
 _SETUP_FAILED = 125  # the launcher's exit code when the sandbox could not be set up
 _MIN_OUTPUT_BYTES = 256
@@ -161,20 +163,32 @@ def start_python(
     max_output_bytes: int = 65536,
     files: Mapping[str, str] | None = None,
     pass_fds: Mapping[int, int] | None = None,
+    companion_mb: int = 0,
 ) -> SandboxRun:
     """Start a sandboxed run as :func:`run_python` does, without waiting for it.
 
     ``pass_fds`` maps descriptor numbers in the program (3 and up) to descriptors of the caller
     (pipes), to talk to the program while it runs; the caller may close its copies once this
-    returns. Holds one of the process-wide sandbox slots (:func:`sandbox_concurrency`) until the
-    run is collected with :meth:`SandboxRun.wait` or :meth:`SandboxRun.stop`.
+    returns. Holds room in the process-wide budget (:func:`sandbox_concurrency`: a count, and the
+    sum of the runs' memory bounds within :func:`sandbox_memory_budget_mb`), waiting for it if
+    needed, until the run is collected with :meth:`SandboxRun.wait` or :meth:`SandboxRun.stop`;
+    ``companion_mb`` reserves, with the run, the bound of a trusted process the caller runs beside
+    it (the HumanEval judge).
 
     Raises :class:`SandboxUnavailableError` where this machine cannot isolate untrusted code (as
     :func:`require_isolation` does); the launcher checks the measures again for this very run, in
     the program's process, and refuses to start the program without them.
     """
     settings = _settings(
-        timeout_s, memory_mb, max_processes, max_file_mb, disk_mb, max_output_bytes, files, pass_fds
+        timeout_s,
+        memory_mb,
+        max_processes,
+        max_file_mb,
+        disk_mb,
+        max_output_bytes,
+        files,
+        pass_fds,
+        companion_mb,
     )
     caps = require_isolation("running untrusted code")
     return SandboxRun(source, stdin=stdin, enforce=not missing_isolation(caps), **settings)
@@ -189,6 +203,7 @@ def _settings(
     max_output_bytes: int,
     files: Mapping[str, str] | None,
     pass_fds: Mapping[int, int] | None,
+    companion_mb: int = 0,
 ) -> dict:
     """A run's settings, checked (ValueError naming the setting) before anything starts."""
     if sys.platform != "linux":
@@ -197,6 +212,15 @@ def _settings(
         )
     if timeout_s <= 0 or memory_mb <= 0 or max_processes <= 0 or max_file_mb <= 0 or disk_mb <= 0:
         raise ValueError("run_python: timeout_s, memory_mb, max_processes, max_file_mb, disk_mb must be > 0")
+    if companion_mb < 0:
+        raise ValueError(f"start_python: companion_mb must be >= 0, got {companion_mb}")
+    bound, budget = run_memory_bound_mb(memory_mb, companion_mb), sandbox_memory_budget_mb()
+    if bound > budget:
+        raise ValueError(
+            f"run_python: a run bounded at {bound} MB (memory_mb={memory_mb}, the sandbox's own processes"
+            f"{f' and companion_mb={companion_mb}' if companion_mb else ''}) does not fit the sandbox "
+            f"memory budget of {budget} MB: lower memory_mb or raise {MEMORY_ENV}"
+        )
     pass_fds = dict(pass_fds or {})
     if any(target < 3 for target in pass_fds):
         raise ValueError(f"start_python: pass_fds targets must be 3 or more, got {sorted(pass_fds)}")
@@ -216,6 +240,7 @@ def _settings(
         "limits": limits,
         "max_output_bytes": max(int(max_output_bytes), _MIN_OUTPUT_BYTES),
         "pass_fds": pass_fds,
+        "companion_mb": int(companion_mb),
     }
 
 
@@ -233,6 +258,7 @@ class SandboxRun:
         max_output_bytes: int,
         pass_fds: dict[int, int],
         enforce: bool,
+        companion_mb: int = 0,
     ) -> None:
         self._start = time.monotonic()
         self._enforce = enforce
@@ -242,7 +268,7 @@ class SandboxRun:
         self._stack = ExitStack()
         self._control_w: int | None = None
         try:
-            self._stack.enter_context(_slot())
+            self._stack.enter_context(_slot(run_memory_bound_mb(limits["memory_mb"], companion_mb)))
             self._outer = tempfile.mkdtemp(prefix="knapsack-sbx-")
             self._stack.callback(_rmtree, self._outer)
             uid = self._stack.enter_context(_lease_uid())
@@ -401,7 +427,7 @@ def sandbox_capabilities() -> frozenset[str]:
     with _CAPABILITIES_LOCK:
         key = _USE_NAMESPACES
         if key not in _CAPABILITIES:
-            settings = _settings(30.0, 1024, 16, 16, 64, 65536, None, None)
+            settings = _settings(30.0, 128, 16, 16, 64, 65536, None, None)
             result = SandboxRun("pass", stdin=None, enforce=False, **settings).wait()  # what is there
             if result.status != "ok":
                 raise SandboxUnavailableError(
@@ -464,45 +490,110 @@ _WARNED = threading.Event()
 _UNSAFE_WARNED = threading.Event()
 
 
-def sandbox_concurrency() -> int:
-    """How many sandboxed runs may exist at once in this process, across all reward calls.
+def sandbox_concurrency(memory_mb: int = 1024, companion_mb: int = 0) -> int:
+    """How many runs of ``memory_mb`` (each beside a trusted process of ``companion_mb``, the
+    HumanEval judge) may exist at once in this process, across all reward calls.
 
-    ``KNAPSACK_TRL_SANDBOX_CONCURRENCY`` if set; else 64, or fewer on a small machine (one per
-    256 MB of RAM). Waiting programs (sleeps, timeouts) cost no CPU, so this is sized for memory.
+    At most ``KNAPSACK_TRL_SANDBOX_CONCURRENCY`` (default 64: waiting programs cost no CPU) and at
+    most as many as fit, with their memory bounds, in :func:`sandbox_memory_budget_mb`; at least one.
     """
-    raw = os.environ.get(CONCURRENCY_ENV, "").strip()
+    bound = run_memory_bound_mb(memory_mb, companion_mb)
+    return max(1, min(_max_runs(), sandbox_memory_budget_mb() // bound))
+
+
+def run_memory_bound_mb(memory_mb: int, companion_mb: int = 0) -> int:
+    """The memory one run may hold: its cgroup's bound (the program's ``memory_mb`` plus the
+    sandbox's own processes) and a trusted companion's bound; what the budget reserves for it."""
+    return int(memory_mb) + _CGROUP_OVERHEAD_MB + int(companion_mb)
+
+
+def sandbox_memory_budget_mb() -> int:
+    """The memory all runs of this process may hold together: ``KNAPSACK_TRL_SANDBOX_MEMORY_MB``,
+    else half of this machine's memory (or of this process's cgroup limit, where lower), leaving
+    the other half to the trainer. Runs wait for room, so the sum of their bounds always fits."""
+    raw = os.environ.get(MEMORY_ENV, "").strip()
     if raw:
-        try:
-            value = int(raw)
-        except ValueError:
-            value = 0
-        if value < 1:
-            raise ValueError(f"{CONCURRENCY_ENV} must be a positive integer, got {raw!r}")
-        return value
+        return _positive(MEMORY_ENV, raw)
+    return max(1, _machine_memory_mb() // 2)
+
+
+def _max_runs() -> int:
+    raw = os.environ.get(CONCURRENCY_ENV, "").strip()
+    return _positive(CONCURRENCY_ENV, raw) if raw else 64
+
+
+def _positive(name: str, raw: str) -> int:
     try:
-        total_mb = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // (1024 * 1024)
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {raw!r}")
+    return value
+
+
+def _machine_memory_mb() -> int:
+    """Physical memory, or the memory limit of this process's cgroup where that is lower."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError):
-        total_mb = 16384
-    return max(4, min(64, total_mb // 256))
-
-
-_SLOTS: threading.BoundedSemaphore | None = None
-_SLOTS_LOCK = threading.Lock()
-
-
-@contextmanager
-def _slot() -> Iterator[None]:
-    """Hold one of the process-wide sandbox slots."""
-    global _SLOTS
-    with _SLOTS_LOCK:
-        if _SLOTS is None:
-            _SLOTS = threading.BoundedSemaphore(sandbox_concurrency())
-        slots = _SLOTS
-    slots.acquire()
+        total = 16 << 30
     try:
-        yield
-    finally:
-        slots.release()
+        mounts, membership = _cgroup_mounts(), _cgroup_membership()
+    except OSError:
+        mounts, membership = {}, {}
+    limits = []
+    if "cgroup2" in mounts and "" in membership:
+        limits.append(os.path.join(mounts["cgroup2"], membership[""].lstrip("/"), "memory.max"))
+    if "memory" in mounts and "memory" in membership:
+        limits.append(
+            os.path.join(mounts["memory"], membership["memory"].lstrip("/"), "memory.limit_in_bytes")
+        )
+    for path in limits:
+        with suppress(OSError, ValueError):
+            total = min(total, int(Path(path).read_text().strip()))
+    return total // (1 << 20)
+
+
+class _MemoryBudget:
+    """The process-wide admission of runs: a count and the sum of their memory bounds."""
+
+    def __init__(self, runs: int, memory_mb: int) -> None:
+        self.runs, self.memory_mb = runs, memory_mb
+        self.used_runs = self.used_mb = 0
+        self.changed = threading.Condition()
+
+    @contextmanager
+    def hold(self, bound_mb: int) -> Iterator[None]:
+        if bound_mb > self.memory_mb:  # checked with the run's settings; the budget may have changed
+            raise ValueError(f"a run bounded at {bound_mb} MB does not fit {MEMORY_ENV}={self.memory_mb}")
+        with self.changed:
+            self.changed.wait_for(
+                lambda: self.used_runs < self.runs and self.used_mb + bound_mb <= self.memory_mb
+            )
+            self.used_runs += 1
+            self.used_mb += bound_mb
+        try:
+            yield
+        finally:
+            with self.changed:
+                self.used_runs -= 1
+                self.used_mb -= bound_mb
+                self.changed.notify_all()
+
+
+_BUDGETS: dict[tuple[int, int], _MemoryBudget] = {}
+_BUDGETS_LOCK = threading.Lock()
+
+
+def _slot(bound_mb: int) -> contextlib.AbstractContextManager[None]:
+    """Hold room for one run of ``bound_mb`` in the process-wide budget (waiting for it if needed)."""
+    key = (_max_runs(), sandbox_memory_budget_mb())
+    with _BUDGETS_LOCK:
+        budget = _BUDGETS.get(key)
+        if budget is None:  # the settings changed: runs already admitted keep their old budget
+            budget = _BUDGETS[key] = _MemoryBudget(*key)
+    return budget.hold(bound_mb)
 
 
 # Runs the launcher from the precompiled code object at the head of the config file: a script
