@@ -447,3 +447,59 @@ def test_runs_wait_for_memory_so_the_sum_of_bounds_fits_the_budget(monkeypatch):
     assert most <= 2, spans
     with pytest.raises(ValueError, match=sandbox.MEMORY_ENV):
         sandbox.run_python("pass", memory_mb=3 * bound)
+
+
+# --- class 6: load never makes correct code fail --------------------------------------------------
+
+SPIN_PROMPT = 'def spin(n):\n    """Return the sum of i * i % 7 for i below n."""\n'
+SPIN_CODE = "    total = 0\n    for i in range(n):\n        total += i * i % 7\n    return total\n"
+
+
+def spin(n: int) -> int:
+    exec(SPIN_PROMPT + SPIN_CODE, namespace := {})
+    return namespace["spin"](n)
+
+
+@needs_isolation
+def test_correct_cpu_bound_solutions_pass_under_load():
+    # Calibrated here: a call that takes a third of its limit alone. Under load (a busy core and
+    # eight CPU-bound candidates at once on this machine's cores) each gets a fraction of a core, so
+    # a wall clock would charge it several times its work; the candidate's clock charges only that.
+    n = 200_000
+    while True:
+        start = time.process_time()
+        expected = spin(n)
+        solo = time.process_time() - start
+        if solo >= 0.1:
+            break
+        n *= 2
+    test = f"def check(candidate):\n    assert candidate({n}) == {expected}\n"
+    k = 8
+    metrics: dict[str, float] = {}
+    reward = make_humaneval_reward(timeout_s=3 * solo, max_workers=k)
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        scores = reward(
+            [SPIN_CODE] * k, test=[test] * k, entry_point=["spin"] * k, prompt=[SPIN_PROMPT] * k,
+            log_metric=lambda name, value: metrics.update({name: value}),
+        )  # fmt: skip
+    finally:
+        hog.kill()
+        hog.wait()
+    assert scores == [1.0] * k, (scores, solo)
+    assert metrics["humaneval/wall_clock"] == 0.0  # every judge found its candidate's clock
+
+
+@needs_isolation
+def test_the_candidates_clock_still_charges_sleeping_and_looping_in_full():
+    # Correct answers, after 2 s of sleep or of a busy loop: over the 1 s limit, within the 4 s
+    # a wait may stretch to. Only waiting for a CPU is not charged.
+    sleeper = "    import time\n    time.sleep(2.0)\n    return a + b\n"
+    looper = "    import time\n    end = time.monotonic() + 2.0\n    while time.monotonic() < end:\n        pass\n    return a + b\n"
+    metrics: dict[str, float] = {}
+    reward = make_humaneval_reward(timeout_s=1.0)
+    scores = reward(
+        [sleeper, looper, "    return a + b\n"], test=[ADD_TEST] * 3, entry_point=["add"] * 3, prompt=[ADD_PROMPT] * 3,
+        log_metric=lambda name, value: metrics.update({name: value}),
+    )  # fmt: skip
+    assert scores == [0.0, 0.0, 1.0] and metrics["humaneval/wall_clock"] == 0.0

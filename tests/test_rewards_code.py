@@ -739,7 +739,7 @@ def test_accepts_every_keyword_trl_passes():
         prompt_id=["abc", "abc"],
     )
     assert scores == [1.0, 0.0]
-    assert logged == {"humaneval/sandbox_errors": 0.0}
+    assert logged == {"humaneval/sandbox_errors": 0.0, "humaneval/wall_clock": 0.0}
 
 
 def test_judge_completion_is_the_single_completion_entry_point():

@@ -244,45 +244,84 @@ MAX_STRETCH = 4.0  # a wait may last this many times its charged limit in wall-c
 
 
 class CandidateClock:
-    """The candidate's time: wall-clock time minus the time its process waited for a CPU.
+    """The candidate's time: wall-clock time minus the time its process, or the judge waiting on
+    it, waited for a CPU.
 
     On a machine running more sandboxes than cores, a correct but CPU-bound solution would
     otherwise time out for the machine's load; a sleeping or looping one is charged in full. The
     kernel's per-task run delay (``/proc/<pid>/schedstat``) is not something the candidate can
     forge; it can only raise its own by competing with itself, which :data:`MAX_STRETCH` bounds.
-    Without schedstat (or the process) this is the wall clock.
+
+    The program's process is found by :meth:`attach` once the program has greeted the judge, so
+    it exists then: found by the shape of the launcher's tree, never by racing its start. Without
+    schedstat (or the process) the candidate's share is the wall clock (:attr:`kind` says which).
     """
 
     def __init__(self, launcher_pid: int | None) -> None:
-        self.path = None
-        if launcher_pid:
-            pid = launcher_pid
-            for _ in range(3):  # launcher -> setup -> init -> the program (the server)
-                pid = _only_child(pid)
-                if pid is None:
-                    break
-            else:
-                self.path = f"/proc/{pid}/schedstat"
+        self.launcher_pid = launcher_pid
+        self.path: str | None = None
+
+    def attach(self) -> None:
+        """Find the program's process (call after its first message: it is alive and forked)."""
+        pid = _program_pid(self.launcher_pid) if self.launcher_pid else None
+        if pid is not None and _delay(f"/proc/{pid}/schedstat") is not None:
+            self.path = f"/proc/{pid}/schedstat"
+
+    @property
+    def kind(self) -> str:
+        """``"candidate"`` when the program's run delay is subtracted, else ``"wall"``."""
+        return "candidate" if self.path else "wall"
 
     def run_delay(self) -> float:
-        """Seconds the program's main thread has spent runnable but not running."""
-        if self.path is None:
-            return 0.0
+        """Seconds the program's main thread and this judge have spent runnable but not running."""
+        own = _delay("/proc/thread-self/schedstat") or 0.0
+        program = _delay(self.path) if self.path else None
+        return own + (program or 0.0)
+
+
+def _delay(path: str) -> float | None:
+    """The run delay in a schedstat file, in seconds (None where it cannot be read)."""
+    try:
+        with open(path, encoding="ascii") as fh:
+            return int(fh.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _program_pid(launcher_pid: int) -> int | None:
+    """The program's pid: launcher -> setup -> init (each the only child of the one before) -> the
+    program, init's first child (pid 2 of its namespace; init's only child without one)."""
+    setup = _only_child(launcher_pid)
+    init = _only_child(setup) if setup else None
+    if init is None:
+        return None
+    children = _children(init)
+    if len(children) == 1:
+        return children[0]
+    for child in children:
         try:
-            with open(self.path, encoding="ascii") as fh:
-                return int(fh.read().split()[1]) / 1e9
-        except (OSError, ValueError, IndexError):
-            return 0.0
+            with open(f"/proc/{child}/status", encoding="ascii") as fh:
+                nspid = next(line.split()[1:] for line in fh if line.startswith("NSpid:"))
+        except (OSError, StopIteration):
+            continue
+        if nspid and nspid[-1] == "2":
+            return child
+    return None
+
+
+def _children(pid: int) -> list[int]:
+    """The children of ``pid``'s main thread, read from /proc."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as fh:
+            return [int(child) for child in fh.read().split()]
+    except OSError:
+        return []
 
 
 def _only_child(pid: int) -> int | None:
-    """The single child of ``pid``, read from /proc (None if it has none or several)."""
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as fh:
-            children = fh.read().split()
-    except OSError:
-        return None
-    return int(children[0]) if len(children) == 1 else None
+    """The single child of ``pid`` (None if it has none or several)."""
+    children = _children(pid)
+    return children[0] if len(children) == 1 else None
 
 
 class Channel:
@@ -311,6 +350,7 @@ class Channel:
         if hello != {"hello": 1}:
             self.dead = "the sandbox's first message was not its greeting"
             return
+        self.clock.attach()  # the program exists: it just wrote to us
         try:
             loaded = self._receive(self.budget_s)
         except CandidateError as err:
@@ -376,9 +416,11 @@ class Channel:
                 if self.scanned > self.max_message_bytes:
                     raise CandidateError(f"a message over {self.max_message_bytes} bytes")
                 remaining = timeout_s - used()
-                if remaining <= 0 or time.monotonic() - start >= MAX_STRETCH * timeout_s:
+                stretch = start + MAX_STRETCH * timeout_s - time.monotonic()
+                if remaining <= 0 or stretch <= 0:
                     raise CandidateError("timed out")
-                if not select.select([self.responses], [], [], min(remaining, 0.05))[0]:
+                # Charged time runs no faster than the wall clock: wake when it could be up.
+                if not select.select([self.responses], [], [], min(remaining, stretch))[0]:
                     continue
                 chunk = os.read(self.responses, 1 << 16)
                 if not chunk:
@@ -542,7 +584,7 @@ def run_check(config: dict, channel: Channel) -> dict:
         verdict["finished"] = True
     except Exception as err:
         verdict["failure"] = f"{type(err).__name__}: {err}"[:300]
-    verdict.update(calls=channel.calls, **counts)
+    verdict.update(calls=channel.calls, clock=channel.clock.kind, **counts)
     return verdict
 
 

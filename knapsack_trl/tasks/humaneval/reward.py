@@ -180,10 +180,14 @@ def make_humaneval_reward(
             _judge_job, fraction=fraction, timeout_s=timeout_s, call_timeout_s=per_call, memory_mb=memory_mb
         )
         with ThreadPoolExecutor(max_workers=pool_size(n, max_workers, memory_mb)) as pool:
-            scores = list(pool.map(judge, jobs))
+            judged = list(pool.map(judge, jobs))
+        scores = [score for score, _ in judged]
         log_metric = kwargs.get("log_metric")
         if callable(log_metric) and n:
             log_metric("humaneval/sandbox_errors", sum(s is None for s in scores) / n)
+            # Judges that could not read the candidate's clock and charged it wall time (load then
+            # counts against it): should be 0.
+            log_metric("humaneval/wall_clock", sum(clock == "wall" for _, clock in judged) / n)
         return scores
 
     reward.__name__ = reward.__qualname__ = name
@@ -207,19 +211,20 @@ def _judge_job(
     timeout_s: float,
     call_timeout_s: float,
     memory_mb: int,
-) -> float | None:
-    """The judged score of one job; a failure of the harness (ours, not the candidate's) is None."""
+) -> tuple[float | None, str | None]:
+    """The judged score of one job (a failure of the harness, ours and not the candidate's, is
+    None) and the clock its judge charged the candidate by (None without a verdict)."""
     code, prefix, tests, entry = job
     if code is None:
-        return 0.0
+        return 0.0, None
     try:
-        return judge_completion(
+        return _judge(
             prefix, code, tests, entry, fraction=fraction, timeout_s=timeout_s,
             call_timeout_s=call_timeout_s, memory_mb=memory_mb,
         )  # fmt: skip
     except Exception as err:  # a bug of ours must not lose the batch: this rollout only
         _log_once("harness", f"the HumanEval harness failed: {type(err).__name__}: {err}")
-        return None
+        return None, None
 
 
 def pool_size(n: int, max_workers: int | None = None, memory_mb: int = 1024) -> int:
@@ -244,6 +249,24 @@ def judge_completion(
 
     Returns 1.0 / 0.0 (or the fraction), or None when the harness (not the candidate) failed.
     """
+    return _judge(
+        code_prompt, code, test, entry_point, fraction=fraction, timeout_s=timeout_s,
+        call_timeout_s=call_timeout_s, memory_mb=memory_mb,
+    )[0]  # fmt: skip
+
+
+def _judge(
+    code_prompt: str,
+    code: str,
+    test: str,
+    entry_point: str,
+    *,
+    fraction: bool,
+    timeout_s: float,
+    call_timeout_s: float | None,
+    memory_mb: int,
+) -> tuple[float | None, str | None]:
+    """:func:`judge_completion`'s score and the clock the judge charged the candidate by."""
     program = _server_source(entry_point)
     candidate = build_candidate(code_prompt, code)
     sandbox_timeout = _STARTUP_S + harness.MAX_STRETCH * timeout_s + _JUDGE_SLACK_S
@@ -287,8 +310,9 @@ def judge_completion(
         result = run.stop()
     if result.status == "error":
         _log_once("sandbox", f"the sandbox could not run a HumanEval program: {result.stderr[-500:]}")
-        return None
-    return score_verdict(verdict, fraction=fraction, note=judge_note)
+        return None, None
+    clock = verdict.get("clock") if isinstance(verdict, dict) else None
+    return score_verdict(verdict, fraction=fraction, note=judge_note), clock
 
 
 def score_verdict(verdict: object, *, fraction: bool, note: str = "") -> float | None:
