@@ -9,6 +9,8 @@ must refuse. ``tests/test_sandbox_users.py`` runs the same classes as another ui
 from __future__ import annotations
 
 import contextlib
+import errno
+import json
 import os
 import shutil
 import subprocess
@@ -40,7 +42,10 @@ def isolated() -> bool:
         return False
 
 
-needs_isolation = pytest.mark.skipif(not isolated(), reason="this machine cannot isolate untrusted code")
+needs_isolation = pytest.mark.skipif(
+    not isolated(),
+    reason="this machine cannot isolate untrusted code: the runners refuse (the class 2 and 7 tests)",
+)
 
 
 def add_scores(completions: list[str], *, fraction: bool = False, timeout_s: float = 2.0) -> list:
@@ -76,19 +81,22 @@ def test_a_candidate_that_ends_its_own_run_scores_zero_never_none(fraction):
     assert dict(zip(ENDINGS, scores)) == dict.fromkeys(ENDINGS, 0.0)
 
 
+# Sends init every signal it can, then says whether it is still init's child.
+INIT_SIGNALLER = (
+    "import os, signal, time\n"
+    "for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGKILL):\n"
+    "    try:\n"
+    "        os.kill(1, sig)\n"
+    "    except PermissionError:\n"  # as root the program's pool uid may not signal init at all
+    "        pass\n"
+    "time.sleep(0.3)\n"
+    "print('survived', os.getppid())\n"
+)
+
+
 @needs_isolation
 def test_init_ignores_the_signals_a_program_can_send_it():
-    source = (
-        "import os, signal, time\n"
-        "for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGKILL):\n"
-        "    try:\n"
-        "        os.kill(1, sig)\n"
-        "    except PermissionError:\n"  # as root the program's pool uid may not signal init at all
-        "        pass\n"
-        "time.sleep(0.3)\n"
-        "print('survived', os.getppid())\n"
-    )
-    result = sandbox.run_python(source)
+    result = sandbox.run_python(INIT_SIGNALLER)
     assert (result.status, result.stdout.split()) == ("ok", ["survived", "1"]), result
 
 
@@ -268,46 +276,47 @@ def test_the_unsafe_opt_in_as_root_keeps_the_judge_out_of_the_programs_reach(mon
 # --- class 5: only the socket families a candidate needs ------------------------------------------
 
 
+# Opens a socket of every family and type, and socket pairs of a few; prints the errnos (0: opened).
+SOCKET_PROBE = (
+    "import json, socket\n"
+    "seen = {}\n"
+    "for family in range(0, 64):\n"
+    "    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM, socket.SOCK_RAW, socket.SOCK_SEQPACKET):\n"
+    "        try:\n"
+    "            socket.socket(family, kind).close()\n"
+    "            seen.setdefault(family, []).append(0)\n"
+    "        except OSError as err:\n"
+    "            seen.setdefault(family, []).append(err.errno)\n"
+    "pairs = {}\n"
+    "for family in (socket.AF_UNIX, socket.AF_INET, 40, 16):\n"
+    "    try:\n"
+    "        a, b = socket.socketpair(family)\n"
+    "        pairs[family] = 0\n"
+    "    except OSError as err:\n"
+    "        pairs[family] = err.errno\n"
+    "print(json.dumps({'seen': seen, 'pairs': pairs}))\n"
+)
+
+
+def check_socket_report(stdout: str) -> None:
+    """AF_INET and AF_INET6 open; every other family, and socket pairs but AF_UNIX, fail with
+    EPERM: the filter's answer (the kernel's for a family it lacks is EAFNOSUPPORT)."""
+    report = json.loads(stdout)
+    seen = {int(k): v for k, v in report["seen"].items()}
+    assert 0 in seen[2] + seen[10]
+    refused = {family: codes for family, codes in seen.items() if family not in (2, 10)}
+    assert refused == {family: [errno.EPERM] * 4 for family in refused}
+    pairs = {int(k): v for k, v in report["pairs"].items()}
+    assert pairs == {1: 0, 2: errno.EPERM, 40: errno.EPERM, 16: errno.EPERM}
+
+
 @needs_isolation
 def test_only_internet_socket_families_can_be_opened():
     # Families the network namespace does not cover (AF_VSOCK reaches the host of a VM, AF_NETLINK,
-    # AF_PACKET, AF_ALG, AF_BLUETOOTH, ... and any the kernel adds) never reach the kernel: EPERM
-    # comes from the filter (the kernel answers EAFNOSUPPORT for a family it lacks).
-    source = (
-        "import json, socket\n"
-        "seen = {}\n"
-        "for family in range(0, 64):\n"
-        "    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM, socket.SOCK_RAW, socket.SOCK_SEQPACKET):\n"
-        "        try:\n"
-        "            socket.socket(family, kind).close()\n"
-        "            seen.setdefault(family, []).append(0)\n"
-        "        except OSError as err:\n"
-        "            seen.setdefault(family, []).append(err.errno)\n"
-        "pairs = {}\n"
-        "for family in (socket.AF_UNIX, socket.AF_INET, 40, 16):\n"
-        "    try:\n"
-        "        a, b = socket.socketpair(family)\n"
-        "        pairs[family] = 0\n"
-        "    except OSError as err:\n"
-        "        pairs[family] = err.errno\n"
-        "print(json.dumps({'seen': seen, 'pairs': pairs}))\n"
-    )
-    result = sandbox.run_python(source)
+    # AF_PACKET, AF_ALG, AF_BLUETOOTH, ... and any the kernel adds) never reach the kernel.
+    result = sandbox.run_python(SOCKET_PROBE)
     assert result.status == "ok", result
-    import errno
-    import json
-
-    report = json.loads(result.stdout)
-    seen = {int(k): v for k, v in report["seen"].items()}
-    assert 0 in seen[2] + seen[10]  # AF_INET and AF_INET6 open (inside the empty namespace)
-    refused = {family: codes for family, codes in seen.items() if family not in (2, 10)}
-    assert refused == {family: [errno.EPERM] * 4 for family in refused}
-    assert {int(k): v for k, v in report["pairs"].items()} == {
-        1: 0,
-        2: errno.EPERM,
-        40: errno.EPERM,
-        16: errno.EPERM,
-    }
+    check_socket_report(result.stdout)
 
 
 # --- class 3: the trusted side is bounded ---------------------------------------------------------
@@ -380,19 +389,57 @@ def test_the_judges_channel_keeps_a_hostile_reply_small():
         requests_w, responses_r, call_timeout_s=30.0, total_timeout_s=30.0, startup_timeout_s=30.0,
         max_message_bytes=len(hostile) + 16, clock=harness.CandidateClock(None),
     )  # fmt: skip
-    writer = threading.Thread(target=lambda: os.write(responses_w, hostile) and os.close(responses_w))
+
+    def sandbox_side() -> None:  # answers the call, as a hostile sandbox would
+        with contextlib.suppress(OSError):
+            os.read(requests_r, 1 << 16)
+            os.write(responses_w, hostile)
+
+    writer = threading.Thread(target=sandbox_side)
+    writer.start()
     tracemalloc.start()
     try:
-        writer.start()
         with pytest.raises(harness.CandidateError, match="elements"):
             channel.call((1, 2), {})
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
+        for fd in (responses_r, requests_w):  # a writer still blocked gets EPIPE
+            os.close(fd)
         writer.join()
-        for fd in (requests_r, requests_w, responses_r):
+        for fd in (requests_r, responses_w):
             os.close(fd)
     assert peak < 4 * len(hostile), peak  # the bytes themselves and a copy or two, never the objects
+
+
+# Wrong solutions that answer their first call with raw bytes on the reply pipe, shaped to be
+# expensive to decode: a set of 50,000 ints that share one hash (quadratic to build), 4 MiB of
+# empty lists (~200 MiB once parsed).
+HOSTILE_REPLIES = {
+    "hash-colliding set": (
+        "    import os, time\n"
+        "    items = b','.join(str(k * (2**61 - 1)).encode() for k in range(1, 50_001))\n"
+        '    os.write(4, b\'{"id":0,"ok":{"set":[\' + items + b\']}}\\n\')\n'
+        "    time.sleep(60)\n"
+    ),
+    "4 MiB of empty lists": (
+        "    import os, time\n"
+        "    os.write(4, b'{\"id\":0,\"ok\":[' + b'[],' * 1_398_000 + b'[]]}\\n')\n"
+        "    time.sleep(60)\n"
+    ),
+}
+
+
+@needs_isolation
+def test_hostile_replies_score_zero_without_holding_the_judge():
+    from knapsack_trl.tasks.humaneval import reward
+
+    timeout_s = 2.0
+    deadline = reward._STARTUP_S + harness.MAX_STRETCH * timeout_s + reward._JUDGE_SLACK_S
+    start = time.monotonic()
+    scores = add_scores(list(HOSTILE_REPLIES.values()), timeout_s=timeout_s)
+    assert dict(zip(HOSTILE_REPLIES, scores)) == dict.fromkeys(HOSTILE_REPLIES, 0.0)
+    assert time.monotonic() - start < deadline / 2  # refused on arrival, not held to the deadline
 
 
 @needs_isolation

@@ -22,6 +22,16 @@ import uuid
 from pathlib import Path
 
 import pytest
+from test_redteam_sandbox import ADD_TEST as NONZERO_ADD_TEST
+from test_redteam_sandbox import (
+    ENDINGS,
+    HOSTILE_REPLIES,
+    INIT_SIGNALLER,
+    SOCKET_PROBE,
+    SPIN_CODE,
+    SPIN_PROMPT,
+    check_socket_report,
+)
 
 from knapsack_trl.tasks.sandbox import runner as sandbox
 
@@ -317,3 +327,74 @@ def test_without_namespaces_timeouts_and_escaped_processes_are_still_handled(mon
     while _live(marker) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _live(marker), "an escaped process outlived the run"
+
+
+REDTEAM_BODY = """
+import subprocess, time
+out["caps"] = sorted(sandbox.require_isolation("test"))
+
+
+def scores(codes, prompt, test, entry, **settings):
+    reward = make_humaneval_reward(**settings)
+    metrics = {{}}
+    n = len(codes)
+    got = reward(codes, test=[test] * n, entry_point=[entry] * n, prompt=[prompt] * n,
+                 log_metric=lambda name, value: metrics.update({{name: value}}))
+    return got, metrics
+
+
+endings, hostile = {endings!r}, {hostile!r}
+out["endings"] = dict(zip(endings, scores(list(endings.values()), {prompt!r}, {test!r}, "add", timeout_s=2.0)[0]))
+r = sandbox.run_python({init_signaller!r})
+out["init"] = [r.status, r.stdout.split()]
+start = time.monotonic()
+out["hostile"] = dict(zip(hostile, scores(list(hostile.values()), {prompt!r}, {test!r}, "add", timeout_s=2.0)[0]))
+out["hostile_s"] = time.monotonic() - start
+r = sandbox.run_python({socket_probe!r})
+out["sockets"] = [r.status, r.stdout]
+spin_ns = {{}}
+exec({spin_prompt!r} + {spin_code!r}, spin_ns)
+n = 200_000
+while True:
+    begin = time.process_time()
+    expected = spin_ns["spin"](n)
+    solo = time.process_time() - begin
+    if solo >= 0.1:
+        break
+    n *= 2
+hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+try:
+    out["load"] = scores([{spin_code!r}] * 8, {spin_prompt!r}, f"def check(candidate):\\n    assert candidate({{n}}) == {{expected}}\\n",
+                         "spin", timeout_s=3 * solo, max_workers=8)
+finally:
+    hog.kill()
+    hog.wait()
+"""
+
+
+@needs_root_tools
+@pytest.mark.parametrize("caller", ["unprivileged", "root without CAP_SYS_ADMIN"])
+def test_the_red_team_classes_hold_for_every_caller(driver_dir, caller):
+    body = REDTEAM_BODY.format(
+        endings=ENDINGS, hostile=HOSTILE_REPLIES, prompt=ADD_PROMPT, test=NONZERO_ADD_TEST,
+        init_signaller=INIT_SIGNALLER, socket_probe=SOCKET_PROBE, spin_prompt=SPIN_PROMPT, spin_code=SPIN_CODE,
+    )  # fmt: skip
+    if caller == "unprivileged":
+        out, stderr = run_driver(driver_dir, body, uid=free_uid(4500))
+        if "userns" not in out["caps"]:
+            pytest.skip(f"unprivileged user namespaces are disabled on this machine: {stderr[-300:]}")
+    else:
+        out, stderr = run_driver(driver_dir, body, drop_sys_admin=True)
+    assert {*sandbox.REQUIRED_ISOLATION, "userns"} <= set(out["caps"])
+    # class 1: ending its own run (signals to init, to its group, exits) scores 0.0, never None
+    assert out["endings"] == dict.fromkeys(ENDINGS, 0.0)
+    assert out["init"] == ["ok", ["survived", "1"]]
+    # class 3: replies built to be expensive to decode are refused on arrival
+    assert out["hostile"] == dict.fromkeys(HOSTILE_REPLIES, 0.0)
+    assert out["hostile_s"] < 30.0  # the judge's deadline is 48 s: never held to it
+    # class 5: only AF_INET and AF_INET6
+    assert out["sockets"][0] == "ok", out["sockets"]
+    check_socket_report(out["sockets"][1])
+    # class 6: correct CPU-bound code under load passes, each judge on its candidate's clock
+    load_scores, metrics = out["load"]
+    assert load_scores == [1.0] * 8 and metrics["humaneval/wall_clock"] == 0.0, out["load"]

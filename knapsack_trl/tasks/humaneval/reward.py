@@ -164,14 +164,14 @@ def make_humaneval_reward(
         prompt: Sequence[Any] | None = None,
         **kwargs: Any,
     ) -> list[float | None]:
-        if not checked.is_set():
-            preflight()
         n = len(completions)
-        prefixes = _code_prefixes(n, kwargs.get("code_prompt"), prompt, kwargs.get("prompts"))
         if len(test) != n or len(entry_point) != n:
             raise ValueError(
                 f"humaneval reward: got {n} completions but {len(test)} tests, {len(entry_point)} entry points"
             )
+        if not checked.is_set():
+            preflight()
+        prefixes = _code_prefixes(n, kwargs.get("code_prompt"), prompt, kwargs.get("prompts"))
         jobs = [
             _job(completion, prefix, tests, entry)
             for completion, prefix, tests, entry in zip(completions, prefixes, test, entry_point)
