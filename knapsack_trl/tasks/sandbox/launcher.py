@@ -5,12 +5,16 @@ once and starts it for every sandboxed program. Process tree of one run::
 
     launcher (caller's uid, host namespaces: keeps the clock, writes uid maps, kills everything at the end)
       └─ setup  (joins the run's cgroup, creates the namespaces, builds the root file system)
-          └─ init  (pid 1 of the new pid namespace: pivots into the new root, reaps orphans)
-              └─ program  (limits, unprivileged uid, seccomp, then exec python)
+          └─ init  (pid 1 of the new pid namespace: pivots into the new root, reaps orphans,
+              │        ignores every signal the program can send it)
+              └─ program  (limits, unprivileged uid, seccomp, the required measures checked, then
+                           exec python)
 
 The caller's half (:mod:`~knapsack_trl.tasks.sandbox.runner`) prepares everything that needs the caller's
 knowledge (the uid, the cgroup, which host paths to show); this half only executes it and reports,
-as marshalled dicts on ``report_fd``, which measures took effect.
+as marshalled dicts on ``report_fd``, which measures took effect, and ``started`` just before the
+program's exec (after it, however the run ends is the program's doing, never a setup failure).
+The runner also imports this module for :data:`REQUIRED_ISOLATION` and :func:`missing_isolation`.
 """
 
 from __future__ import annotations

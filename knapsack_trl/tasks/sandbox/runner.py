@@ -23,10 +23,12 @@ session with an empty environment), which forks a setup process, an init process
   other callers run it as themselves inside their user namespace. Never as uid 0: the launcher
   refuses. No supplementary groups, ``no_new_privs``.
 - **seccomp**: keyrings, SysV IPC, ``memfd_create``, namespace and mount changes, ptrace, bpf,
-  io_uring and similar calls fail with EPERM, so no kernel object outlives the run.
+  io_uring and similar calls fail with EPERM, so no kernel object outlives the run; sockets only
+  of the families the network namespace confines (AF_INET, AF_INET6; socket pairs AF_UNIX).
 - **Memory**: a cgroup per run bounds the whole process tree (page cache and tmpfs included) where
   one can be created (cgroup v2 with the memory controller delegated to us, else v1 as root); else
-  the weaker bound is ``RLIMIT_AS`` per process times ``max_processes``, with memfd refused.
+  the weaker bound is ``RLIMIT_AS`` per process times ``max_processes``, with memfd refused. Runs
+  are admitted only while the sum of their bounds fits :func:`sandbox_memory_budget_mb`.
 - **Resource limits**: ``RLIMIT_AS``, ``RLIMIT_CPU``, ``RLIMIT_FSIZE`` (stdout and stderr
   included), ``RLIMIT_NPROC``, ``RLIMIT_CORE`` 0, ``RLIMIT_NOFILE``, ``RLIMIT_MSGQUEUE`` 0.
 - **Environment and output**: a fixed minimal environment, never the caller's; stdout and stderr go
@@ -35,7 +37,9 @@ session with an empty environment), which forks a setup process, an init process
 
 :func:`sandbox_capabilities` reports which measures this machine provides; :func:`require_isolation`
 raises :class:`SandboxUnavailableError` (what is missing, how to enable it) when one that untrusted
-code needs is absent, unless ``KNAPSACK_TRL_UNSAFE_SANDBOX=1`` accepts the risk (still never as root).
+code needs is absent, unless root sets ``KNAPSACK_TRL_UNSAFE_SANDBOX=1`` (the program then runs as
+a pool uid; any other caller is refused). :func:`run_python` and :func:`start_python` check it
+before every run, and the launcher checks the run's own measures again before the program's exec.
 """
 
 from __future__ import annotations
