@@ -79,7 +79,10 @@ if {no_namespaces!r}:
 from knapsack_trl.tasks.sandbox import runner as sandbox
 from knapsack_trl.tasks.humaneval.reward import judge_completion, make_humaneval_reward
 out = {{}}
+try:
 {body}
+except sandbox.SandboxUnavailableError as err:  # this machine (or this process) has no namespaces
+    out = {{"unavailable": str(err)}}
 print(json.dumps(out))
 """
 
@@ -111,7 +114,8 @@ def run_driver(
 ) -> tuple[dict, str]:
     """Run ``body`` in a driver process; its ``out`` dict and its stderr."""
     script = copy / f"driver-{uuid.uuid4().hex}.py"
-    script.write_text(DRIVER.format(copy=str(copy), no_namespaces=no_namespaces, body=textwrap.dedent(body)))
+    body = textwrap.indent(textwrap.dedent(body), "    ")
+    script.write_text(DRIVER.format(copy=str(copy), no_namespaces=no_namespaces, body=body))
     script.chmod(0o644)
     cmd = [python or world_python(), "-I", str(script)]
     if uid is not None:
@@ -130,6 +134,15 @@ def run_driver(
     return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
 
 
+def isolated_driver(copy: Path, body: str, **kwargs) -> tuple[dict, str]:
+    """:func:`run_driver` for a body that needs full isolation; skips where the kernel gives none
+    (e.g. this suite itself runs under a seccomp filter that refuses namespaces)."""
+    out, stderr = run_driver(copy, body, **kwargs)
+    if "unavailable" in out:
+        pytest.skip(f"no isolation for this caller here: {out['unavailable'][:200]}")
+    return out, stderr
+
+
 SCORE_BODY = """
 caps = sandbox.require_isolation("test")
 out["caps"] = sorted(caps)
@@ -146,7 +159,7 @@ out["scores"] = [
 @needs_root_tools
 def test_unprivileged_uid_other_than_65534_is_isolated_and_scores_correct_code(driver_dir):
     uid = free_uid(4242)
-    out, stderr = run_driver(driver_dir, SCORE_BODY.format(prompt=ADD_PROMPT, test=ADD_TEST), uid=uid)
+    out, stderr = isolated_driver(driver_dir, SCORE_BODY.format(prompt=ADD_PROMPT, test=ADD_TEST), uid=uid)
     if "userns" not in out["caps"]:
         pytest.skip(f"unprivileged user namespaces are disabled on this machine: {stderr[-300:]}")
     assert {*sandbox.REQUIRED_ISOLATION, "userns"} <= set(out["caps"])
@@ -158,7 +171,9 @@ def test_unprivileged_uid_other_than_65534_is_isolated_and_scores_correct_code(d
 
 @needs_root_tools
 def test_root_without_cap_sys_admin_isolates_through_a_user_namespace(driver_dir):
-    out, _ = run_driver(driver_dir, SCORE_BODY.format(prompt=ADD_PROMPT, test=ADD_TEST), drop_sys_admin=True)
+    out, _ = isolated_driver(
+        driver_dir, SCORE_BODY.format(prompt=ADD_PROMPT, test=ADD_TEST), drop_sys_admin=True
+    )
     assert {*sandbox.REQUIRED_ISOLATION, "userns"} <= set(out["caps"])
     assert any(c.startswith("uid:") for c in out["caps"])  # a pool uid, mapped into the namespace
     assert out["status"] == "failed" and out["unreachable"]
@@ -380,11 +395,11 @@ def test_the_red_team_classes_hold_for_every_caller(driver_dir, caller):
         init_signaller=INIT_SIGNALLER, socket_probe=SOCKET_PROBE, spin_prompt=SPIN_PROMPT, spin_code=SPIN_CODE,
     )  # fmt: skip
     if caller == "unprivileged":
-        out, stderr = run_driver(driver_dir, body, uid=free_uid(4500))
+        out, stderr = isolated_driver(driver_dir, body, uid=free_uid(4500))
         if "userns" not in out["caps"]:
             pytest.skip(f"unprivileged user namespaces are disabled on this machine: {stderr[-300:]}")
     else:
-        out, stderr = run_driver(driver_dir, body, drop_sys_admin=True)
+        out, stderr = isolated_driver(driver_dir, body, drop_sys_admin=True)
     assert {*sandbox.REQUIRED_ISOLATION, "userns"} <= set(out["caps"])
     # class 1: ending its own run (signals to init, to its group, exits) scores 0.0, never None
     assert out["endings"] == dict.fromkeys(ENDINGS, 0.0)
