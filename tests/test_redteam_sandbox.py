@@ -18,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -135,15 +136,19 @@ def world_python() -> str | None:
     return None
 
 
-@pytest.fixture
-def drop_box():
-    """A directory every uid may write: where a program that ran would leave its mark."""
+def new_drop_box() -> Iterator[Path]:
+    """A directory every uid may write (removed afterwards): where a program that ran leaves its mark."""
     path = Path(tempfile.mkdtemp(prefix="knapsack-redteam-"))
     path.chmod(0o777)
     try:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def drop_box() -> Iterator[Path]:
+    yield from new_drop_box()
 
 
 def test_exported_runners_refuse_without_isolation(monkeypatch, drop_box):

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from test_redteam_sandbox import needs_isolation
+from test_redteam_sandbox import needs_isolation, world_python
 
 from knapsack_trl.tasks.sandbox import runner as sandbox
 from knapsack_trl.tasks.sandbox.launcher import SYSCALLS
@@ -509,14 +509,6 @@ def test_keyring_entries_never_persist(monkeypatch):
     assert sandbox_uid(result) == uid
     assert result.stdout.strip() == "add_key -1 1; add_key -1 1; add_key -1 1; join -1 1"
     assert _keyring_as(uid, "search", description, numbers) == "missing"
-
-
-def world_python() -> str | None:
-    """An interpreter every user can run (to act as another uid on the host), if there is one."""
-    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
-        if os.path.exists(candidate) and sandbox.world_reachable(os.path.realpath(candidate)):
-            return candidate
-    return None
 
 
 def _free_uid(start: int) -> int:

@@ -19,6 +19,7 @@ import tempfile
 import textwrap
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,8 @@ from test_redteam_sandbox import (
     SPIN_CODE,
     SPIN_PROMPT,
     check_socket_report,
+    new_drop_box,
+    world_python,
 )
 
 from knapsack_trl.tasks.sandbox import runner as sandbox
@@ -40,14 +43,6 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox is 
 TASKS_DIR = Path(sandbox.__file__).parents[1]
 ADD_PROMPT = 'def add(a, b):\n    """Return a + b."""\n'
 ADD_TEST = "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n"
-
-
-def world_python() -> str | None:
-    """An interpreter every user can run, if this machine has one."""
-    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
-        if os.path.exists(candidate) and sandbox.world_reachable(os.path.realpath(candidate)):
-            return candidate
-    return None
 
 
 def free_uid(start: int) -> int:
@@ -203,14 +198,8 @@ out["ran"] = os.path.exists(mark)
 
 
 @pytest.fixture
-def drop_box():
-    """A directory every uid may write: where a program that ran would leave its mark."""
-    path = Path(tempfile.mkdtemp(prefix="knapsack-sbx-users-drop-"))
-    path.chmod(0o777)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+def drop_box() -> Iterator[Path]:
+    yield from new_drop_box()
 
 
 @needs_root_tools
