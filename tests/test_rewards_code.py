@@ -723,9 +723,8 @@ def test_hostile_completions_leave_no_trace(tmp_path):
         "memfd hoard": "    import os\n    fd = os.memfd_create('x')\n    os.write(fd, b'0' * 10**8)\n    return a + b + 1\n",
         "syntax error": "    return a +\n",
     }
-    reward = make_humaneval_reward(timeout_s=2.0)
     try:
-        scores = add_reward(list(hostile.values()), reward=reward)
+        scores = add_reward(list(hostile.values()), reward=make_humaneval_reward(timeout_s=2.0))
         for sock in (listener, unix):
             if "netns" in caps or sock is unix:
                 with pytest.raises(socket.timeout):
