@@ -178,7 +178,7 @@ def test_candidate_settings_that_cannot_work_are_refused():
     with pytest.raises(SettingError, match="history_half_life"):
         AllocatorConfig(history_half_life=0).validate()
     with pytest.raises(SettingError, match="history_half_life"):
-        AllocatorConfig(history_half_life="sometimes").validate()
+        AllocatorConfig(history_half_life="auto").validate()
 
 
 @settings(max_examples=200, deadline=None)
@@ -255,58 +255,22 @@ def test_history_is_weighed_by_its_age():
     assert (skip.rollouts_per_prompt == 0).sum() >= 1
 
 
-def revisits(flip: bool, prompts: int = 60, seed: int = 0) -> SuccessRateTracker:
-    """Prompts seen at step 0 and again at step 10: at the same rate, or at a new one unrelated to it (a
-    policy that changed between the visits)."""
-    rng = np.random.default_rng(seed)
+def test_half_life_default_is_16_steps_with_candidates_and_off_without():
     tracker = SuccessRateTracker()
-    for i in range(prompts):
-        p = rng.uniform()
-        later = rng.uniform() if flip else p
-        tracker.observe([f"q{i}"] * 8, (rng.random(8) < p).astype(float), step=0)
-        tracker.observe([f"q{i}"] * 8, (rng.random(8) < later).astype(float), step=10)
-    return tracker
-
-
-def test_auto_half_life_is_short_when_old_history_mispredicts_and_none_when_it_predicts():
-    still = KnapsackRolloutAllocator(AllocatorConfig(history_half_life="auto"), revisits(flip=False))
-    moved = KnapsackRolloutAllocator(AllocatorConfig(history_half_life="auto"), revisits(flip=True))
-    assert still.history_half_life() == np.inf
-    assert moved.history_half_life() <= 4
-    # The choice by hand: the summed log predictive probability of each revisit under the population
-    # prior times the aged history, over the same candidate half-lives.
-    prior = moved.population_prior()
-    old_s, old_n, age, new_s, new_n = moved.tracker.recent_revisits(1024)
-    assert age.tolist() == [10.0] * 60 and new_n.tolist() == [8.0] * 60
-
-    def score(h: float) -> float:
-        w = 0.5 ** (age / h)
-        total = 0.0
-        for i in range(age.size):
-            like = (
-                prior.weights
-                * prior.grid ** (old_s[i] * w[i])
-                * (1 - prior.grid) ** ((old_n[i] - old_s[i]) * w[i])
-            )
-            post = like / like.sum()
-            total += np.log(post @ (prior.grid ** new_s[i] * (1 - prior.grid) ** (new_n[i] - new_s[i])))
-        return total
-
-    scores = {h: score(h) for h in (np.inf, 512, 256, 128, 64, 32, 16, 8, 4, 2, 1)}
-    assert moved.history_half_life() == max(scores, key=lambda h: (scores[h], h))
-
-
-def test_half_life_default_is_auto_with_candidates_and_off_without():
-    alloc = KnapsackRolloutAllocator(AllocatorConfig(), revisits(flip=True))
-    ids = [f"q{i}" for i in range(8)]
-    plain = alloc.allocate(ids, 32, step=11)
+    tracker.observe(["a"] * 8, [0.0] * 8, step=0)
+    tracker.observe(["b"] * 8, [1.0] * 4 + [0.0] * 4, step=0)
+    alloc = KnapsackRolloutAllocator(AllocatorConfig(), tracker)
+    ids = ["a", "b", "c"]
+    assert alloc.history_half_life() == np.inf and alloc.history_half_life(allow_skip=True) == 16.0
+    plain = alloc.allocate(ids, 12, step=16)
     assert plain.history_half_life is None
-    chosen = alloc.allocate(ids, 32, step=11, allow_skip=True)
-    assert chosen.history_half_life == alloc.history_half_life(allow_skip=True) <= 4
-    off = KnapsackRolloutAllocator(AllocatorConfig(history_half_life="off"), alloc.tracker)
-    assert off.allocate(ids, 32, step=11, allow_skip=True).history_half_life is None
-    # Fewer than MIN_REVISITS prompts back: nothing to learn from yet.
-    assert (
-        KnapsackRolloutAllocator(AllocatorConfig(), revisits(True, prompts=20)).history_half_life(True)
-        == np.inf
+    np.testing.assert_array_equal(alloc.posterior(ids, step=16).weights, alloc.posterior(ids).weights)
+    chosen = alloc.allocate(ids, 12, step=16, allow_skip=True)
+    assert chosen.history_half_life == 16.0
+    st_ = tracker.stats(ids)
+    half = alloc.population_prior().posterior(st_.successes / 2, st_.num_observations / 2)
+    np.testing.assert_allclose(
+        alloc.posterior(ids, step=16, allow_skip=True).weights, half.weights, rtol=1e-12
     )
+    off = KnapsackRolloutAllocator(AllocatorConfig(history_half_life="off"), tracker)
+    assert off.allocate(ids, 12, step=16, allow_skip=True).history_half_life is None

@@ -258,32 +258,3 @@ def test_version_1_state_loads_with_totals_from_the_window():
         3,
         3,
     )
-
-
-def test_recent_revisits_record_the_history_before_the_last_visit():
-    tr = SuccessRateTracker(ema_decay=0.5)
-    tr.observe(["a"] * 4, [1, 0, 0, 0], step=1)
-    tr.observe(["b"] * 2, [1, 1], step=2)
-    tr.observe(["a"] * 2, [1, 1], step=7)  # a's estimate before: (1, 4) from step 1; this visit: 2 of 2
-    tr.observe(["a"] * 3, [0, 0, 1], step=9)  # before: (0.5 + 2, 2 + 2) from step 7; this visit: 1 of 3
-    old_s, old_n, age, new_s, new_n = tr.recent_revisits(10)
-    assert (old_s.tolist(), old_n.tolist(), age.tolist()) == ([2.5], [4.0], [2.0])  # b was seen once only
-    assert (new_s.tolist(), new_n.tolist()) == ([1.0], [3.0])
-    clone = SuccessRateTracker.from_json(tr.to_json())
-    np.testing.assert_array_equal(np.stack(clone.recent_revisits(10)), np.stack(tr.recent_revisits(10)))
-    assert SuccessRateTracker().recent_revisits(5)[0].size == 0
-
-
-def test_version_2_state_loads_with_no_record_of_earlier_visits():
-    tr = SuccessRateTracker()
-    tr.observe(["a"] * 2, [1, 0], step=0)
-    tr.observe(["a"] * 2, [1, 1], step=3)
-    state = tr.state_dict()
-    assert state["version"] == 3 and state["prompts"]["a"]["previous"] == [1.0, 2.0, 0]
-    state["version"] = 2
-    for entry in state["prompts"].values():
-        del entry["previous"]
-    old = SuccessRateTracker()
-    old.load_state_dict(state)
-    assert_stats_equal(old.stats(["a"]), tr.stats(["a"]))
-    assert old.recent_revisits(5)[0].size == 0

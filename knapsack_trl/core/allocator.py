@@ -38,9 +38,10 @@ from knapsack_trl.core.values import (
     value_table,
 )
 
-# The half-lives (steps) "auto" chooses among, besides none; and the revisits it needs first.
-HALF_LIVES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
-MIN_REVISITS = 32
+# Steps over which a candidate's history loses half its weight by default (AllocatorConfig.history_half_life
+# unset, prompts chosen from candidates). Chosen with the allocation simulator (docs/method.md, "Choosing
+# prompts: candidates"): 16 gave the best worst case over five mixes, with and without a learning trend.
+DEFAULT_HISTORY_HALF_LIFE = 16.0
 
 __all__ = [
     "BUCKETS",
@@ -115,15 +116,10 @@ class KnapsackRolloutAllocator:
                 "and skips none. Choose prompts (allow_skip) with a knapsack rule, or pass uniform alone."
             )
         budget, n_min, n_max = self._bounds(budget, len(ids), step, allow_skip)
-        prior = self.population_prior()
-        half_life = self.history_half_life(allow_skip, prior)
+        half_life = self.history_half_life(allow_skip)
+        weight = self._age_weight(ids, step, half_life)
         batch = self._batch(
-            ids,
-            budget,
-            n_max,
-            _check_prior(prior_success_rate, len(ids)),
-            prior,
-            self._age_weight(ids, step, half_life),
+            ids, budget, n_max, _check_prior(prior_success_rate, len(ids)), self.population_prior(), weight
         )
         share = self._schedule.exploration_share_at(step)
         moved, result = 0, None
@@ -211,7 +207,7 @@ class KnapsackRolloutAllocator:
         if (successes is None) != (trials is None):
             raise ValueError("posterior needs both successes and trials for fresh outcomes, or neither.")
         population = self.population_prior()
-        weight = self._age_weight(ids, step, self.history_half_life(allow_skip, population))
+        weight = self._age_weight(ids, step, self.history_half_life(allow_skip))
         s, n, _ = self._valid_counts(ids)
         s, n = s * weight, n * weight
         if successes is not None and trials is not None:
@@ -220,39 +216,17 @@ class KnapsackRolloutAllocator:
         prior = _check_prior(prior_success_rate, len(ids))
         return population.posterior(s, n, prior_mean=prior, prior_strength=self.tracker.prior_strength)
 
-    def history_half_life(self, allow_skip: bool = False, population: PopulationPrior | None = None) -> float:
-        """Steps over which a prompt's history loses half its weight since its last visit (inf: never).
-
-        ``"auto"``: the half-life from ``HALF_LIVES`` (or none) under which the histories of the recently
-        revisited prompts, aged by the steps between their visits, best predicted what the next visit
-        showed (the summed log predictive probability under the population prior; ties to the longer).
-        A policy that improves fast makes old outcomes poor predictors and the half-life short; a still
-        one keeps it long. Until ``MIN_REVISITS`` prompts have come back, none. A pure function of the
-        tracker, like the population prior.
-        """
+    def history_half_life(self, allow_skip: bool = False) -> float:
+        """Steps over which a prompt's history loses half its weight since its last visit (inf: never):
+        the config's, or with it unset ``DEFAULT_HISTORY_HALF_LIFE`` when choosing prompts (``allow_skip``)
+        and none otherwise."""
         setting = self._half_life_setting(allow_skip)
-        if setting == "off":
-            return math.inf
-        if setting != "auto":
-            return float(setting)
-        old_s, old_n, age, new_s, new_n = self.tracker.recent_revisits(RECENT_PROMPTS)
-        if age.size < MIN_REVISITS:
-            return math.inf
-        population = self.population_prior() if population is None else population
-        best, chosen = -math.inf, math.inf
-        for half_life in (math.inf, *sorted(HALF_LIVES, reverse=True)):
-            weight = 0.5 ** (age / half_life)
-            score = float(
-                population.posterior(old_s * weight, old_n * weight).log_predictive(new_s, new_n).sum()
-            )
-            if math.isinf(best) or score > best + 1e-9 * abs(best):
-                best, chosen = score, half_life
-        return chosen
+        return math.inf if setting == "off" else float(setting)
 
     def _half_life_setting(self, allow_skip: bool) -> float | str:
         setting = self.config.history_half_life
         if setting is None:
-            return "auto" if allow_skip else "off"
+            return DEFAULT_HISTORY_HALF_LIFE if allow_skip else "off"
         return setting
 
     def _age_weight(self, ids: list[str], step: int, half_life: float) -> np.ndarray:

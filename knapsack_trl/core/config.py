@@ -14,7 +14,7 @@ from knapsack_trl.core.solvers import check_solver_name
 from knapsack_trl.core.values import get_value_function
 
 RULES = ("posterior", "buckets")
-HALF_LIFE_MODES = ("auto", "off")
+HALF_LIFE_MODES = ("off",)
 _INTEGER_SETTINGS = ("n_min", "n_max", "zero_success_budget", "full_success_budget", "min_observations")
 
 
@@ -29,10 +29,9 @@ class AllocatorConfig:
 
     ``history_half_life``: steps over which a prompt's history loses half its weight since its last
     visit, so the posterior of a prompt not seen for a while widens towards the population's (the policy
-    moved on since): a number of steps, ``"auto"`` (learned from how well old histories predicted the
-    prompts' next visits, :meth:`KnapsackRolloutAllocator.history_half_life`), ``"off"``, or None (the
-    default): ``"auto"`` when choosing prompts from candidates (``allocate(..., allow_skip=True)``),
-    ``"off"`` otherwise, which keeps allocations without candidates exactly as before.
+    moved on since): a number of steps, ``"off"``, or None (the default): 16 steps when choosing prompts
+    from candidates (``allocate(..., allow_skip=True)``), off otherwise, which keeps allocations without
+    candidates exactly as before.
     """
 
     rule: str = "posterior"
@@ -117,8 +116,8 @@ class AllocatorConfig:
             return
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
             raise SettingError(
-                f"<history_half_life>={value!r} must be a positive number of steps, 'auto', 'off' or None "
-                "(auto with candidates, off without)."
+                f"<history_half_life>={value!r} must be a positive number of steps, 'off' or None "
+                "(16 steps with candidates, off without)."
             )
 
     def _check_fallback(self) -> None:

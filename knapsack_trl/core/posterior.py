@@ -136,14 +136,6 @@ class Posterior:
         per_rate[:, 0] = 0.0
         return self.weights @ per_rate
 
-    def log_predictive(self, successes: np.ndarray, trials: np.ndarray) -> np.ndarray:
-        """Per prompt, the log probability of one sequence of ``successes[i]`` in ``trials[i]`` outcomes
-        (without the binomial coefficient, which does not depend on the beliefs)."""
-        log_lik = _log_likelihood(successes, trials, self.grid)
-        top = log_lik.max(axis=1, keepdims=True)
-        with np.errstate(divide="ignore"):
-            return top[:, 0] + np.log((self.weights * np.exp(log_lik - top)).sum(axis=1))
-
     def nonzero_gradient(self, rollouts: np.ndarray) -> np.ndarray:
         """P(the prompt's group of ``rollouts[i]`` has mixed outcomes), under the posterior."""
         n = np.asarray(rollouts, dtype=np.float64).reshape(-1, 1)

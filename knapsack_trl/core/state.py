@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-TRACKER_STATE_VERSION = 3  # SuccessRateTracker.state_dict (1: no totals, no last visit; 2: no visit before
-# the last; both still read)
+TRACKER_STATE_VERSION = 2  # SuccessRateTracker.state_dict (1: no totals, no last visit; still read)
 ALLOCATOR_STATE_VERSION = 1  # KnapsackRolloutAllocator.state_dict
 CHECKPOINT_STATE_VERSION = 1  # knapsack_state.json in a checkpoint folder
 VALUE_HEAD_STATE_VERSION = 2  # knapsack_value_head.pt in a checkpoint folder (2: per-dimension scaling)

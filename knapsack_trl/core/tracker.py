@@ -114,9 +114,6 @@ class SuccessRateTracker:
         self._last_visit: dict[str, tuple[int, int]] = {}
         # (successes, outcomes) the estimate uses, kept in order of the last visit (oldest first).
         self._counts: dict[str, tuple[float, float]] = {}
-        # Prompts seen before their last visit: the estimate's (successes, outcomes) and the step just
-        # before that visit. With the last visit, a record of how well old history predicted new outcomes.
-        self._previous: dict[str, tuple[float, float, int]] = {}
 
     @property
     def is_ema(self) -> bool:
@@ -181,8 +178,6 @@ class SuccessRateTracker:
                 acc[1] = d * acc[1] + float(len(outcomes))
                 acc[2] = d * acc[2] + float(sum(known))
                 acc[3] = d * acc[3] + float(len(known))
-            if pid in self._counts:
-                self._previous[pid] = (*self._counts[pid], self._last_seen[pid])
             self._last_seen[pid] = step
             self._total[pid] = self._total.get(pid, 0) + len(outcomes)
             self._last_visit[pid] = (sum(outcomes), len(outcomes))
@@ -212,22 +207,6 @@ class SuccessRateTracker:
             return np.zeros(0), np.zeros(0)
         counts = np.asarray(recent, dtype=np.float64)
         return counts[:, 0], counts[:, 1]
-
-    def recent_revisits(self, limit: int) -> tuple[np.ndarray, ...]:
-        """``(successes, outcomes, age, new_successes, new_outcomes)`` for the ``limit`` most recently visited
-        prompts that had been seen before: the counts behind the estimate before their last visit, the steps
-        between the two visits, and what the last visit showed. How well old history predicts a new visit
-        (:meth:`KnapsackRolloutAllocator.history_half_life`) is read off these."""
-        rows = []
-        for pid in itertools.islice(reversed(self._counts), int(limit)):
-            previous = self._previous.get(pid)
-            if previous is not None:
-                wins, visits = self._last_visit[pid]
-                rows.append((previous[0], previous[1], self._last_seen[pid] - previous[2], wins, visits))
-        if not rows:
-            return tuple(np.zeros(0) for _ in range(5))
-        table = np.asarray(rows, dtype=np.float64)
-        return tuple(table[:, j] for j in range(5))
 
     def stats(self, prompt_ids: Sequence[str]) -> PromptStats:
         """Counts, empirical rates, mean lengths and last-seen steps for ``prompt_ids`` (unseen: 0/NaN/-1)."""
@@ -312,8 +291,6 @@ class SuccessRateTracker:
             entry["total"] = self._total[pid]
             visit = self._last_visit.get(pid)
             entry["last_visit"] = None if visit is None else list(visit)
-            previous = self._previous.get(pid)
-            entry["previous"] = None if previous is None else list(previous)
             prompts[pid] = entry
         return {"version": TRACKER_STATE_VERSION, "config": self.config(), "prompts": prompts}
 
@@ -321,10 +298,9 @@ class SuccessRateTracker:
         """Replace config and history with ``state`` (from :meth:`state_dict`).
 
         Version 1 states (no totals, no last visit) load with the total taken as the outcomes kept
-        (the decayed count, rounded, in EMA mode) and the last visit unknown (window estimate); version 2
-        states (no record of the visit before the last) load with none.
+        (the decayed count, rounded, in EMA mode) and the last visit unknown (window estimate).
         """
-        check_version(state, [1, 2, TRACKER_STATE_VERSION], "tracker state")
+        check_version(state, [1, TRACKER_STATE_VERSION], "tracker state")
         cfg = state["config"]
         fresh = SuccessRateTracker(**cfg)
         for pid, entry in state["prompts"].items():
@@ -346,9 +322,6 @@ class SuccessRateTracker:
             else:  # version 1
                 kept = len(fresh._outcomes[pid]) if fresh.ema_decay is None else round(fresh._ema[pid][1])
                 fresh._total[pid] = int(kept)
-            if entry.get("previous") is not None:
-                s, n, seen = entry["previous"]
-                fresh._previous[pid] = (float(s), float(n), int(seen))
             fresh._counts[pid] = fresh._estimate_counts(pid)
         self.__dict__.update(fresh.__dict__)
 
