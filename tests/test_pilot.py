@@ -520,3 +520,11 @@ def test_informative_rollouts_value_counts_the_final_group():
     # A (0/2, Beta(1, 3)): P(mixed after m more) = m / (3 + m). C is mixed for certain: 2 + m rollouts.
     options = [(2 + a) * a / (3 + a) + (2 + 6 - a) for a in range(7)]
     assert out.expected_value == pytest.approx(max(options), rel=1e-6)
+
+
+def test_the_pilot_checks_values_up_to_the_schedules_highest_n_max_rounded_as_the_schedule_rounds():
+    from knapsack_trl.core.schedule import BudgetSchedule
+
+    schedule = BudgetSchedule.from_config(16, "linear:16.5:2.4:10")
+    assert (schedule.highest_n_max(), schedule.lowest_n_max()) == (17, 2)
+    assert max(schedule.n_max_at(t) for t in range(11)) == schedule.highest_n_max()

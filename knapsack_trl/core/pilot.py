@@ -6,9 +6,9 @@ allocator's population prior and the prompt's history, exactly as the posterior 
 ``p^s (1-p)^(k-s)``), and the rest of the budget goes by one knapsack on the posterior predictive value
 of each prompt's *final* group, pilot included (the pilot rollouts are never thrown away).
 
-The value of a final group of ``n`` is ``P(mixed) x w(p) x s(n)``: ``w = s = 1`` for ``nonzero_gradient``
+The value of a final group of ``n`` is ``P(mixed) x w(p) x size(n)``: ``w = size = 1`` for ``nonzero_gradient``
 (the expected number of informative prompts), ``w = p (1-p)^2`` for the paper's ``knapsack`` value,
-``s(n) = n`` for ``informative_rollouts``. A callable value must have this form; it is checked on the grid
+``size(n) = n`` for ``informative_rollouts``. A callable value must have this form; it is checked on the grid
 (a SettingError otherwise). Given the pilot's ``s`` successes and ``f`` failures and ``m`` more rollouts,
 the group ends mixed
 
@@ -16,11 +16,11 @@ the group ends mixed
 - with chance ``1 - (1-p)^m`` after an all-fail pilot, ``1 - p^m`` after an all-success one,
 - with chance ``1 - p^m - (1-p)^m`` (``m >= 2``) when the pilot has no scored outcome,
 
-and the table is each prompt's posterior expectation of that times ``w(p)``, times ``s(k + m)``. With
-``s = 1`` the rows are concave in ``m`` (mixtures of concave functions), so greedy is exact from ``m = 0``
+and the table is each prompt's posterior expectation of that times ``w(p)``, times ``size(k + m)``. With
+``size = 1`` the rows are concave in ``m`` (mixtures of concave functions), so greedy is exact from ``m = 0``
 on a scored pilot.
 
-A prompt whose pilot is mixed gains nothing from more rollouts under a value with ``s = 1``: the knapsack
+A prompt whose pilot is mixed gains nothing from more rollouts under a value with ``size = 1``: the knapsack
 spends the second round on the others, and only rollouts that no prompt's value can use (every other
 prompt at ``n_max``, or every pilot mixed) go to the mixed prompts, evening out their final group sizes
 (water-filling, ties to the earlier prompt). Final groups always lie in ``[n_min, n_max]``: when the pilot
@@ -69,7 +69,7 @@ __all__ = [
     "second_round_budget",
 ]
 
-# A value function must match P(mixed | n, p) x w(p) x s(n) to this relative tolerance to be used with a pilot.
+# A value function must match P(mixed | n, p) x w(p) x size(n) to this relative tolerance to be used with a pilot.
 _FACTOR_RTOL = 1e-9
 
 
@@ -127,7 +127,7 @@ def second_round_budget(
 
 def check_pilot_config(config: AllocatorConfig) -> None:
     """A SettingError when the allocator's settings cannot run a pilot round (meant for config time):
-    a token budget, an exploration schedule, or a value that is not ``P(mixed) x w(p) x s(n)``."""
+    a token budget, an exploration schedule, or a value that is not ``P(mixed) x w(p) x size(n)``."""
     if config.token_cost:
         raise SettingError(
             "<token_cost>=True does not combine with a pilot round (<pilot_rollouts> > 0); "
@@ -139,8 +139,7 @@ def check_pilot_config(config: AllocatorConfig) -> None:
             "prompts; the pilot's second round values every prompt by its posterior. Unset the schedule or "
             "the pilot (<pilot_rollouts>=0)."
         )
-    highest_n_max = int(np.ceil(config.budget_schedule().n_max.bounds[1]))
-    value_factors(get_value_function(config.value_function), GRID, highest_n_max)
+    value_factors(get_value_function(config.value_function), GRID, config.budget_schedule().highest_n_max())
 
 
 @dataclass(frozen=True)
@@ -579,12 +578,12 @@ def _counts(name: str, value: object, m: int) -> np.ndarray:
 
 
 def value_factors(value_fn: ValueFunction, grid: np.ndarray, n_max: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(w, s)``: ``w(p)`` on the grid and ``s(n)`` for ``n = 0..n_max``, with ``value(n, p) =
-    P(mixed | n, p) x w(p) x s(n)`` for every ``n`` in 1..n_max (``s(0) = s(1)``: no group of 0 or 1 is
-    mixed).
+    """``(w, size)``: ``w(p)`` on the grid and ``size(n)`` for ``n = 0..n_max``, with ``value(n, p) =
+    P(mixed | n, p) x w(p) x size(n)`` for every ``n`` in 1..n_max (``size(0) = size(1)``: no group of 0
+    or 1 is mixed).
 
-    Read off at ``n = 2`` (``w``, with ``s(2) = 1``) and at the grid point where ``P(mixed | 2, p)`` is
-    largest (``s``), then checked everywhere: a pilot needs the value of a group that is partly drawn
+    Read off at ``n = 2`` (``w``, with ``size(2) = 1``) and at the grid point where ``P(mixed | 2, p)`` is
+    largest (``size``), then checked everywhere: a pilot needs the value of a group that is partly drawn
     already, which only that form defines. ``w`` is 0 at ``p`` of 0 and 1, where no group is ever mixed.
     """
     n = np.arange(1, max(n_max, 2) + 1, dtype=np.float64)
@@ -608,7 +607,7 @@ def value_factors(value_fn: ValueFunction, grid: np.ndarray, n_max: int) -> tupl
         g, j = np.unravel_index(int(np.argmax(np.where(np.isfinite(error), error, np.inf))), error.shape)
         raise SettingError(
             f"<value_function>={getattr(value_fn, '__name__', value_fn)!r} is not of the form "
-            f"P(mixed | n, p) x w(p) x s(n) (it differs at n={int(n[j])}, p={grid[g]:.4g}); a pilot round needs "
+            f"P(mixed | n, p) x w(p) x size(n) (it differs at n={int(n[j])}, p={grid[g]:.4g}); a pilot round needs "
             "that form to value a group already partly drawn. Use 'nonzero_gradient', 'informative_rollouts' or "
             "'knapsack', or turn the pilot off (<pilot_rollouts>=0)."
         )
