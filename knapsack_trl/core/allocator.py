@@ -130,34 +130,35 @@ class KnapsackRolloutAllocator:
                 batch, budget, n_min, n_max, self.solve_table, cfg.token_cost, allow_skip=allow_skip
             )
         else:
+            bounds = (n_min, n_max)
             n, result, moved = buckets_rule(
-                batch,
-                cfg,
-                budget,
-                (n_min, n_max),
-                share,
-                self._value_fn,
-                self.solve_table,
-                allow_skip=allow_skip,
+                batch, cfg, budget, bounds, share, self._value_fn, self.solve_table, allow_skip=allow_skip
             )
         _check_invariants(n, budget, n_min, n_max, allow_skip)
-        post = batch.posterior
-        return Allocation(
-            rollouts_per_prompt=n,
-            success_rate=post.mean if cfg.rule == "posterior" else batch.point,
-            bucket=batch.bucket,
-            expected_value=self._expected_value(n, batch),
-            uniform_expected_value=self._expected_value(batch.uniform, batch),
-            expected_informative=float(post.nonzero_gradient(n).sum()),
-            uniform_expected_informative=float(post.nonzero_gradient(batch.uniform).sum()),
-            solver_result=result,
+        return dataclasses.replace(
+            self._record(n, batch, result),
             n_max=n_max,
             exploration_share=share,
             fallback_rollouts=moved,
-            expected_informative_rollouts=float(post.nonzero_gradient(n) @ n),
-            uniform_expected_informative_rollouts=float(post.nonzero_gradient(batch.uniform) @ batch.uniform),
             allow_skip=allow_skip,
             history_half_life=None if self._half_life_setting(allow_skip) == "off" else half_life,
+        )
+
+    def _record(self, n: np.ndarray, batch: Batch, result: SolverResult | None) -> Allocation:
+        """The allocation with its expectations, and the uniform split's, under the rule's beliefs."""
+        post, uni = batch.posterior, batch.uniform
+        mixed, uniform_mixed = post.nonzero_gradient(n), post.nonzero_gradient(uni)
+        return Allocation(
+            rollouts_per_prompt=n,
+            success_rate=post.mean if self.config.rule == "posterior" else batch.point,
+            bucket=batch.bucket,
+            expected_value=self._expected_value(n, batch),
+            uniform_expected_value=self._expected_value(uni, batch),
+            expected_informative=float(mixed.sum()),
+            uniform_expected_informative=float(uniform_mixed.sum()),
+            solver_result=result,
+            expected_informative_rollouts=float(mixed @ n),
+            uniform_expected_informative_rollouts=float(uniform_mixed @ uni),
         )
 
     def allocate_known(

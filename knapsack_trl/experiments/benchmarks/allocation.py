@@ -20,9 +20,17 @@ pilot and ``1 - p^m`` after an all-success one, at the true ``p``): unbiased for
 less noisy. Reacting to the pilot, they can beat the count oracle; given the same pilot, no two-phase
 rule with that ``k`` can beat its two-phase oracle.
 
-``python -m knapsack_trl.benchmarks.allocation`` prints the table (up to about 18 minutes on 2 busy cores, a third of it the two-phase arms);
-``--json`` prints one JSON object instead. The solver is ``greedy``, exact here (``n_min >= 1`` and
-concave values), to keep the runs fast.
+``python -m knapsack_trl.benchmarks.allocation`` prints the table (up to about 18 minutes on 2 busy
+cores, a third of it the two-phase arms); ``--json`` prints one JSON object instead. The solver is
+``greedy``, exact here (``n_min >= 1`` and concave values), to keep the runs fast.
+
+``--candidates`` prints the candidate table instead (issue 21; 7-14 minutes on 2 busy cores): each step
+offers ``c x P`` candidates (c = 1, 2, 4) for the same ``B = P x n`` rollouts, and every arm (the default
+rule, a modelled value head, the pilot, the oracle that chooses candidates at the true rates) is reported
+against its control, uniform over the ``c x P`` candidates with ``n / c`` each, and against uniform at
+c = 1: informative prompts and informative rollouts per step (``sum_i n_i P(mixed)``), 95% intervals over
+seeds. The rates also rise as a learning policy's do (``--trend``, a logit rise over the run). Its solver
+is CP-SAT, exact with candidates that may get 0.
 """
 
 from __future__ import annotations
