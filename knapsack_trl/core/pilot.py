@@ -198,7 +198,7 @@ class PilotRound:
         sizes = self.pilot_sizes()
         wins, scored = group_successes(rewards, sizes, allocator.tracker.success_threshold)
         pilot = PilotOutcomes(sizes, wins.astype(np.int64), (scored - wins).astype(np.int64))
-        return second_round(
+        return _decide_second_round(
             allocator,
             ids,
             pilot,
@@ -318,7 +318,7 @@ def allocate_second_round(
     if not ids:
         raise SettingError("allocate_second_round got an empty batch: pass at least one prompt id.")
     pilot = PilotOutcomes.from_counts(pilot_successes, pilot_rollouts, pilot_scored, len(ids))
-    return second_round(
+    return _decide_second_round(
         allocator,
         ids,
         pilot,
@@ -330,7 +330,7 @@ def allocate_second_round(
     )
 
 
-def second_round(
+def _decide_second_round(
     allocator: KnapsackRolloutAllocator,
     ids: list[str],
     pilot: PilotOutcomes,
