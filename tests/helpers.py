@@ -15,7 +15,7 @@ import torch
 
 from knapsack_trl.core.allocator import KnapsackRolloutAllocator
 from knapsack_trl.core.calibration import group_successes
-from knapsack_trl.core.pilot_round import PilotRound
+from knapsack_trl.core.pilot import PilotRound
 
 
 # --------------------------------------------------------------------------- reward functions

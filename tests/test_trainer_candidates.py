@@ -161,3 +161,41 @@ def test_a_dataset_smaller_than_the_candidates_fails_before_training(
             tiny_args,
             knapsack_candidate_factor=2,
         )
+
+
+def test_the_knapsack_skips_candidates_it_knows_are_solved_or_hopeless(
+    tiny_model, tiny_tokenizer, train_dataset, tiny_args
+) -> None:
+    """The real allocator with c = 2 on a reward whose 1-digit sums are always solved and 3-digit never:
+    every batch offers all 8 prompts, and from the fifth batch on (each seen at least once, most several
+    times) the skipped ones are exactly such prompts, the mixed ones always get a group, and the logs
+    say which and why."""
+    dataset = train_dataset.select(range(8))
+    trainer = KnapsackGRPOTrainer(
+        model=tiny_model(),
+        reward_funcs=REWARDS["difficulty"],
+        args=tiny_args(KnapsackGRPOConfig, max_steps=8, knapsack_n_max=10, knapsack_candidate_factor=2),
+        train_dataset=dataset,
+        processing_class=tiny_tokenizer,
+    )
+    lasts = record_lasts(trainer)
+    trainer.train()
+    digits = {pid: len(pid.split(":")[1].split("+")[0]) for pid in dataset["prompt_id"]}
+    assert all(sum(last["rollouts"]) == 16 and len(last["prompt_ids"]) == 8 for last in lasts)
+    later = [
+        (digits[pid], n)
+        for last in lasts[4:]
+        for pid, n in zip(last["prompt_ids"], last["rollouts"], strict=True)
+    ]
+    skipped = [d for d, n in later if n == 0]
+    assert skipped and all(d in (1, 3) for d in skipped), later  # only prompts known to be solved or hopeless
+    assert all(n >= 2 for d, n in later if d == 2)  # the mixed 2-digit prompts always get a group
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert all(h["knapsack/prompts_considered"] == 8 for h in logged if "knapsack/prompts_considered" in h)
+    shares = [
+        h["knapsack/skipped_solved_share"] + h["knapsack/skipped_hopeless_share"]
+        for h in logged[4:]
+        if "knapsack/skipped_solved_share" in h
+    ]
+    assert shares and all(s == pytest.approx(1.0) for s in shares)
+    assert all("knapsack/informative_prompts" in h and "knapsack/prompts_skipped" in h for h in logged)

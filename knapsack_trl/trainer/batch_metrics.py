@@ -30,6 +30,8 @@ def run_constant_metrics(args: KnapsackConfigMixin) -> frozenset[str]:
         names.add("fallback_rollouts")
     if args.knapsack_solver == "dp" or args.knapsack_mode == "uniform":
         names.add("solver_optimal")
+    if args.knapsack_candidate_factor > 1:
+        names.add("history_half_life")
     return frozenset(names)
 
 

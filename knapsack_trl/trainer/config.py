@@ -17,7 +17,7 @@ from trl import GRPOConfig, RLOOConfig
 from knapsack_trl.core.budget import check_budget as check_split
 from knapsack_trl.core.config import RULES, AllocatorConfig
 from knapsack_trl.core.errors import SettingError
-from knapsack_trl.core.pilot_round import PilotRound
+from knapsack_trl.core.pilot import PilotRound
 from knapsack_trl.core.presets import PRESETS, Preset, get_preset
 from knapsack_trl.core.tracker import ESTIMATES, SuccessRateTracker
 from knapsack_trl.trainer.trl_bridge import SKIP_VERSION_CHECK_ENV, SUPPORTED_TRL, check_trl_version
@@ -133,7 +133,8 @@ class KnapsackConfigMixin:
         default="nonzero_gradient",
         metadata={
             "help": "Item value v(n, p): `'nonzero_gradient'` (P(the group has mixed rewards): counts the prompts that "
-            "give a gradient) or `'knapsack'` (the paper's: P(mixed) x p(1-p)^2).",
+            "give a gradient), `'knapsack'` (the paper's: P(mixed) x p(1-p)^2) or `'informative_rollouts'` "
+            "(n x P(mixed): the rollouts that get a non-zero advantage).",
         },
     )
     knapsack_n_min: int = field(
@@ -237,6 +238,15 @@ class KnapsackConfigMixin:
             "rewards update each prompt's posterior, and the rest of the batch goes by a knapsack on the "
             "chance that each prompt's final group (pilot included) is mixed. 0 = off (one round). Needs "
             "k x prompts per batch <= generation_batch_size and a multiple of the number of processes."
+        },
+    )
+    knapsack_history_half_life: float | str | None = field(
+        default=None,
+        metadata={
+            "help": "Steps over which a prompt's success history loses half its weight since its last visit, so a "
+            "prompt not seen for a while (skipped, or not offered) is judged more by the population's current "
+            "rates. A number of steps, 'off', or unset: 16 steps when choosing prompts from candidates "
+            "(knapsack_candidate_factor > 1), off otherwise (allocations exactly as before)."
         },
     )
     knapsack_candidate_factor: int = field(
@@ -388,6 +398,17 @@ class KnapsackConfigMixin:
                 f"knapsack_candidate_factor={factor} with knapsack_preset='reference': the paper's rule allocates "
                 "within the batch and has no candidates; drop the preset or set knapsack_candidate_factor=1."
             )
+        if self.knapsack_token_cost:
+            raise ValueError(
+                f"knapsack_candidate_factor={factor} with knapsack_token_cost=True: the token cap is the uniform "
+                "split's tokens, which choosing prompts changes; turn one of them off."
+            )
+        if self.knapsack_rule == "buckets" and self.num_generations // factor < self.knapsack_n_min:
+            raise ValueError(
+                f"knapsack_candidate_factor={factor} with knapsack_rule='buckets': unseen candidates get the uniform "
+                f"share num_generations / c = {self.num_generations // factor}, below knapsack_n_min="
+                f"{self.knapsack_n_min}; lower the factor or knapsack_n_min, or use knapsack_rule='posterior'."
+            )
 
     @property
     def knapsack_prompts_per_batch(self) -> int:
@@ -410,6 +431,7 @@ class KnapsackConfigMixin:
             self.knapsack_candidates_per_batch,
             self.generation_batch_size,
             self.world_size,
+            allow_skip=self.knapsack_candidate_factor > 1,
         )
 
     def knapsack_horizon(self, max_steps: int | None = None) -> int | None:
