@@ -258,10 +258,18 @@ class KnapsackRolloutAllocator:
         check_budget(int(budget), m, n_min, n_max, allow_skip)
         return int(budget), n_min, n_max
 
+    def valid_history(self, prompt_ids: Sequence[str]) -> np.ndarray:
+        """Whether each prompt's history is used (the validity rule: at least ``min_observations``
+        outcomes ever seen); a prompt without one counts as unseen."""
+        return self._valid(self.tracker.stats([str(p) for p in prompt_ids]))
+
+    def _valid(self, stats: Any) -> np.ndarray:
+        return stats.total_observations >= self.config.min_observations
+
     def _valid_counts(self, ids: list[str]) -> tuple[np.ndarray, np.ndarray, Any]:
         """Counts behind each estimate, zeroed where the validity rule ignores the history."""
         st = self.tracker.stats(ids)
-        valid = st.total_observations >= self.config.min_observations
+        valid = self._valid(st)
         return np.where(valid, st.successes, 0.0), np.where(valid, st.num_observations, 0.0), st
 
     def _batch(
