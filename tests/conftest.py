@@ -122,3 +122,14 @@ def run_pair(
         return runs
 
     return run
+
+
+@pytest.fixture
+def isolation_or_skip() -> None:
+    """Skips unless this machine isolates untrusted code fully for this user (else the runners refuse)."""
+    from helpers import isolated
+
+    if not isolated():
+        pytest.skip(
+            "this machine cannot isolate untrusted code: the runners refuse (the class 2 and 7 tests)"
+        )

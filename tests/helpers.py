@@ -1,5 +1,5 @@
-"""What the tests share: reward functions, recorders, allocation injectors, the numpy references and a
-mocked vLLM server. No test module imports another test module; they import this one.
+"""What the tests share: reward functions, recorders, allocation injectors, the numpy references, a
+mocked vLLM server and the sandbox red team's programs. No test module imports another test module; they import this one.
 
 Allocations are injected through the trainer's public seams: ``trainer.knapsack_allocator`` and
 ``trainer.knapsack_pilot`` are replaced by subclasses of the core objects whose decision is given.
@@ -7,15 +7,24 @@ Allocations are injected through the trainer's public seams: ``trainer.knapsack_
 
 from __future__ import annotations
 
+import errno
 import itertools
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 
 from knapsack_trl.core.allocator import KnapsackRolloutAllocator
 from knapsack_trl.core.calibration import group_successes
 from knapsack_trl.core.pilot import PilotRound
+from knapsack_trl.tasks.sandbox import runner as sandbox
 
 
 # --------------------------------------------------------------------------- reward functions
@@ -319,3 +328,127 @@ def mock_vllm_server(trainer: Any, tokenizer: Any, importance_sampling: bool = F
     trainer._last_loaded_step = 0
     trainer.vllm_importance_sampling_correction = importance_sampling
     return client
+
+
+# --------------------------------------------------------------------------- the sandbox red team
+ADD_PROMPT = 'def add(a, b):\n    """Return a + b."""\n'
+# No expected value is 0, so a candidate that returns 0 earns no fraction by luck.
+ADD_TEST = "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(3, 4) == 7\n"
+
+
+def isolated() -> bool:
+    """Whether this machine isolates untrusted code fully for this user (else the runners refuse)."""
+    try:
+        return not sandbox.missing_isolation(sandbox.sandbox_capabilities())
+    except sandbox.SandboxUnavailableError:
+        return False
+
+
+# Skips (at set-up, not import: the check runs the sandbox once) unless the runners would run here;
+# the fixture is conftest.py's ``isolation_or_skip``.
+needs_isolation = pytest.mark.usefixtures("isolation_or_skip")
+
+
+# Wrong solutions that end their own run after it started, every way we know: signals to the
+# sandbox's init (pid 1 of its namespace, also its parent), to its process group and to every process
+# it may signal; exits with the launcher's own failure code; deaths by signal.
+ENDINGS = {
+    **{
+        f"{sig} to init": f"    return 0\nimport os, signal, time\nos.kill(1, signal.{sig})\ntime.sleep(0.5)\n"
+        for sig in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGALRM", "SIGKILL")
+    },
+    "SIGINT to the parent in a call": "    import os, signal, time\n    os.kill(os.getppid(), signal.SIGINT)\n    time.sleep(0.5)\n    return 0\n",
+    "SIGINT to the process group": "    return 0\nimport os, signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nos.killpg(0, signal.SIGINT)\ntime.sleep(0.5)\n",
+    "SIGKILL to every process": "    return 0\nimport os, signal\nos.kill(-1, signal.SIGKILL)\n",
+    "exit 125 at load": "    return 0\nimport os\nos._exit(125)\n",
+    "exit 125 in a call": "    import os\n    os._exit(125)\n",
+    "abort": "    import os\n    os.abort()\n",
+    "SIGKILL to itself": "    import os, signal\n    os.kill(os.getpid(), signal.SIGKILL)\n",
+}
+
+
+# Sends init every signal it can, then says whether it is still init's child.
+INIT_SIGNALLER = (
+    "import os, signal, time\n"
+    "for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGKILL):\n"
+    "    try:\n"
+    "        os.kill(1, sig)\n"
+    "    except PermissionError:\n"  # as root the program's pool uid may not signal init at all
+    "        pass\n"
+    "time.sleep(0.3)\n"
+    "print('survived', os.getppid())\n"
+)
+
+
+def world_python() -> str | None:
+    """An interpreter every user can run (a program run as a pool uid without a private root needs one)."""
+    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
+        if os.path.exists(candidate) and sandbox.world_reachable(os.path.realpath(candidate)):
+            return candidate
+    return None
+
+
+def new_drop_box() -> Iterator[Path]:
+    """A directory every uid may write (removed afterwards): where a program that ran leaves its mark."""
+    path = Path(tempfile.mkdtemp(prefix="knapsack-redteam-"))
+    path.chmod(0o777)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# Opens a socket of every family and type, and socket pairs of a few; prints the errnos (0: opened).
+SOCKET_PROBE = (
+    "import json, socket\n"
+    "seen = {}\n"
+    "for family in range(0, 64):\n"
+    "    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM, socket.SOCK_RAW, socket.SOCK_SEQPACKET):\n"
+    "        try:\n"
+    "            socket.socket(family, kind).close()\n"
+    "            seen.setdefault(family, []).append(0)\n"
+    "        except OSError as err:\n"
+    "            seen.setdefault(family, []).append(err.errno)\n"
+    "pairs = {}\n"
+    "for family in (socket.AF_UNIX, socket.AF_INET, 40, 16):\n"
+    "    try:\n"
+    "        a, b = socket.socketpair(family)\n"
+    "        pairs[family] = 0\n"
+    "    except OSError as err:\n"
+    "        pairs[family] = err.errno\n"
+    "print(json.dumps({'seen': seen, 'pairs': pairs}))\n"
+)
+
+
+def check_socket_report(stdout: str) -> None:
+    """AF_INET and AF_INET6 open; every other family, and socket pairs but AF_UNIX, fail with
+    EPERM: the filter's answer (the kernel's for a family it lacks is EAFNOSUPPORT)."""
+    report = json.loads(stdout)
+    seen = {int(k): v for k, v in report["seen"].items()}
+    assert 0 in seen[2] + seen[10]
+    refused = {family: codes for family, codes in seen.items() if family not in (2, 10)}
+    assert refused == {family: [errno.EPERM] * 4 for family in refused}
+    pairs = {int(k): v for k, v in report["pairs"].items()}
+    assert pairs == {1: 0, 2: errno.EPERM, 40: errno.EPERM, 16: errno.EPERM}
+
+
+# Wrong solutions that answer their first call with raw bytes on the reply pipe, shaped to be
+# expensive to decode: a set of 50,000 ints that share one hash (quadratic to build), 4 MiB of
+# empty lists (~200 MiB once parsed).
+HOSTILE_REPLIES = {
+    "hash-colliding set": (
+        "    import os, time\n"
+        "    items = b','.join(str(k * (2**61 - 1)).encode() for k in range(1, 50_001))\n"
+        '    os.write(4, b\'{"id":0,"ok":{"set":[\' + items + b\']}}\\n\')\n'
+        "    time.sleep(60)\n"
+    ),
+    "4 MiB of empty lists": (
+        "    import os, time\n"
+        "    os.write(4, b'{\"id\":0,\"ok\":[' + b'[],' * 1_398_000 + b'[]]}\\n')\n"
+        "    time.sleep(60)\n"
+    ),
+}
+
+
+SPIN_PROMPT = 'def spin(n):\n    """Return the sum of i * i % 7 for i below n."""\n'
+SPIN_CODE = "    total = 0\n    for i in range(n):\n        total += i * i % 7\n    return total\n"

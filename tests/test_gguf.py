@@ -213,7 +213,7 @@ def test_a_gguf_recipe_trains_with_a_reference_model_and_saves(
     path, original = tiny_gguf
     out = tmp_path / "run"
     argv = ["--config", "recipes/tiny/arithmetic-knapsack.yaml", "--model_name_or_path", str(path)]
-    argv += ["--reward_funcs", "tests.conftest.parity_reward"]  # mixed rewards: a non-zero gradient
+    argv += ["--reward_funcs", "tests.helpers.parity_reward"]  # mixed rewards: a non-zero gradient
     argv += ["--beta", "0.1", "--max_steps", "1", "--output_dir", str(out)]
     rc = cli.main(["train", *argv, "--dry-run"])
     assert rc == 0

@@ -9,13 +9,9 @@ must refuse. ``tests/test_sandbox_users.py`` runs the same classes as another ui
 from __future__ import annotations
 
 import contextlib
-import errno
-import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -23,30 +19,26 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from helpers import (
+    ADD_PROMPT,
+    ADD_TEST,
+    ENDINGS,
+    HOSTILE_REPLIES,
+    INIT_SIGNALLER,
+    SOCKET_PROBE,
+    SPIN_CODE,
+    SPIN_PROMPT,
+    check_socket_report,
+    needs_isolation,
+    new_drop_box,
+    world_python,
+)
 
 from knapsack_trl.tasks.humaneval import judge as harness
 from knapsack_trl.tasks.humaneval.reward import judge_completion, make_humaneval_reward
 from knapsack_trl.tasks.sandbox import runner as sandbox
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox is Linux-only")
-
-ADD_PROMPT = 'def add(a, b):\n    """Return a + b."""\n'
-# No expected value is 0, so a candidate that returns 0 earns no fraction by luck.
-ADD_TEST = "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(3, 4) == 7\n"
-
-
-def isolated() -> bool:
-    """Whether this machine isolates untrusted code fully for this user (else the runners refuse)."""
-    try:
-        return not sandbox.missing_isolation(sandbox.sandbox_capabilities())
-    except sandbox.SandboxUnavailableError:
-        return False
-
-
-needs_isolation = pytest.mark.skipif(
-    not isolated(),
-    reason="this machine cannot isolate untrusted code: the runners refuse (the class 2 and 7 tests)",
-)
 
 
 def add_scores(completions: list[str], *, fraction: bool = False, timeout_s: float = 2.0) -> list:
@@ -57,42 +49,12 @@ def add_scores(completions: list[str], *, fraction: bool = False, timeout_s: flo
 
 # --- class 1: a candidate cannot opt out of its penalty ------------------------------------------
 
-# Wrong solutions that end their own run after it started, every way we know: signals to the
-# sandbox's init (pid 1 of its namespace, also its parent), to its process group and to every process
-# it may signal; exits with the launcher's own failure code; deaths by signal.
-ENDINGS = {
-    **{
-        f"{sig} to init": f"    return 0\nimport os, signal, time\nos.kill(1, signal.{sig})\ntime.sleep(0.5)\n"
-        for sig in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGALRM", "SIGKILL")
-    },
-    "SIGINT to the parent in a call": "    import os, signal, time\n    os.kill(os.getppid(), signal.SIGINT)\n    time.sleep(0.5)\n    return 0\n",
-    "SIGINT to the process group": "    return 0\nimport os, signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nos.killpg(0, signal.SIGINT)\ntime.sleep(0.5)\n",
-    "SIGKILL to every process": "    return 0\nimport os, signal\nos.kill(-1, signal.SIGKILL)\n",
-    "exit 125 at load": "    return 0\nimport os\nos._exit(125)\n",
-    "exit 125 in a call": "    import os\n    os._exit(125)\n",
-    "abort": "    import os\n    os.abort()\n",
-    "SIGKILL to itself": "    import os, signal\n    os.kill(os.getpid(), signal.SIGKILL)\n",
-}
-
 
 @needs_isolation
 @pytest.mark.parametrize("fraction", [False, True], ids=["binary", "fraction"])
 def test_a_candidate_that_ends_its_own_run_scores_zero_never_none(fraction):
     scores = add_scores(list(ENDINGS.values()), fraction=fraction)
     assert dict(zip(ENDINGS, scores)) == dict.fromkeys(ENDINGS, 0.0)
-
-
-# Sends init every signal it can, then says whether it is still init's child.
-INIT_SIGNALLER = (
-    "import os, signal, time\n"
-    "for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGKILL):\n"
-    "    try:\n"
-    "        os.kill(1, sig)\n"
-    "    except PermissionError:\n"  # as root the program's pool uid may not signal init at all
-    "        pass\n"
-    "time.sleep(0.3)\n"
-    "print('survived', os.getppid())\n"
-)
 
 
 @needs_isolation
@@ -126,24 +88,6 @@ def test_the_judge_scores_a_sandbox_that_died_after_the_start_as_zero():
 
 
 # --- class 7: every exported runner requires isolation --------------------------------------------
-
-
-def world_python() -> str | None:
-    """An interpreter every user can run (a program run as a pool uid without a private root needs one)."""
-    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
-        if os.path.exists(candidate) and sandbox.world_reachable(os.path.realpath(candidate)):
-            return candidate
-    return None
-
-
-def new_drop_box() -> Iterator[Path]:
-    """A directory every uid may write (removed afterwards): where a program that ran leaves its mark."""
-    path = Path(tempfile.mkdtemp(prefix="knapsack-redteam-"))
-    path.chmod(0o777)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
@@ -182,7 +126,9 @@ def test_the_launcher_refuses_a_run_without_the_isolation_it_requires(monkeypatc
         pytest.skip("needs an interpreter every user can run (for the run without a private root)")
     monkeypatch.setattr(sandbox, "_USE_NAMESPACES", False)
     monkeypatch.setattr(sandbox, "_INTERPRETER", {**sandbox._interpreter_info(), "python": python})
-    monkeypatch.setitem(sandbox._CAPABILITIES, False, frozenset({*sandbox.REQUIRED_ISOLATION, "userns"}))
+    monkeypatch.setitem(
+        sandbox._CAPABILITIES, sandbox._capabilities_key(), frozenset({*sandbox.REQUIRED_ISOLATION, "userns"})
+    )
     monkeypatch.delenv(sandbox.UNSAFE_ENV, raising=False)
     mark = drop_box / "ran"
     result = sandbox.run_python(f"open({str(mark)!r}, 'w').write('x')\n")
@@ -279,40 +225,6 @@ def test_the_unsafe_opt_in_as_root_keeps_the_judge_out_of_the_programs_reach(mon
 
 
 # --- class 5: only the socket families a candidate needs ------------------------------------------
-
-
-# Opens a socket of every family and type, and socket pairs of a few; prints the errnos (0: opened).
-SOCKET_PROBE = (
-    "import json, socket\n"
-    "seen = {}\n"
-    "for family in range(0, 64):\n"
-    "    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM, socket.SOCK_RAW, socket.SOCK_SEQPACKET):\n"
-    "        try:\n"
-    "            socket.socket(family, kind).close()\n"
-    "            seen.setdefault(family, []).append(0)\n"
-    "        except OSError as err:\n"
-    "            seen.setdefault(family, []).append(err.errno)\n"
-    "pairs = {}\n"
-    "for family in (socket.AF_UNIX, socket.AF_INET, 40, 16):\n"
-    "    try:\n"
-    "        a, b = socket.socketpair(family)\n"
-    "        pairs[family] = 0\n"
-    "    except OSError as err:\n"
-    "        pairs[family] = err.errno\n"
-    "print(json.dumps({'seen': seen, 'pairs': pairs}))\n"
-)
-
-
-def check_socket_report(stdout: str) -> None:
-    """AF_INET and AF_INET6 open; every other family, and socket pairs but AF_UNIX, fail with
-    EPERM: the filter's answer (the kernel's for a family it lacks is EAFNOSUPPORT)."""
-    report = json.loads(stdout)
-    seen = {int(k): v for k, v in report["seen"].items()}
-    assert 0 in seen[2] + seen[10]
-    refused = {family: codes for family, codes in seen.items() if family not in (2, 10)}
-    assert refused == {family: [errno.EPERM] * 4 for family in refused}
-    pairs = {int(k): v for k, v in report["pairs"].items()}
-    assert pairs == {1: 0, 2: errno.EPERM, 40: errno.EPERM, 16: errno.EPERM}
 
 
 @needs_isolation
@@ -417,24 +329,6 @@ def test_the_judges_channel_keeps_a_hostile_reply_small():
     assert peak < 4 * len(hostile), peak  # the bytes themselves and a copy or two, never the objects
 
 
-# Wrong solutions that answer their first call with raw bytes on the reply pipe, shaped to be
-# expensive to decode: a set of 50,000 ints that share one hash (quadratic to build), 4 MiB of
-# empty lists (~200 MiB once parsed).
-HOSTILE_REPLIES = {
-    "hash-colliding set": (
-        "    import os, time\n"
-        "    items = b','.join(str(k * (2**61 - 1)).encode() for k in range(1, 50_001))\n"
-        '    os.write(4, b\'{"id":0,"ok":{"set":[\' + items + b\']}}\\n\')\n'
-        "    time.sleep(60)\n"
-    ),
-    "4 MiB of empty lists": (
-        "    import os, time\n"
-        "    os.write(4, b'{\"id\":0,\"ok\":[' + b'[],' * 1_398_000 + b'[]]}\\n')\n"
-        "    time.sleep(60)\n"
-    ),
-}
-
-
 @needs_isolation
 def test_hostile_replies_score_zero_without_holding_the_judge():
     from knapsack_trl.tasks.humaneval import reward
@@ -502,9 +396,6 @@ def test_runs_wait_for_memory_so_the_sum_of_bounds_fits_the_budget(monkeypatch):
 
 
 # --- class 6: load never makes correct code fail --------------------------------------------------
-
-SPIN_PROMPT = 'def spin(n):\n    """Return the sum of i * i % 7 for i below n."""\n'
-SPIN_CODE = "    total = 0\n    for i in range(n):\n        total += i * i % 7\n    return total\n"
 
 
 def spin(n: int) -> int:

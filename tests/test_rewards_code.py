@@ -25,7 +25,7 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
-from test_redteam_sandbox import needs_isolation
+from helpers import needs_isolation
 
 from knapsack_trl.tasks.humaneval import judge as harness
 from knapsack_trl.tasks.humaneval import reward as code

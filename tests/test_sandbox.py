@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from test_redteam_sandbox import needs_isolation, world_python
+from helpers import needs_isolation, world_python
 
 from knapsack_trl.tasks.sandbox import runner as sandbox
 from knapsack_trl.tasks.sandbox.launcher import SYSCALLS

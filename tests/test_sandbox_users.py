@@ -23,8 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_redteam_sandbox import ADD_TEST as NONZERO_ADD_TEST
-from test_redteam_sandbox import (
+from helpers import ADD_TEST as NONZERO_ADD_TEST
+from helpers import (
     ENDINGS,
     HOSTILE_REPLIES,
     INIT_SIGNALLER,

@@ -429,7 +429,7 @@ def sandbox_capabilities() -> frozenset[str]:
     Raises :class:`SandboxUnavailableError` when not even a trivial program can run.
     """
     with _CAPABILITIES_LOCK:
-        key = _USE_NAMESPACES
+        key = _capabilities_key()
         if key not in _CAPABILITIES:
             settings = _settings(30.0, 128, 16, 16, 64, 65536, None, None)
             result = SandboxRun("pass", stdin=None, enforce=False, **settings).wait()  # what is there
@@ -488,7 +488,14 @@ _HOW_TO_ENABLE = (
     f"program then runs as a pool uid; other callers are refused), set {UNSAFE_ENV}=1."
 )
 
-_CAPABILITIES: dict[bool, frozenset[str]] = {}
+_CAPABILITIES: dict[tuple[bool, str], frozenset[str]] = {}
+
+
+def _capabilities_key() -> tuple[bool, str]:
+    """What the measured capabilities depend on: namespaces on or off, and the interpreter run."""
+    return _USE_NAMESPACES, _interpreter_info()["python"]
+
+
 _CAPABILITIES_LOCK = threading.Lock()
 _WARNED = threading.Event()
 _UNSAFE_WARNED = threading.Event()
