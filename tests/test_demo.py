@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from knapsack_trl.experiments.methods import METHOD_LABELS, parse_methods
+from knapsack_trl.experiments.methods import label, parse_methods
 from knapsack_trl.experiments.plots import PLOT_FILES
 from knapsack_trl.experiments.report import (
     RunRecord,
@@ -215,7 +215,7 @@ def test_configuration_doc_lists_every_knapsack_field():
 
 @pytest.mark.slow
 def test_compare_runs_a_recipe_with_every_arm(tmp_path):
-    """``knapsack-trl compare --config`` on a recipe with all seven arms and two seeds: every arm consumes the
+    """``knapsack-trl compare --config`` on a recipe with every arm and two seeds: every arm consumes the
     same budget from the same start, uniform keeps its groups, the verdict and intervals are printed."""
     from knapsack_trl.experiments.methods import METHOD_ORDER
 
@@ -242,7 +242,7 @@ def test_compare_runs_a_recipe_with_every_arm(tmp_path):
     )
     for m in METHOD_ORDER[1:]:
         assert re.search(
-            rf"- {re.escape(METHOD_LABELS[m])} vs uniform: informative prompts per step x[\d.]+ \[",
+            rf"- {re.escape(label(m))} vs uniform: informative prompts per step x[\d.]+ \[",
             proc.stdout,
         )
 

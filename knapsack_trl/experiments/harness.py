@@ -18,6 +18,7 @@ import numpy as np
 
 from knapsack_trl.core.allocator import KnapsackRolloutAllocator
 from knapsack_trl.experiments.evaluation import success_rates
+from knapsack_trl.experiments.methods import ARMS
 from knapsack_trl.experiments.report import RunRecord, group_stats
 from knapsack_trl.tasks.arithmetic import arithmetic_reward
 from knapsack_trl.trainer.hooks import AllocationEvent
@@ -180,7 +181,7 @@ def train_method(
     recorder = Recorder(float(trainer.args.knapsack_success_threshold))
     if method != "uniform":
         recorder.snapshot_step, recorder.truth = snapshot_step, truth
-    if method == "oracle" and truth is not None:
+    if ARMS[method].oracle and truth is not None:
         trainer.knapsack_allocator = OracleAllocator(trainer.knapsack_allocator, truth)
     trainer.add_knapsack_listener(recorder)
     evaluator = EvalCallback(

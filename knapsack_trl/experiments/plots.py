@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from knapsack_trl.experiments.methods import METHOD_COLORS, METHOD_LABELS, methods_in
+from knapsack_trl.experiments.methods import color, label, methods_in
 
 if TYPE_CHECKING:
     from knapsack_trl.experiments.report import RunRecord
@@ -79,9 +79,9 @@ def _accuracy_plot(
             continue
         for ax, (key, _) in zip(axes, panels):
             x, mu, sd = _curve(rs, "rollouts_consumed", key, "evals")
-            ax.plot(x, mu, marker="o", ms=3, color=METHOD_COLORS.get(m), label=METHOD_LABELS.get(m, m))
+            ax.plot(x, mu, marker="o", ms=3, color=color(m), label=label(m))
             if n_seeds > 1:
-                ax.fill_between(x, mu - sd, mu + sd, color=METHOD_COLORS.get(m), alpha=0.2)
+                ax.fill_between(x, mu - sd, mu + sd, color=color(m), alpha=0.2)
     if target is not None:
         axes[0].axhline(target, color="gray", ls="--", lw=1, label=f"target {target:.3f}")
     for ax, (_, title) in zip(axes, panels):
@@ -112,10 +112,10 @@ def _informative_plot(
         for ax, key in zip(axes, ("useful_groups", "egr_rollouts")):
             x, mu, sd = _curve(rs, "step", key, "steps")
             window = max(1, len(x) // 20)
-            ax.plot(x, _smooth(mu, window), color=METHOD_COLORS.get(m), label=METHOD_LABELS.get(m, m))
+            ax.plot(x, _smooth(mu, window), color=color(m), label=label(m))
             if n_seeds > 1:
                 lo, hi = _smooth(mu - sd, window), _smooth(mu + sd, window)
-                ax.fill_between(x, lo, hi, color=METHOD_COLORS.get(m), alpha=0.15)
+                ax.fill_between(x, lo, hi, color=color(m), alpha=0.15)
     groups = max((s["groups"] for r in runs for s in r.steps), default=1.0)
     axes[0].set_title(f"Informative prompts per step (of {groups:.0f}): groups with mixed rewards")
     axes[0].set_ylim(0, groups)
@@ -151,14 +151,14 @@ def _allocation_plot(
             n,
             s=22,
             alpha=0.7,
-            color=METHOD_COLORS.get(r.method),
-            label=METHOD_LABELS.get(r.method, r.method),
+            color=color(r.method),
+            label=label(r.method),
         )
         if a.get("p_true") is not None and r.method == "knapsack":
             pt = np.asarray(a["p_true"], dtype=float)
             ax.scatter(pt, n, s=14, marker="x", alpha=0.6, color="black", label="same prompts, true p")
         if "uniform_n" in a:
-            ax.axhline(a["uniform_n"], color=METHOD_COLORS["uniform"], ls="--", lw=1, label="uniform budget")
+            ax.axhline(a["uniform_n"], color=color("uniform"), ls="--", lw=1, label="uniform budget")
     step_txt = f" (step {snap_runs[0].allocation['step']})" if snap_runs and snap_runs[0].allocation else ""
     ax.set_title("Rollouts given vs estimated success rate" + step_txt)
     ax.set_xlabel("estimated success rate p")

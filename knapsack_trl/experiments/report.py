@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from knapsack_trl.experiments.methods import METHOD_LABELS, methods_in
+from knapsack_trl.experiments.methods import ARMS, label, methods_in
 from knapsack_trl.experiments.plots import make_plots
 from knapsack_trl.experiments.statistics import bootstrap_interval
 
@@ -245,7 +245,7 @@ def format_table(agg: dict[str, Any]) -> str:
         if multi and reached[0] < reached[2] and t["rollouts_to_target"][2]:
             rtt += f" ({int(reached[0])}/{reached[2]} seeds)"
         row = [
-            METHOD_LABELS.get(m, m),
+            label(m),
             _fmt(t["informative_prompts"], 1),
             _fmt(t["egr_groups"], 1, pct=True),
             _fmt(t["egr_rollouts"], 1, pct=True),
@@ -288,7 +288,7 @@ def format_ratios(agg: dict[str, Any]) -> str:
         nan2 = (math.nan, math.nan)
         reached = r["rollouts_to_target_ratio"][2]
         out.append(
-            f"- {METHOD_LABELS.get(m, m)} vs uniform: informative prompts per step "
+            f"- {label(m)} vs uniform: informative prompts per step "
             f"{_ratio(r['informative_ratio'], ci.get('informative_ratio', nan2))}, rollouts to target "
             f"{_ratio(r['rollouts_to_target_ratio'], ci.get('rollouts_to_target_ratio', nan2))} (below 1: sooner"
             + (f"; {reached} of {n_seeds} seeds reached it both ways" if n_seeds > 1 else "")
@@ -311,7 +311,9 @@ def best_method(agg: dict[str, Any]) -> str | None:
     candidates = {
         m: r["informative_ratio"][0]
         for m, r in agg["ratios"].items()
-        if m != "oracle" and r["informative_ratio"][2] and not math.isnan(r["informative_ratio"][0])
+        if not (m in ARMS and ARMS[m].oracle)
+        and r["informative_ratio"][2]
+        and not math.isnan(r["informative_ratio"][0])
     }
     return max(candidates, key=lambda m: candidates[m]) if candidates else None
 
@@ -354,7 +356,7 @@ def verdict(agg: dict[str, Any], task: str) -> str:
             "seeds reached it both ways)"
         )
     return (
-        f"{task}, {n} seed{'s' if n > 1 else ''}, 95% bootstrap intervals: {METHOD_LABELS.get(m, m)} gave "
+        f"{task}, {n} seed{'s' if n > 1 else ''}, 95% bootstrap intervals: {label(m)} gave "
         f"{_ratio(inf_ms, inf_ci)} uniform's informative prompts per step, {reach} and ended "
         f"{_points(r['final_reward_delta'], ci.get('final_reward_delta', nan2))} in held-out accuracy at equal "
         f"budget; {targets}."
@@ -461,6 +463,12 @@ def load_runs(path: str | Path) -> list[RunRecord]:
     if p.is_dir():
         p = p / "results.json"
     return [RunRecord.from_dict(d) for d in json.loads(p.read_text())["runs"]]
+
+
+def to_json(data: Any) -> str:
+    """``data`` as the report folder's JSON files hold it: numpy values as plain ones, NaN kept, so
+    :meth:`RunRecord.from_dict` of the parsed text gives back the same numbers."""
+    return json.dumps(data, indent=1, default=_json_default)
 
 
 def _jsonable(obj: Any) -> Any:
