@@ -67,6 +67,7 @@ from knapsack_trl.experiments.run_folder import (
 )
 from knapsack_trl.recipe import (
     TINY_SCHEME,
+    CommandLine,
     check_recipe_dataset,
     fit_short_run,
     load_recipe_dataset,
@@ -74,6 +75,7 @@ from knapsack_trl.recipe import (
     prepare_model,
     recipe_rewards,
 )
+from knapsack_trl.recipe.hardware import cpu_bf16_flags
 from knapsack_trl.tasks.arithmetic import load_tiny, make_splits, save_tiny
 from knapsack_trl.trainer import KnapsackGRPOTrainer, KnapsackRLOOTrainer
 from knapsack_trl.trainer.plan import row_prompt_id
@@ -111,6 +113,15 @@ class RecipeSeed:
     model_path: str
     evaluate: Callable[[Any], dict[str, float]]
     start_eval: dict[str, float]
+
+
+def _cpu_bf16_flags(config: str, recipe_flags: list[str]) -> list[str]:
+    """``--bf16 false`` where the recipe asks for bf16 autocast on a CPU without AMX, as ``train`` does
+    (the flag enters the protocol: such a machine's runs are not mixed with an AMX machine's)."""
+    flags, notes = cpu_bf16_flags(CommandLine.read(["--config", config, *recipe_flags]))
+    for note in notes:
+        print(f"knapsack-trl compare: {note}", file=sys.stderr)
+    return flags
 
 
 def _plan_recipe(ns: argparse.Namespace, recipe_flags: list[str], work_dir: str) -> RecipePlan:
@@ -504,6 +515,7 @@ def main(argv: list[str] | None = None) -> int:
                 described_as={"experiment": f"the demo's {ns.task} task (knapsack_trl.experiments.demo)"},
             )
     else:
+        rest = [*rest, *_cpu_bf16_flags(ns.config, rest)]
         with tempfile.TemporaryDirectory(prefix="knapsack_compare_") as work_dir:
             plan = _plan_recipe(ns, rest, work_dir)
             with open_folder(ns, plan.protocol, COMMAND) as folder:

@@ -181,6 +181,8 @@ def load_policy(model_path: str, model_args: Any) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs: dict[str, Any] = {}
+    if getattr(model_args, "attn_implementation", None):  # the recipe's (the speed settings choose eager)
+        kwargs["attn_implementation"] = model_args.attn_implementation
     if getattr(model_args, "dtype", None) not in (None, "auto"):
         import torch
 
