@@ -8,6 +8,7 @@ reports through :meth:`KnapsackTrainerMixin.add_knapsack_listener`.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import time
@@ -72,6 +73,82 @@ class Recorder:
         }
 
 
+class StepClock:
+    """Wall-clock parts of every optimiser step, from public hooks only: a TrainerCallback's step
+    boundaries, the knapsack listener's call, a timed reward function and the trainer's logged
+    ``knapsack/overhead_seconds``.
+
+    Rows (one per step): ``seconds_step``; ``seconds_generation`` (generation, with TRL's own work around
+    it); ``seconds_scoring`` (the reward functions, when wrapped by :meth:`timed`); ``seconds_allocation``
+    (the knapsack's decision); ``seconds_optimisation`` (loss, backward and optimiser step). The listener
+    runs once the batch's rewards and advantages are final, so everything before it is generation, scoring
+    and allocation, everything after it the update. Callbacks added after this one (evaluation) are not
+    counted.
+    """
+
+    def __init__(self) -> None:
+        from transformers import TrainerCallback
+
+        self.rows: list[dict[str, float]] = []
+        self._scoring = 0.0
+        self._begin = 0.0
+        self._event: float | None = None
+        outer = self
+
+        class _Callback(TrainerCallback):
+            def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                outer._begin, outer._scoring, outer._event = time.perf_counter(), 0.0, None
+
+            def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                outer._end(time.perf_counter())
+
+        self.callback = _Callback()
+
+    def __call__(self, event: AllocationEvent) -> None:
+        """The knapsack listener: generation and scoring of this step's batch are over."""
+        self._event = time.perf_counter()
+
+    def timed(self, reward: Callable[..., Any]) -> Callable[..., Any]:
+        """``reward`` with its calls added to the step's scoring time (its name, which TRL logs, kept)."""
+
+        @functools.wraps(reward)
+        def scored(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return reward(*args, **kwargs)
+            finally:
+                self._scoring += time.perf_counter() - start
+
+        return scored
+
+    def _end(self, now: float) -> None:
+        if self._event is None:
+            return
+        self.rows.append(
+            {
+                "seconds_step": now - self._begin,
+                "seconds_scoring": self._scoring,
+                "seconds_optimisation": now - self._event,
+                "seconds_generation": max(0.0, self._event - self._begin - self._scoring),
+            }
+        )
+
+    def merge(self, steps: list[dict[str, float]], log_history: Sequence[dict[str, Any]]) -> None:
+        """Add the rows to the recorder's ``steps`` (one each, in order), moving the trainer's logged
+        ``knapsack/overhead_seconds`` of each step from generation to allocation."""
+        overhead = {
+            int(entry["step"]): float(entry["knapsack/overhead_seconds"])
+            for entry in log_history
+            if "knapsack/overhead_seconds" in entry and "step" in entry
+        }
+        for row, times in zip(steps, self.rows):
+            row.update(times)
+            seconds = overhead.get(int(row["step"]))
+            if seconds is not None:
+                row["seconds_allocation"] = seconds
+                row["seconds_generation"] = max(0.0, row["seconds_generation"] - seconds)
+
+
 class OracleAllocator(KnapsackRolloutAllocator):
     """Allocates with the *true* success rates (``truth(prompt_ids)``, e.g. from many extra samples of the
     current policy): what the allocation could do with perfect estimates. Keeps the tracker observing."""
@@ -107,12 +184,14 @@ class EvalCallback:
         self.eval_seconds = 0.0
         self.recorder: Recorder | None = None
         self._bar: Any = None
+        self._train_start: float | None = None
         outer = self
 
         class _Callback(TrainerCallback):
             def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
                 from tqdm.auto import tqdm
 
+                outer._train_start = time.perf_counter()
                 outer._bar = tqdm(
                     total=outer.total_steps, desc=outer.desc, disable=not outer.progress, dynamic_ncols=True
                 )
@@ -132,12 +211,15 @@ class EvalCallback:
         return float(self.recorder.consumed) if self.recorder is not None else 0.0
 
     def run(self, model: Any, step: int) -> None:
-        """Evaluate now and record the point against the rollouts consumed so far."""
+        """Evaluate now and record the point against the rollouts consumed and the training time so far
+        (``train_seconds``: evaluations excluded)."""
         start = time.perf_counter()
+        trained = 0.0 if self._train_start is None else start - self._train_start - self.eval_seconds
         result = dict(self.evaluate(model))
         self.eval_seconds += time.perf_counter() - start
         result["step"] = float(step)
         result["rollouts_consumed"] = self.consumed()
+        result["train_seconds"] = trained
         self.evals.append(result)
 
     def on_step(self, step: int, model: Any) -> None:
@@ -169,12 +251,14 @@ def train_method(
     snapshot_step: int | None = None,
     truth: Callable[[list[str]], np.ndarray] | None = None,
     progress: bool = True,
+    clock: StepClock | None = None,
 ) -> RunRecord:
     """Train one method's trainer (built with that method's config) and return its record.
 
     ``truth`` (the true success rates, from many samples of the current policy): the oracle allocates with
     it; other methods use it once, for the snapshot plot. ``start_eval`` (the shared checkpoint's
-    evaluation) is step 0 of the curve, measured once for all methods.
+    evaluation) is step 0 of the curve, measured once for all methods. ``clock``: the step's wall-clock
+    parts go into each step's row (give the trainer ``clock.timed(reward)`` to separate scoring).
     """
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -183,7 +267,10 @@ def train_method(
         recorder.snapshot_step, recorder.truth = snapshot_step, truth
     if ARMS[method].oracle and truth is not None:
         trainer.knapsack_allocator = OracleAllocator(trainer.knapsack_allocator, truth)
+    clock = clock or StepClock()
+    trainer.add_knapsack_listener(clock)
     trainer.add_knapsack_listener(recorder)
+    trainer.add_callback(clock.callback)
     evaluator = EvalCallback(
         evaluate, eval_every, trainer.args.max_steps, f"{method:>8} seed {seed}", progress
     )
@@ -198,6 +285,7 @@ def train_method(
     start = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - start
+    clock.merge(recorder.steps, trainer.state.log_history)
     return RunRecord(
         method=method,
         seed=seed,
@@ -245,14 +333,18 @@ def warm_up(
     probe: Callable[[Any], float] | None = None,
     target: float | None = None,
     check_every: int = 50,
+    decay: float = 0.0,
 ) -> dict[str, Any]:
-    """Supervised warm-up (AdamW, short linear warm-up, then constant); stops early at ``target``.
+    """Supervised warm-up (AdamW, short linear warm-up, then constant; with ``decay`` > 0 the last ``decay``
+    share of ``max_steps`` decays it to 0 along a cosine); stops early at ``target``.
 
-    Stopped while the policy is still unreliable, so GRPO starts with many prompts strictly between
-    always-solved and always-failed. When the supervised phase ends varies a lot between seeds (the
-    model learns addition in jumps), so with ``probe`` (mean success on problems outside every other
-    split) it stops at the first check where the probe reaches ``target``: every seed starts GRPO
-    from a comparable policy. Returns ``steps``, ``losses`` and the last ``probe`` value.
+    Two ways to leave GRPO many prompts strictly between always-solved and always-failed. A fixed schedule
+    (``decay``, no probe) runs the same steps for every seed and ends on a decayed learning rate, so the
+    policy is not caught mid-spike; on a task whose difficulty levels are graded, the levels the policy
+    has learned are solved, the ones beyond it fail, and the ones in between are mixed, whichever they
+    are. With ``probe`` (mean success on problems outside every other split) it stops at the first check
+    where the probe reaches ``target`` (when that happens varies a lot between seeds: the model learns
+    addition in jumps). Returns ``steps``, ``losses`` and the last ``probe`` value.
     """
     import torch
     from tqdm.auto import tqdm
@@ -260,7 +352,18 @@ def warm_up(
     rng = random.Random(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     warm = 20
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
+
+    decay_start = max_steps * (1.0 - decay)
+
+    def factor(step: int) -> float:
+        ramp = min(1.0, (step + 1) / warm)
+        if decay <= 0 or step < decay_start:
+            return ramp
+        return (
+            ramp * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - decay_start) / (max_steps - decay_start))))
+        )
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     model.train()
     losses: list[float] = []
     probe_value = math.nan
