@@ -35,6 +35,7 @@ import torch
 from trl import get_peft_config
 
 from knapsack_trl.experiments.demo import (
+    DEFAULT_TASK,
     TASKS,
     DemoSettings,
     experiment_notes,
@@ -290,15 +291,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--task",
         choices=tuple(TASKS),
-        default="headroom",
-        help="without --config: the demo's task, headroom (default) or control",
+        default=DEFAULT_TASK,
+        help=f"without --config: the demo's task, {DEFAULT_TASK} (default) or control",
     )
     p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
     p.add_argument(
         "--checkpoint-seed",
         type=int,
         default=None,
-        help="without --config: the warm-up's seed (headroom default 99)",
+        help="without --config: the seed of the data and the warm-up, if not --seed",
     )
     p.add_argument("--oracle", action="store_true", help="add the oracle row: allocation with the true p")
     p.add_argument(
@@ -365,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         verdict_task = f"{ns.task.capitalize()} task"
     else:
         if ns.warmup_steps is None:
-            ns.warmup_steps = DemoSettings().sft_steps
+            ns.warmup_steps = DemoSettings.for_task("control").sft_steps
         with tempfile.TemporaryDirectory(prefix="knapsack_compare_") as work_dir:
             runs, report_settings = _recipe_runs(ns, rest, work_dir)
         notes = []
