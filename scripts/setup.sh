@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv and install knapsack-trl with its dev tools, CPU-only.
 # torch is installed first and alone: otherwise a dependency's unpinned torch pulls a multi-GB CUDA build.
-# GPU users: install your CUDA torch first, then `pip install knapsack-trl` (torch is only floor-pinned).
+# GPU users: install your CUDA torch first, then `pip install -e .` in this clone (torch is only floor-pinned).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}

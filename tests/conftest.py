@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import REWARDS, record_generations
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -18,42 +19,6 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Tiny models on a shared 2-core box: one intra-op thread avoids OpenMP oversubscription.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-
-def _text(completion: Any) -> str:
-    return completion if isinstance(completion, str) else "".join(m["content"] for m in completion)
-
-
-def parity_reward(completions: list[Any], **kwargs: Any) -> list[float]:
-    """1 for an odd-length completion: a mixed binary signal from an untrained model."""
-    return [float(len(_text(c)) % 2) for c in completions]
-
-
-def sparse_reward(completions: list[Any], **kwargs: Any) -> list[float | None]:
-    """A shaped score that is None (unscorable) for lengths divisible by 3."""
-    return [None if len(_text(c)) % 3 == 0 else len(_text(c)) / 8 for c in completions]
-
-
-def sparser_reward(completions: list[Any], **kwargs: Any) -> list[float | None]:
-    """None for lengths divisible by 6: with :func:`sparse_reward`, some rows are wholly unscorable."""
-    return [None if len(_text(c)) % 6 == 0 else float(len(_text(c)) % 4 == 0) for c in completions]
-
-
-def difficulty_reward(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
-    """Deterministic buckets: 1-digit sums always solved, 3-digit never, 2-digit by completion parity."""
-    out = []
-    for prompt, completion in zip(prompts, completions, strict=True):
-        digits = len(_text(prompt).split("+")[0])
-        out.append(1.0 if digits == 1 else 0.0 if digits >= 3 else float(len(_text(completion)) % 2))
-    return out
-
-
-REWARDS = {
-    "parity": parity_reward,
-    "sparse": sparse_reward,
-    "sparser": sparser_reward,
-    "difficulty": difficulty_reward,
-}
 
 
 @pytest.fixture(scope="session")
@@ -118,27 +83,6 @@ def tiny_args(tmp_path: Path) -> Callable[..., Any]:
         return config_cls(**kwargs)
 
     return make
-
-
-def record_generations(trainer: Any) -> list[dict[str, Any]]:
-    """Wrap ``trainer._generate_and_score_completions`` to keep a copy of every output it returns."""
-    outputs: list[dict[str, Any]] = []
-    original = trainer._generate_and_score_completions
-
-    def wrapped(inputs: list[dict[str, Any]]) -> dict[str, Any]:
-        output = original(inputs)
-        outputs.append({k: v.clone() if hasattr(v, "clone") else v for k, v in output.items()})
-        return output
-
-    trainer._generate_and_score_completions = wrapped
-    return outputs
-
-
-def record_lasts(trainer: Any) -> list[dict[str, Any]]:
-    """``trainer.knapsack_last`` after every generation batch, through the public listener hook."""
-    lasts: list[dict[str, Any]] = []
-    trainer.add_knapsack_listener(lambda event: lasts.append(trainer.knapsack_last))
-    return lasts
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from conftest import REWARDS
+from helpers import REWARDS
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from knapsack_trl import (
@@ -56,12 +56,14 @@ def main(model_dir: str, out_dir: str, kind: str = "grpo") -> None:
         knapsack_n_max=12,
         knapsack_value_estimator="blend" if kind.endswith("blend") else "history",
         knapsack_pilot_rollouts=2 if kind.endswith("pilot") else 0,
+        knapsack_candidate_factor=2 if kind.endswith("candidates") else 1,
     )
     trainer = trainer_cls(
         model=AutoModelForCausalLM.from_pretrained(model_dir),
         reward_funcs=REWARDS["difficulty"],
         args=args,
-        train_dataset=arithmetic_dataset(8, digits=(1, 2, 3)),  # P = 32 / 4 = 8: every prompt every step
+        # P = 32 / 4 = 8: every prompt every step (16 candidates with c = 2)
+        train_dataset=arithmetic_dataset(16 if kind.endswith("candidates") else 8, digits=(1, 2, 3)),
         processing_class=AutoTokenizer.from_pretrained(model_dir),
     )
     generations: list[dict[str, Any]] = []

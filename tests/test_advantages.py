@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pytest
 import torch
+from helpers import numpy_grpo, numpy_rloo
 from trl.trainer.utils import nanstd
 
 from knapsack_trl.trainer.advantages import (
@@ -92,69 +91,6 @@ def trl_rloo(rewards_per_func, num_generations, reward_weights, kl, beta, clip, 
 
 
 # --------------------------------------------------------------------------- independent numpy reference
-def _std(values: np.ndarray) -> float:
-    values = values[~np.isnan(values)]
-    return float(np.std(values, ddof=1)) if values.size >= 2 else float("nan")
-
-
-def _mean(values: np.ndarray) -> float:
-    values = values[~np.isnan(values)]
-    return float(values.mean()) if values.size else float("nan")
-
-
-def _aggregate(rpf: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    out = np.nansum(rpf * weights[None, :], axis=1)
-    out[np.isnan(rpf).all(axis=1)] = np.nan
-    return out
-
-
-def _groups(sizes: list[int]) -> list[slice]:
-    bounds = np.concatenate([[0], np.cumsum(sizes)])
-    return [slice(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
-
-
-def numpy_grpo(rpf: np.ndarray, sizes, weights: np.ndarray, scale: str, aggregation: str) -> np.ndarray:
-    rpf = rpf.astype(np.float64)
-    adv = np.zeros(rpf.shape[0])
-    if aggregation == "sum_then_normalize":
-        r = _aggregate(rpf, weights)
-        batch_std = _std(r)
-        for g, n in zip(_groups(sizes), sizes):
-            mean = _mean(r[g])
-            std = 0.0 if n == 1 else (batch_std if scale == "batch" else _std(r[g]))
-            adv[g] = r[g] - mean if scale == "none" else (r[g] - mean) / (std + 1e-4)
-    else:
-        z = np.zeros_like(rpf)
-        for g, n in zip(_groups(sizes), sizes):
-            for k in range(rpf.shape[1]):
-                std = 0.0 if n == 1 else _std(rpf[g, k])
-                z[g, k] = (rpf[g, k] - _mean(rpf[g, k])) / (std + 1e-4)
-        r = np.nansum(z * weights[None, :], axis=1)
-        r[np.isnan(rpf).all(axis=1)] = np.nan
-        adv = (r - _mean(r)) / (_std(r) + 1e-4)
-    return np.nan_to_num(adv, nan=0.0)
-
-
-def numpy_rloo(rpf, sizes, weights, kl=None, beta=0.0, clip=None, normalize=False) -> np.ndarray:
-    r = _aggregate(rpf.astype(np.float64), weights)
-    if clip:
-        r = np.clip(r, clip[0], clip[1])
-    if beta:
-        r = r - beta * kl
-    adv = np.full(r.size, np.nan)
-    for g, n in zip(_groups(sizes), sizes):
-        if n == 1:
-            adv[g] = 0.0
-            continue
-        for i in range(g.start, g.stop):
-            others = np.delete(r[g], i - g.start)
-            others = others[~np.isnan(others)]
-            adv[i] = r[i] - others.mean() if others.size else np.nan
-    if normalize:
-        adv = (adv - _mean(adv)) / (_std(adv) + 1e-4)
-    return np.nan_to_num(adv, nan=0.0)
-
-
 # --------------------------------------------------------------------------- tests
 @pytest.mark.parametrize("scale", SCALES)
 @pytest.mark.parametrize("aggregation", AGGREGATIONS)

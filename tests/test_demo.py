@@ -74,23 +74,21 @@ def _fake_run(method: str, seed: int, useful: float, accs: list[float], groups: 
             "n_min": 8,
             "n_mean": 8,
             "n_max": 8,
-            "seconds_step": 0.5,
-            "seconds_generation": 0.2,
-            "seconds_scoring": 0.01,
-            "seconds_allocation": 0.02,
-            "seconds_optimisation": 0.27,
         }
         for i in range(10)
     ]
     evals = [
         {"step": 5 * i, "rollouts_consumed": 320 * i, "accuracy": a, "reward": a, "frac_mid": 0.5}
-        | {"reward_2+2": a / 2, "train_seconds": 2.5 * i}
+        | {"reward_2+2": a / 2}
         for i, a in enumerate(accs)
     ]
     alloc = None
     if method != "uniform":
         alloc = {"step": 5, "p_estimate": [0.1, 0.5, 1.0], "n": [10, 12, 2], "p_true": None, "uniform_n": 8}
-    return RunRecord(method, seed, steps, evals, alloc, wall_time_s=1.0)
+    seconds = {"seconds_step": 0.5, "seconds_generation": 0.2, "seconds_scoring": 0.01}
+    seconds |= {"seconds_allocation": 0.02, "seconds_optimisation": 0.27}
+    extra = {"step_seconds": [seconds] * 10, "eval_train_seconds": [2.5 * i for i in range(len(accs))]}
+    return RunRecord(method, seed, steps, evals, alloc, wall_time_s=1.0, extra=extra)
 
 
 def test_aggregate_pairs_seeds_and_report_files(tmp_path):

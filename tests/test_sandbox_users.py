@@ -19,9 +19,22 @@ import tempfile
 import textwrap
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_redteam_sandbox import ADD_TEST as NONZERO_ADD_TEST
+from test_redteam_sandbox import (
+    ENDINGS,
+    HOSTILE_REPLIES,
+    INIT_SIGNALLER,
+    SOCKET_PROBE,
+    SPIN_CODE,
+    SPIN_PROMPT,
+    check_socket_report,
+    new_drop_box,
+    world_python,
+)
 
 from knapsack_trl.tasks.sandbox import runner as sandbox
 
@@ -30,14 +43,6 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox is 
 TASKS_DIR = Path(sandbox.__file__).parents[1]
 ADD_PROMPT = 'def add(a, b):\n    """Return a + b."""\n'
 ADD_TEST = "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n"
-
-
-def world_python() -> str | None:
-    """An interpreter every user can run, if this machine has one."""
-    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
-        if os.path.exists(candidate) and sandbox.world_reachable(os.path.realpath(candidate)):
-            return candidate
-    return None
 
 
 def free_uid(start: int) -> int:
@@ -69,7 +74,10 @@ if {no_namespaces!r}:
 from knapsack_trl.tasks.sandbox import runner as sandbox
 from knapsack_trl.tasks.humaneval.reward import judge_completion, make_humaneval_reward
 out = {{}}
+try:
 {body}
+except sandbox.SandboxUnavailableError as err:  # this machine (or this process) has no namespaces
+    out = {{"unavailable": str(err)}}
 print(json.dumps(out))
 """
 
@@ -101,7 +109,8 @@ def run_driver(
 ) -> tuple[dict, str]:
     """Run ``body`` in a driver process; its ``out`` dict and its stderr."""
     script = copy / f"driver-{uuid.uuid4().hex}.py"
-    script.write_text(DRIVER.format(copy=str(copy), no_namespaces=no_namespaces, body=textwrap.dedent(body)))
+    body = textwrap.indent(textwrap.dedent(body), "    ")
+    script.write_text(DRIVER.format(copy=str(copy), no_namespaces=no_namespaces, body=body))
     script.chmod(0o644)
     cmd = [python or world_python(), "-I", str(script)]
     if uid is not None:
@@ -120,6 +129,15 @@ def run_driver(
     return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
 
 
+def isolated_driver(copy: Path, body: str, **kwargs) -> tuple[dict, str]:
+    """:func:`run_driver` for a body that needs full isolation; skips where the kernel gives none
+    (e.g. this suite itself runs under a seccomp filter that refuses namespaces)."""
+    out, stderr = run_driver(copy, body, **kwargs)
+    if "unavailable" in out:
+        pytest.skip(f"no isolation for this caller here: {out['unavailable'][:200]}")
+    return out, stderr
+
+
 SCORE_BODY = """
 caps = sandbox.require_isolation("test")
 out["caps"] = sorted(caps)
@@ -136,7 +154,7 @@ out["scores"] = [
 @needs_root_tools
 def test_unprivileged_uid_other_than_65534_is_isolated_and_scores_correct_code(driver_dir):
     uid = free_uid(4242)
-    out, stderr = run_driver(driver_dir, SCORE_BODY.format(prompt=ADD_PROMPT, test=ADD_TEST), uid=uid)
+    out, stderr = isolated_driver(driver_dir, SCORE_BODY.format(prompt=ADD_PROMPT, test=ADD_TEST), uid=uid)
     if "userns" not in out["caps"]:
         pytest.skip(f"unprivileged user namespaces are disabled on this machine: {stderr[-300:]}")
     assert {*sandbox.REQUIRED_ISOLATION, "userns"} <= set(out["caps"])
@@ -148,7 +166,9 @@ def test_unprivileged_uid_other_than_65534_is_isolated_and_scores_correct_code(d
 
 @needs_root_tools
 def test_root_without_cap_sys_admin_isolates_through_a_user_namespace(driver_dir):
-    out, _ = run_driver(driver_dir, SCORE_BODY.format(prompt=ADD_PROMPT, test=ADD_TEST), drop_sys_admin=True)
+    out, _ = isolated_driver(
+        driver_dir, SCORE_BODY.format(prompt=ADD_PROMPT, test=ADD_TEST), drop_sys_admin=True
+    )
     assert {*sandbox.REQUIRED_ISOLATION, "userns"} <= set(out["caps"])
     assert any(c.startswith("uid:") for c in out["caps"])  # a pool uid, mapped into the namespace
     assert out["status"] == "failed" and out["unreachable"]
@@ -157,27 +177,58 @@ def test_root_without_cap_sys_admin_isolates_through_a_user_namespace(driver_dir
 
 
 REFUSAL_BODY = """
-try:
-    sandbox.require_isolation("humaneval_pass")
-    out["require"] = "passed"
-except sandbox.SandboxUnavailableError as err:
-    out["require"] = str(err)
-try:
-    make_humaneval_reward()
-    out["factory"] = "built"
-except sandbox.SandboxUnavailableError as err:
-    out["factory"] = str(err)
+mark = {mark!r}
+program = f"open({{mark!r}}, 'w').write('x')\\n"
+attempts = {{
+    "require": lambda: sandbox.require_isolation("humaneval_pass"),
+    "factory": lambda: make_humaneval_reward(),
+    "run_python": lambda: sandbox.run_python(program),
+    "start_python": lambda: sandbox.start_python(program).wait(),
+    "judge_completion": lambda: judge_completion("", "def add(a, b):\\n    return a + b\\n" + program,
+                                                 "def check(candidate):\\n    assert candidate(1, 2) == 3\\n", "add"),
+}}
+for name, attempt in attempts.items():
+    try:
+        attempt()
+        out[name] = "ran"
+    except sandbox.SandboxUnavailableError as err:
+        out[name] = str(err)
+out["ran"] = os.path.exists(mark)
 """
+
+
+@pytest.fixture
+def drop_box() -> Iterator[Path]:
+    yield from new_drop_box()
 
 
 @needs_root_tools
 @pytest.mark.parametrize("as_root", [True, False], ids=["root", "unprivileged"])
-def test_without_namespaces_untrusted_code_is_refused_at_start_up(driver_dir, as_root):
+def test_without_namespaces_untrusted_code_is_refused_at_start_up(driver_dir, drop_box, as_root):
     uid = None if as_root else free_uid(4300)
-    out, _ = run_driver(driver_dir, REFUSAL_BODY, uid=uid, no_namespaces=True)
-    for message in (out["require"], out["factory"]):
-        assert "missing:" in message and "netns" in message and "mountns" in message
-        assert "To enable full isolation" in message and sandbox.UNSAFE_ENV in message
+    out, _ = run_driver(
+        driver_dir, REFUSAL_BODY.format(mark=str(drop_box / "ran")), uid=uid, no_namespaces=True
+    )
+    assert out.pop("ran") is False  # every exported runner refused before anything ran
+    for name, message in out.items():
+        assert "missing:" in message and "netns" in message and "mountns" in message, name
+        assert "To enable full isolation" in message and sandbox.UNSAFE_ENV in message, name
+
+
+@needs_root_tools
+def test_the_unsafe_opt_in_is_refused_for_an_unprivileged_caller(driver_dir, drop_box):
+    # Without namespaces its program would run as the caller's uid, beside its judge: it could write
+    # its own verdict through /proc, read the judge's configuration, or kill the trainer.
+    out, _ = run_driver(
+        driver_dir,
+        REFUSAL_BODY.format(mark=str(drop_box / "ran")),
+        uid=free_uid(4400),
+        no_namespaces=True,
+        env={sandbox.UNSAFE_ENV: "1"},
+    )
+    assert out.pop("ran") is False
+    for name, message in out.items():
+        assert "refused for a caller other than root" in message and "missing:" in message, name
 
 
 UNSAFE_BODY = """
@@ -197,20 +248,15 @@ out["score"] = judge_completion({prompt!r}, "    return a + b\\n", {test!r}, "ad
 
 
 @needs_root_tools
-@pytest.mark.parametrize("as_root", [True, False], ids=["root", "unprivileged"])
-def test_unsafe_opt_in_runs_with_a_loud_warning_and_never_as_root(driver_dir, as_root):
-    uid = None if as_root else free_uid(4400)
+def test_unsafe_opt_in_as_root_runs_with_a_loud_warning_and_a_pool_uid(driver_dir):
     secret = f"s3cret-{uuid.uuid4().hex}"
     secret_dir = Path(tempfile.mkdtemp(prefix="knapsack-sbx-secret-"))
     secret_dir.chmod(0o755)  # readable by all, writable by root only
-    if uid is not None:
-        os.chown(secret_dir, 0, 0)
     body = UNSAFE_BODY.format(secret_dir=str(secret_dir), prompt=ADD_PROMPT, test=ADD_TEST)
     try:
         out, stderr = run_driver(
             driver_dir,
             body,
-            uid=uid,
             no_namespaces=True,
             env={sandbox.UNSAFE_ENV: "1", "KNAPSACK_TEST_SECRET": secret},
         )
@@ -221,12 +267,8 @@ def test_unsafe_opt_in_runs_with_a_loud_warning_and_never_as_root(driver_dir, as
     assert out["status"] == "ok", out
     ids = out["stdout"].split("\n")[0].split()
     assert ids[0] == ids[1] != "0"  # never uid 0, even without namespaces
-    assert (ids[0] == str(uid)) if uid is not None else any(c == f"uid:{ids[0]}" for c in out["isolation"])
-    # As root the program runs as a pool uid: the caller's environment is out of reach. An
-    # unprivileged caller without namespaces can only run it as itself, so its processes'
-    # environments are readable: the documented risk of the opt-in (docs/threat_model.md).
-    assert (secret in out["stdout"]) is (not as_root)
-    assert ("environ refused" in out["stdout"]) is as_root
+    assert any(c == f"uid:{ids[0]}" for c in out["isolation"])  # a pool uid: not the caller's
+    assert secret not in out["stdout"] and "environ refused" in out["stdout"]
     assert "write refused" in out["stdout"] and not escaped
     assert out["score"] == 1.0
 
@@ -236,11 +278,13 @@ def test_unsafe_opt_in_runs_with_a_loud_warning_and_never_as_root(driver_dir, as
 def test_without_namespaces_an_unreachable_interpreter_is_refused_not_run_as_root(monkeypatch):
     monkeypatch.setattr(sandbox, "_USE_NAMESPACES", False)  # the documented hook for the degraded path
     monkeypatch.setenv(sandbox.UNSAFE_ENV, "1")
-    result = sandbox.run_python("import os\nprint(os.getuid())\n")
-    assert result.status == "error" and result.stdout == ""
-    assert "cannot run" in result.stderr and "readable by every user" in result.stderr
-    with pytest.raises(sandbox.SandboxUnavailableError, match="cannot run a trivial program"):
-        sandbox.require_isolation("humaneval_pass")
+    for attempt in (
+        lambda: sandbox.run_python("import os\nprint(os.getuid())\n"),
+        lambda: sandbox.require_isolation("humaneval_pass"),
+    ):
+        with pytest.raises(sandbox.SandboxUnavailableError, match="cannot run a trivial program") as err:
+            attempt()
+        assert "readable by every user" in str(err.value)
 
 
 def _live(marker: str) -> list[int]:
@@ -258,9 +302,13 @@ def _live(marker: str) -> list[int]:
     return found
 
 
-@pytest.mark.skipif(world_python() is None, reason="needs an interpreter every user can run")
+@pytest.mark.skipif(
+    world_python() is None or os.geteuid() != 0,
+    reason="the degraded path runs for root only (the unsafe opt-in), with an interpreter every user can run",
+)
 def test_without_namespaces_timeouts_and_escaped_processes_are_still_handled(monkeypatch):
     monkeypatch.setattr(sandbox, "_USE_NAMESPACES", False)  # the documented hook for the degraded path
+    monkeypatch.setenv(sandbox.UNSAFE_ENV, "1")
     monkeypatch.setattr(sandbox, "_INTERPRETER", {**sandbox._interpreter_info(), "python": world_python()})
     assert sandbox.run_python("while True:\n    pass\n", timeout_s=1.0).status == "timeout"
     marker = f"{uuid.uuid4().int % 10**6}.{os.getpid()}"  # a unique sleep duration to find it by
@@ -283,3 +331,74 @@ def test_without_namespaces_timeouts_and_escaped_processes_are_still_handled(mon
     while _live(marker) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _live(marker), "an escaped process outlived the run"
+
+
+REDTEAM_BODY = """
+import subprocess, time
+out["caps"] = sorted(sandbox.require_isolation("test"))
+
+
+def scores(codes, prompt, test, entry, **settings):
+    reward = make_humaneval_reward(**settings)
+    metrics = {{}}
+    n = len(codes)
+    got = reward(codes, test=[test] * n, entry_point=[entry] * n, prompt=[prompt] * n,
+                 log_metric=lambda name, value: metrics.update({{name: value}}))
+    return got, metrics
+
+
+endings, hostile = {endings!r}, {hostile!r}
+out["endings"] = dict(zip(endings, scores(list(endings.values()), {prompt!r}, {test!r}, "add", timeout_s=2.0)[0]))
+r = sandbox.run_python({init_signaller!r})
+out["init"] = [r.status, r.stdout.split()]
+start = time.monotonic()
+out["hostile"] = dict(zip(hostile, scores(list(hostile.values()), {prompt!r}, {test!r}, "add", timeout_s=2.0)[0]))
+out["hostile_s"] = time.monotonic() - start
+r = sandbox.run_python({socket_probe!r})
+out["sockets"] = [r.status, r.stdout]
+spin_ns = {{}}
+exec({spin_prompt!r} + {spin_code!r}, spin_ns)
+n = 200_000
+while True:
+    begin = time.process_time()
+    expected = spin_ns["spin"](n)
+    solo = time.process_time() - begin
+    if solo >= 0.1:
+        break
+    n *= 2
+hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+try:
+    out["load"] = scores([{spin_code!r}] * 8, {spin_prompt!r}, f"def check(candidate):\\n    assert candidate({{n}}) == {{expected}}\\n",
+                         "spin", timeout_s=3 * solo, max_workers=8)
+finally:
+    hog.kill()
+    hog.wait()
+"""
+
+
+@needs_root_tools
+@pytest.mark.parametrize("caller", ["unprivileged", "root without CAP_SYS_ADMIN"])
+def test_the_red_team_classes_hold_for_every_caller(driver_dir, caller):
+    body = REDTEAM_BODY.format(
+        endings=ENDINGS, hostile=HOSTILE_REPLIES, prompt=ADD_PROMPT, test=NONZERO_ADD_TEST,
+        init_signaller=INIT_SIGNALLER, socket_probe=SOCKET_PROBE, spin_prompt=SPIN_PROMPT, spin_code=SPIN_CODE,
+    )  # fmt: skip
+    if caller == "unprivileged":
+        out, stderr = isolated_driver(driver_dir, body, uid=free_uid(4500))
+        if "userns" not in out["caps"]:
+            pytest.skip(f"unprivileged user namespaces are disabled on this machine: {stderr[-300:]}")
+    else:
+        out, stderr = isolated_driver(driver_dir, body, drop_sys_admin=True)
+    assert {*sandbox.REQUIRED_ISOLATION, "userns"} <= set(out["caps"])
+    # class 1: ending its own run (signals to init, to its group, exits) scores 0.0, never None
+    assert out["endings"] == dict.fromkeys(ENDINGS, 0.0)
+    assert out["init"] == ["ok", ["survived", "1"]]
+    # class 3: replies built to be expensive to decode are refused on arrival
+    assert out["hostile"] == dict.fromkeys(HOSTILE_REPLIES, 0.0)
+    assert out["hostile_s"] < 30.0  # the judge's deadline is 48 s: never held to it
+    # class 5: only AF_INET and AF_INET6
+    assert out["sockets"][0] == "ok", out["sockets"]
+    check_socket_report(out["sockets"][1])
+    # class 6: correct CPU-bound code under load passes, each judge on its candidate's clock
+    load_scores, metrics = out["load"]
+    assert load_scores == [1.0] * 8 and metrics["humaneval/wall_clock"] == 0.0, out["load"]

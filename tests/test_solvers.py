@@ -5,11 +5,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from knapsack_trl.core.errors import SettingError
 from knapsack_trl.core.solvers import SOLVERS, SolverResult, check_solver_name, solve
 from knapsack_trl.core.solvers.dp import dp as exact_dp
 from knapsack_trl.core.solvers.lagrangian import envelope_slopes
-from knapsack_trl.core.solvers.problem import validate
-from knapsack_trl.core.values import knapsack_value, value_table
+from knapsack_trl.core.solvers.problem import reachable_budgets, validate
+from knapsack_trl.core.values import knapsack_value, nonzero_gradient_probability, value_table
 from knapsack_trl.experiments.benchmarks.solvers import batch_success_rates
 
 SETTINGS = settings(max_examples=60, deadline=None)
@@ -17,9 +18,11 @@ SETTINGS = settings(max_examples=60, deadline=None)
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
 
 
-def brute_force(table, budget, lower, upper, costs=None, token_budget=None):
-    """Best objective over every allocation (None if none is feasible), by enumeration."""
-    ranges = [range(lo, hi + 1) for lo, hi in zip(lower, upper)]
+def brute_force(table, budget, lower, upper, costs=None, token_budget=None, skippable=None):
+    """Best objective over every allocation (None if none is feasible), by enumeration; a skippable
+    prompt may also take 0."""
+    skip = np.zeros(len(lower), dtype=bool) if skippable is None else np.broadcast_to(skippable, len(lower))
+    ranges = [sorted(({0} if s else set()) | set(range(lo, hi + 1))) for lo, hi, s in zip(lower, upper, skip)]
     combos = np.array(list(itertools.product(*ranges)), dtype=np.int64)
     feasible = combos.sum(axis=1) == budget
     if costs is not None:
@@ -48,10 +51,37 @@ def instances(draw, concave: bool, min_lower: int = 0):
     return table, budget, lower, upper
 
 
-def assert_feasible(result: SolverResult, budget, lower, upper):
-    assert result.rollouts.dtype == np.int64
-    assert int(result.rollouts.sum()) == budget
-    assert (result.rollouts >= lower).all() and (result.rollouts <= upper).all()
+def assert_feasible(result: SolverResult, budget, lower, upper, skippable=None):
+    """Budget exact; every prompt within its bounds, or exactly 0 where it may be skipped."""
+    n = result.rollouts
+    assert n.dtype == np.int64
+    assert int(n.sum()) == budget
+    inside = (n >= lower) & (n <= upper)
+    if skippable is not None:
+        inside |= np.broadcast_to(skippable, n.shape) & (n == 0)
+    assert inside.all()
+
+
+@st.composite
+def skip_instances(draw, concave: bool):
+    """A small instance where some prompts may take 0 or a whole group, with a budget that splits."""
+    m = draw(st.integers(1, 5))
+    n_max = draw(st.integers(2, 7))
+    lower = np.array([draw(st.integers(0, min(4, n_max))) for _ in range(m)])
+    upper = np.array([draw(st.integers(int(lo), n_max)) for lo in lower])
+    skippable = np.array([draw(st.booleans()) for _ in range(m)])
+    reach = reachable_budgets(
+        np.where(skippable & (lower <= 1), 0, lower), upper, skippable & (lower >= 2), 99
+    )
+    budget = draw(st.sampled_from(np.flatnonzero(reach).tolist()))
+    if concave:
+        p = np.array(draw(st.lists(st.floats(0.0, 1.0), min_size=m, max_size=m)))
+        table = value_table(nonzero_gradient_probability, p, n_max)
+    else:
+        cells = st.floats(-1.0, 1.0, allow_nan=False) | st.sampled_from([0.0, 0.5, 1.0])
+        table = np.array(draw(st.lists(cells, min_size=m * (n_max + 1), max_size=m * (n_max + 1))))
+        table = table.reshape(m, n_max + 1)
+    return table, budget, lower, upper, skippable
 
 
 @pytest.mark.parametrize("solver", ["dp", "cpsat"])
@@ -270,3 +300,95 @@ def test_bad_inputs_raise_before_solving(kwargs, match):
     args = {"table": TABLE, "budget": 12, "lower": 2, "upper": 8, **kwargs}
     with pytest.raises(ValueError, match=match):
         solve(args.pop("table"), args.pop("budget"), args.pop("lower"), args.pop("upper"), **args)
+
+
+# --------------------------------------------------------------------------- prompts that may be skipped
+
+
+@pytest.mark.parametrize("solver", ["dp", "cpsat"])
+@SETTINGS
+@given(data=st.data())
+def test_exact_solvers_match_brute_force_with_skips(solver, data):
+    table, budget, lower, upper, skip = data.draw(skip_instances(concave=data.draw(st.booleans())))
+    result = solve(table, budget, lower, upper, solver=solver, skippable=skip)
+    assert_feasible(result, budget, lower, upper, skip)
+    optimum = brute_force(table, budget, lower, upper, skippable=skip)
+    assert result.objective == pytest.approx(optimum, abs=1e-9)
+    assert result.optimal
+    if solver == "dp":
+        plain = exact_dp(validate(table, budget, lower, upper, None, None, skip), prune=False)
+        assert float(table[np.arange(len(lower)), plain].sum()) == pytest.approx(optimum, abs=1e-9)
+
+
+@SETTINGS
+@given(data=st.data())
+def test_greedy_with_skips_is_feasible_and_never_claims_optimality(data):
+    table, budget, lower, upper, skip = data.draw(skip_instances(concave=data.draw(st.booleans())))
+    result = solve(table, budget, lower, upper, solver="greedy", skippable=skip)
+    assert_feasible(result, budget, lower, upper, skip)
+    assert result.objective <= brute_force(table, budget, lower, upper, skippable=skip) + 1e-12
+    gaps = (skip & (lower >= 2)).any()
+    assert result.optimal == (not gaps and result.optimal)  # a gap is never proven
+    if gaps:
+        assert not result.optimal and result.status == "FEASIBLE"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 4), st.integers(0, 3), st.booleans()), min_size=1, max_size=5),
+    st.integers(0, 30),
+)
+def test_a_budget_splits_exactly_when_some_allocation_sums_to_it(bounds, budget):
+    lower = np.array([lo for lo, _, _ in bounds])
+    upper = lower + np.array([extra for _, extra, _ in bounds])
+    skip = np.array([s for _, _, s in bounds])
+    table = np.zeros((lower.size, int(upper.max()) + 1))
+    exists = brute_force(table, budget, lower, upper, skippable=skip) is not None
+    if exists:
+        assert_feasible(
+            solve(table, budget, lower, upper, solver="dp", skippable=skip), budget, lower, upper, skip
+        )
+    else:
+        with pytest.raises(SettingError, match="budget"):
+            solve(table, budget, lower, upper, solver="dp", skippable=skip)
+
+
+@pytest.mark.parametrize(("n_min", "n_max", "prompts"), [(2, 8, 6), (3, 5, 4), (4, 4, 5), (2, 128, 512)])
+def test_uniform_bounds_split_every_budget_between_k_groups_of_n_min_and_of_n_max(n_min, n_max, prompts):
+    limit = n_max * prompts
+    reach = reachable_budgets(np.full(prompts, n_min), np.full(prompts, n_max), np.ones(prompts, bool), limit)
+    formula = [any(k * n_min <= b <= k * n_max for k in range(prompts + 1)) for b in range(limit + 1)]
+    assert reach.tolist() == formula
+
+
+def test_budget_between_whole_groups_is_refused_with_the_nearest_budgets():
+    # Groups of 4..5 over 3 prompts: 0, 4-5, 8-10, 12-15; 6 and 11 cannot be split.
+    table = np.zeros((3, 6))
+    for budget, nearest in ((6, "5, 8"), (11, "10, 12")):
+        with pytest.raises(SettingError, match=f"B = {budget}.*nearest budgets that split are {nearest}"):
+            solve(table, budget, 4, 5, skippable=True)
+    with pytest.raises(SettingError, match="larger than n_max x prompts"):
+        solve(table, 16, 4, 5, skippable=True)
+    with pytest.raises(SettingError, match="token budget does not combine"):
+        solve(table, 8, 4, 5, skippable=True, costs=np.ones(3), token_budget=99.0)
+
+
+def test_greedy_makes_room_for_one_more_group_when_stuck():
+    # Three per rollout beats two, so greedy fills A and B to 3 and is left 1 short of C's group of 2:
+    # it takes one rollout off A or B, where it is worth least, and gives C its group.
+    table = np.tile([0.0, 0.0, 0.1, 1.0], (3, 1))
+    result = solve(table, 7, 2, 3, solver="greedy", skippable=True)
+    assert sorted(result.rollouts.tolist()) == [2, 2, 3]
+    assert result.objective == pytest.approx(brute_force(table, 7, [2] * 3, [3] * 3, skippable=True))
+    # When no rollout can move (A's group is fixed at 3), any feasible allocation is returned.
+    odd = np.array([[0.0, 0, 0, 1, 0, 0], [0.0, 0, 0, 0, 0, 0.5]])
+    result = solve(odd, 5, [3, 5], [3, 5], solver="greedy", skippable=True)
+    assert result.rollouts.tolist() == [0, 5] and not result.optimal
+
+
+def test_skippable_prompts_with_a_floor_of_one_or_less_have_no_gap():
+    # {0} u [1, 4] is [0, 4]: greedy stays exact on rows concave from 0.
+    table = np.sqrt(np.arange(5.0))[None, :] * np.array([[1.0], [0.7], [0.2]])
+    result = solve(table, 7, 1, 4, solver="greedy", skippable=True)
+    assert result.optimal
+    assert result.objective == pytest.approx(brute_force(table, 7, [0] * 3, [4] * 3))

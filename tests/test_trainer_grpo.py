@@ -8,50 +8,25 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import REWARDS, record_lasts
 from datasets import Dataset
-from test_advantages import numpy_grpo
+from helpers import (
+    REWARDS,
+    FakeAllocation,
+    assert_same_run,
+    give_allocations,
+    inject_random_allocations,
+    mock_vllm_server,
+    numpy_grpo,
+    record_allocations,
+    record_lasts,
+    reversed_reward,
+)
 from trl import GRPOConfig, GRPOTrainer
 
 from knapsack_trl import KnapsackGRPOConfig, KnapsackGRPOTrainer
 from knapsack_trl.trainer.config import SKIP_VERSION_CHECK_ENV, check_trl_version
 
 pytestmark = pytest.mark.slow
-
-
-class FakeAllocation:
-    """Stands in for the core allocation: given rollouts per prompt, no diagnostics."""
-
-    def __init__(self, sizes: np.ndarray) -> None:
-        self.rollouts_per_prompt = np.asarray(sizes, dtype=np.int64)
-
-    def metrics(self) -> dict[str, float]:
-        return {"rollouts_max": float(self.rollouts_per_prompt.max())}
-
-
-def inject_random_allocations(trainer: Any, seed: int) -> list[np.ndarray]:
-    """Replace the allocator with random sizes summing to the budget (0 and 1 included)."""
-    rng = np.random.default_rng(seed)
-    drawn: list[np.ndarray] = []
-
-    def allocate(prompt_ids: list[str], budget: int, step: int) -> FakeAllocation:
-        sizes = rng.multinomial(budget, np.full(len(prompt_ids), 1 / len(prompt_ids)))
-        drawn.append(sizes)
-        return FakeAllocation(sizes)
-
-    trainer._knapsack_allocate = allocate
-    return drawn
-
-
-def assert_same_run(stock: tuple, knap: tuple) -> None:
-    _, stock_out, stock_losses, stock_params = stock
-    _, knap_out, knap_losses, knap_params = knap
-    assert len(stock_out) == len(knap_out) > 0
-    for a, b in zip(stock_out, knap_out, strict=True):
-        assert torch.equal(a["advantages"], b["advantages"])
-        assert torch.equal(a["completion_ids"], b["completion_ids"])
-    assert stock_losses == knap_losses and len(stock_losses) > 0
-    assert all(torch.equal(p, q) for p, q in zip(stock_params, knap_params, strict=True))
 
 
 # --------------------------------------------------------------------------- contract with stock GRPO
@@ -169,14 +144,7 @@ def test_knapsack_allocation_moves_budget_to_mixed_prompts(
         train_dataset=dataset,
         processing_class=tiny_tokenizer,
     )
-    allocations = []
-    allocate = trainer._knapsack_allocate
-
-    def capture(prompt_ids: list[str], budget: int, step: int) -> Any:
-        allocations.append(allocate(prompt_ids, budget, step))
-        return allocations[-1]
-
-    trainer._knapsack_allocate = capture
+    allocations = record_allocations(trainer)
     trainer.train()
     history = list(trainer.knapsack_history)
     assert [h["step"] for h in history] == list(range(6))
@@ -244,9 +212,7 @@ def test_feature_matrix_trains(tiny_model, tiny_tokenizer, train_dataset, tiny_a
         train_dataset=train_dataset.select(range(8)),
         processing_class=tiny_tokenizer,
     )
-    trainer._knapsack_allocate = lambda ids, budget, step: FakeAllocation(
-        np.tile([7, 2, 5, 2], len(ids) // 4)
-    )
+    give_allocations(trainer, lambda ids, budget, step: FakeAllocation(np.tile([7, 2, 5, 2], len(ids) // 4)))
     trainer.train()
     assert trainer.state.global_step == 4
     groups = trainer.args.generation_batch_size // 16
@@ -304,58 +270,6 @@ def test_evaluation_stays_stock(tiny_model, tiny_tokenizer, train_dataset, tiny_
 
 
 # --------------------------------------------------------------------------- vLLM server mode (mocked)
-def reversed_reward(prompts: list[str], completions: list[str], **kwargs: Any) -> list[float]:
-    """1 when the completion is its own prompt reversed: what :func:`mock_vllm_server` answers."""
-    return [float(c == p[::-1]) for p, c in zip(prompts, completions, strict=True)]
-
-
-def mock_vllm_server(trainer: Any, tokenizer: Any, importance_sampling: bool = False) -> Any:
-    """Route ``trainer``'s generation through the real ``VLLMGeneration.generate`` to a MOCK client.
-
-    No vLLM server can run here. The mock answers each prompt with its own reversed text, so a
-    completion scored against another prompt (TRL's fixed-size ``[::num_generations]`` dedupe with
-    variable groups) gets reward 0. Returns the mock client.
-    """
-    from unittest import mock
-
-    from trl.generation.vllm_generation import VLLMGeneration
-
-    eos = tokenizer.eos_token_id
-    client = mock.Mock()
-
-    def generate(prompts, features=None, n=1, **kwargs):
-        completions = [[*reversed(ids), eos] for ids in prompts for _ in range(n)]
-        return {
-            "prompt_ids": prompts,
-            "completion_ids": completions,
-            "logprobs": [[[-1.0]] * len(c) for c in completions],
-        }
-
-    client.generate.side_effect = generate
-    generation = VLLMGeneration.__new__(VLLMGeneration)
-    generation.__dict__.update(
-        accelerator=trainer.accelerator,
-        mode="server",
-        vllm_client=client,
-        temperature=1.0,
-        top_p=1.0,
-        top_k=0,
-        min_p=None,
-        repetition_penalty=1.0,
-        max_completion_length=8,
-        logprobs=0,
-        structured_outputs_regex=None,
-        generation_kwargs={},
-        enable_sleep_mode=False,
-    )
-    generation.sync_weights = lambda: None
-    trainer.use_vllm = True
-    trainer.vllm_generation = generation
-    trainer._last_loaded_step = 0
-    trainer.vllm_importance_sampling_correction = importance_sampling
-    return client
-
-
 def test_vllm_server_mode_gets_one_completion_per_row(
     tiny_model, tiny_tokenizer, train_dataset, tiny_args
 ) -> None:
@@ -368,7 +282,7 @@ def test_vllm_server_mode_gets_one_completion_per_row(
         processing_class=tiny_tokenizer,
     )
     client = mock_vllm_server(trainer, tiny_tokenizer)
-    trainer._knapsack_allocate = lambda ids, budget, step: FakeAllocation([7, 2, 5, 2])
+    give_allocations(trainer, lambda ids, budget, step: FakeAllocation([7, 2, 5, 2]))
     trainer.train()
     assert client.generate.call_count == 2
     for call in client.generate.call_args_list:
@@ -525,10 +439,10 @@ def test_rows_not_in_sampler_groups_are_refused(tiny_model, tiny_tokenizer, trai
         processing_class=tiny_tokenizer,
     )
     rows = [train_dataset[i // 4] for i in range(16)]
-    plan = trainer._knapsack_plan(rows)
+    plan = trainer._knapsack_gather(rows)
     assert plan.prompt_ids == [train_dataset[i]["prompt_id"] for i in range(4)]
     with pytest.raises(RuntimeError, match="RepeatSampler"):
-        trainer._knapsack_plan([train_dataset[i % 4] for i in range(16)])
+        trainer._knapsack_gather([train_dataset[i % 4] for i in range(16)])
 
 
 def test_schedule_horizon_for_epoch_based_runs(tiny_model, tiny_tokenizer, train_dataset, tiny_args) -> None:

@@ -13,13 +13,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import difficulty_reward
 from datasets import concatenate_datasets
+from helpers import difficulty_reward
 from transformers import TrainerCallback
 
 from knapsack_trl import KnapsackGRPOConfig, KnapsackGRPOTrainer, KnapsackRLOOConfig, KnapsackRLOOTrainer
 from knapsack_trl.trainer.allocation_log import ALLOCATIONS_FILE, FINAL_STATE_FILE, read_allocations
-from knapsack_trl.trainer.mixin import PROMPT_MEAN_REWARD, STATE_FILE
+from knapsack_trl.trainer.batch_metrics import PROMPT_MEAN_REWARD
+from knapsack_trl.trainer.mixin import STATE_FILE
 
 TRAINERS = {
     "grpo": (KnapsackGRPOTrainer, KnapsackGRPOConfig),

@@ -8,61 +8,28 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import REWARDS, record_lasts
-from test_advantages import numpy_grpo, numpy_rloo
-from test_trainer_grpo import assert_same_run, mock_vllm_server, reversed_reward
+from helpers import (
+    REWARDS,
+    assert_same_run,
+    inject_random_second_rounds,
+    mock_vllm_server,
+    numpy_grpo,
+    numpy_rloo,
+    record_lasts,
+    record_reward_calls,
+    reversed_reward,
+)
 from transformers import TrainingArguments
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
 from knapsack_trl import KnapsackGRPOConfig, KnapsackGRPOTrainer, KnapsackRLOOConfig, KnapsackRLOOTrainer
+from knapsack_trl.core.allocator import KnapsackRolloutAllocator
+from knapsack_trl.core.state import CHECKPOINT_STATE_VERSION
+from knapsack_trl.core.tracker import SuccessRateTracker
 
 pytestmark = pytest.mark.slow
 
 WEIGHTS = np.array([1.0, 0.5])
-
-
-class FakeSecondRound:
-    """Stands in for the core's SecondRound: given extra rollouts per prompt, no diagnostics."""
-
-    def __init__(self, extra: np.ndarray) -> None:
-        self.extra_rollouts = np.asarray(extra, dtype=np.int64)
-
-    def metrics(self) -> dict[str, float]:
-        return {"second_round_rollouts": float(self.extra_rollouts.sum())}
-
-
-def inject_random_second_rounds(trainer: Any, seed: int) -> list[dict[str, np.ndarray]]:
-    """Replace the second-round decision with random extra rollouts summing to its budget (0 included)."""
-    rng = np.random.default_rng(seed)
-    drawn: list[dict[str, np.ndarray]] = []
-
-    def allocate(prompt_ids, successes, scored, budget, step):
-        extra = rng.multinomial(budget, np.full(len(prompt_ids), 1 / len(prompt_ids)))
-        drawn.append({"successes": np.asarray(successes), "scored": np.asarray(scored), "extra": extra})
-        return FakeSecondRound(extra)
-
-    trainer._knapsack_allocate_second_round = allocate
-    return drawn
-
-
-def record_reward_calls(trainer: Any) -> list[dict[str, Any]]:
-    """Every call of TRL's reward computation: its prompts, completion token ids and reward matrix."""
-    calls: list[dict[str, Any]] = []
-    original = trainer._calculate_rewards
-
-    def wrapped(inputs, prompts, completions, completion_ids_list):
-        out = original(inputs, prompts, completions, completion_ids_list)
-        calls.append(
-            {
-                "prompts": list(prompts),
-                "completion_ids": [list(ids) for ids in completion_ids_list],
-                "rewards_per_func": out.detach().cpu().numpy().astype(np.float64),
-            }
-        )
-        return out
-
-    trainer._calculate_rewards = wrapped
-    return calls
 
 
 def aggregate(rpf: np.ndarray) -> np.ndarray:
@@ -349,3 +316,53 @@ def test_pilot_that_does_not_split_over_processes_fails_at_config_time(tmp_path,
             num_generations=32,  # 2 x 16 rows = 32 per batch: one prompt, one pilot rollout
             knapsack_pilot_rollouts=1,
         )
+
+
+# --------------------------------------------------------------------------- defects found by the seam review
+def graded_reward(completions: list[Any], **kwargs: Any) -> list[float]:
+    """0.7 for an odd-length completion, else 0: a success at threshold 0.5, a failure at 0.9."""
+    return [0.7 * (len(c) % 2) for c in completions]
+
+
+def test_resumed_pilot_counts_successes_with_the_trackers_threshold(
+    tiny_model, tiny_tokenizer, train_dataset, tiny_args
+) -> None:
+    """On resume the tracker keeps the threshold its history was recorded with; the pilot's decision must
+    count successes with that one, not with a config that now says otherwise."""
+    args = tiny_args(
+        KnapsackGRPOConfig, max_steps=1, knapsack_pilot_rollouts=2, knapsack_success_threshold=0.9
+    )
+    trainer = KnapsackGRPOTrainer(
+        model=tiny_model(),
+        reward_funcs=graded_reward,
+        args=args,
+        train_dataset=train_dataset,
+        processing_class=tiny_tokenizer,
+    )
+    saved = KnapsackRolloutAllocator(
+        trainer.knapsack_allocator.config, SuccessRateTracker(success_threshold=0.5)
+    )
+    with pytest.warns(UserWarning, match="success_threshold=0.5"):
+        trainer.load_knapsack_state_dict(
+            {"version": CHECKPOINT_STATE_VERSION, "allocator": saved.state_dict()}
+        )
+    calls = record_reward_calls(trainer)
+    events: list[Any] = []
+    trainer.add_knapsack_listener(events.append)
+    trainer.train()
+    pilot_rows = np.asarray([r[0] for r in calls[0]["rewards_per_func"]])  # the pilot round, 2 rows a prompt
+    prompts = calls[0]["prompts"]
+    second = events[0].allocation
+    expected = []
+    for pid in events[0].prompt_ids:
+        rows = [
+            r for p, r in zip(prompts, pilot_rows, strict=True) if train_prompt_id(p, train_dataset) == pid
+        ]
+        wins = sum(r > 0.5 for r in rows)
+        expected.append(0 < wins < len(rows))
+    assert any(expected), "the reward should mix some pilots at threshold 0.5"
+    assert second.pilot_mixed.tolist() == expected
+
+
+def train_prompt_id(prompt: Any, dataset: Any) -> str:
+    return next(row["prompt_id"] for row in dataset if row["prompt"] == prompt)

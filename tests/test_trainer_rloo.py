@@ -7,9 +7,15 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import REWARDS, record_lasts
-from test_advantages import numpy_rloo
-from test_trainer_grpo import FakeAllocation, assert_same_run, inject_random_allocations
+from helpers import (
+    REWARDS,
+    FakeAllocation,
+    assert_same_run,
+    give_allocations,
+    inject_random_allocations,
+    numpy_rloo,
+    record_lasts,
+)
 from trl import RLOOConfig, RLOOTrainer
 
 from knapsack_trl import KnapsackRLOOConfig, KnapsackRLOOTrainer
@@ -117,9 +123,7 @@ def test_rloo_feature_matrix_trains(tiny_model, tiny_tokenizer, train_dataset, t
         train_dataset=train_dataset.select(range(8)),
         processing_class=tiny_tokenizer,
     )
-    trainer._knapsack_allocate = lambda ids, budget, step: FakeAllocation(
-        np.tile([7, 2, 5, 2], len(ids) // 4)
-    )
+    give_allocations(trainer, lambda ids, budget, step: FakeAllocation(np.tile([7, 2, 5, 2], len(ids) // 4)))
     trainer.train()
     assert trainer.state.global_step == 4
     assert all(np.isfinite(h["loss"]) for h in trainer.state.log_history if "loss" in h)

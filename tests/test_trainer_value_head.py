@@ -5,9 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import REWARDS
+from helpers import REWARDS
 
 from knapsack_trl import KnapsackGRPOConfig, KnapsackGRPOTrainer
+from knapsack_trl.core.allocator import KnapsackRolloutAllocator
+from knapsack_trl.core.state import CHECKPOINT_STATE_VERSION
+from knapsack_trl.core.tracker import SuccessRateTracker
 from knapsack_trl.trainer.value_head import VALUE_HEAD_FILENAME
 
 pytestmark = pytest.mark.slow
@@ -81,3 +84,39 @@ def test_resumed_run_ends_with_the_uninterrupted_runs_head(
     np.testing.assert_array_equal(
         resumed.knapsack_value_head.predict(features), full.knapsack_value_head.predict(features)
     )
+
+
+def graded_reward(completions, **kwargs):
+    """0.7 for an odd-length completion, else 0: a success at threshold 0.5, a failure at 0.9."""
+    return [0.7 * (len(c) % 2) for c in completions]
+
+
+def test_resumed_value_head_learns_with_the_trackers_threshold(
+    tiny_model, tiny_tokenizer, train_dataset, tiny_args
+):
+    """On resume the tracker keeps the threshold its history was recorded with; the value head must learn
+    successes counted with that one, not with a config that now says otherwise."""
+    args = tiny_args(
+        KnapsackGRPOConfig, max_steps=1, knapsack_value_estimator="blend", knapsack_success_threshold=0.9
+    )
+    trainer = KnapsackGRPOTrainer(
+        model=tiny_model(),
+        reward_funcs=graded_reward,
+        args=args,
+        train_dataset=train_dataset,
+        processing_class=tiny_tokenizer,
+    )
+    saved = KnapsackRolloutAllocator(
+        trainer.knapsack_allocator.config, SuccessRateTracker(success_threshold=0.5)
+    )
+    with pytest.warns(UserWarning, match="success_threshold=0.5"):
+        trainer.load_knapsack_state_dict(
+            {"version": CHECKPOINT_STATE_VERSION, "allocator": saved.state_dict()}
+        )
+    events = []
+    trainer.add_knapsack_listener(events.append)
+    trainer.train()
+    rewards = events[0].rewards
+    assert 0 < np.mean(rewards > 0.5) < 1
+    logged = next(h for h in trainer.state.log_history if "knapsack/value_head/mean_obs" in h)
+    assert logged["knapsack/value_head/mean_obs"] == pytest.approx(float(np.mean(rewards > 0.5)))

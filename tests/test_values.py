@@ -44,3 +44,20 @@ def test_registry_and_custom_function():
         get_value_function("nope")
     table = value_table(lambda n, p: n * p, np.array([0.5]), 3)
     np.testing.assert_allclose(table, [[0.0, 0.5, 1.0, 1.5]])
+
+
+def test_informative_rollouts_counts_rollouts_in_mixed_groups_by_enumeration():
+    from itertools import product
+
+    from knapsack_trl.core.values import informative_rollouts
+
+    assert get_value_function("informative_rollouts") is informative_rollouts
+    for n, p in ((1, 0.4), (2, 0.5), (3, 0.2), (5, 0.9), (4, 0.0)):
+        # E[n x 1{group mixed}] summed over every outcome sequence
+        expected = sum(
+            n * p ** sum(seq) * (1 - p) ** (n - sum(seq))
+            for seq in product((0, 1), repeat=n)
+            if 0 < sum(seq) < n
+        )
+        assert informative_rollouts(n, p) == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    assert informative_rollouts(0, 0.5) == 0.0

@@ -1,9 +1,10 @@
 """``knapsack-trl train --dry-run``: check a recipe without a model and print what it resolves to.
 
-Every key parses, the budget arithmetic holds, the rewards resolve and a local dataset has the columns
-they need. The hardware is checked as the real run checks it (:mod:`knapsack_trl.recipe.hardware`): on a
-machine without a GPU a bf16 / fp16 / vLLM recipe fails, naming the field and the fix, unless ``--assume-gpu``
-asks for the GPU host's view (the hardware checks are then skipped, and the report says so).
+Every key parses, the budget arithmetic holds, the rewards resolve, a ``dataset_name`` that looks like a
+path exists, and a local dataset has the columns they need. The hardware is checked as the real run checks
+it (:mod:`knapsack_trl.recipe.hardware`): on a machine without a GPU a bf16 / fp16 / vLLM recipe fails,
+naming the field and the fix, unless ``--assume-gpu`` asks for the GPU host's view (the hardware checks
+are then skipped, and the report says so).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from knapsack_trl.recipe import (
     CommandLine,
     RecipeError,
     budget_summary,
+    check_dataset_source,
     check_hardware,
     check_recipe_dataset,
     dataset_is_local,
@@ -54,6 +56,7 @@ def dry_run(
 ) -> dict[str, Any]:
     """Everything a recipe can be checked for without a model; returns the report (raises RecipeError)."""
     notes = list(notes or [])
+    check_dataset_source(script_args)  # a missing local file is an error here too, not a "skipped" hub name
     if assume_gpu:
         if not gpu_available():
             notes.append(
@@ -99,7 +102,8 @@ def dry_run(
         }
     if training_args.use_vllm and importlib.util.find_spec("vllm") is None:
         notes.append(
-            "use_vllm is set but vllm is not installed here: pip install 'knapsack-trl[vllm]' on the GPU host."
+            "use_vllm is set but vllm is not installed here: pip install 'trl[vllm]' on the GPU host (or, in "
+            "your knapsack-trl clone there, pip install -e '.[vllm]')."
         )
     return {
         "dry_run": "ok",

@@ -15,6 +15,7 @@ The schedules and the token-cost mode are this package's additions and are off b
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -36,6 +37,11 @@ from knapsack_trl.core.values import (
     nonzero_gradient_probability,
     value_table,
 )
+
+# Steps over which a candidate's history loses half its weight by default (AllocatorConfig.history_half_life
+# unset, prompts chosen from candidates). Chosen with the allocation simulator (docs/method.md, "Choosing
+# prompts: candidates"): 16 gave the best worst case over five mixes, with and without a learning trend.
+DEFAULT_HISTORY_HALF_LIFE = 16.0
 
 __all__ = [
     "BUCKETS",
@@ -86,6 +92,7 @@ class KnapsackRolloutAllocator:
         step: int = 0,
         prior_success_rate: np.ndarray | None = None,
         uniform: bool = False,
+        allow_skip: bool = False,
     ) -> Allocation:
         """Rollouts per prompt summing to ``budget``, each within [n_min, n_max].
 
@@ -93,61 +100,94 @@ class KnapsackRolloutAllocator:
         gives unseen prompts an estimate so they join the knapsack and is the prior mean for seen ones;
         in the posterior rule it counts as ``tracker.prior_strength`` pseudo-outcomes at that rate.
         ``uniform=True`` returns the uniform allocation with the same diagnostics.
+
+        ``allow_skip=True`` (the prompts are candidates, more than the budget needs): a prompt may get 0
+        rollouts instead, and the budget must be whole groups (``k x n_min <= budget <= k x n_max``). The
+        posterior rule runs one knapsack over every candidate; the buckets rule keeps its buckets and lets
+        only the knapsack over the mixed prompts skip (:func:`.rules.buckets_rule`). A skipped prompt is
+        not observed. ``uniform`` with it is refused: the uniform split over candidates is the control
+        that skipping is measured against, reported in every allocation.
         """
         cfg = self.config
         ids = [str(p) for p in prompt_ids]
-        budget, n_min, n_max = self._bounds(budget, len(ids), step)
-        batch = self._batch(ids, budget, n_max, _check_prior(prior_success_rate, len(ids)))
+        if uniform and allow_skip:
+            raise ValueError(
+                "allocate got uniform=True with allow_skip=True: the uniform mode gives every prompt its share "
+                "and skips none. Choose prompts (allow_skip) with a knapsack rule, or pass uniform alone."
+            )
+        budget, n_min, n_max = self._bounds(budget, len(ids), step, allow_skip)
+        half_life = self.history_half_life(allow_skip)
+        weight = self._age_weight(ids, step, half_life)
+        batch = self._batch(
+            ids, budget, n_max, _check_prior(prior_success_rate, len(ids)), self.population_prior(), weight
+        )
         share = self._schedule.exploration_share_at(step)
         moved, result = 0, None
         if uniform:
             n = batch.uniform.copy()
         elif cfg.rule == "posterior":
-            n, result = posterior_rule(batch, budget, n_min, n_max, self.solve_table, cfg.token_cost)
+            n, result = posterior_rule(
+                batch, budget, n_min, n_max, self.solve_table, cfg.token_cost, allow_skip=allow_skip
+            )
         else:
+            bounds = (n_min, n_max)
             n, result, moved = buckets_rule(
-                batch, cfg, budget, (n_min, n_max), share, self._value_fn, self.solve_table
+                batch, cfg, budget, bounds, share, self._value_fn, self.solve_table, allow_skip=allow_skip
             )
-        if int(n.sum()) != budget or n.min() < n_min or n.max() > n_max:
-            raise RuntimeError(
-                f"allocation broke its invariants (sum {int(n.sum())} vs budget {budget}, range "
-                f"[{n.min()}, {n.max()}] vs [{n_min}, {n_max}]); please report this as a bug."
-            )
-        post = batch.posterior
-        return Allocation(
-            rollouts_per_prompt=n,
-            success_rate=post.mean if cfg.rule == "posterior" else batch.point,
-            bucket=batch.bucket,
-            expected_value=self._expected_value(n, batch),
-            uniform_expected_value=self._expected_value(batch.uniform, batch),
-            expected_informative=float(post.nonzero_gradient(n).sum()),
-            uniform_expected_informative=float(post.nonzero_gradient(batch.uniform).sum()),
-            solver_result=result,
+        _check_invariants(n, budget, n_min, n_max, allow_skip)
+        return dataclasses.replace(
+            self._record(n, batch, result),
             n_max=n_max,
             exploration_share=share,
             fallback_rollouts=moved,
+            allow_skip=allow_skip,
+            history_half_life=None if self._half_life_setting(allow_skip) == "off" else half_life,
         )
 
-    def allocate_known(self, success_rate: np.ndarray, budget: int, *, step: int = 0) -> Allocation:
+    def _record(self, n: np.ndarray, batch: Batch, result: SolverResult | None) -> Allocation:
+        """The allocation with its expectations, and the uniform split's, under the rule's beliefs."""
+        post, uni = batch.posterior, batch.uniform
+        mixed, uniform_mixed = post.nonzero_gradient(n), post.nonzero_gradient(uni)
+        return Allocation(
+            rollouts_per_prompt=n,
+            success_rate=post.mean if self.config.rule == "posterior" else batch.point,
+            bucket=batch.bucket,
+            expected_value=self._expected_value(n, batch),
+            uniform_expected_value=self._expected_value(uni, batch),
+            expected_informative=float(mixed.sum()),
+            uniform_expected_informative=float(uniform_mixed.sum()),
+            solver_result=result,
+            expected_informative_rollouts=float(mixed @ n),
+            uniform_expected_informative_rollouts=float(uniform_mixed @ uni),
+        )
+
+    def allocate_known(
+        self, success_rate: np.ndarray, budget: int, *, step: int = 0, allow_skip: bool = False
+    ) -> Allocation:
         """The allocation if each prompt's success rate were known: the knapsack on the configured value
-        at exactly these rates, every prompt in it (with ``nonzero_gradient``, the count oracle)."""
+        at exactly these rates, every prompt in it (with ``nonzero_gradient``, the count oracle; with
+        ``allow_skip``, the oracle that also chooses which candidates get rollouts)."""
         p = np.asarray(success_rate, dtype=np.float64).reshape(-1)
-        budget, n_min, n_max = self._bounds(budget, p.size, step)
+        budget, n_min, n_max = self._bounds(budget, p.size, step, allow_skip)
         table = value_table(self._value_fn, p, n_max)
-        result = self.solve_table(table, budget, n_min, n_max, None, None)
+        result = self.solve_table(table, budget, n_min, n_max, None, None, skippable=allow_skip)
         n = np.asarray(result.rollouts, dtype=np.int64)
         uni = uniform_allocation(budget, p.size)
         rows = np.arange(p.size)
+        mixed, uniform_mixed = nonzero_gradient_probability(n, p), nonzero_gradient_probability(uni, p)
         return Allocation(
             rollouts_per_prompt=n,
             success_rate=p,
             bucket=np.where(p == 0, "zero", np.where(p == 1, "one", "mixed")).astype("<U6"),
             expected_value=float(table[rows, n].sum()),
             uniform_expected_value=float(table[rows, uni].sum()),
-            expected_informative=float(nonzero_gradient_probability(n, p).sum()),
-            uniform_expected_informative=float(nonzero_gradient_probability(uni, p).sum()),
+            expected_informative=float(mixed.sum()),
+            uniform_expected_informative=float(uniform_mixed.sum()),
             solver_result=result,
             n_max=n_max,
+            expected_informative_rollouts=float(mixed @ n),
+            uniform_expected_informative_rollouts=float(uniform_mixed @ uni),
+            allow_skip=allow_skip,
         )
 
     def posterior(
@@ -157,23 +197,47 @@ class KnapsackRolloutAllocator:
         *,
         successes: np.ndarray | None = None,
         trials: np.ndarray | None = None,
+        step: int = 0,
+        allow_skip: bool = False,
     ) -> Posterior:
-        """Each prompt's beliefs as the posterior rule holds them (population prior, the history that
-        passes the validity rule, ``prior_success_rate`` as in :meth:`allocate`), times the likelihood
-        of ``successes`` out of ``trials`` fresh outcomes the tracker has not seen (a pilot round's)."""
+        """Each prompt's beliefs as the posterior rule holds them at ``step`` (population prior, the history
+        that passes the validity rule, weighed by its age as :meth:`allocate` with ``allow_skip`` weighs it,
+        ``prior_success_rate`` as in :meth:`allocate`), times the likelihood of ``successes`` out of
+        ``trials`` fresh outcomes the tracker has not seen (a pilot round's)."""
         ids = [str(p) for p in prompt_ids]
-        s, n, _ = self._valid_counts(ids)
         if (successes is None) != (trials is None):
             raise ValueError("posterior needs both successes and trials for fresh outcomes, or neither.")
+        population = self.population_prior()
+        weight = self._age_weight(ids, step, self.history_half_life(allow_skip))
+        s, n, _ = self._valid_counts(ids)
+        s, n = s * weight, n * weight
         if successes is not None and trials is not None:
             s = s + np.broadcast_to(np.asarray(successes, dtype=np.float64), s.shape)
             n = n + np.broadcast_to(np.asarray(trials, dtype=np.float64), n.shape)
         prior = _check_prior(prior_success_rate, len(ids))
-        return self.population_prior().posterior(
-            s, n, prior_mean=prior, prior_strength=self.tracker.prior_strength
-        )
+        return population.posterior(s, n, prior_mean=prior, prior_strength=self.tracker.prior_strength)
 
-    def _bounds(self, budget: int, m: int, step: int) -> tuple[int, int, int]:
+    def history_half_life(self, allow_skip: bool = False) -> float:
+        """Steps over which a prompt's history loses half its weight since its last visit (inf: never):
+        the config's, or with it unset ``DEFAULT_HISTORY_HALF_LIFE`` when choosing prompts (``allow_skip``)
+        and none otherwise."""
+        setting = self._half_life_setting(allow_skip)
+        return math.inf if setting == "off" else float(setting)
+
+    def _half_life_setting(self, allow_skip: bool) -> float | str:
+        setting = self.config.history_half_life
+        if setting is None:
+            return DEFAULT_HISTORY_HALF_LIFE if allow_skip else "off"
+        return setting
+
+    def _age_weight(self, ids: list[str], step: int, half_life: float) -> np.ndarray:
+        """Each prompt's history weight at ``step``: ``0.5 ** (steps since its last visit / half_life)``."""
+        if math.isinf(half_life):
+            return np.ones(len(ids))
+        last = self.tracker.stats(ids).last_seen
+        return np.where(last >= 0, 0.5 ** (np.maximum(step - last, 0) / half_life), 1.0)
+
+    def _bounds(self, budget: int, m: int, step: int, allow_skip: bool = False) -> tuple[int, int, int]:
         """``(budget, n_min, n_max)`` at ``step``, or a SettingError naming the setting to change."""
         if m == 0:
             raise ValueError("allocate got an empty batch: pass at least one prompt id.")
@@ -186,7 +250,12 @@ class KnapsackRolloutAllocator:
                 "lower <n_min> or raise the schedule's end."
             )
         self.config.check_fixed_budgets(n_min, n_max)
-        check_budget(int(budget), m, n_min, n_max)
+        if allow_skip and self.config.token_cost:
+            raise SettingError(
+                "<token_cost>=True does not combine with skipping prompts (candidates): the token cap is the "
+                "uniform split's tokens, and choosing prompts changes which ones are paid for. Turn one off."
+            )
+        check_budget(int(budget), m, n_min, n_max, allow_skip)
         return int(budget), n_min, n_max
 
     def _valid_counts(self, ids: list[str]) -> tuple[np.ndarray, np.ndarray, Any]:
@@ -195,9 +264,19 @@ class KnapsackRolloutAllocator:
         valid = st.total_observations >= self.config.min_observations
         return np.where(valid, st.successes, 0.0), np.where(valid, st.num_observations, 0.0), st
 
-    def _batch(self, ids: list[str], budget: int, n_max: int, prior: np.ndarray) -> Batch:
-        """Buckets from the history that passes the validity rule, point estimates and posteriors."""
+    def _batch(
+        self,
+        ids: list[str],
+        budget: int,
+        n_max: int,
+        prior: np.ndarray,
+        population: PopulationPrior,
+        weight: np.ndarray,
+    ) -> Batch:
+        """Buckets from the history that passes the validity rule, point estimates and posteriors (the
+        history weighed by ``weight``, its age)."""
         s, n, st = self._valid_counts(ids)
+        s, n = s * weight, n * weight
         valid = n > 0
         zero = valid & (s == 0)
         one = valid & ~zero & (s == n)
@@ -209,9 +288,7 @@ class KnapsackRolloutAllocator:
         point[mixed] = self.tracker.success_rate(ids, prior_mean=prior)[mixed]
         estimated = ~valid & ~np.isnan(prior)
         point[estimated] = prior[estimated]
-        posterior = self.population_prior().posterior(
-            s, n, prior_mean=prior, prior_strength=self.tracker.prior_strength
-        )
+        posterior = population.posterior(s, n, prior_mean=prior, prior_strength=self.tracker.prior_strength)
         table = posterior.value_table(self._value_fn, n_max) if self.config.rule == "posterior" else None
         return Batch(bucket, point, posterior, uniform_allocation(budget, len(ids)), st.mean_length, table)
 
@@ -223,11 +300,13 @@ class KnapsackRolloutAllocator:
         n_max: int | np.ndarray,
         costs: np.ndarray | None = None,
         token_budget: float | None = None,
+        skippable: np.ndarray | bool | None = None,
     ) -> SolverResult:
         """The configured solver on ``table``, with ties between identical prompts given to the earliest.
 
         ``n_min`` / ``n_max`` are one bound for all or one per prompt; identical rows must then have
-        identical bounds (a pilot's table keeps rows with different floors apart)."""
+        identical bounds (a pilot's table keeps rows with different floors apart). ``skippable``: prompts
+        that may get 0 instead (see :func:`.solvers.solve`)."""
         k = table.shape[0]
         result = solve(
             table,
@@ -238,6 +317,7 @@ class KnapsackRolloutAllocator:
             costs=costs,
             token_budget=token_budget,
             time_limit_s=float(self.config.time_limit_s),
+            skippable=skippable,
         )
         rollouts = earliest_first(np.asarray(result.rollouts, dtype=np.int64), table, costs)
         return dataclasses.replace(result, rollouts=rollouts)
@@ -286,6 +366,17 @@ class KnapsackRolloutAllocator:
                 stacklevel=2,
             )
         self.tracker.load_state_dict(state["tracker"])
+
+
+def _check_invariants(n: np.ndarray, budget: int, n_min: int, n_max: int, allow_skip: bool) -> None:
+    """The budget exactly, every prompt within [n_min, n_max] (or at 0 when it may be skipped)."""
+    used = n[n > 0] if allow_skip else n
+    if int(n.sum()) != budget or (used.size and (used.min() < n_min or used.max() > n_max)) or (n < 0).any():
+        raise RuntimeError(
+            f"allocation broke its invariants (sum {int(n.sum())} vs budget {budget}, range "
+            f"[{n.min()}, {n.max()}] vs [{n_min}, {n_max}], skipping {'allowed' if allow_skip else 'not allowed'}); "
+            "please report this as a bug."
+        )
 
 
 def _check_prior(prior: np.ndarray | None, m: int) -> np.ndarray:

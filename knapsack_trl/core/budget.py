@@ -81,8 +81,16 @@ def cheapest_fill(
     return lower
 
 
-def check_budget(budget: int, prompts: int, n_min: int, n_max: int) -> None:
-    """Raise unless ``n_min x prompts <= budget <= n_max x prompts``: the only budgets that can be split."""
+def check_budget(budget: int, prompts: int, n_min: int, n_max: int, allow_skip: bool = False) -> None:
+    """Raise unless ``n_min x prompts <= budget <= n_max x prompts``: the only budgets that can be split.
+
+    With ``allow_skip`` a prompt may also get 0: the budget must be ``k`` whole groups for some ``k`` up to
+    ``prompts``, ``k x n_min <= budget <= k x n_max``. The fewest groups that can hold it,
+    ``ceil(budget / n_max)``, is the ``k`` to try: more groups only raise the floor.
+    """
+    if allow_skip:
+        _check_whole_groups(budget, prompts, n_min, n_max)
+        return
     if budget < n_min * prompts:
         raise SettingError(
             f"<budget>={budget} rollouts cannot give each of {prompts} prompts <n_min>={n_min} "
@@ -93,3 +101,30 @@ def check_budget(budget: int, prompts: int, n_min: int, n_max: int) -> None:
             f"<budget>={budget} rollouts exceed <n_max>={n_max} x {prompts} prompts = {n_max * prompts}; "
             "raise <n_max> or lower <budget>."
         )
+
+
+def whole_groups_below(budget: int, prompts: int, n_min: int, n_max: int) -> int:
+    """The largest ``b <= budget`` that ``k <= prompts`` whole groups of ``n_min..n_max`` rollouts make."""
+    if n_max <= 0:
+        return 0
+    groups = -(-int(budget) // n_max)
+    if groups > prompts:
+        return prompts * n_max
+    return int(budget) if groups * n_min <= budget else (groups - 1) * n_max
+
+
+def _check_whole_groups(budget: int, prompts: int, n_min: int, n_max: int) -> None:
+    if budget > n_max * prompts:
+        raise SettingError(
+            f"<budget>={budget} rollouts exceed <n_max>={n_max} x {prompts} prompts = {n_max * prompts}; "
+            "raise <n_max> or lower <budget>."
+        )
+    below = whole_groups_below(budget, prompts, n_min, n_max)
+    if below == budget:
+        return
+    above = (-(-budget // max(n_max, 1))) * n_min
+    raise SettingError(
+        f"<budget>={budget} rollouts cannot be split into whole groups of <n_min>={n_min} to <n_max>={n_max} "
+        f"rollouts (k groups take {n_min}k to {n_max}k; prompts skipped get 0): the nearest budgets that "
+        f"split are {below} and {above}. Change <budget>, lower <n_min> or raise <n_max>."
+    )

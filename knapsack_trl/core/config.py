@@ -14,6 +14,7 @@ from knapsack_trl.core.solvers import check_solver_name
 from knapsack_trl.core.values import get_value_function
 
 RULES = ("posterior", "buckets")
+HALF_LIFE_MODES = ("off",)
 _INTEGER_SETTINGS = ("n_min", "n_max", "zero_success_budget", "full_success_budget", "min_observations")
 
 
@@ -25,6 +26,12 @@ class AllocatorConfig:
     ``positive_n``; ``fallback_confidence`` is its ``alpha``. ``min_observations``: a prompt's history
     is used only from that many outcomes (the reference: 8); before that it counts as unseen.
     Schedules are strings such as ``"cosine:128:32"`` (see :mod:`.schedule`).
+
+    ``history_half_life``: steps over which a prompt's history loses half its weight since its last
+    visit, so the posterior of a prompt not seen for a while widens towards the population's (the policy
+    moved on since): a number of steps, ``"off"``, or None (the default): 16 steps when choosing prompts
+    from candidates (``allocate(..., allow_skip=True)``), off otherwise, which keeps allocations without
+    candidates exactly as before.
     """
 
     rule: str = "posterior"
@@ -39,6 +46,7 @@ class AllocatorConfig:
     min_observations: int = 1
     time_limit_s: float = 1.0
     token_cost: bool = False
+    history_half_life: float | str | None = None
     n_max_schedule: str | None = None
     exploration_schedule: str | None = None
     total_steps: int | None = None
@@ -66,6 +74,7 @@ class AllocatorConfig:
             )
         if self.total_steps is not None and (isinstance(self.total_steps, bool) or self.total_steps < 1):
             raise SettingError(f"<total_steps>={self.total_steps!r} must be an integer >= 1.")
+        self._check_half_life()
         self._check_schedules()
 
     def budget_schedule(self) -> BudgetSchedule:
@@ -100,6 +109,16 @@ class AllocatorConfig:
                 "the reference uses 8)."
             )
         self.check_fixed_budgets(self.n_min, self.n_max)
+
+    def _check_half_life(self) -> None:
+        value = self.history_half_life
+        if value is None or value in HALF_LIFE_MODES:
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+            raise SettingError(
+                f"<history_half_life>={value!r} must be a positive number of steps, 'off' or None "
+                "(16 steps with candidates, off without)."
+            )
 
     def _check_fallback(self) -> None:
         if not isinstance(self.fallback, bool):

@@ -6,33 +6,30 @@ allocator's population prior and the prompt's history, exactly as the posterior 
 ``p^s (1-p)^(k-s)``), and the rest of the budget goes by one knapsack on the posterior predictive value
 of each prompt's *final* group, pilot included (the pilot rollouts are never thrown away).
 
-The value of a final group is ``P(mixed) x w(p)``: ``w = 1`` for ``nonzero_gradient`` (the expected number
-of informative prompts), ``w = p (1-p)^2`` for the paper's ``knapsack`` value (a callable value must
-have this form; it is checked on the grid, a ValueError otherwise). Given the pilot's ``s``
-successes and ``f`` failures and ``m`` more rollouts, the group ends mixed
+Each final group's value given its pilot (``P(mixed) x w(p) x size(n)``, the tables) is
+:mod:`.pilot_values`.
 
-- for certain when the pilot is already mixed (``s > 0`` and ``f > 0``),
-- with chance ``1 - (1-p)^m`` after an all-fail pilot, ``1 - p^m`` after an all-success one,
-- with chance ``1 - p^m - (1-p)^m`` (``m >= 2``) when the pilot has no scored outcome,
-
-and the table is each prompt's posterior expectation of that times ``w(p)``. These rows are concave in
-``m`` (mixtures of concave functions), so the greedy solver is exact from ``m = 0`` on a scored pilot.
-
-A prompt whose pilot is mixed gains nothing from more rollouts under either value: the knapsack spends
-the second round on the others, and only rollouts that no prompt's value can use (every other prompt at
-``n_max``, or every pilot mixed) go to the mixed prompts, evening out their final group sizes
+A prompt whose pilot is mixed gains nothing from more rollouts under a value with ``size = 1``: the knapsack
+spends the second round on the others, and only rollouts that no prompt's value can use (every other
+prompt at ``n_max``, or every pilot mixed) go to the mixed prompts, evening out their final group sizes
 (water-filling, ties to the earlier prompt). Final groups always lie in ``[n_min, n_max]``: when the pilot
 is smaller than ``n_min`` the second round brings every prompt up to it first.
 
-The trainer's use, on the main process once the pilot's rewards are in::
+**Candidates** (``allow_skip``): the pilot runs over every candidate of the batch and the knapsack commits
+the rest on what it showed (Pilot-Commit's shape, budget-exact): a candidate may get no second-round
+rollouts, and then its final group is its pilot alone, even when ``k < n_min``. Those ``k`` rollouts were
+drawn already; they stay in the batch, count for the tracker and, as a group of ``k``, give a gradient only
+when mixed (a group of one never does). A candidate that does get more ends in ``[max(n_min, k), n_max]``.
 
-    budget = second_round_budget(k, num_prompts, generation_batch_size, num_processes)  # at config time
-    plan = allocate_second_round(allocator, prompt_ids, successes, k, budget, step=step,
-                                 prior_success_rate=head_p, pilot_scored=scored)
-    # broadcast plan.extra_rollouts; generate them; observe pilot + second round once, after both.
+The trainer's use::
 
-:func:`allocate_second_round` is a pure function of the tracker's state and its inputs: it never
-writes to the tracker, so every process and a resumed run take the same decision.
+    pilot = PilotRound.from_config(config, k, num_prompts, generation_batch_size, num_processes)  # config time
+    # every process generates pilot.pilot_sizes(); on the main process, once the pilot's rewards are in:
+    second = pilot.decide(allocator, prompt_ids, pilot_rewards, step=step, prior_success_rate=head_p)
+    # broadcast second.extra_rollouts; generate them; observe pilot + second round once, after both.
+
+:meth:`PilotRound.decide` is a pure function of the tracker's state and its inputs: it never writes to the
+tracker, so every process and a resumed run take the same decision.
 """
 
 from __future__ import annotations
@@ -42,15 +39,27 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from knapsack_trl.core.allocation import candidate_metrics
 from knapsack_trl.core.allocator import KnapsackRolloutAllocator
-from knapsack_trl.core.budget import fill_evenly
+from knapsack_trl.core.budget import check_budget, fill_evenly
+from knapsack_trl.core.calibration import group_successes
 from knapsack_trl.core.config import AllocatorConfig
 from knapsack_trl.core.errors import SettingError
+from knapsack_trl.core.pilot_values import (
+    PilotOutcomes,
+    extra_value_table,
+    final_mixed_chance,
+    final_mixed_probability,
+    final_size_table,
+    value_factors,
+)
 from knapsack_trl.core.posterior import GRID, Posterior
 from knapsack_trl.core.solvers import SolverResult
-from knapsack_trl.core.values import ValueFunction, get_value_function, nonzero_gradient_probability
+from knapsack_trl.core.values import get_value_function
 
 __all__ = [
+    "PilotOutcomes",
+    "PilotRound",
     "SecondRound",
     "allocate_second_round",
     "check_pilot_config",
@@ -58,23 +67,7 @@ __all__ = [
     "second_round_budget",
 ]
 
-# A value function must match P(mixed | n, p) x w(p) to this relative tolerance to be used with a pilot.
-_FACTOR_RTOL = 1e-9
-
-
-def final_mixed_probability(
-    successes: np.ndarray, failures: np.ndarray, extra: np.ndarray, success_rate: np.ndarray
-) -> np.ndarray:
-    """P(a group holding ``successes`` and ``failures`` has mixed outcomes after ``extra`` more rollouts
-    at rate ``p``); broadcasting. With no outcome yet it is ``nonzero_gradient_probability(extra, p)``."""
-    s, f, m, p = np.broadcast_arrays(
-        *(np.asarray(x, dtype=np.float64) for x in (successes, failures, extra, success_rate))
-    )
-    mixed_now = (s > 0) & (f > 0)
-    after_fail = 1.0 - (1.0 - p) ** m
-    after_success = 1.0 - p**m
-    fresh = nonzero_gradient_probability(m, p)
-    return np.where(mixed_now, 1.0, np.where(s > 0, after_success, np.where(f > 0, after_fail, fresh)))
+# --------------------------------------------------------------------------- settings, checked once
 
 
 def second_round_budget(
@@ -113,7 +106,7 @@ def second_round_budget(
 
 def check_pilot_config(config: AllocatorConfig) -> None:
     """A SettingError when the allocator's settings cannot run a pilot round (meant for config time):
-    a token budget, an exploration schedule, or a value that is not ``P(mixed) x w(p)``."""
+    a token budget, an exploration schedule, or a value that is not ``P(mixed) x w(p) x size(n)``."""
     if config.token_cost:
         raise SettingError(
             "<token_cost>=True does not combine with a pilot round (<pilot_rollouts> > 0); "
@@ -125,20 +118,113 @@ def check_pilot_config(config: AllocatorConfig) -> None:
             "prompts; the pilot's second round values every prompt by its posterior. Unset the schedule or "
             "the pilot (<pilot_rollouts>=0)."
         )
-    highest_n_max = int(np.ceil(config.budget_schedule().n_max.bounds[1]))
-    _mixed_weight(get_value_function(config.value_function), GRID, highest_n_max)
+    value_factors(get_value_function(config.value_function), GRID, config.budget_schedule().highest_n_max())
+
+
+@dataclass(frozen=True)
+class PilotRound:
+    """One generation batch's pilot round: ``pilot_rollouts`` (``k``) per prompt first, the rest of
+    ``budget`` (``second_round_budget``) by the knapsack on what they showed.
+
+    Built once with :meth:`from_config`, which checks the settings (meant for config time); then
+    :meth:`decide` per batch. ``allow_skip``: the prompts are candidates, and a candidate may get no
+    second-round rollouts (its pilot is then its final group).
+    """
+
+    pilot_rollouts: int
+    num_prompts: int
+    budget: int
+    num_processes: int
+    second_round_budget: int
+    allow_skip: bool = False
+
+    @classmethod
+    def from_config(
+        cls,
+        config: AllocatorConfig,
+        pilot_rollouts: int,
+        num_prompts: int,
+        budget: int,
+        num_processes: int = 1,
+        *,
+        allow_skip: bool = False,
+    ) -> PilotRound:
+        """The pilot round these settings describe, or a SettingError naming the setting and the fix:
+        the allocator's settings (:func:`check_pilot_config`), ``k`` against the batch, the processes and
+        the lowest ``n_max`` of the schedule, and a second round that can bring the groups into bounds."""
+        config.validate()
+        check_pilot_config(config)
+        if pilot_rollouts == 0 and not isinstance(pilot_rollouts, bool):
+            raise SettingError("<pilot_rollouts>=0 is no pilot round; build a PilotRound only with k >= 1.")
+        lowest = config.budget_schedule().lowest_n_max()
+        second = second_round_budget(pilot_rollouts, num_prompts, budget, num_processes, lowest)
+        k = int(pilot_rollouts)
+        for n_max in {lowest, config.n_max}:
+            _check_second_budget(second, np.full(int(num_prompts), k), config.n_min, n_max, allow_skip)
+        return cls(k, int(num_prompts), int(budget), int(num_processes), second, bool(allow_skip))
+
+    def pilot_sizes(self) -> np.ndarray:
+        """Pilot rollouts per prompt (``k`` each), in the batch's prompt order."""
+        return np.full(self.num_prompts, self.pilot_rollouts, dtype=np.int64)
+
+    def decide(
+        self,
+        allocator: KnapsackRolloutAllocator,
+        prompt_ids: Sequence[str],
+        pilot_rewards: np.ndarray | Sequence[float],
+        *,
+        step: int = 0,
+        prior_success_rate: np.ndarray | None = None,
+        uniform: bool = False,
+    ) -> SecondRound:
+        """The second round from the pilot's per-rollout rewards.
+
+        ``pilot_rewards``: one aggregated reward per pilot rollout, prompt after prompt (``k`` each, the
+        order of ``prompt_ids``), NaN where a rollout could not be scored. A success is a reward above the
+        *tracker's* threshold (the one its history was counted with, also after a resume).
+        ``prior_success_rate`` and ``uniform`` as in :func:`allocate_second_round`.
+        """
+        ids = [str(p) for p in prompt_ids]
+        if len(ids) != self.num_prompts:
+            raise ValueError(
+                f"decide got {len(ids)} prompt ids for a pilot round of {self.num_prompts} prompts."
+            )
+        rewards = np.asarray(pilot_rewards, dtype=np.float64).reshape(-1)
+        if rewards.size != self.pilot_rollouts * self.num_prompts:
+            raise ValueError(
+                f"decide got {rewards.size} pilot rewards; expected {self.pilot_rollouts} per prompt x "
+                f"{self.num_prompts} prompts = {self.pilot_rollouts * self.num_prompts}."
+            )
+        sizes = self.pilot_sizes()
+        wins, scored = group_successes(rewards, sizes, allocator.tracker.success_threshold)
+        pilot = PilotOutcomes(sizes, wins.astype(np.int64), (scored - wins).astype(np.int64))
+        return _decide_second_round(
+            allocator,
+            ids,
+            pilot,
+            self.second_round_budget,
+            step=step,
+            prior_success_rate=prior_success_rate,
+            uniform=uniform,
+            allow_skip=self.allow_skip,
+        )
+
+
+# --------------------------------------------------------------------------- the decision
 
 
 @dataclass(frozen=True, eq=False)
 class SecondRound:
     """The second round's rollouts per prompt, and what the decision was based on.
 
-    ``group_sizes = pilot_rollouts + extra_rollouts`` (each prompt's final group, in ``[n_min, n_max]``).
+    ``group_sizes = pilot_rollouts + extra_rollouts`` (each prompt's final group, in ``[n_min, n_max]``;
+    with ``allow_skip`` a candidate's final group may also be its pilot alone).
     ``posterior``: beliefs after the pilot. ``expected_informative``: expected prompts with a mixed
     final group under it; ``uniform_expected_informative``: the same had the second round evened out
     the groups instead (with equal pilots: the uniform split of the whole batch, sharing the pilot's
-    outcomes); ``expected_value`` / ``uniform_expected_value``: the same for the configured value.
-    ``spare_rollouts``: rollouts no prompt's value could use, spread over the prompts mixed already.
+    outcomes); ``expected_value`` / ``uniform_expected_value``: the same for the configured value;
+    ``expected_informative_rollouts`` / ``uniform_expected_informative_rollouts``: rollouts in mixed final
+    groups. ``spare_rollouts``: rollouts no prompt's value could use, spread over the prompts mixed already.
     """
 
     extra_rollouts: np.ndarray
@@ -153,6 +239,10 @@ class SecondRound:
     spare_rollouts: int
     solver_result: SolverResult | None
     n_max: int
+    expected_informative_rollouts: float = 0.0
+    uniform_expected_informative_rollouts: float = 0.0
+    allow_skip: bool = False
+    pilot_bucket: np.ndarray | None = None
 
     @property
     def pilot_informative(self) -> int:
@@ -165,15 +255,23 @@ class SecondRound:
         return self.posterior.mean
 
     def metrics(self) -> dict[str, float]:
-        """Plain floats for logging (no prefix); the names shared with ``Allocation.metrics`` mean the same."""
+        """Plain floats for logging (no prefix); the names shared with ``Allocation.metrics`` mean the same.
+
+        With ``allow_skip`` also ``prompts_considered`` (every candidate had its pilot),
+        ``prompts_rolled_out`` (candidates given a second round), ``prompts_skipped`` (their pilot is their
+        final group) and ``skipped_*_share`` by what the pilot showed (solved: all successes, hopeless: all
+        failures, mixed, unknown: nothing scored).
+        """
         n, extra, res = self.group_sizes, self.extra_rollouts, self.solver_result
         total = int(n.sum())
-        return {
+        out = {
             "rollouts_min": float(n.min()),
             "rollouts_mean": float(n.mean()),
             "rollouts_max": float(n.max()),
             "informative_prompts_expected": float(self.expected_informative),
             "informative_prompts_uniform_expected": float(self.uniform_expected_informative),
+            "informative_rollouts_expected": float(self.expected_informative_rollouts),
+            "informative_rollouts_uniform_expected": float(self.uniform_expected_informative_rollouts),
             "expected_value": float(self.expected_value),
             "uniform_expected_value": float(self.uniform_expected_value),
             "pilot_informative_prompts": float(self.pilot_informative),
@@ -185,6 +283,9 @@ class SecondRound:
             "solver_optimal": 1.0 if res is None else float(bool(res.optimal)),
             "n_max": float(self.n_max),
         }
+        if self.allow_skip and self.pilot_bucket is not None:
+            out.update(candidate_metrics(extra, self.pilot_bucket))
+        return out
 
 
 def allocate_second_round(
@@ -198,46 +299,98 @@ def allocate_second_round(
     prior_success_rate: np.ndarray | None = None,
     pilot_scored: np.ndarray | Sequence[float] | None = None,
     uniform: bool = False,
+    allow_skip: bool = False,
 ) -> SecondRound:
-    """Split ``budget`` second-round rollouts over the prompts given their pilot outcomes.
+    """Split ``budget`` second-round rollouts over the prompts given their pilot outcomes (counts).
 
     ``pilot_rollouts[i]`` (or one int for all): prompt ``i``'s pilot rollouts, part of its final group;
     ``pilot_successes[i]``: how many of them scored a success (reward above the tracker's threshold);
     ``pilot_scored[i]`` (default ``pilot_rollouts``): how many had a reward at all (``group_successes``'s
     counts; unscorable ones take a place in the group but say nothing). ``prior_success_rate`` as in
     ``allocator.allocate`` (a value head's prediction, NaN = none). ``uniform=True`` evens out the final
-    groups instead, with the same diagnostics.
+    groups instead, with the same diagnostics. ``allow_skip``: candidates, as in :class:`PilotRound`.
 
+    :meth:`PilotRound.decide` is the same decision from per-rollout rewards, with its settings checked once.
     The knapsack is the posterior one whatever the allocator's ``rule``: the buckets rule has no use for a
     partly drawn group. Reads the tracker and never writes it: observe both rounds once, afterwards.
     """
-    cfg = allocator.config
     ids = [str(p) for p in prompt_ids]
-    m = len(ids)
-    if m == 0:
+    if not ids:
         raise SettingError("allocate_second_round got an empty batch: pass at least one prompt id.")
+    pilot = PilotOutcomes.from_counts(pilot_successes, pilot_rollouts, pilot_scored, len(ids))
+    return _decide_second_round(
+        allocator,
+        ids,
+        pilot,
+        budget,
+        step=step,
+        prior_success_rate=prior_success_rate,
+        uniform=uniform,
+        allow_skip=allow_skip,
+    )
+
+
+def _decide_second_round(
+    allocator: KnapsackRolloutAllocator,
+    ids: list[str],
+    pilot: PilotOutcomes,
+    budget: int,
+    *,
+    step: int,
+    prior_success_rate: np.ndarray | None,
+    uniform: bool,
+    allow_skip: bool,
+) -> SecondRound:
+    """Beliefs after the pilot, the table of final groups' values, the knapsack, and the record."""
+    cfg = allocator.config
     check_pilot_config(cfg)
-    rows = _counts("pilot_rollouts", pilot_rollouts, m)
-    scored = rows if pilot_scored is None else _counts("pilot_scored", pilot_scored, m)
-    wins = _counts("pilot_successes", pilot_successes, m)
-    if (scored > rows).any():
-        raise SettingError(
-            "pilot_scored exceeds pilot_rollouts for some prompt; a rollout is scored at most once."
+    if uniform and allow_skip:
+        raise ValueError(
+            "the second round got uniform=True with allow_skip=True: the uniform mode evens out every "
+            "prompt's group and skips none. Choose prompts (allow_skip) with a knapsack rule, or pass uniform alone."
         )
-    if (wins > scored).any():
-        raise SettingError("pilot_successes exceeds the scored pilot rollouts for some prompt.")
-    fails = scored - wins
     if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 0:
         raise SettingError(
             f"second-round budget={budget!r} must be an integer >= 0 (rollouts left after the pilot)."
         )
-    budget = int(budget)
-    n_min, n_max = cfg.n_min, allocator.n_max_at(step)
+    budget, rows, n_max = int(budget), pilot.rows, allocator.n_max_at(step)
     if rows.max() > n_max:
         raise SettingError(
             f"<pilot_rollouts>={int(rows.max())} is larger than <n_max>={n_max} at step {step}; "
             "lower <pilot_rollouts> or raise <n_max> (or its schedule's end)."
         )
+    _check_second_budget(budget, rows, cfg.n_min, n_max, allow_skip)
+    value_fn = get_value_function(cfg.value_function)
+    post = allocator.posterior(
+        ids,
+        prior_success_rate,
+        successes=pilot.wins,
+        trials=pilot.wins + pilot.fails,
+        step=step,
+        allow_skip=allow_skip,
+    )
+    by_extra = extra_value_table(post, value_fn, pilot, n_max)
+    even, _ = fill_evenly(rows, budget, n_max)
+    result, spare = None, 0
+    if uniform:
+        sizes = even
+    elif allow_skip:
+        sizes, result, spare = _commit(allocator, by_extra, pilot, budget, cfg.n_min, n_max)
+    else:
+        sizes, result, spare = _top_up(allocator, by_extra, pilot, budget, cfg.n_min, n_max)
+    extra = sizes - rows
+    _check_second_round(extra, sizes, budget, cfg.n_min, n_max, allow_skip)
+    return _record(post, by_extra, pilot, sizes, even, spare, result, n_max, allow_skip)
+
+
+def _check_second_budget(budget: int, rows: np.ndarray, n_min: int, n_max: int, allow_skip: bool) -> None:
+    """The second round can bring every group into ``[n_min, n_max]`` (candidates: every group it touches),
+    or a SettingError naming the fix."""
+    if allow_skip:
+        k = np.unique(rows)
+        if k.size == 1:  # whole groups of extra rollouts
+            check_budget(budget, rows.size, max(n_min - int(k[0]), 0), n_max - int(k[0]), allow_skip=True)
+        return
     lower = np.maximum(rows, n_min)
     need, room = int((lower - rows).sum()), int((n_max - rows).sum())
     if budget < need:
@@ -251,106 +404,104 @@ def allocate_second_round(
             f"({room}); raise <n_max> or lower <budget>."
         )
 
-    value_fn = get_value_function(cfg.value_function)
-    post = allocator.posterior(ids, prior_success_rate, successes=wins, trials=scored)
-    table = _table(post, value_fn, wins, fails, rows, lower, n_max)
-    top = np.full(m, n_max, dtype=np.int64)
-    even, _ = fill_evenly(rows, budget, n_max)
-    result, spare = None, 0
-    if uniform:
-        sizes = even
-    else:
-        result = allocator.solve_table(table, budget + int(rows.sum()), lower, top, None, None)
-        sizes = np.asarray(result.rollouts, dtype=np.int64)
-        sizes, spare = _spread_spare(sizes, table, lower, n_max)
-    extra = sizes - rows
-    if int(extra.sum()) != budget or (extra < 0).any() or (sizes < lower).any() or (sizes > n_max).any():
+
+def _top_up(
+    allocator: KnapsackRolloutAllocator,
+    by_extra: np.ndarray,
+    pilot: PilotOutcomes,
+    budget: int,
+    n_min: int,
+    n_max: int,
+) -> tuple[np.ndarray, SolverResult, int]:
+    """Every prompt's final group in ``[max(k_i, n_min), n_max]``: one knapsack over final sizes."""
+    rows = pilot.rows
+    lower = np.maximum(rows, n_min)
+    table = final_size_table(by_extra, rows, lower, n_max)
+    top = np.full(rows.size, n_max, dtype=np.int64)
+    result = allocator.solve_table(table, budget + int(rows.sum()), lower, top, None, None)
+    sizes, spare = _spread_spare(np.asarray(result.rollouts, dtype=np.int64), table, lower, n_max)
+    return sizes, result, spare
+
+
+def _commit(
+    allocator: KnapsackRolloutAllocator,
+    by_extra: np.ndarray,
+    pilot: PilotOutcomes,
+    budget: int,
+    n_min: int,
+    n_max: int,
+) -> tuple[np.ndarray, SolverResult, int]:
+    """Candidates: each gets 0 more (its pilot is its final group) or enough for a group in
+    ``[max(k_i, n_min), n_max]``; one knapsack over the extra rollouts."""
+    rows = pilot.rows
+    lower = np.maximum(n_min - rows, 0)
+    upper = n_max - rows
+    table = by_extra[:, : int(upper.max()) + 1]
+    result = allocator.solve_table(table, budget, lower, upper, None, None, skippable=True)
+    extra = np.asarray(result.rollouts, dtype=np.int64)
+    # Rows worth the same whatever they get (a mixed pilot): what they got is evened out among them,
+    # wherever that keeps every group whole, so the choice no longer depends on the solver.
+    allowed = (np.arange(table.shape[1])[None, :] >= lower[:, None]) | (np.arange(table.shape[1]) == 0)[
+        None, :
+    ]
+    allowed &= np.arange(table.shape[1])[None, :] <= upper[:, None]
+    flat = np.where(allowed, table, -np.inf).max(axis=1) == np.where(allowed, table, np.inf).min(axis=1)
+    spare = int(extra[flat].sum())
+    even, _ = fill_evenly(np.zeros(int(flat.sum()), dtype=np.int64), spare, upper[flat])
+    if ((even == 0) | (even >= lower[flat])).all():
+        extra[flat] = even
+    return rows + extra, result, spare
+
+
+def _record(
+    post: Posterior,
+    by_extra: np.ndarray,
+    pilot: PilotOutcomes,
+    sizes: np.ndarray,
+    even: np.ndarray,
+    spare: int,
+    result: SolverResult | None,
+    n_max: int,
+    allow_skip: bool,
+) -> SecondRound:
+    """The decision with its expectations under the beliefs after the pilot, and the evened-out split's."""
+    at, rows = np.arange(sizes.size), pilot.rows
+    mixed = final_mixed_chance(post, pilot, sizes - rows)
+    mixed_even = final_mixed_chance(post, pilot, even - rows)
+    return SecondRound(
+        extra_rollouts=sizes - rows,
+        group_sizes=sizes,
+        pilot_rollouts=rows,
+        pilot_mixed=pilot.mixed,
+        posterior=post,
+        expected_value=float(by_extra[at, sizes - rows].sum()),
+        uniform_expected_value=float(by_extra[at, even - rows].sum()),
+        expected_informative=float(mixed.sum()),
+        uniform_expected_informative=float(mixed_even.sum()),
+        spare_rollouts=spare,
+        solver_result=result,
+        n_max=n_max,
+        expected_informative_rollouts=float(mixed @ sizes),
+        uniform_expected_informative_rollouts=float(mixed_even @ even),
+        allow_skip=allow_skip,
+        pilot_bucket=pilot.bucket,
+    )
+
+
+def _check_second_round(
+    extra: np.ndarray, sizes: np.ndarray, budget: int, n_min: int, n_max: int, allow_skip: bool
+) -> None:
+    grown = extra > 0 if allow_skip else np.ones(extra.size, dtype=bool)
+    if (
+        int(extra.sum()) != budget
+        or (extra < 0).any()
+        or (sizes[grown] < n_min).any()
+        or (sizes > n_max).any()
+    ):
         raise RuntimeError(
             f"the second round broke its invariants (sum {int(extra.sum())} vs budget {budget}, group sizes "
             f"[{sizes.min()}, {sizes.max()}] vs [{n_min}, {n_max}]); please report this as a bug."
         )
-    at = np.arange(m)
-    return SecondRound(
-        extra_rollouts=extra,
-        group_sizes=sizes,
-        pilot_rollouts=rows,
-        pilot_mixed=(wins > 0) & (fails > 0),
-        posterior=post,
-        expected_value=float(table[at, sizes].sum()),
-        uniform_expected_value=float(table[at, even].sum()),
-        expected_informative=float(_informative(post, wins, fails, extra).sum()),
-        uniform_expected_informative=float(_informative(post, wins, fails, even - rows).sum()),
-        spare_rollouts=spare,
-        solver_result=result,
-        n_max=n_max,
-    )
-
-
-def _counts(name: str, value: object, m: int) -> np.ndarray:
-    """Whole, non-negative counts, one per prompt (a scalar is broadcast), as int64."""
-    arr = np.asarray(value, dtype=np.float64)
-    if arr.ndim == 0:
-        arr = np.full(m, float(arr))
-    arr = arr.reshape(-1)
-    if arr.size != m:
-        raise SettingError(f"{name} has {arr.size} entries for {m} prompts; pass one per prompt.")
-    if not np.isfinite(arr).all() or (arr < 0).any() or (arr != np.round(arr)).any():
-        raise SettingError(f"{name} must hold whole numbers of rollouts >= 0; got {arr[:8].tolist()}.")
-    return arr.astype(np.int64)
-
-
-def _mixed_weight(value_fn: ValueFunction, grid: np.ndarray, n_max: int) -> np.ndarray:
-    """``w(p)`` on the grid, with ``value(n, p) = P(mixed | n, p) x w(p)`` for every ``n`` in 1..n_max.
-
-    Read off at ``n = 2`` and checked at the rest: a pilot needs the value of a group that is partly
-    drawn already, which only that form defines. 0 at ``p`` of 0 and 1, where no group is ever mixed.
-    """
-    n = np.arange(1, max(n_max, 2) + 1, dtype=np.float64)
-    values = np.broadcast_to(
-        np.asarray(value_fn(n[None, :], grid[:, None]), dtype=np.float64), (grid.size, n.size)
-    )
-    mixed = nonzero_gradient_probability(n[None, :], grid[:, None])
-    inner = mixed[:, 1] > 0
-    weight = np.where(inner, values[:, 1] / np.where(inner, mixed[:, 1], 1.0), 0.0)
-    error = np.abs(values - mixed * weight[:, None])
-    tolerance = _FACTOR_RTOL * (float(np.abs(values).max()) + 1e-300)
-    if not np.isfinite(values).all() or (error > tolerance).any():
-        g, j = np.unravel_index(int(np.argmax(np.where(np.isfinite(error), error, np.inf))), error.shape)
-        raise SettingError(
-            f"<value_function>={getattr(value_fn, '__name__', value_fn)!r} is not of the form "
-            f"P(mixed | n, p) x w(p) (it differs at n={int(n[j])}, p={grid[g]:.4g}); a pilot round needs that "
-            "form to value a group already partly drawn. Use 'nonzero_gradient' or 'knapsack', or turn the "
-            "pilot off (<pilot_rollouts>=0)."
-        )
-    return weight
-
-
-def _table(
-    post: Posterior,
-    value_fn: ValueFunction,
-    wins: np.ndarray,
-    fails: np.ndarray,
-    rows: np.ndarray,
-    lower: np.ndarray,
-    n_max: int,
-) -> np.ndarray:
-    """``T[i, n]``: posterior expected value of prompt ``i``'s final group of ``n`` (its pilot plus
-    ``n - rows[i]``), for ``n`` in ``[lower_i, n_max]``; below ``lower_i`` a constant the solver never reads
-    (it keeps rows with different floors apart, so ties are only broken between interchangeable prompts)."""
-    grid, weights = post.grid, post.weights
-    extra = np.arange(n_max + 1, dtype=np.float64)
-    w = _mixed_weight(value_fn, grid, n_max)
-    mixed = np.broadcast_to((weights @ w)[:, None], (wins.size, extra.size))
-    after_fail = weights @ (w[:, None] * (1.0 - (1.0 - grid[:, None]) ** extra[None, :]))
-    after_success = weights @ (w[:, None] * (1.0 - grid[:, None] ** extra[None, :]))
-    fresh = post.value_table(value_fn, n_max)  # no scored outcome: exactly the posterior rule's row
-    s, f = wins[:, None] > 0, fails[:, None] > 0
-    by_extra = np.where(s & f, mixed, np.where(s, after_success, np.where(f, after_fail, fresh)))
-    n = np.arange(n_max + 1)
-    table = np.take_along_axis(by_extra, np.maximum(n[None, :] - rows[:, None], 0), axis=1)
-    inside = n[None, :] >= lower[:, None]
-    below = float(table[inside].min()) - 1.0
-    return np.where(inside, table, below)
 
 
 def _spread_spare(
@@ -366,9 +517,3 @@ def _spread_spare(
     out = sizes.copy()
     out[flat], _ = fill_evenly(lower[flat], spare, n_max)
     return out, spare
-
-
-def _informative(post: Posterior, wins: np.ndarray, fails: np.ndarray, extra: np.ndarray) -> np.ndarray:
-    """P(prompt ``i``'s final group is mixed) under the posterior after the pilot."""
-    chance = final_mixed_probability(wins[:, None], fails[:, None], extra[:, None], post.grid[None, :])
-    return (post.weights * chance).sum(axis=1)

@@ -14,15 +14,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from knapsack_trl.core.budget import add_evenly, cheapest_fill, drain_evenly, fill_evenly
+from knapsack_trl.core.budget import add_evenly, cheapest_fill, drain_evenly, fill_evenly, whole_groups_below
 from knapsack_trl.core.config import AllocatorConfig
 from knapsack_trl.core.errors import SettingError
 from knapsack_trl.core.posterior import Posterior
 from knapsack_trl.core.solvers import SolverResult
 from knapsack_trl.core.values import ValueFunction, value_table
 
-# (table, budget, n_min, n_max, costs, token_budget) -> the configured solver's result.
-Solve = Callable[[np.ndarray, int, int, int, np.ndarray | None, float | None], SolverResult]
+# (table, budget, n_min, n_max, costs, token_budget, skippable=...) -> the configured solver's result.
+Solve = Callable[..., SolverResult]
 
 
 @dataclass(frozen=True)
@@ -38,16 +38,23 @@ class Batch:
 
 
 def posterior_rule(
-    batch: Batch, budget: int, n_min: int, n_max: int, solve: Solve, token_cost: bool
+    batch: Batch,
+    budget: int,
+    n_min: int,
+    n_max: int,
+    solve: Solve,
+    token_cost: bool,
+    *,
+    allow_skip: bool = False,
 ) -> tuple[np.ndarray, SolverResult]:
     """One knapsack over every prompt on the posterior-expected value (the uniform split's tokens
-    as a cap with ``token_cost``)."""
+    as a cap with ``token_cost``); with ``allow_skip`` a prompt may get 0 instead of a group."""
     assert batch.table is not None
     costs = token_budget = None
     if token_cost:
         costs = token_costs(batch.mean_length)
         token_budget = float(costs @ batch.uniform)
-    result = solve(batch.table, budget, n_min, n_max, costs, token_budget)
+    result = solve(batch.table, budget, n_min, n_max, costs, token_budget, skippable=allow_skip or None)
     return np.asarray(result.rollouts, dtype=np.int64), result
 
 
@@ -59,11 +66,20 @@ def buckets_rule(
     share: float,
     value_fn: ValueFunction,
     solve: Solve,
+    *,
+    allow_skip: bool = False,
 ) -> tuple[np.ndarray, SolverResult | None, int]:
     """Fixed budgets, exploration reserve, deficit repair, the fallback, then the knapsack.
 
     Returns the allocation, the solver's result (None when no knapsack ran) and the rollouts the
     fallback moved off the mixed prompts.
+
+    With ``allow_skip`` (candidates) the buckets keep their meaning: all-fail and all-success prompts get
+    their fixed budgets and unseen ones the uniform share of the candidates, ``budget // M`` (so the
+    budget must give every candidate ``n_min``); only the knapsack over the mixed prompts may give a
+    prompt 0, so their floor is 0 and the fallback's surplus is what they do not need beyond their
+    fallback costs. Rollouts the mixed prompts cannot take as whole groups go to the others, as a
+    surplus does.
     """
     n_min, n_max = bounds
     p = batch.point
@@ -77,11 +93,20 @@ def buckets_rule(
         room = budget - n_min * int(np.count_nonzero(~explore))
         reserve = min(math.floor(share * budget), room)
         n[explore], _ = fill_evenly(n[explore], reserve - int(n[explore].sum()), n_max)
-    rest = _repair_deficit(n, ~knap, budget, n_min * int(knap.sum()), n_min)
+    if allow_skip and int(batch.uniform.min()) < n_min:
+        raise SettingError(
+            f"the buckets rule gives unseen candidates the uniform share of <budget>={budget} over {p.size} "
+            f"candidates ({int(batch.uniform.min())}), below <n_min>={n_min}: raise <budget>, lower <n_min> or "
+            "offer fewer candidates (or use the posterior rule)."
+        )
+    floor = 0 if allow_skip else n_min
+    rest = _repair_deficit(n, ~knap, budget, floor * int(knap.sum()), n_min)
     moved = 0
     if cfg.fallback and knap.any() and (~knap).any():
-        moved = _fallback(n, p, knap, explore, rest, n_min, n_max, cfg.fallback_confidence)
+        moved = _fallback(n, p, knap, explore, rest, floor, n_max, cfg.fallback_confidence)
         rest -= moved
+    if allow_skip and knap.any():
+        rest = _whole_groups(n, knap, (explore, one), rest, n_min, n_max)
     if rest >= n_max * int(knap.sum()):
         _spill(n, knap, (explore, one), rest, n_max)
         return n, None, moved
@@ -93,9 +118,24 @@ def buckets_rule(
         spend = float(all_costs @ batch.uniform) - float(all_costs[~knap] @ n[~knap])
         # Never demand fewer tokens than the cheapest way to place ``rest`` rollouts.
         token_budget = max(spend, float(costs @ cheapest_fill(costs, rest, n_min, n_max)))
-    result = solve(table, rest, n_min, n_max, costs, token_budget)
+    result = solve(table, rest, n_min, n_max, costs, token_budget, skippable=allow_skip or None)
     n[knap] = np.asarray(result.rollouts, dtype=np.int64)
     return n, result, moved
+
+
+def _whole_groups(
+    n: np.ndarray, knap: np.ndarray, groups: tuple[np.ndarray, ...], rest: int, n_min: int, n_max: int
+) -> int:
+    """What of ``rest`` the mixed prompts can take as whole groups of ``n_min..n_max``; the remainder goes
+    evenly to ``groups`` in order."""
+    take = whole_groups_below(rest, int(knap.sum()), n_min, n_max)
+    surplus = rest - take
+    for group in groups:
+        if surplus > 0 and group.any():
+            n[group], surplus = add_evenly(n[group], surplus, n_max)
+    if surplus:
+        raise RuntimeError(f"{surplus} rollouts could not be placed under n_max={n_max}; please report this.")
+    return take
 
 
 def _repair_deficit(n: np.ndarray, fixed: np.ndarray, budget: int, floor_total: int, n_min: int) -> int:

@@ -192,6 +192,10 @@ class BudgetSchedule:
         """The smallest ``n_max`` the schedule ever gives (rounded as :meth:`n_max_at` rounds)."""
         return _round_half_up(self.n_max.bounds[0])
 
+    def highest_n_max(self) -> int:
+        """The largest ``n_max`` the schedule ever gives (rounded as :meth:`n_max_at` rounds)."""
+        return _round_half_up(self.n_max.bounds[1])
+
     def n_max_at(self, step: int) -> int:
         """``n_max`` at ``step``, rounded half up to an integer."""
         return _round_half_up(self.n_max(step))

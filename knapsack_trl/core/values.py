@@ -37,14 +37,30 @@ def knapsack_value(n: np.ndarray, p: np.ndarray) -> np.ndarray:
     return nonzero_gradient_probability(n, p) * p * (1.0 - p) ** 2
 
 
+def informative_rollouts(n: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Expected rollouts with a non-zero advantage: ``n x P(mixed | n, p)``, 0 for n < 2.
+
+    Weighs a group by the gradient it gives rather than by whether it gives one. With GRPO's per-group
+    scaling every rollout of a mixed group carries an advantage of about unit size and none of an
+    all-equal group does, so the gradient's signal grows with the rollouts in mixed groups; this counts
+    them. (Without the scaling, ``E[sum (r - mean)^2] = (n - 1) p (1 - p)`` would weigh by the reward's
+    variance instead; it is not of the form the pilot round needs, ``P(mixed) x w(p) x s(n)``, and this
+    one is, with ``s(n) = n``.) Summed over prompts it favours piling rollouts onto prompts that are mixed
+    anyway, as the paper's rollout-level ratio does: fewer prompts give a gradient, each a sharper one.
+    """
+    return np.asarray(n, dtype=np.float64) * nonzero_gradient_probability(n, p)
+
+
 VALUE_FUNCTIONS: dict[str, ValueFunction] = {
     "knapsack": knapsack_value,
     "nonzero_gradient": nonzero_gradient_probability,
+    "informative_rollouts": informative_rollouts,
 }
 
 
 def get_value_function(name_or_fn: str | ValueFunction) -> ValueFunction:
-    """Resolve a registered name (``knapsack``, ``nonzero_gradient``) or pass a callable through."""
+    """Resolve a registered name (``knapsack``, ``nonzero_gradient``, ``informative_rollouts``) or pass a
+    callable through."""
     if callable(name_or_fn):
         return name_or_fn
     try:

@@ -14,6 +14,11 @@ The harness (:mod:`.harness`) measures every run the same way: a listener on the
 sees each generation batch's rewards and prompt ids, whatever the allocation, and a callback evaluates
 the held-out prompts every few steps with its own RNG stream, so evaluation never changes training.
 
+Every finished (method, seed) run is saved in ``--output-dir`` as it ends, with the protocol and the
+seeds' shared starts (:mod:`.run_folder`): the same command again skips finished runs and runs the rest,
+more ``--methods`` or ``--seeds`` add runs, a changed setting is refused by name, and the report is
+rebuilt from every run file (``--report-only``: without running anything).
+
 The oracle row allocates with the *true* success rates of the batch's prompts, estimated from many extra
 samples of the current policy just before each step (not counted as rollouts consumed): how much of
 the possible gain the history-based estimates capture.
@@ -23,11 +28,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,19 +44,27 @@ from knapsack_trl.experiments.demo import (
     DEFAULT_TASK,
     TASKS,
     DemoSettings,
-    experiment_notes,
+    demo_protocol,
     quiet_libraries,
+    report_from_folder,
     run_experiment,
-    settings_dict,
 )
 from knapsack_trl.experiments.evaluation import heldout_evaluator, load_policy, true_rates
 from knapsack_trl.experiments.harness import train_method, warm_up_arithmetic
 from knapsack_trl.experiments.methods import ARMS, parse_methods
-from knapsack_trl.experiments.report import (
-    RunRecord,
-    format_ratios,
-    format_table,
-    write_report,
+from knapsack_trl.experiments.report import RunRecord, format_ratios, format_table
+from knapsack_trl.experiments.run_folder import (
+    RunFolder,
+    add_folder_flags,
+    field_defaults,
+    fingerprint,
+    make_protocol,
+    open_folder,
+    read_json,
+    seeds_per_arm,
+    trainer_settings,
+    write_folder_report,
+    write_json,
 )
 from knapsack_trl.recipe import (
     TINY_SCHEME,
@@ -66,6 +80,7 @@ from knapsack_trl.trainer import KnapsackGRPOTrainer, KnapsackRLOOTrainer
 from knapsack_trl.trainer.plan import row_prompt_id
 
 DEFAULT_OUTPUT_DIR = "knapsack_compare_report"
+COMMAND = "knapsack-trl compare"
 METHODS = ("uniform", "knapsack", "oracle")
 
 
@@ -73,93 +88,183 @@ METHODS = ("uniform", "knapsack", "oracle")
 
 
 @dataclass
-class RecipeSeed:
-    """What every method of one seed shares: the parsed recipe, data, rewards, start and measurement."""
+class RecipePlan:
+    """A recipe comparison before any run: the recipe as parsed for the first seed, the evaluation, and
+    the protocol (everything that decides a run's result) checked against the output folder."""
 
-    seed: int
     base: list[str]
     script_args: Any
     training_args: Any
     model_args: Any
+    eval_every: int
+    protocol: dict[str, Any]
+
+
+@dataclass
+class RecipeSeed:
+    """What every method of one seed shares: the parsed recipe, data, rewards, start and measurement."""
+
+    seed: int
+    script_args: Any
+    model_args: Any
     rewards: list[Callable[..., Any]]
     train_ds: Any
-    eval_rows: list[dict[str, Any]]
     model_path: str
     evaluate: Callable[[Any], dict[str, float]]
     start_eval: dict[str, float]
 
 
-def _recipe_runs(
-    ns: argparse.Namespace, recipe_flags: list[str], work_dir: str
-) -> tuple[list[RunRecord], dict[str, Any]]:
-    """Every (seed, method) of a recipe; returns the runs and the settings for the report."""
-    runs: list[RunRecord] = []
-    settings: dict[str, Any] = {"recipe": ns.config, "recipe flags": " ".join(recipe_flags) or "none"}
-    for seed in range(ns.seed, ns.seed + ns.seeds):
-        shared = _prepare_seed(ns, recipe_flags, seed, work_dir)
-        runs += [_run_recipe_method(ns, shared, method, work_dir) for method in _methods(ns)]
-        training_args = shared.training_args
-        settings.update(
-            {
-                "trainer": shared.script_args.trainer_type,
-                "model": shared.model_args.model_name_or_path,
-                "rollouts per step (generation_batch_size)": training_args.generation_batch_size,
-                "prompts per step": training_args.generation_batch_size // training_args.num_generations,
-                "max_steps": training_args.max_steps,
-                "training prompts": len(shared.train_ds),
-                "held-out prompts": len(shared.eval_rows),
-                "held-out samples per prompt": ns.eval_samples,
-            }
-        )
-    return runs, settings
-
-
-def _prepare_seed(ns: argparse.Namespace, recipe_flags: list[str], seed: int, work_dir: str) -> RecipeSeed:
-    """Parse the recipe for ``seed``, load its data and rewards, build (and warm up) the start, measure it."""
-    base = ["--config", ns.config, *recipe_flags, "--seed", str(seed)]
-    script_args, training_args, model_args = parse_args(
-        [*base, "--output_dir", os.path.join(work_dir, f"seed{seed}", "init")]
-    )
+def _plan_recipe(ns: argparse.Namespace, recipe_flags: list[str], work_dir: str) -> RecipePlan:
+    """Parse the recipe and every arm's config (cheap: nothing is loaded), fill the evaluation flags, and
+    write down what decides a run's result."""
+    base = ["--config", ns.config, *recipe_flags]
+    out = os.path.join(work_dir, "plan")
+    script_args, training_args, model_args = parse_args([*base, "--seed", str(ns.seed), "--output_dir", out])
     _scale_eval(ns, training_args)
-    rewards = recipe_rewards(script_args.reward_funcs)
-    train_ds = load_recipe_dataset(script_args, seed=seed)
-    check_recipe_dataset(train_ds, rewards, training_args)
-    eval_rows = _heldout_rows(script_args, train_ds, seed, ns.eval_rows)
-    model_path = prepare_model(model_args, training_args)
-    if model_args.model_name_or_path.startswith(TINY_SCHEME) and ns.warmup_steps > 0:
-        taken = [*train_ds, *eval_rows]
-        model_path = _warm_up_tiny(
-            model_path, taken, ns.warmup_steps, seed, os.path.join(work_dir, f"seed{seed}"), ns.progress
-        )
-    model, tokenizer = load_policy(model_path, model_args)
-    evaluate = heldout_evaluator(tokenizer, eval_rows, rewards, training_args, ns.eval_samples, seed)
-    start_eval = evaluate(model)
-    return RecipeSeed(
-        seed,
+    if ns.warmup_steps is None:
+        ns.warmup_steps = DemoSettings.for_task("control").sft_steps
+    eval_every = ns.eval_every or max(1, training_args.max_steps // 8)
+    tiny = model_args.model_name_or_path.startswith(TINY_SCHEME)
+    configs = {m: _arm_args(base, ns.seed, m, training_args.num_generations, out)[0] for m in _methods(ns)}
+    arms = {m: trainer_settings(config) for m, config in configs.items()}
+    settings = {
+        "recipe": {**asdict(script_args), **asdict(model_args)},
+        "tiny model warm-up steps": ns.warmup_steps if tiny else None,
+        "evaluation": {
+            "held-out prompts (at most)": ns.eval_rows,
+            "samples per held-out prompt": ns.eval_samples,
+            "every steps": eval_every,
+            "oracle samples": ns.oracle_samples,
+        },
+    }
+    seeds = list(range(ns.seed, ns.seed + ns.seeds))
+    return RecipePlan(
         base,
         script_args,
         training_args,
         model_args,
-        rewards,
-        train_ds,
-        eval_rows,
-        model_path,
-        evaluate,
-        start_eval,
+        eval_every,
+        make_protocol(
+            "recipe",
+            settings,
+            arms,
+            seeds,
+            defaults={
+                "settings": {"recipe": {**field_defaults(script_args), **field_defaults(model_args)}},
+                "arms": {m: field_defaults(config) for m, config in configs.items()},
+            },
+        ),
     )
 
 
-def _run_recipe_method(ns: argparse.Namespace, shared: RecipeSeed, method: str, work_dir: str) -> RunRecord:
-    """One method of one seed, from the seed's shared start."""
+def _run_recipe(ns: argparse.Namespace, plan: RecipePlan, folder: RunFolder, work_dir: str) -> None:
+    """Every (seed, method) not yet in ``folder``, each saved as it ends; a seed whose methods have all
+    finished is not even prepared."""
+    methods = _methods(ns)
+    for seed in range(ns.seed, ns.seed + ns.seeds):
+        todo = [m for m in methods if not folder.has_run(m, seed)]
+        if not todo:
+            continue
+        shared = _prepare_seed(ns, plan, seed, work_dir, folder)
+        for method in todo:
+            folder.save_run(_run_recipe_method(ns, plan, shared, method, work_dir))
+
+
+def _report_settings(
+    ns: argparse.Namespace, recipe_flags: list[str], plan: RecipePlan, folder: RunFolder
+) -> dict[str, Any]:
+    """The recipe's settings as the report states them; the data sizes from a seed's saved start."""
+    args = plan.training_args
+    starts = sorted(folder.start_path().glob("seed*/start.json"))
+    start = read_json(starts[0]) if starts else {}
+    return {
+        "recipe": ns.config,
+        "recipe flags": " ".join(recipe_flags) or "none",
+        "trainer": plan.script_args.trainer_type,
+        "model": plan.model_args.model_name_or_path,
+        "rollouts per step (generation_batch_size)": args.generation_batch_size,
+        "prompts per step": args.generation_batch_size // args.num_generations,
+        "max_steps": args.max_steps,
+        "training prompts": start.get("training prompts"),
+        "held-out prompts": start.get("held-out prompts"),
+        "held-out samples per prompt": ns.eval_samples,
+        "seeds": sorted({r.seed for r in folder.runs()}),
+    }
+
+
+START_FILE = "start.json"
+START_MODEL = "model"
+
+
+def _prepare_seed(
+    ns: argparse.Namespace, plan: RecipePlan, seed: int, work_dir: str, folder: RunFolder
+) -> RecipeSeed:
+    """The seed's data and rewards, and its start: built, warmed up (``tiny://``) and measured on the first
+    call and saved in ``folder``; read back on every later one, so each run of the seed, in whichever
+    process, starts from the same weights and the same start evaluation. The data are loaded again and
+    must hash as they did."""
+    script_args, training_args, model_args = parse_args(
+        [*plan.base, "--seed", str(seed), "--output_dir", os.path.join(work_dir, f"seed{seed}", "init")]
+    )
+    rewards = recipe_rewards(script_args.reward_funcs)
+    train_ds = load_recipe_dataset(script_args, seed=seed)
+    check_recipe_dataset(train_ds, rewards, training_args)
+    eval_rows = _heldout_rows(script_args, train_ds, seed, ns.eval_rows)
+    data = fingerprint([list(train_ds), eval_rows])
+    start_file = folder.start_path(f"seed{seed}", START_FILE)
+    model_dir = folder.start_path(f"seed{seed}", START_MODEL)
+    tiny = model_args.model_name_or_path.startswith(TINY_SCHEME)
+    saved = read_json(start_file)
+    if saved is None or (tiny and not (model_dir / "config.json").is_file()):
+        folder.refuse_lost_start(f"seed {seed}'s start (seed{seed}/{START_FILE}, {START_MODEL}/)", seed)
+        saved = None
+    if saved is not None and saved["data"] != data:
+        raise SystemExit(
+            f"knapsack-trl compare: seed {seed}'s training or held-out rows differ from those its finished runs in "
+            f"{folder.path} used (data hash {saved['data']} then, {data} now): the recipe's dataset changed. Use "
+            "a new --output-dir, or add --fresh to discard the folder's runs."
+        )
+    if saved is None:
+        model_path = prepare_model(model_args, training_args)
+        if tiny:
+            taken = [*train_ds, *eval_rows]
+            folder.build_folder(
+                model_dir, lambda tmp: _tiny_start(model_path, taken, ns.warmup_steps, seed, tmp, ns.progress)
+            )
+            model_path = str(model_dir)
+        model, tokenizer = load_policy(model_path, model_args)
+        evaluate = heldout_evaluator(tokenizer, eval_rows, rewards, training_args, ns.eval_samples, seed)
+        start = {
+            "data": data,
+            "model": model_path,
+            "training prompts": len(train_ds),
+            "held-out prompts": len(eval_rows),
+            "start_eval": evaluate(model),
+        }
+        write_json(start_file, start)
+        saved = read_json(start_file)
+    else:
+        model_path = str(model_dir) if tiny else prepare_model(model_args, training_args)
+        _, tokenizer = load_policy(model_path, model_args)
+        evaluate = heldout_evaluator(tokenizer, eval_rows, rewards, training_args, ns.eval_samples, seed)
+    return RecipeSeed(
+        seed, script_args, model_args, rewards, train_ds, model_path, evaluate, saved["start_eval"]
+    )
+
+
+def _arm_args(
+    base: list[str], seed: int, method: str, num_generations: int, output_dir: str
+) -> tuple[Any, list[str]]:
+    """The trainer config of ``method`` on the recipe (its arm's fields as flags), and the notes of what a
+    short run had to adjust."""
     _, args, _ = parse_args(
         [
-            *shared.base,
+            *base,
+            "--seed",
+            str(seed),
             "--output_dir",
-            os.path.join(work_dir, f"seed{shared.seed}", method),
-            *(
-                _flag(name, value)
-                for name, value in ARMS[method].config_fields(shared.training_args.num_generations).items()
-            ),
+            output_dir,
+            *(_flag(name, value) for name, value in ARMS[method].config_fields(num_generations).items()),
             "--save_strategy",
             "no",
             "--report_to",
@@ -168,7 +273,21 @@ def _run_recipe_method(ns: argparse.Namespace, shared: RecipeSeed, method: str, 
             "true",
         ]
     )
-    for note in fit_short_run(args):
+    return args, fit_short_run(args)
+
+
+def _run_recipe_method(
+    ns: argparse.Namespace, plan: RecipePlan, shared: RecipeSeed, method: str, work_dir: str
+) -> RunRecord:
+    """One method of one seed, from the seed's shared start."""
+    args, notes = _arm_args(
+        plan.base,
+        shared.seed,
+        method,
+        plan.training_args.num_generations,
+        os.path.join(work_dir, f"seed{shared.seed}", method),
+    )
+    for note in notes:
         print(f"knapsack-trl compare: {note}", file=sys.stderr)
     model, tokenizer = load_policy(shared.model_path, shared.model_args)
     trainer_cls = KnapsackGRPOTrainer if shared.script_args.trainer_type == "grpo" else KnapsackRLOOTrainer
@@ -195,7 +314,7 @@ def _run_recipe_method(ns: argparse.Namespace, shared: RecipeSeed, method: str, 
         method,
         trainer,
         shared.evaluate,
-        eval_every=ns.eval_every or max(1, args.max_steps // 8),
+        eval_every=plan.eval_every,
         seed=shared.seed,
         start_eval=shared.start_eval,
         snapshot_step=args.max_steps // 2,
@@ -239,11 +358,15 @@ def _heldout_rows(script_args: Any, train_ds: Any, seed: int, limit: int) -> lis
     return rows[:limit]
 
 
-def _warm_up_tiny(
-    model_path: str, taken_rows: Sequence[dict[str, Any]], steps: int, seed: int, folder: str, progress: bool
-) -> str:
-    """The control task's supervised warm-up (to a probe success of 0.2), on problems outside the training
-    and held-out prompts."""
+def _tiny_start(
+    model_path: str, taken_rows: Sequence[dict[str, Any]], steps: int, seed: int, out: Path, progress: bool
+) -> None:
+    """Save the ``tiny://`` model a seed's runs start from into ``out``: the control task's supervised
+    warm-up (to a probe success of 0.2) on problems outside the training and held-out prompts, or with
+    ``steps`` 0 the freshly built model as it is."""
+    if steps <= 0:
+        shutil.copytree(model_path, out)
+        return
     s = DemoSettings.for_task("control")
     torch.set_num_threads(s.threads)
     model, tokenizer = load_tiny(model_path)
@@ -262,9 +385,7 @@ def _warm_up_tiny(
         progress=progress,
         max_new_tokens=8,
     )
-    out = os.path.join(folder, "warmup")
     save_tiny(out, model, tokenizer)
-    return out
 
 
 # --------------------------------------------------------------------------- command line
@@ -313,7 +434,10 @@ def _parser() -> argparse.ArgumentParser:
         "--oracle-samples", type=int, default=64, help="samples per prompt for the true p (default 64)"
     )
     p.add_argument(
-        "--output-dir", default=DEFAULT_OUTPUT_DIR, help=f"report folder (default ./{DEFAULT_OUTPUT_DIR})"
+        "--output-dir",
+        default=DEFAULT_OUTPUT_DIR,
+        help=f"folder of the report and of every finished run (default ./{DEFAULT_OUTPUT_DIR}); the same "
+        "command again carries on where it stopped",
     )
     p.add_argument(
         "--eval-rows", type=int, default=None, help="held-out prompts (recipes; default 256, on CPU scaled)"
@@ -342,6 +466,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="without --config: GRPO steps per run")
     p.add_argument("--target-accuracy", type=float, default=None, help="target for 'rollouts to target'")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    add_folder_flags(p)
     return p
 
 
@@ -358,67 +483,76 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(name, value)
     quiet_libraries()
     start = time.perf_counter()
+    methods = _methods(ns)
+    planned = [(m, seed) for seed in range(ns.seed, ns.seed + ns.seeds) for m in methods]
     if ns.config is None:
         if rest:
             raise SystemExit(f"knapsack-trl compare: unknown arguments {rest} (recipe flags need --config).")
-        runs, report_settings, notes = _demo_runs(ns)
-        title = f"knapsack-trl compare: the demo's {ns.task} task"
-        verdict_task = f"{ns.task.capitalize()} task"
+        settings = _demo_settings(ns)
+        with open_folder(ns, demo_protocol(settings, methods, ns.oracle_samples), COMMAND) as folder:
+            if not ns.report_only:
+                folder.announce(planned)
+                run_experiment(
+                    settings, methods, progress=ns.progress, oracle_samples=ns.oracle_samples, folder=folder
+                )
+            agg, runs, _ = report_from_folder(
+                folder,
+                settings,
+                title=f"knapsack-trl compare: the demo's {ns.task} task",
+                verdict_task=f"{ns.task.capitalize()} task",
+                notes=_notes(ns, folder, start),
+                target=ns.target_accuracy,
+                described_as={"experiment": f"the demo's {ns.task} task (knapsack_trl.experiments.demo)"},
+            )
     else:
-        if ns.warmup_steps is None:
-            ns.warmup_steps = DemoSettings.for_task("control").sft_steps
         with tempfile.TemporaryDirectory(prefix="knapsack_compare_") as work_dir:
-            runs, report_settings = _recipe_runs(ns, rest, work_dir)
-        notes = []
-        title = f"knapsack-trl compare: {Path(ns.config).name}"
-        verdict_task = Path(ns.config).stem
-    report_settings["seeds"] = list(range(ns.seed, ns.seed + ns.seeds))
-    if "oracle" in _methods(ns):
-        notes.append(
-            f"Oracle: the same allocator fed the true success rate of each step's prompts, from {ns.oracle_samples} "
-            "extra samples of the current policy (not counted as rollouts consumed)."
-        )
-    notes.append(
-        f"Wall time excludes held-out evaluation; the comparison took {time.perf_counter() - start:.0f} s."
-    )
-    agg = write_report(
-        runs,
-        ns.output_dir,
-        title=title,
-        settings=report_settings,
-        target=ns.target_accuracy,
-        notes=notes,
-        verdict_task=verdict_task,
-    )
+            plan = _plan_recipe(ns, rest, work_dir)
+            with open_folder(ns, plan.protocol, COMMAND) as folder:
+                if not ns.report_only:
+                    folder.announce(planned)
+                    _run_recipe(ns, plan, folder, work_dir)
+                agg, runs, _ = write_folder_report(
+                    folder,
+                    title=f"knapsack-trl compare: {Path(ns.config).name}",
+                    settings=_report_settings(ns, rest, plan, folder),
+                    notes=_notes(ns, folder, start),
+                    verdict_task=Path(ns.config).stem,
+                    target=ns.target_accuracy,
+                )
     print()
     print(agg["verdict"])
     print()
     print(format_table(agg))
     print()
     print(format_ratios(agg))
+    print(f"\nSeeds: {seeds_per_arm(runs)}")
     print(f"\nReport: {Path(ns.output_dir).resolve() / 'report.md'}")
     return 0
 
 
-def _demo_runs(ns: argparse.Namespace) -> tuple[list[RunRecord], dict[str, Any], list[str]]:
-    """The demo's experiment (``--task``): one checkpoint, every method once per GRPO seed."""
+def _notes(ns: argparse.Namespace, folder: RunFolder, start: float) -> list[str]:
+    """The report's notes on the oracle row and on time."""
+    notes = []
+    if any(ARMS[r.method].oracle for r in folder.runs() if r.method in ARMS):
+        notes.append(
+            f"Oracle: the same allocator fed the true success rate of each step's prompts, from {ns.oracle_samples} "
+            "extra samples of the current policy (not counted as rollouts consumed)."
+        )
+    notes.append(
+        "Wall time excludes held-out evaluation; this invocation of the comparison took "
+        f"{time.perf_counter() - start:.0f} s."
+    )
+    return notes
+
+
+def _demo_settings(ns: argparse.Namespace) -> DemoSettings:
+    """The demo's experiment (``--task``) as the flags set it: one checkpoint, every method per GRPO seed."""
     overrides: dict[str, Any] = {"seed": ns.seed, "seeds": ns.seeds}
     if ns.checkpoint_seed is not None:
         overrides["checkpoint_seed"] = ns.checkpoint_seed
     if ns.steps is not None:
         overrides["steps"] = ns.steps
-    settings = DemoSettings.for_task(ns.task, ns.quick, **overrides)
-    runs, info = run_experiment(
-        settings, _methods(ns), progress=ns.progress, oracle_samples=ns.oracle_samples
-    )
-    return (
-        runs,
-        {
-            "experiment": f"the demo's {ns.task} task (knapsack_trl.experiments.demo)",
-            **settings_dict(settings),
-        },
-        experiment_notes(settings, info, runs),
-    )
+    return DemoSettings.for_task(ns.task, ns.quick, **overrides)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,18 @@ from knapsack_trl.experiments.report import (
     RunRecord,
     format_ratios,
     format_table,
-    write_report,
+)
+from knapsack_trl.experiments.run_folder import (
+    RunFolder,
+    add_folder_flags,
+    field_defaults,
+    make_protocol,
+    open_folder,
+    read_json,
+    seeds_per_arm,
+    trainer_settings,
+    write_folder_report,
+    write_json,
 )
 from knapsack_trl.tasks.arithmetic import (
     arithmetic_reward,
@@ -423,29 +434,110 @@ def run_experiment(
     work_dir: str | None = None,
     progress: bool = True,
     oracle_samples: int = 64,
+    folder: RunFolder | None = None,
 ) -> tuple[list[RunRecord], dict[str, Any]]:
     """Warm up once (seed ``checkpoint_seed``, default ``seed``), then train every method once per GRPO seed from that same
-    checkpoint; the runs (seed by seed, methods in order) and the warm-up facts."""
+    checkpoint; the runs (seed by seed, methods in order) and the warm-up facts.
+
+    With ``folder`` (:class:`.run_folder.RunFolder`): the checkpoint and its measurements are saved there
+    (or reused when saved), each run's file is written as the run ends, and runs already there are read back
+    instead of run; the runs returned are as their files hold them."""
     with contextlib.ExitStack() as stack:
         if work_dir is None:
             work_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="knapsack_demo_"))
-        start = (
-            settings if settings.checkpoint_seed is None else replace(settings, seed=settings.checkpoint_seed)
-        )
-        checkpoint = os.path.join(work_dir, f"warmup_seed{start.seed}")
-        prep = prepare_checkpoint(start, checkpoint, progress)
-        runs = [
-            run_demo_method(
-                m, checkpoint, prep, replace(settings, seed=seed), work_dir, progress, oracle_samples
-            )
-            for seed in settings.run_seeds
-            for m in methods
-        ]
+        start = replace(settings, seed=checkpoint_seed(settings))
+        if folder is None:
+            checkpoint = os.path.join(work_dir, f"warmup_seed{start.seed}")
+            prep = prepare_checkpoint(start, checkpoint, progress)
+        else:
+            checkpoint, prep = saved_checkpoint(folder, start, progress)
+        runs = []
+        for seed in settings.run_seeds:
+            for m in methods:
+                run = None if folder is None else folder.finished(m, seed)
+                if run is None:
+                    run = run_demo_method(
+                        m, checkpoint, prep, replace(settings, seed=seed), work_dir, progress, oracle_samples
+                    )
+                    if folder is not None:
+                        run = folder.save_run(run)
+                runs.append(run)
+    return runs, checkpoint_facts(prep)
+
+
+def checkpoint_seed(settings: DemoSettings) -> int:
+    """The seed the checkpoint (data, model, warm-up) is built with."""
+    return settings.seed if settings.checkpoint_seed is None else settings.checkpoint_seed
+
+
+CHECKPOINT = "checkpoint"
+CHECKPOINT_FACTS = "checkpoint.json"
+
+
+def saved_checkpoint(folder: RunFolder, start: DemoSettings, progress: bool) -> tuple[str, dict[str, Any]]:
+    """The checkpoint in ``folder`` and its measurements (pool, held-out rows, start evaluation, warm-up
+    facts): built and saved on the first call, read back after. Every run, the first included, uses the
+    saved copy, so a run made in a later process starts from the same weights and numbers."""
+    model, facts = folder.start_path(CHECKPOINT), folder.start_path(CHECKPOINT_FACTS)
+    if not facts.is_file() or not (model / "config.json").is_file():
+        folder.refuse_lost_start(f"the checkpoint ({CHECKPOINT}/, {CHECKPOINT_FACTS})")
+        prep = folder.build_folder(model, lambda tmp: prepare_checkpoint(start, str(tmp), progress))
+        write_json(facts, prep)
+    return str(model), read_json(facts)
+
+
+def checkpoint_facts(prep: dict[str, Any]) -> dict[str, Any]:
+    """The warm-up facts :func:`experiment_notes` reports, from :func:`prepare_checkpoint`'s result."""
     info = {k: v for k, v in prep.items() if k not in ("pool", "heldout", "start_eval")}
     info["start_accuracy"] = prep["start_eval"]["accuracy"]
     info["start_reward"] = prep["start_eval"]["reward"]
     info["start_frac_mid"] = prep["start_eval"]["frac_mid"]
-    return runs, info
+    return info
+
+
+def demo_protocol(settings: DemoSettings, methods: Sequence[str], oracle_samples: int = 64) -> dict[str, Any]:
+    """What decides the result of a run of this experiment (:func:`.run_folder.make_protocol`): every setting
+    but the seeds asked for, the checkpoint's seed, the oracle's samples and each arm's trainer config."""
+    shared = settings_dict(settings)
+    for key in ("seed", "seeds", "run_seeds"):
+        del shared[key]
+    shared["checkpoint_seed"] = checkpoint_seed(settings)
+    shared["oracle_samples"] = oracle_samples
+    arms = {m: trainer_settings(grpo_config(m, settings, "unused")) for m in methods}
+    defaults = {
+        "settings": field_defaults(DemoSettings),
+        "arms": dict.fromkeys(methods, field_defaults(KnapsackGRPOConfig)),
+    }
+    return make_protocol("demo", shared, arms, settings.run_seeds, defaults)
+
+
+def report_from_folder(
+    folder: RunFolder,
+    settings: DemoSettings,
+    *,
+    title: str,
+    verdict_task: str,
+    notes: Sequence[str] = (),
+    target: float | None = None,
+    described_as: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], list[RunRecord], list[str]]:
+    """The report of every run in ``folder`` (this experiment's), its settings and notes stating the seeds
+    the folder holds; returns the aggregate, the runs and the notes (:func:`.run_folder.write_folder_report`)."""
+    facts = read_json(folder.start_path(CHECKPOINT_FACTS))
+    runs = folder.runs()
+    if facts is None or not runs:
+        raise SystemExit(f"{folder.command}: no finished run in {folder.path} yet; nothing to report.")
+    seeds = sorted({r.seed for r in runs})
+    shown = replace(settings, seed=seeds[0], seeds=len(seeds), checkpoint_seed=checkpoint_seed(settings))
+    shown_dict = {**(described_as or {}), **settings_dict(shown), "run_seeds": seeds}
+    return write_folder_report(
+        folder,
+        title=title,
+        settings=shown_dict,
+        notes=[*experiment_notes(shown, checkpoint_facts(facts), runs), *notes],
+        verdict_task=verdict_task,
+        target=target,
+    )
 
 
 # --------------------------------------------------------------------------- command line
@@ -476,7 +568,10 @@ def _parser() -> argparse.ArgumentParser:
         "levels are solved, some fail and some are mixed) or control (the earlier random pool)",
     )
     p.add_argument(
-        "--output-dir", default=DEFAULT_OUTPUT_DIR, help=f"report folder (default ./{DEFAULT_OUTPUT_DIR})"
+        "--output-dir",
+        default=DEFAULT_OUTPUT_DIR,
+        help=f"folder of the report and of every finished run (default ./{DEFAULT_OUTPUT_DIR}); the same "
+        "command again carries on where it stopped",
     )
     p.add_argument(
         "--seed",
@@ -527,6 +622,7 @@ def _parser() -> argparse.ArgumentParser:
         "OUTPUT_DIR/start.json, the checkpoint in OUTPUT_DIR/checkpoint) and stop",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_folder_flags(p)
     return p
 
 
@@ -559,25 +655,28 @@ def main(argv: list[str] | None = None) -> int:
         (out / "start.json").write_text(json.dumps(start, indent=1))
         print(json.dumps(start, indent=1))
         return 0
-    runs, info = run_experiment(settings, methods, progress=not ns.no_progress)
-    total = time.perf_counter() - t0
-    notes = experiment_notes(settings, info, runs)
-    notes.append(f"Wall time excludes held-out evaluation; the whole demo took {total:.0f} s.")
-    agg = write_report(
-        runs,
-        ns.output_dir,
-        title=f"knapsack-trl demo: {', '.join(methods)}, {settings.task} task"
-        + (" (--quick)" if ns.quick else ""),
-        settings=settings_dict(settings),
-        notes=notes,
-        verdict_task=f"{settings.task.capitalize()} task" + (" (--quick)" if ns.quick else ""),
-    )
+    with open_folder(ns, demo_protocol(settings, methods), "knapsack-trl demo") as folder:
+        if not ns.report_only:
+            folder.announce([(m, seed) for seed in settings.run_seeds for m in methods])
+            run_experiment(settings, methods, progress=not ns.no_progress, folder=folder)
+        quick = " (--quick)" if ns.quick else ""
+        agg, runs, notes = report_from_folder(
+            folder,
+            settings,
+            title=f"knapsack-trl demo: {', '.join(methods)}, {settings.task} task{quick}",
+            verdict_task=f"{settings.task.capitalize()} task{quick}",
+            notes=[
+                "Wall time excludes held-out evaluation; this invocation of the demo took "
+                f"{time.perf_counter() - t0:.0f} s."
+            ],
+        )
     print()
     print(agg["verdict"])
     print()
     print(format_table(agg))
     print()
     print(format_ratios(agg))
+    print(f"\nSeeds: {seeds_per_arm(runs)}")
     print()
     for n in notes:
         print(n)

@@ -133,20 +133,20 @@ class StepClock:
             }
         )
 
-    def merge(self, steps: list[dict[str, float]], log_history: Sequence[dict[str, Any]]) -> None:
-        """Add the rows to the recorder's ``steps`` (one each, in order), moving the trainer's logged
-        ``knapsack/overhead_seconds`` of each step from generation to allocation."""
-        overhead = {
-            int(entry["step"]): float(entry["knapsack/overhead_seconds"])
+    def step_seconds(self, log_history: Sequence[dict[str, Any]]) -> list[dict[str, float]]:
+        """The rows, one per step in order, with the trainer's logged ``knapsack/overhead_seconds`` of each
+        step (``log_history``, logging every step) moved from generation to allocation."""
+        overhead = [
+            float(entry["knapsack/overhead_seconds"])
             for entry in log_history
-            if "knapsack/overhead_seconds" in entry and "step" in entry
-        }
-        for row, times in zip(steps, self.rows):
-            row.update(times)
-            seconds = overhead.get(int(row["step"]))
-            if seconds is not None:
+            if "knapsack/overhead_seconds" in entry
+        ]
+        rows = [dict(r) for r in self.rows]
+        if len(overhead) == len(rows):
+            for row, seconds in zip(rows, overhead):
                 row["seconds_allocation"] = seconds
                 row["seconds_generation"] = max(0.0, row["seconds_generation"] - seconds)
+        return rows
 
 
 class OracleAllocator(KnapsackRolloutAllocator):
@@ -181,6 +181,8 @@ class EvalCallback:
         self.desc = desc
         self.progress = progress
         self.evals: list[dict[str, float]] = []
+        # Training seconds (evaluations excluded) at each evaluation, aligned with ``evals``.
+        self.train_seconds: list[float] = []
         self.eval_seconds = 0.0
         self.recorder: Recorder | None = None
         self._bar: Any = None
@@ -211,16 +213,16 @@ class EvalCallback:
         return float(self.recorder.consumed) if self.recorder is not None else 0.0
 
     def run(self, model: Any, step: int) -> None:
-        """Evaluate now and record the point against the rollouts consumed and the training time so far
-        (``train_seconds``: evaluations excluded)."""
+        """Evaluate now and record the point against the rollouts consumed so far, and the training time so
+        far (evaluations excluded) in :attr:`train_seconds`."""
         start = time.perf_counter()
         trained = 0.0 if self._train_start is None else start - self._train_start - self.eval_seconds
         result = dict(self.evaluate(model))
         self.eval_seconds += time.perf_counter() - start
         result["step"] = float(step)
         result["rollouts_consumed"] = self.consumed()
-        result["train_seconds"] = trained
         self.evals.append(result)
+        self.train_seconds.append(trained)
 
     def on_step(self, step: int, model: Any) -> None:
         if step % self.eval_every == 0 or step == self.total_steps:
@@ -257,8 +259,9 @@ def train_method(
 
     ``truth`` (the true success rates, from many samples of the current policy): the oracle allocates with
     it; other methods use it once, for the snapshot plot. ``start_eval`` (the shared checkpoint's
-    evaluation) is step 0 of the curve, measured once for all methods. ``clock``: the step's wall-clock
-    parts go into each step's row (give the trainer ``clock.timed(reward)`` to separate scoring).
+    evaluation) is step 0 of the curve, measured once for all methods. ``clock``: each step's wall-clock
+    parts go into the record's ``extra["step_seconds"]`` (give the trainer ``clock.timed(reward)`` to
+    separate scoring), the training time at each evaluation into ``extra["eval_train_seconds"]``.
     """
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -280,12 +283,12 @@ def train_method(
         trainer.remove_callback(callback)
     if start_eval is not None:
         evaluator.evals.append({**start_eval, "step": 0.0, "rollouts_consumed": 0.0})
+        evaluator.train_seconds.append(0.0)
     else:
         evaluator.run(trainer.model, 0)
     start = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - start
-    clock.merge(recorder.steps, trainer.state.log_history)
     return RunRecord(
         method=method,
         seed=seed,
@@ -293,7 +296,13 @@ def train_method(
         evals=evaluator.evals,
         allocation=recorder.allocation,
         wall_time_s=wall - evaluator.eval_seconds,
-        extra={"eval_seconds": evaluator.eval_seconds, "train_seconds_with_eval": wall},
+        extra={
+            "eval_seconds": evaluator.eval_seconds,
+            "train_seconds_with_eval": wall,
+            # Times are not deterministic: they live here, beside the run's measurements.
+            "step_seconds": clock.step_seconds(trainer.state.log_history),
+            "eval_train_seconds": evaluator.train_seconds,
+        },
     )
 
 

@@ -80,6 +80,48 @@ ARMS: Mapping[str, Arm] = _arms(
         {"knapsack_enabled": True, "knapsack_value_estimator": "blend"},
     ),
     Arm("oracle", "knapsack, oracle p", "#55a868", {"knapsack_enabled": True}, oracle=True),
+    # Choosing prompts: c x the prompts in the same rows, the knapsack decides which get rollouts; each is
+    # judged against its control, stock uniform over c x the prompts with num_generations / c each.
+    Arm(
+        "candidates2",
+        "knapsack, 2x candidates",
+        "#e6a117",
+        {"knapsack_enabled": True, "knapsack_candidate_factor": 2},
+        control="uniform_half",
+    ),
+    Arm(
+        "candidates4",
+        "knapsack, 4x candidates",
+        "#b5651d",
+        {"knapsack_enabled": True, "knapsack_candidate_factor": 4},
+        control="uniform_quarter",
+    ),
+    Arm(
+        "candidates2_head",
+        "knapsack, 2x candidates, value head",
+        "#cc79a7",
+        {"knapsack_enabled": True, "knapsack_candidate_factor": 2, "knapsack_value_estimator": "blend"},
+        control="uniform_half",
+    ),
+    # A pilot of 2 over every candidate (half the budget at c = 2), the rest committed on what it showed.
+    Arm(
+        "pilot_candidates2",
+        "knapsack, pilot over 2x candidates",
+        "#a02c2c",
+        {"knapsack_enabled": True, "knapsack_candidate_factor": 2, "knapsack_pilot_rollouts": 2},
+        control="uniform_half",
+    ),
+    Arm(
+        "candidates2_rollouts",
+        "knapsack, 2x candidates, informative rollouts",
+        "#6b8e23",
+        {
+            "knapsack_enabled": True,
+            "knapsack_candidate_factor": 2,
+            "knapsack_value_function": "informative_rollouts",
+        },
+        control="uniform_half",
+    ),
     # Stock uniform at a smaller group on more prompts, the same budget: the baselines candidates must beat.
     Arm("uniform_half", "uniform GRPO, half the group", "#64b5cd", _UNIFORM, group_divisor=2),
     Arm("uniform_quarter", "uniform GRPO, a quarter of the group", "#8c8c8c", _UNIFORM, group_divisor=4),

@@ -14,6 +14,14 @@ from knapsack_trl.experiments.methods import color, label, methods_in
 if TYPE_CHECKING:
     from knapsack_trl.experiments.report import RunRecord
 
+
+def eval_seconds(run: RunRecord) -> list[float] | None:
+    """Training seconds at each of ``run``'s evaluations (``extra["eval_train_seconds"]``), None when not
+    measured."""
+    times = run.extra.get("eval_train_seconds")
+    return None if not times or len(times) != len(run.evals) else [float(t) for t in times]
+
+
 PLOT_FILES = {
     "accuracy": "accuracy_vs_rollouts.png",
     "wallclock": "accuracy_vs_wallclock.png",
@@ -50,7 +58,7 @@ def make_plots(
     runs: Sequence[RunRecord], out_dir: str | Path, target: float | None = None
 ) -> dict[str, Path]:
     """Write the PNGs (Agg backend, no display needed) and return their paths by kind; the wall-clock
-    figure only when the evaluations carry ``train_seconds``."""
+    figure only when every run recorded its training time at each evaluation."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -61,7 +69,7 @@ def make_plots(
     methods = methods_in(runs)
     n_seeds = len({r.seed for r in runs})
     plots = {"accuracy": _accuracy_plot(plt, runs, out, methods, n_seeds, target)}
-    if all("train_seconds" in e for r in runs for e in r.evals):
+    if runs and all(eval_seconds(r) is not None for r in runs):
         plots["wallclock"] = _wallclock_plot(plt, runs, out, methods, n_seeds, target)
     plots["informative"] = _informative_plot(plt, runs, out, methods, n_seeds, target)
     plots["allocation"] = _allocation_plot(plt, runs, out, methods, n_seeds, target)
@@ -112,7 +120,7 @@ def _wallclock_plot(
         if not rs:
             continue
         n = min(len(r.evals) for r in rs)
-        x = np.mean([[float(e["train_seconds"]) for e in r.evals[:n]] for r in rs], axis=0)
+        x = np.mean([eval_seconds(r)[:n] for r in rs], axis=0)
         y = np.array([[float(e["reward"]) for e in r.evals[:n]] for r in rs])
         ax.plot(x, y.mean(axis=0), marker="o", ms=3, color=color(m), label=label(m))
         if n_seeds > 1:

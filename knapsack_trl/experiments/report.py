@@ -57,12 +57,13 @@ class RunRecord:
     """Everything one training run measured, step by step and at each held-out evaluation.
 
     ``steps``: one dict per generation batch with ``step``, ``rollouts``, ``rollouts_consumed``,
-    ``groups``, ``useful_groups``, ``useful_rollouts``, ``reward_mean``, ``n_min``, ``n_mean``, ``n_max``,
-    and where the harness measured them ``seconds_step`` and ``seconds_<part>`` (:data:`TIMING_PARTS`).
+    ``groups``, ``useful_groups``, ``useful_rollouts``, ``reward_mean``, ``n_min``, ``n_mean``, ``n_max``.
     ``evals``: one dict per evaluation with ``step``, ``rollouts_consumed``, ``accuracy`` (greedy),
-    ``reward`` (mean success of k samples at T=1), ``frac_mid``, optionally ``train_reward``,
-    ``reward_<level>`` and ``train_seconds`` (training time so far, evaluations excluded).
-    ``allocation``: one step's ``p_estimate``, ``n`` and optionally ``p_true`` per prompt.
+    ``reward`` (mean success of k samples at T=1), ``frac_mid``, optionally ``train_reward`` and
+    ``reward_<level>``. ``allocation``: one step's ``p_estimate``, ``n`` and optionally ``p_true`` per
+    prompt. Times, which no rerun reproduces, are in ``extra``: ``step_seconds`` (one dict per step,
+    ``seconds_step`` and ``seconds_<part>``, :data:`TIMING_PARTS`) and ``eval_train_seconds`` (training
+    time at each evaluation, evaluations excluded).
     """
 
     method: str
@@ -176,8 +177,11 @@ def summarize_run(run: RunRecord, target: float | None = None) -> dict[str, floa
         "gain": float(final.get("reward", math.nan)) - start,
         "final_accuracy": float(final.get("accuracy", math.nan)),
         "final_train_reward": float(final.get("train_reward", math.nan)),
-        "seconds_per_step": _step_mean(run.steps, "seconds_step"),
-        **{f"seconds_{p}": _step_mean(run.steps, f"seconds_{p}") for p in TIMING_PARTS},
+        "seconds_per_step": _step_mean(run.extra.get("step_seconds", []), "seconds_step"),
+        **{
+            f"seconds_{p}": _step_mean(run.extra.get("step_seconds", []), f"seconds_{p}")
+            for p in TIMING_PARTS
+        },
         "informative_prompts": _step_mean(run.steps, "useful_groups"),
         "informative_rollouts": _step_mean(run.steps, "useful_rollouts"),
         "egr_rollouts": sum(s["useful_rollouts"] for s in run.steps) / rollouts if rollouts else math.nan,
@@ -688,6 +692,12 @@ def load_runs(path: str | Path) -> list[RunRecord]:
     if p.is_dir():
         p = p / "results.json"
     return [RunRecord.from_dict(d) for d in json.loads(p.read_text())["runs"]]
+
+
+def to_json(data: Any) -> str:
+    """``data`` as the report folder's JSON files hold it: numpy values as plain ones, NaN kept, so
+    :meth:`RunRecord.from_dict` of the parsed text gives back the same numbers."""
+    return json.dumps(data, indent=1, default=_json_default)
 
 
 def _jsonable(obj: Any) -> Any:

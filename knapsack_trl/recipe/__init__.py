@@ -7,11 +7,13 @@ so both read a recipe the same way.
 from knapsack_trl.recipe.agents import recipe_agents
 from knapsack_trl.recipe.arguments import PROG, TASKS, TRAINER_TYPES, KnapsackScriptArguments, RecipeError
 from knapsack_trl.recipe.datasets import (
+    check_dataset_source,
     check_recipe_dataset,
     dataset_is_local,
     file_split,
     file_split_note,
     load_recipe_dataset,
+    looks_local,
     single_local_file,
 )
 from knapsack_trl.recipe.hardware import (
@@ -64,6 +66,7 @@ __all__ = [
     "KnapsackScriptArguments",
     "RecipeError",
     "budget_summary",
+    "check_dataset_source",
     "check_hardware",
     "check_recipe_dataset",
     "cpu_smoke_flags",
@@ -79,6 +82,7 @@ __all__ = [
     "gpu_available",
     "hardware_problems",
     "load_recipe_dataset",
+    "looks_local",
     "make_parser",
     "parse_args",
     "parse_command_line",

@@ -46,7 +46,9 @@ class KnapsackScriptArguments:
         default=None,
         metadata={
             "help": "Hub dataset name, or a local path: a .json/.jsonl/.csv/.parquet file or a folder written by "
-            "`Dataset.save_to_disk`. The gsm8k/humaneval loaders use their packaged data when it is unset."
+            "`Dataset.save_to_disk`. The gsm8k/humaneval loaders use their packaged data when it is unset. A "
+            "name that looks like a path (starts with / . ~, has two /, or a data-file suffix) must exist; the "
+            "generated tasks (tiny_arithmetic, tiny_calculator, chat_arithmetic) take none."
         },
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name (hub)."})

@@ -17,6 +17,42 @@ from knapsack_trl.tasks.humaneval.data import load_humaneval
 from knapsack_trl.tasks.records import read_records
 
 GENERATED_TASKS = ("tiny_arithmetic", "tiny_calculator", "chat_arithmetic")
+# Suffixes of data files (read_records reads the first four; the others are named so that a typo in a
+# path to one is not mistaken for a hub name).
+DATA_FILE_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".tsv", ".txt", ".arrow", ".gz")
+
+
+def looks_local(name: str) -> bool:
+    """Whether ``dataset_name`` names a local file or folder rather than a hub dataset (``name`` or
+    ``owner/name``): it starts with ``/``, ``.`` or ``~``, holds a backslash or two ``/``, or ends in a
+    data-file suffix (``.jsonl``, ``.csv``, ...)."""
+    name = name.strip()
+    return (
+        name.startswith(("/", ".", "~"))
+        or "\\" in name
+        or name.count("/") > 1
+        or name.lower().endswith(DATA_FILE_SUFFIXES)
+    )
+
+
+def check_dataset_source(script_args: KnapsackScriptArguments) -> None:
+    """Raise before any loading when ``dataset_name`` cannot be what the recipe trains on: a local path
+    that does not exist, or any name with a task that generates its own data (which would ignore it)."""
+    name = script_args.dataset_name
+    if not name:
+        return
+    if looks_local(name) and _local_path(name) is None:
+        raise RecipeError(
+            f"dataset_name={name!r}: no such file or folder ({Path(name).expanduser().absolute()}; a relative "
+            "path is read from the directory knapsack-trl runs in). Fix the path, or give a hub dataset name "
+            "such as openai/gsm8k."
+        )
+    if script_args.task in GENERATED_TASKS:
+        raise RecipeError(
+            f"dataset_name={name!r} is set, but task {script_args.task} generates its own data and would ignore "
+            "it: remove dataset_name, or set task: generic (a dataset with a `prompt` column), gsm8k or "
+            "humaneval to train on it."
+        )
 
 
 def _local_path(name: str | None) -> Path | None:
@@ -37,8 +73,15 @@ def dataset_is_local(script_args: KnapsackScriptArguments) -> bool:
 def load_recipe_dataset(script_args: KnapsackScriptArguments, split: str | None = None, seed: int = 0) -> Any:
     """The dataset for ``script_args.task`` and ``split`` (default: the train split)."""
     split = split or script_args.dataset_train_split
+    check_dataset_source(script_args)
     try:
         dataset = _load_split(script_args, split, seed)
+    except ConnectionError as exc:  # a hub name while offline (HF_HUB_OFFLINE) or without a network
+        raise RecipeError(
+            f"dataset_name={script_args.dataset_name!r} is no local file or folder, and the Hub could not be "
+            f"reached for it ({exc}). Give the path of a local file or saved folder (a relative path is read "
+            "from the directory knapsack-trl runs in), or download the dataset while online (HF_HUB_OFFLINE=0)."
+        ) from exc
     except (ValueError, ImportError, FileNotFoundError) as exc:
         if isinstance(exc, RecipeError):
             raise

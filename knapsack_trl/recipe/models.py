@@ -109,8 +109,8 @@ def require_gguf(spec: str) -> None:
     if importlib.util.find_spec("gguf") is None:
         raise RecipeError(
             f"model_name_or_path={spec!r} is a GGUF file, which needs the `gguf` package: "
-            "pip install 'knapsack-trl[gguf]' (or pip install gguf), or point model_name_or_path at a plain "
-            "Hugging Face folder."
+            "pip install gguf (or, in your knapsack-trl clone, pip install -e '.[gguf]'), or point "
+            "model_name_or_path at a plain Hugging Face folder."
         )
 
 

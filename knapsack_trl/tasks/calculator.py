@@ -43,6 +43,7 @@ CHAT_TEMPLATE = (
 )
 
 _EXPRESSION = re.compile(r"\d{1,6}(?:[+*-]\d{1,6}){0,3}")
+_TOKEN = re.compile(r"\d+|[+*-]")
 
 # transformers' new-style response template (the parser TRL 1.16 calls on transformers >= 5.13).
 RESPONSE_TEMPLATE = {
@@ -97,7 +98,8 @@ def problem(seed: int) -> dict[str, Any]:
 
 
 def calculator_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
-    """``n`` conversational rows: ``prompt`` (one user turn), ``answer`` and a stable ``prompt_id``."""
+    """``n`` conversational rows: ``prompt`` (one user turn), ``answer``, the problem's ``expression``
+    (what an exact call computes) and a stable ``prompt_id``."""
     rows = []
     for k in range(n):
         p = problem(seed * 100_003 + k)
@@ -105,6 +107,7 @@ def calculator_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
             {
                 "prompt": [{"role": "user", "content": p["text"]}],
                 "answer": p["answer"],
+                "expression": p["expression"],
                 "prompt_id": f"calc:{p['expression']}",
             }
         )
@@ -132,24 +135,45 @@ def calculator_reward(completions: list[Any], answer: list[str], **kwargs: Any) 
     return [float(completion_text(c).strip() == str(a)) for c, a in zip(completions, answer, strict=True)]
 
 
-def exact_call(calls: list[Any], answer: str) -> float:
-    """1.0 when the first call's argument is a valid expression whose value is ``answer``."""
+def exact_call(calls: list[Any], answer: str, expression: str) -> float:
+    """1.0 when the first call computes the problem: its argument is ``expression`` (its operands in
+    any order where the operator commutes, ``34*12`` for ``12*34``) and its value is ``answer``.
+
+    The bare answer (``408``) or the answer dressed up as a computation (``408*1``) is no call of the
+    tool: it rewards knowing the number, not using the calculator.
+    """
     if not calls or not _EXPRESSION.fullmatch(str(calls[0])):
         return 0.0
-    return float(calc(str(calls[0])) == str(answer))
+    same = _computation(str(calls[0])) == _computation(str(expression))
+    return float(same and calc(str(calls[0])) == str(answer))
 
 
-def exact_call_reward(completions: list[Any], answer: list[str], **kwargs: Any) -> list[float]:
-    """1.0 when the rollout's first tool call was a valid expression whose value is the answer."""
+def _computation(expression: str) -> tuple[Any, ...] | None:
+    """What an expression computes, up to the order of a commutative operator's operands; None for an
+    expression without an operator (a number is no computation)."""
+    tokens = _TOKEN.findall(expression)
+    operators = set(tokens[1::2])
+    if not operators:
+        return None
+    operands = tuple(int(t) for t in tokens[::2])
+    if operators in ({"+"}, {"*"}):
+        return (operators.pop(), tuple(sorted(operands)))
+    return (tuple(tokens[1::2]), operands)
+
+
+def exact_call_reward(
+    completions: list[Any], answer: list[str], expression: list[str], **kwargs: Any
+) -> list[float]:
+    """1.0 when the rollout's first tool call computed its problem's ``expression`` (:func:`exact_call`)."""
     out = []
-    for completion, target in zip(completions, answer, strict=True):
+    for completion, target, problem_expression in zip(completions, answer, expression, strict=True):
         calls = [
             call["function"]["arguments"].get("x", "")
             for m in (completion if isinstance(completion, (list, tuple)) else [])
             if isinstance(m, dict)
             for call in m.get("tool_calls") or []
         ]
-        out.append(exact_call(calls, target))
+        out.append(exact_call(calls, target, problem_expression))
     return out
 
 
@@ -158,7 +182,8 @@ class CalculatorEnv:
 
     ``reset`` receives the row TRL hands it (its fields as keyword arguments). A row with a ``task``
     field fixes the problem (the environment owns the data: it returns the problem's text, which TRL
-    appends to the user turn); a row with an ``answer`` is scored on it; a row with neither (TRL's
+    appends to the user turn); a row with an ``answer`` is scored on it and its ``expression`` (a row
+    without one has no call that scores); a row with neither (TRL's
     placeholder rows when no ``train_dataset`` is given) gets a problem drawn from the instance's own
     random stream, which is what leaves such rows with no stable task id.
     """
@@ -170,10 +195,12 @@ class CalculatorEnv:
         self.expression = self.answer = ""
         self.calls: list[str] = []
 
-    def reset(self, task: int | None = None, answer: str | None = None, **row: Any) -> str | None:
+    def reset(
+        self, task: int | None = None, answer: str | None = None, expression: str | None = None, **row: Any
+    ) -> str | None:
         self.calls = []
         if answer is not None and task is None:
-            self.expression = ""
+            self.expression = "" if expression is None else str(expression)
             self.answer = str(answer)
             return None
         p = problem(self._rng.randrange(10**9) if task is None else int(task))
@@ -190,5 +217,5 @@ class CalculatorEnv:
         return calc(x)
 
     def get_reward(self) -> float:
-        """1.0 when the rollout's first call was a valid expression whose value is the answer."""
-        return exact_call(self.calls, self.answer)
+        """1.0 when the rollout's first call computed the problem (:func:`exact_call`)."""
+        return exact_call(self.calls, self.answer, self.expression)

@@ -30,7 +30,9 @@ from knapsack_trl.tasks.text import completion_text
 CHAT_ARITHMETIC_INSTRUCTION = "Reply with the number only, as 'Answer: <number>'."
 SPLITS = ("train", "test")
 TEST_SHARE = 5  # one problem in TEST_SHARE (by hash) is a test problem
-_MARKER = re.compile(r"\banswer\s*\**\s*:", re.IGNORECASE)
+# ``\s*(?:\*+\s*)?`` and not ``\s*\**\s*``: two adjacent runs that can both match spaces backtrack
+# quadratically over a long run of them.
+_MARKER = re.compile(r"\banswer\s*(?:\*+\s*)?:", re.IGNORECASE)
 _DIGIT_RUN = re.compile(r"\d+(?:[.,]\d+)*")
 
 

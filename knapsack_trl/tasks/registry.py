@@ -18,6 +18,7 @@ from knapsack_trl.tasks.gsm8k.reward import (
     extract_gsm8k_gold,
     final_answer,
     format_reward,
+    gsm8k_accuracy_last_number_reward,
     gsm8k_accuracy_reward,
     make_gsm8k_reward,
 )
@@ -41,6 +42,8 @@ RewardFunction = Callable[..., list[float | None]]
 REWARD_FUNCTIONS: dict[str, RewardFunction] = {
     "chat_arithmetic": chat_arithmetic_reward,
     "gsm8k_accuracy": gsm8k_accuracy_reward,
+    # lenient: reads the last number of a completion that states no answer (gameable; docs/threat_model.md)
+    "gsm8k_accuracy_last_number": gsm8k_accuracy_last_number_reward,
     "gsm8k_format": format_reward,
     "humaneval_pass": humaneval_pass_reward,
     "humaneval_pass_fraction": humaneval_pass_fraction_reward,
@@ -117,6 +120,7 @@ __all__ = [
     "extract_gsm8k_gold",
     "final_answer",
     "format_reward",
+    "gsm8k_accuracy_last_number_reward",
     "gsm8k_accuracy_reward",
     "humaneval_pass_fraction_reward",
     "humaneval_pass_reward",

@@ -19,7 +19,8 @@ from accelerate.utils import gather, gather_object
 from transformers.utils import logging
 
 from knapsack_trl.core.tracker import prompt_id
-from knapsack_trl.trainer.plan import UNIDENTIFIED, GenerationPlan, gather_prompts
+from knapsack_trl.trainer.plan import UNIDENTIFIED, GenerationBatch
+from knapsack_trl.trainer.trl_bridge import Capture, train_metrics
 
 logger = logging.get_logger(__name__)
 
@@ -112,24 +113,11 @@ class KnapsackAgentMixin:
     rollout cost and called, and the checks and metrics on them."""
 
     def _knapsack_agent_setup(self) -> None:
-        self._knapsack_tool_mask: list[list[int]] | None = None
-        self._knapsack_tool_calls: torch.Tensor | None = None
-        self._knapsack_prompt_hashes: list[str] | None = None
         self._knapsack_warned_unidentified = False
 
     def _knapsack_uses_environment(self) -> bool:
         """Whether TRL runs an ``environment_factory`` (rows are then keyed by :func:`.plan.row_task_id`)."""
         return getattr(self, "environment_factories", None) is not None
-
-    def _knapsack_gather(self, inputs: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
-        """The batch's prompt ids and first rows (:func:`.plan.gather_prompts`)."""
-        return gather_prompts(
-            self.accelerator,
-            inputs,
-            self.num_generations,
-            self.args.knapsack_prompt_id_column,
-            environment=self._knapsack_uses_environment(),
-        )
 
     def _knapsack_warn_unidentified(self, prompt_ids: list[str]) -> None:
         if UNIDENTIFIED in prompt_ids and not self._knapsack_warned_unidentified:
@@ -141,31 +129,34 @@ class KnapsackAgentMixin:
                 f"reset() builds (e.g. a 'task' column, or an id in {self.args.knapsack_prompt_id_column!r})."
             )
 
-    def _knapsack_capture(self, prompts: list, completions: list, completion_ids: list, device: Any) -> None:
-        """Per rollout, gathered (process-major): the cost (generated tokens, all turns), tool calls, and in
-        environment runs a hash of the prompt ``reset`` built."""
+    def knapsack_record_rollouts(
+        self, capture: Capture, prompts: list, completions: list, completion_ids: list
+    ) -> None:
+        """Called by the bridge once a round is scored: per rollout, gathered (process-major), the cost
+        (generated tokens, all turns), tool calls, and in environment runs a hash of the prompt ``reset`` built."""
         world = self.accelerator.num_processes
         per_rollout = torch.tensor(
-            [rollout_costs(self._knapsack_tool_mask, completion_ids), tool_call_counts(completions)],
+            [rollout_costs(capture.tool_mask, completion_ids), tool_call_counts(completions)],
             dtype=torch.float32,
-            device=device,
+            device=capture.rewards.device,
         ).T
         per_rollout = gather(per_rollout) if world > 1 else per_rollout
-        self._knapsack_lengths, self._knapsack_tool_calls = per_rollout[:, 0], per_rollout[:, 1]
-        self._knapsack_prompt_hashes = None
+        capture.rollouts["lengths"], capture.rollouts["tool_calls"] = per_rollout[:, 0], per_rollout[:, 1]
         if self._knapsack_uses_environment():
             hashes = prompt_hashes(prompts)
-            self._knapsack_prompt_hashes = gather_object(hashes) if world > 1 else hashes
+            capture.rollouts["prompt_hashes"] = gather_object(hashes) if world > 1 else hashes
 
-    def _knapsack_agent_step(self, plan: GenerationPlan, inverse: np.ndarray) -> np.ndarray | None:
-        """Environment runs: every row's copies got one task. Tool runs: tool calls per rollout (canonical
-        order), logged by allocation size. Single-round batches only (a pilot's rounds are not joined here)."""
-        if self._knapsack_prompt_hashes is not None:
-            hashes = [self._knapsack_prompt_hashes[g] for g in inverse.tolist()]
-            check_stable_tasks(plan.prompt_ids, plan.sizes, hashes, self.args.knapsack_prompt_id_column)
-        if self._knapsack_tool_calls is None or not getattr(self, "tools", None):
+    def _knapsack_agent_step(self, batch: GenerationBatch) -> np.ndarray | None:
+        """Environment runs: every row's copies got one task, across all the batch's rounds. Tool runs: tool
+        calls per rollout (canonical order), logged by allocation size."""
+        joined = batch.joined
+        if joined.prompt_hashes is not None:
+            hashes = joined.canonical_list(joined.prompt_hashes)
+            check_stable_tasks(batch.prompt_ids, joined.sizes, hashes, self.args.knapsack_prompt_id_column)
+        if joined.tool_calls is None or not getattr(self, "tools", None):
             return None
-        calls = self._knapsack_tool_calls.cpu().numpy()[inverse]
-        for name, value in tool_call_metrics(calls, plan.sizes, self.num_generations).items():
-            self._metrics["train"][f"knapsack/{name}"].append(value)
+        calls = joined.canonical(joined.tool_calls).cpu().numpy()
+        metrics = train_metrics(self)
+        for name, value in tool_call_metrics(calls, joined.sizes, self.num_generations).items():
+            metrics[f"knapsack/{name}"].append(value)
         return calls

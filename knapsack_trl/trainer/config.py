@@ -9,49 +9,34 @@ meaning for the *sampler* and becomes the *average* rollouts per prompt: each ge
 
 from __future__ import annotations
 
-import os
-import warnings
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-import trl
-from packaging.version import Version
 from trl import GRPOConfig, RLOOConfig
 
 from knapsack_trl.core.budget import check_budget as check_split
 from knapsack_trl.core.config import RULES, AllocatorConfig
 from knapsack_trl.core.errors import SettingError
-from knapsack_trl.core.pilot import check_pilot_config, second_round_budget
+from knapsack_trl.core.pilot import PilotRound
 from knapsack_trl.core.presets import PRESETS, Preset, get_preset
 from knapsack_trl.core.tracker import ESTIMATES, SuccessRateTracker
+from knapsack_trl.trainer.trl_bridge import SKIP_VERSION_CHECK_ENV, SUPPORTED_TRL, check_trl_version
 from knapsack_trl.trainer.value_head import VALUE_ESTIMATORS, ValueHeadConfig
 
-SUPPORTED_TRL = (">=1.16", "<1.17")
-SKIP_VERSION_CHECK_ENV = "KNAPSACK_TRL_SKIP_VERSION_CHECK"
+__all__ = [
+    "SKIP_VERSION_CHECK_ENV",
+    "SUPPORTED_TRL",
+    "KnapsackConfigMixin",
+    "KnapsackGRPOConfig",
+    "KnapsackRLOOConfig",
+    "check_trl_version",
+    "field_error",
+    "knapsack_fields_markdown",
+]
 
 MODES = ("knapsack", "uniform")
-
-
-def check_trl_version(installed: str | None = None) -> None:
-    """Refuse a trl outside the tested range: the trainers override private TRL methods that move.
-
-    Set ``KNAPSACK_TRL_SKIP_VERSION_CHECK=1`` to downgrade the error to a warning (for trying a newer trl;
-    run the contract tests first).
-    """
-    installed = installed or trl.__version__
-    version = Version(installed)
-    if Version("1.16") <= Version(version.base_version) < Version("1.17"):
-        return
-    message = (
-        f"knapsack-trl supports trl {','.join(SUPPORTED_TRL)} but trl {installed} is installed. Its trainers "
-        "override private GRPOTrainer/RLOOTrainer methods that change between trl releases. Install a supported "
-        f"version (pip install 'trl{','.join(SUPPORTED_TRL)}'), or set {SKIP_VERSION_CHECK_ENV}=1 to try anyway "
-        "(then run tests/test_trainer_grpo.py and tests/test_trainer_rloo.py)."
-    )
-    if os.environ.get(SKIP_VERSION_CHECK_ENV, "").strip().lower() in ("1", "true", "yes"):
-        warnings.warn(message, stacklevel=2)
-        return
-    raise RuntimeError(message)
+# transformers >= 5.25 renamed gradient_checkpointing to activation_checkpointing (the old name warns).
+_ACTIVATION_CHECKPOINTING = any(f.name == "activation_checkpointing" for f in fields(GRPOConfig))
 
 
 PROMPT_WEIGHTINGS = ("rollout", "prompt")
@@ -148,7 +133,8 @@ class KnapsackConfigMixin:
         default="nonzero_gradient",
         metadata={
             "help": "Item value v(n, p): `'nonzero_gradient'` (P(the group has mixed rewards): counts the prompts that "
-            "give a gradient) or `'knapsack'` (the paper's: P(mixed) x p(1-p)^2).",
+            "give a gradient), `'knapsack'` (the paper's: P(mixed) x p(1-p)^2) or `'informative_rollouts'` "
+            "(n x P(mixed): the rollouts that get a non-zero advantage).",
         },
     )
     knapsack_n_min: int = field(
@@ -254,6 +240,26 @@ class KnapsackConfigMixin:
             "k x prompts per batch <= generation_batch_size and a multiple of the number of processes."
         },
     )
+    knapsack_history_half_life: float | str | None = field(
+        default=None,
+        metadata={
+            "help": "Steps over which a prompt's success history loses half its weight since its last visit, so a "
+            "prompt not seen for a while (skipped, or not offered) is judged more by the population's current "
+            "rates. A number of steps, 'off', or unset: 16 steps when choosing prompts from candidates "
+            "(knapsack_candidate_factor > 1), off otherwise (allocations exactly as before)."
+        },
+    )
+    knapsack_candidate_factor: int = field(
+        default=1,
+        metadata={
+            "help": "Choose the prompts, not only their rollouts: each generation batch holds this many times the "
+            "prompts (c x generation_batch_size / num_generations candidates, num_generations / c sampler copies "
+            "each, the same rows), and the knapsack decides which get rollouts and how many; a prompt may get "
+            "none (it leaves the batch before generation). 1 = every prompt of the batch gets rollouts. An "
+            "epoch keeps its number of steps: each prompt is a candidate c times per epoch. Needs "
+            "num_generations divisible by c and knapsack_n_min >= 2."
+        },
+    )
     knapsack_total_steps: int | None = field(
         default=None,
         metadata={
@@ -325,6 +331,10 @@ class KnapsackConfigMixin:
 
     def __post_init__(self) -> None:
         check_trl_version()
+        if _ACTIVATION_CHECKPOINTING and self.activation_checkpointing is None:
+            # TRL 1.16 defaults transformers' deprecated alias (gradient_checkpointing=True), which warns on every
+            # config from transformers 5.25: carry its value to the new name, which the alias then mirrors.
+            self.activation_checkpointing, self.gradient_checkpointing = self.gradient_checkpointing, None
         super().__post_init__()  # type: ignore[misc]  # the TRL config's own checks set generation_batch_size
         if not self.knapsack_enabled:
             return
@@ -347,23 +357,82 @@ class KnapsackConfigMixin:
             raise ValueError(f"knapsack_history_size={self.knapsack_history_size} must be >= 0.")
         if not self.knapsack_prompt_id_column:
             raise ValueError("knapsack_prompt_id_column is empty; name the dataset's prompt id column.")
-        # Build both core objects once: their constructors check every value (errors renamed above).
+        self._check_candidate_factor()
+        # Build the core objects once: their constructors check every value (errors renamed above).
         # Schedules without an explicit horizon get max_steps at train time; validate with a stand-in.
         allocator_config = self.knapsack_allocator_config(total_steps=self.knapsack_horizon() or 1)
         allocator_config.validate()
         self.knapsack_tracker()
         self.knapsack_value_head_config()
-        lowest_n_max = allocator_config.budget_schedule().lowest_n_max()
-        check_budget(self, lowest_n_max)
-        if self.knapsack_pilot_rollouts != 0:
-            check_pilot_config(allocator_config)
-            second_round_budget(
-                self.knapsack_pilot_rollouts,
-                self.generation_batch_size // self.num_generations,
-                self.generation_batch_size,
-                self.world_size,
-                lowest_n_max,
+        check_budget(self, allocator_config.budget_schedule().lowest_n_max())
+        self.knapsack_pilot_round()
+
+    def _check_candidate_factor(self) -> None:
+        factor = self.knapsack_candidate_factor
+        if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+            raise ValueError(
+                f"knapsack_candidate_factor={factor!r} must be a whole number >= 1 (1 = no candidates; 2 = the "
+                "batch holds twice the prompts and the knapsack picks which get rollouts)."
             )
+        if factor == 1:
+            return
+        if self.num_generations % factor or self.num_generations // factor < 1:
+            raise ValueError(
+                f"knapsack_candidate_factor={factor} must divide num_generations={self.num_generations}: the "
+                f"sampler hands each of the c x prompts num_generations / c copies; pick a factor of "
+                f"{self.num_generations} or change num_generations."
+            )
+        if self.knapsack_n_min < 2:
+            raise ValueError(
+                f"knapsack_candidate_factor={factor} with knapsack_n_min={self.knapsack_n_min}: a chosen prompt "
+                "needs a group of at least 2 rollouts to give a gradient; set knapsack_n_min >= 2."
+            )
+        if self.knapsack_mode == "uniform":
+            raise ValueError(
+                f"knapsack_candidate_factor={factor} with knapsack_mode='uniform': uniform allocation has nothing "
+                f"to choose. Its control is uniform with num_generations={self.num_generations // factor} at the "
+                "same generation_batch_size; set knapsack_candidate_factor=1."
+            )
+        if self.knapsack_preset == "reference":
+            raise ValueError(
+                f"knapsack_candidate_factor={factor} with knapsack_preset='reference': the paper's rule allocates "
+                "within the batch and has no candidates; drop the preset or set knapsack_candidate_factor=1."
+            )
+        if self.knapsack_token_cost:
+            raise ValueError(
+                f"knapsack_candidate_factor={factor} with knapsack_token_cost=True: the token cap is the uniform "
+                "split's tokens, which choosing prompts changes; turn one of them off."
+            )
+        if self.knapsack_rule == "buckets" and self.num_generations // factor < self.knapsack_n_min:
+            raise ValueError(
+                f"knapsack_candidate_factor={factor} with knapsack_rule='buckets': unseen candidates get the uniform "
+                f"share num_generations / c = {self.num_generations // factor}, below knapsack_n_min="
+                f"{self.knapsack_n_min}; lower the factor or knapsack_n_min, or use knapsack_rule='posterior'."
+            )
+
+    @property
+    def knapsack_prompts_per_batch(self) -> int:
+        """P: prompts that get rollouts in a generation batch on average (``generation_batch_size //
+        num_generations``)."""
+        return self.generation_batch_size // self.num_generations
+
+    @property
+    def knapsack_candidates_per_batch(self) -> int:
+        """Prompts the knapsack chooses among in a generation batch: ``knapsack_candidate_factor x P``."""
+        return self.knapsack_candidate_factor * self.knapsack_prompts_per_batch
+
+    def knapsack_pilot_round(self) -> PilotRound | None:
+        """The core :class:`PilotRound` these fields describe (None without a pilot), checked."""
+        if self.knapsack_pilot_rollouts == 0:
+            return None
+        return PilotRound.from_config(
+            self.knapsack_allocator_config(total_steps=self.knapsack_horizon() or 1),
+            self.knapsack_pilot_rollouts,
+            self.knapsack_candidates_per_batch,
+            self.generation_batch_size,
+            self.world_size,
+            allow_skip=self.knapsack_candidate_factor > 1,
+        )
 
     def knapsack_horizon(self, max_steps: int | None = None) -> int | None:
         """The schedules' horizon: ``knapsack_total_steps``, else the run's ``max_steps`` (the trainer's
@@ -430,7 +499,7 @@ def check_budget(args: Any, n_max: int | None = None) -> None:
     ``n_min * P <= generation_batch_size <= n_max * P``, i.e. ``n_min <= num_generations <= n_max``.
     ``n_max``: the lowest value of ``knapsack_n_max`` / ``knapsack_n_max_schedule``.
     """
-    prompts = args.generation_batch_size // args.num_generations
+    prompts = args.knapsack_prompts_per_batch
     n_max = args.knapsack_n_max if n_max is None else int(n_max)
     try:
         check_split(args.generation_batch_size, prompts, args.knapsack_n_min, n_max)

@@ -1,36 +1,26 @@
-"""One generation batch's plan, identical on every process: gather, dedupe, decide once, broadcast, slice.
+"""One generation batch, identical on every process: gather, dedupe, decide once, broadcast, slice, join.
 
 TRL's ``RepeatSampler`` hands out ``P = generation_batch_size // num_generations`` prompts with
-``num_generations`` copies each, spread over the processes. Only prompt ids (hashed once per run of
+``num_generations`` copies each (with ``c`` candidates per chosen prompt: ``c x P`` prompts with
+``num_generations / c`` copies), spread over the processes. Only prompt ids (hashed once per run of
 equal prompts) and each group's first row travel between processes; the main process decides, every
 process receives the same sizes and row order, and each keeps an equal slice, so shapes never change.
+:class:`GenerationBatch` carries a batch through these steps; :mod:`.rounds` joins its rounds.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 from accelerate.utils import broadcast_object_list, gather_object
 
 from knapsack_trl.core.tracker import prompt_id
-
-
-@dataclass
-class GenerationPlan:
-    """One generation batch's allocation, identical on every process."""
-
-    step: int
-    prompt_ids: list[str]  # the P prompts, canonical order
-    sizes: np.ndarray  # (P,) rollouts per prompt
-    order: np.ndarray  # (B,) canonical row at each global position (process-major)
-    local_rows: list[dict[str, Any]]
-    metrics: dict[str, float]
-    allocation: Any = None  # the core Allocation (main process only; None elsewhere)
-    log_positions: np.ndarray | None = None  # global position of each row TRL logged (None: the same order)
+from knapsack_trl.trainer.rounds import GeneratedRound, JoinedRounds, join_rounds
 
 
 def row_prompt_id(row: dict[str, Any], column: str) -> str:
@@ -163,3 +153,87 @@ def balance_rows(costs: np.ndarray, num_processes: int) -> np.ndarray:
     order = np.concatenate([np.flatnonzero(owner == r) for r in range(num_processes)])
     identity_max = costs.reshape(num_processes, per).sum(axis=1).max()
     return order if loads.max() < identity_max - 1e-9 else identity
+
+
+@dataclass
+class GenerationBatch:
+    """One generation batch from the sampler's rows to the trained batch, the same on every process.
+
+    :meth:`gather` builds it; each :meth:`decide` (main process, broadcast) gives a round's sizes and row
+    order; :meth:`local_rows` is this process's share of a round; the trainer appends each generated
+    round to :attr:`rounds`; :meth:`join` makes one batch of them (:attr:`joined`).
+    """
+
+    step: int
+    budget: int  # rollouts of the whole batch (generation_batch_size)
+    prompt_ids: list[str]  # the batch's prompts, canonical order
+    unique_rows: list[dict[str, Any]]  # each prompt's first row
+    head_features: Any = None  # the value head's features of the prompts (None without a head)
+    head_p: np.ndarray | None = None  # the head's p per prompt (None: no head, or not ready)
+    rounds: list[GeneratedRound] = field(default_factory=list)
+    decision: Any = None  # the core's last decision (main process; None elsewhere)
+    metrics: dict[str, float] = field(default_factory=dict)  # that decision's metrics (every process)
+    joined: JoinedRounds | None = None
+
+    @classmethod
+    def gather(
+        cls,
+        accelerator: Any,
+        inputs: list[dict[str, Any]],
+        copies: int,
+        column: str,
+        step: int,
+        environment: bool = False,
+    ) -> GenerationBatch:
+        """The batch's prompts from every process's sampler rows (``copies`` rows per prompt)."""
+        prompt_ids, unique_rows = gather_prompts(accelerator, inputs, copies, column, environment)
+        return cls(step, len(inputs) * accelerator.num_processes, prompt_ids, unique_rows)
+
+    def decide(
+        self, accelerator: Any, decide: Callable[[], tuple[Any, np.ndarray, np.ndarray, dict[str, float]]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``decide()`` on the main process -> (decision, rows per prompt, order, metrics), broadcast; returns
+        the round's sizes and order. A decision other than None becomes the batch's (with its metrics)."""
+        decision = None
+
+        def main() -> tuple[list[int], list[int], dict[str, float]]:
+            nonlocal decision
+            decision, sizes, order, metrics = decide()
+            return np.asarray(sizes).tolist(), np.asarray(order).tolist(), metrics
+
+        size_list, order_list, metrics = decide_on_main(accelerator, main)
+        sizes, order = np.asarray(size_list, dtype=np.int64), np.asarray(order_list, dtype=np.int64)
+        used = sum(int(r.sizes.sum()) for r in self.rounds)
+        if (
+            sizes.size != len(self.prompt_ids)
+            or order.size != int(sizes.sum())
+            or used + sizes.sum() > self.budget
+        ):
+            raise RuntimeError(
+                f"The allocation gives {int(sizes.sum())} rollouts to {sizes.size} prompts after {used}; the batch "
+                f"has {self.budget} rollouts for {len(self.prompt_ids)} prompts."
+            )
+        if metrics:
+            self.decision, self.metrics = decision, metrics
+        return sizes, order
+
+    def local_rows(self, accelerator: Any, sizes: np.ndarray, order: np.ndarray) -> list[dict[str, Any]]:
+        """This process's rows of a round (:func:`local_slice`)."""
+        return local_slice(accelerator, self.unique_rows, sizes, order)
+
+    def join(
+        self,
+        num_processes: int,
+        pad_token_id: int | None,
+        metrics: dict[str, list[float]],
+        reward_weights: torch.Tensor,
+        reward_func_names: list[str],
+    ) -> dict[str, Any]:
+        """The rounds as one TRL output (:func:`.rounds.join_rounds`); :attr:`joined` holds the rest."""
+        used = sum(int(r.sizes.sum()) for r in self.rounds)
+        if used != self.budget:
+            raise RuntimeError(f"The batch's rounds hold {used} rollouts; expected {self.budget}.")
+        output, self.joined = join_rounds(
+            self.rounds, num_processes, pad_token_id, metrics, reward_weights, reward_func_names
+        )
+        return output

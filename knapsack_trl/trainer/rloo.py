@@ -5,15 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from accelerate.utils import gather
 from trl import RLOOTrainer
 
 from knapsack_trl.trainer.advantages import AdvantageResult, rloo_advantages
 from knapsack_trl.trainer.config import KnapsackRLOOConfig
-from knapsack_trl.trainer.mixin import KnapsackTrainerMixin, knapsack_args
+from knapsack_trl.trainer.mixin import KnapsackTrainerMixin
+from knapsack_trl.trainer.startup import knapsack_args
+from knapsack_trl.trainer.trl_bridge import Capture, RLOOBridge
 
 
-class KnapsackRLOOTrainer(KnapsackTrainerMixin, RLOOTrainer):
+class KnapsackRLOOTrainer(KnapsackTrainerMixin, RLOOBridge, RLOOTrainer):
     """Drop-in :class:`trl.RLOOTrainer`: same arguments, a :class:`KnapsackRLOOConfig` for ``args``.
 
     The leave-one-out baseline of a rollout is the mean reward of the other scorable rollouts of its
@@ -30,56 +31,25 @@ class KnapsackRLOOTrainer(KnapsackTrainerMixin, RLOOTrainer):
         **kwargs: Any,
     ):
         args = knapsack_args("KnapsackRLOOTrainer", KnapsackRLOOConfig, model, args, train_dataset)
-        self._knapsack_logps: list[torch.Tensor] = []
-        self._knapsack_kl: list[torch.Tensor] = []
         super().__init__(model, reward_funcs, args, train_dataset, *rest, **kwargs)
         self._knapsack_setup()
 
-    def _generate_single_turn(self, prompt_ids: Any, images: Any, multimodal_fields: Any) -> Any:
-        """One completion per row while re-allocating (RLOO reads the group size from ``self.num_generations``)."""
-        if not self._knapsack_active:
-            return super()._generate_single_turn(prompt_ids, images, multimodal_fields)
-        group, self.num_generations = self.num_generations, 1
-        try:
-            return super()._generate_single_turn(prompt_ids, images, multimodal_fields)
-        finally:
-            self.num_generations = group
-
-    def _get_per_token_logps_and_entropies(self, *args: Any, **kwargs: Any) -> Any:
-        """Keep the policy's and the reference's log-probs: RLOO folds their KL into the reward."""
-        out = super()._get_per_token_logps_and_entropies(*args, **kwargs)
-        if self._knapsack_active and self.beta != 0.0:
-            self._knapsack_logps.append(out[0])
-        return out
-
-    def _knapsack_before_generation(self) -> None:
-        self._knapsack_logps, self._knapsack_kl = [], []
-
-    def _knapsack_after_round(self, output: dict[str, Any]) -> None:
-        """Each round's sequence KL (TRL's sum of ``old - ref`` over completion tokens), this process's rows."""
+    def _knapsack_round_kl(self, capture: Capture, output: dict[str, Any]) -> torch.Tensor | None:
+        """The round's sequence KL (TRL's sum of ``old - ref`` over completion tokens), this process's rows."""
         if self.beta == 0.0:
-            return
-        if len(self._knapsack_logps) != 2:
+            return None
+        if len(capture.logps) != 2:
             raise RuntimeError(
                 f"Expected the policy's and the reference model's log-probs during generation, caught "
-                f"{len(self._knapsack_logps)}; this trl version computes RLOO's KL differently."
+                f"{len(capture.logps)}; this trl version computes RLOO's KL differently."
             )
-        old_per_token_logps, ref_per_token_logps = self._knapsack_logps
+        old_per_token_logps, ref_per_token_logps = capture.logps
         per_token_kl = old_per_token_logps - ref_per_token_logps
-        self._knapsack_kl.append((per_token_kl * output["completion_mask"]).sum(-1))
-        self._knapsack_logps = []
+        return (per_token_kl * output["completion_mask"]).sum(-1)
 
     def _knapsack_advantages(
-        self, rewards_per_func: torch.Tensor, sizes: torch.Tensor, order: torch.Tensor, output: dict[str, Any]
+        self, rewards_per_func: torch.Tensor, sizes: torch.Tensor, kl: torch.Tensor | None
     ) -> AdvantageResult:
-        kl = None
-        if self.beta != 0.0:
-            kl = torch.cat(self._knapsack_kl)
-            kl = gather(kl) if self.accelerator.num_processes > 1 else kl
-            inverse = torch.empty_like(order)
-            inverse[order] = torch.arange(order.numel(), device=order.device)
-            kl = kl[inverse]
-            self._knapsack_kl = []
         return rloo_advantages(
             rewards_per_func,
             sizes,

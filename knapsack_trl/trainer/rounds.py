@@ -1,11 +1,12 @@
-"""Two generation rounds in one generation batch (the pilot round): where rows go, and one output from two.
+"""Generation rounds of one batch joined into one (two with the pilot round): where rows go, one output.
 
-With ``knapsack_pilot_rollouts = k`` the trainer calls TRL's ``_generate_and_score_completions`` twice:
-once on ``k`` rows of every prompt, once on the second round's rows. Each process keeps an equal slice
-of each round, so its final batch is its pilot slice followed by its second-round slice, and the
-batch of all processes holds exactly ``generation_batch_size`` rows. This module holds the pure parts:
+With ``knapsack_pilot_rollouts = k`` the trainer calls TRL's generation twice: once on ``k`` rows of every
+prompt, once on the second round's rows; without, once. Each process keeps an equal slice of each round,
+so its final batch is its slice of round 0 followed by its slice of round 1, and the batch of all
+processes holds exactly ``generation_batch_size`` rows. This module holds the pure parts:
 
-- :class:`GeneratedRound`: what one of TRL's calls gave;
+- :class:`GeneratedRound`: what one of TRL's calls gave; :class:`JoinedRounds` and :func:`join_rounds`,
+  the batch made of them;
 - :func:`final_rows`: each round's rows as rows of the final canonical layout (prompt after prompt, a
   prompt's pilot rollouts before its second-round ones), and the merged batch's global order;
 - :func:`merge_outputs`: the two TRL outputs as one, padded to a common width the way TRL pads
@@ -21,22 +22,20 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate.utils import gather
 from trl.trainer.utils import nanstd
 
-# Output keys TRL 1.16 writes for text models, and how two rounds of each are joined.
-LEFT_PADDED = ("prompt_ids", "prompt_mask")
-RIGHT_PADDED = (
-    "completion_ids",
-    "completion_mask",
-    "old_per_token_logps",
-    "ref_per_token_logps",
-    "sampling_per_token_logps",
-    "importance_sampling_ratio",
-    "tool_mask",
+from knapsack_trl.trainer.trl_bridge import (
+    LEFT_PADDED,
+    REWARD_METRIC,
+    REWARD_STD_METRIC,
+    RIGHT_PADDED,
+    ROW_VALUES,
+    SUMMED,
+    TOKEN_IDS,
+    Capture,
+    reward_function_metric,
 )
-ROW_VALUES = ("advantages", "old_logps")
-SUMMED = ("num_items_in_batch",)
-TOKEN_IDS = ("prompt_ids", "completion_ids")
 
 
 @dataclass
@@ -46,10 +45,95 @@ class GeneratedRound:
     sizes: np.ndarray  # (P,) rows of each prompt in this round
     order: np.ndarray  # the round's canonical row at each of its global positions (process-major)
     output: dict[str, Any]  # TRL's output for this process's rows
-    rewards: Any  # (rows, reward functions) torch tensor, gathered over processes
-    lengths: Any  # (rows,) completion lengths, gathered, or None
+    capture: Capture  # what the bridge caught: gathered rewards, per-rollout extras
+    kl: torch.Tensor | None  # RLOO: this process's per-row sequence KL, else None
     metric_marks: dict[str, int]  # each metric's length before the round (to fold TRL's entries)
     seconds: float  # wall time of the round
+
+    def canonical_rewards(self) -> torch.Tensor:
+        """The round's gathered rewards with rows in canonical order (prompt after prompt)."""
+        rewards = self.capture.rewards
+        inverse = torch.as_tensor(np.argsort(self.order, kind="stable"), device=rewards.device)
+        return rewards[inverse]
+
+
+@dataclass
+class JoinedRounds:
+    """A batch's rounds as one: per-row values in the merged batch's global order (process-major, each
+    process's rows round after round), ``order`` mapping them to canonical rows (prompt after prompt, a
+    prompt's rows round after round)."""
+
+    sizes: np.ndarray  # (P,) final rows per prompt
+    order: np.ndarray  # (B,) canonical row at each global position
+    log_positions: np.ndarray  # where each row TRL logged sits in the global order
+    rewards: torch.Tensor  # (B, reward functions)
+    lengths: torch.Tensor | None  # (B,) rollout costs
+    tool_calls: torch.Tensor | None  # (B,) tool calls per rollout
+    prompt_hashes: list[str] | None  # (B,) hash of the prompt each rollout saw (environment runs)
+    kl: torch.Tensor | None  # (B,) RLOO's sequence KL
+
+    def canonical(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-row ``values`` of the global order, in canonical order."""
+        inverse = torch.as_tensor(np.argsort(self.order, kind="stable"), device=values.device)
+        return values[inverse]
+
+    def canonical_list(self, values: list[Any]) -> list[Any]:
+        """:meth:`canonical` for a list."""
+        return [values[g] for g in np.argsort(self.order, kind="stable").tolist()]
+
+
+def join_rounds(
+    rounds: list[GeneratedRound],
+    num_processes: int,
+    pad_token_id: int | None,
+    metrics: dict[str, list[float]],
+    reward_weights: torch.Tensor,
+    reward_func_names: list[str],
+) -> tuple[dict[str, Any], JoinedRounds]:
+    """One TRL output and one :class:`JoinedRounds` from a batch's rounds; with several rounds TRL's
+    per-call metrics are folded to one entry per batch (in ``metrics``, in place)."""
+    world = num_processes
+    sizes = [r.sizes for r in rounds]
+    rewards = interleave([r.capture.rewards for r in rounds], world)
+
+    def extra(name: str) -> Any:
+        values = [r.capture.rollouts.get(name) for r in rounds]
+        if any(v is None for v in values):
+            return None
+        return (
+            interleave(values, world)
+            if isinstance(values[0], torch.Tensor)
+            else interleave_lists(values, world)
+        )
+
+    kls = [r.kl for r in rounds]
+    kl = None
+    if all(k is not None for k in kls):
+        kl = torch.cat(kls)  # this process's rows, round after round: its part of the global order
+        if world > 1:
+            kl = gather(kl)
+    joined = JoinedRounds(
+        sizes=np.sum(np.stack(sizes), axis=0),
+        order=merged_order([r.order for r in rounds], final_rows(sizes), world),
+        log_positions=log_positions([int(s.sum()) for s in sizes], world),
+        rewards=rewards,
+        lengths=extra("lengths"),
+        tool_calls=extra("tool_calls"),
+        prompt_hashes=extra("prompt_hashes"),
+        kl=kl,
+    )
+    output = rounds[0].output
+    if len(rounds) > 1:
+        output = merge_outputs([r.output for r in rounds], pad_token_id)
+        merge_round_metrics(
+            metrics,
+            [r.metric_marks for r in rounds],
+            [float(r.capture.rewards.shape[0]) for r in rounds],
+            rewards,
+            reward_weights,
+            reward_func_names,
+        )
+    return output, joined
 
 
 def final_rows(sizes_by_round: list[np.ndarray]) -> list[np.ndarray]:
@@ -94,6 +178,16 @@ def interleave(per_round: list[torch.Tensor], num_processes: int) -> torch.Tenso
             local = values.shape[0] // num_processes
             parts.append(values[p * local : (p + 1) * local])
     return torch.cat(parts)
+
+
+def interleave_lists(per_round: list[list[Any]], num_processes: int) -> list[Any]:
+    """:func:`interleave` for lists."""
+    out: list[Any] = []
+    for p in range(num_processes):
+        for values in per_round:
+            local = len(values) // num_processes
+            out.extend(values[p * local : (p + 1) * local])
+    return out
 
 
 def log_positions(round_sizes: list[int], num_processes: int) -> np.ndarray:
@@ -182,12 +276,14 @@ def merge_round_metrics(
         metrics[name] = [*head, _combine(name, tail, weights)]
     unscorable = torch.isnan(rewards_per_func).all(dim=1)
     for i, name in enumerate(reward_func_names):
-        _replace_last(metrics, f"rewards/{name}/mean", torch.nanmean(rewards_per_func[:, i]).item())
-        _replace_last(metrics, f"rewards/{name}/std", nanstd(rewards_per_func[:, i]).item())
+        _replace_last(
+            metrics, reward_function_metric(name, "mean"), torch.nanmean(rewards_per_func[:, i]).item()
+        )
+        _replace_last(metrics, reward_function_metric(name, "std"), nanstd(rewards_per_func[:, i]).item())
     rewards = (rewards_per_func * reward_weights.to(rewards_per_func.device).unsqueeze(0)).nansum(dim=1)
     rewards[unscorable] = torch.nan
-    _replace_last(metrics, "reward", torch.nanmean(rewards).item())
-    _replace_last(metrics, "reward_std", nanstd(rewards).item())
+    _replace_last(metrics, REWARD_METRIC, torch.nanmean(rewards).item())
+    _replace_last(metrics, REWARD_STD_METRIC, nanstd(rewards).item())
 
 
 def _replace_last(metrics: dict[str, list[float]], name: str, value: float) -> None:

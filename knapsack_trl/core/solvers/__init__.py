@@ -7,7 +7,8 @@ This is a multiple-choice knapsack: each prompt picks exactly one rollout count.
 Three solvers, all pure numpy (plus OR-Tools CP-SAT), one module each:
 
 - ``greedy``: marginal gains on a heap, milliseconds; exact when every row is concave on the
-  range it may use (Knapsack RL's value is concave for ``n >= 1``).
+  range it may use (Knapsack RL's value is concave for ``n >= 1``). With prompts that may be skipped
+  (0 or a whole group) it is a heuristic and says so (``optimal=False``).
 - ``dp``: exact dynamic programme for any table. A Lagrangian bound against a greedy incumbent
   prunes its states (branch and bound), so it takes milliseconds where a full DP takes ~1 s.
 - ``cpsat`` (default): exact, and the only one that takes a token budget. The same bound removes
@@ -45,11 +46,14 @@ def solve(
     token_budget: float | None = None,
     time_limit_s: float = 1.0,
     num_workers: int = 1,
+    skippable: np.ndarray | bool | None = None,
 ) -> SolverResult:
     """Choose ``rollouts[i]`` in ``[lower_i, upper_i]`` summing to ``budget``, maximising value.
 
     ``table[i, n]`` is the value of giving prompt ``i`` ``n`` rollouts (at least
-    ``max(upper) + 1`` columns). ``costs``/``token_budget`` add ``sum_i costs_i n_i <=
+    ``max(upper) + 1`` columns). ``skippable`` (one boolean, or one per prompt) lets a prompt take 0
+    instead: ``{0} u [lower_i, upper_i]``, a semi-continuous choice that dp and cpsat solve exactly
+    and greedy only heuristically. ``costs``/``token_budget`` add ``sum_i costs_i n_i <=
     token_budget`` (to a relative 1e-9) and need ``solver="cpsat"``. ``time_limit_s`` and
     ``num_workers`` go to CP-SAT. Raises ValueError on any infeasible or malformed input, before
     doing any work; ``seconds`` in the result times everything after that check.
@@ -61,7 +65,7 @@ def solve(
         raise SettingError(f"<time_limit_s> must be > 0; got {time_limit_s}.")
     if int(num_workers) < 1:
         raise ValueError(f"num_workers must be >= 1; got {num_workers}.")
-    problem = validate(table, budget, lower, upper, costs, token_budget)
+    problem = validate(table, budget, lower, upper, costs, token_budget, skippable)
     start = time.perf_counter()
     if solver == "greedy":
         exact = greedy_is_exact(problem)

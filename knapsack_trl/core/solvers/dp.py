@@ -13,15 +13,18 @@ from knapsack_trl.core.solvers.problem import Problem
 def dp(problem: Problem, prune: bool = True) -> np.ndarray:
     """Exact multiple-choice knapsack over the slack ``R = budget - sum(lower)``, any table.
 
+    A prompt that may be skipped starts from 0, its gap below ``lower`` worth -inf (never chosen).
+
     ``best[s]`` is the best value of the prompts seen so far using ``lo + s`` extra rollouts;
     each prompt is a vectorised shift-max, with the argmax kept for backtracking. Prompts whose
     value does not depend on ``n`` skip the DP and absorb the leftover slack. With ``prune``,
     states whose Lagrangian bound cannot reach a greedy incumbent's value are dropped (branch
     and bound), so only a narrow band of states survives each prompt; the answer stays exact.
     """
-    slack, lower = problem.slack, problem.lower
+    slack, lower = problem.slack, problem.base
     rooms = np.minimum(problem.upper - lower, slack)
-    rows = [problem.table[i, lower[i] : lower[i] + rooms[i] + 1] for i in range(lower.size)]
+    values = problem.used_values() if problem.has_gaps else problem.table
+    rows = [values[i, lower[i] : lower[i] + rooms[i] + 1] for i in range(lower.size)]
     is_flat = np.array([row.max() == row.min() for row in rows])
     varies, flat = np.flatnonzero(~is_flat), np.flatnonzero(is_flat)
     absorbable = int(rooms[flat].sum())

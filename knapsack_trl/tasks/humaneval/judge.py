@@ -23,70 +23,118 @@ import contextlib
 import json
 import math
 import os
+import re
+import resource
 import select
 import sys
 import time
 
-_MAX_DEPTH = 64  # nesting of lists, tuples, dicts and sets in one value
+_MAX_DEPTH = 64  # nesting of lists, tuples, dicts and sets in a reply
+_MAX_ARGUMENT_DEPTH = 2 * _MAX_DEPTH  # arguments may wrap a reply (a test that feeds one back)
+MAX_REPLY_ELEMENTS = 100_000  # values in one reply (containers and scalars), counted on the wire
+_MAX_EQUAL_HASHES = 16  # elements of one set (or keys of one dict) that may share a hash value
 _SCALARS = (type(None), bool, int, float, str)
+# A JSON string, closed or running to the end of the line, matched in one pass (possessive: a
+# string is never rescanned from a later quote), so that separators inside strings are not counted.
+_JSON_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+(?:"|\\?\Z)')
 
 
 class WireError(ValueError):
     """A value that is not plain data, or a message that is not in the wire format."""
 
 
-def encode(value: object, depth: int = 0) -> object:
+def encode(value: object, *, max_depth: int = _MAX_DEPTH) -> object:
     """``value`` as JSON-ready data; exact built-in types only (a subclass may lie about equality)."""
+    return _encode(value, 0, max_depth)
+
+
+def _encode(value: object, depth: int, max_depth: int) -> object:
     kind = type(value)
     if kind is float:
         return value if math.isfinite(value) else {"float": repr(value)}
     if kind in _SCALARS:
         return value
-    if depth >= _MAX_DEPTH:
-        raise WireError(f"nested deeper than {_MAX_DEPTH}")
+    if depth >= max_depth:
+        raise WireError(f"nested deeper than {max_depth}")
+    depth += 1
     if kind is list:
-        return [encode(item, depth + 1) for item in value]
+        return [_encode(item, depth, max_depth) for item in value]
     if kind is tuple:
-        return {"tuple": [encode(item, depth + 1) for item in value]}
+        return {"tuple": [_encode(item, depth, max_depth) for item in value]}
     if kind in (set, frozenset):
-        return {kind.__name__: [encode(item, depth + 1) for item in value]}
+        return {kind.__name__: [_encode(item, depth, max_depth) for item in value]}
     if kind is dict:
-        return {"dict": [[encode(k, depth + 1), encode(v, depth + 1)] for k, v in value.items()]}
+        return {
+            "dict": [[_encode(k, depth, max_depth), _encode(v, depth, max_depth)] for k, v in value.items()]
+        }
     raise WireError(f"not plain data: {kind.__name__}")
 
 
-def decode(data: object, depth: int = 0) -> object:
-    """The inverse of :func:`encode`, strict: anything else raises :class:`WireError`."""
-    kind = type(data)
-    if kind in _SCALARS:
-        return data
-    if depth >= _MAX_DEPTH:
-        raise WireError(f"nested deeper than {_MAX_DEPTH}")
-    if kind is list:
-        return [decode(item, depth + 1) for item in data]
-    if kind is not dict or len(data) != 1:
-        raise WireError(f"not in the wire format: {kind.__name__}")
-    ((tag, body),) = data.items()
-    if tag == "float" and body in ("inf", "-inf", "nan"):
-        return float(body)
-    if type(body) is not list:
-        raise WireError(f"not in the wire format: {tag!r}")
-    try:
+def decode(data: object, *, max_depth: int = _MAX_DEPTH, max_elements: int | None = None) -> object:
+    """The inverse of :func:`encode`, strict: anything else raises :class:`WireError`.
+
+    Linear in the size of ``data``: nesting stops at ``max_depth``, values at ``max_elements``, and
+    a set (or dict) whose elements (keys) share one hash value more than a few times is refused,
+    since building it would take time quadratic in its size.
+    """
+    return _Decoder(max_depth, max_elements).decode(data, 0)
+
+
+class _Decoder:
+    def __init__(self, max_depth: int, max_elements: int | None) -> None:
+        self.max_depth = max_depth
+        self.left = max_elements
+
+    def decode(self, data: object, depth: int) -> object:
+        if self.left is not None:
+            self.left -= 1
+            if self.left < 0:
+                raise WireError("more elements than the reply may hold")
+        kind = type(data)
+        if kind in _SCALARS:
+            return data
+        if depth >= self.max_depth:
+            raise WireError(f"nested deeper than {self.max_depth}")
+        depth += 1
+        if kind is list:
+            return [self.decode(item, depth) for item in data]
+        if kind is not dict or len(data) != 1:
+            raise WireError(f"not in the wire format: {kind.__name__}")
+        ((tag, body),) = data.items()
+        if tag == "float" and body in ("inf", "-inf", "nan"):
+            return float(body)
+        if type(body) is not list:
+            raise WireError(f"not in the wire format: {tag!r}")
         if tag == "tuple":
-            return tuple(decode(item, depth + 1) for item in body)
+            return tuple(self.decode(item, depth) for item in body)
         if tag in ("set", "frozenset"):
-            items = [decode(item, depth + 1) for item in body]
+            items = [self.decode(item, depth) for item in body]
+            _check_hashes(items, tag)
             return set(items) if tag == "set" else frozenset(items)
         if tag == "dict":
             pairs = []
             for pair in body:
                 if type(pair) is not list or len(pair) != 2:
                     raise WireError("a dict entry is not a [key, value] pair")
-                pairs.append((decode(pair[0], depth + 1), decode(pair[1], depth + 1)))
+                pairs.append((self.decode(pair[0], depth), self.decode(pair[1], depth)))
+            _check_hashes([key for key, _ in pairs], "dict")
             return dict(pairs)
-    except TypeError as err:  # an unhashable set element or dict key
-        raise WireError(str(err)) from err
-    raise WireError(f"not in the wire format: {tag!r}")
+        raise WireError(f"not in the wire format: {tag!r}")
+
+
+def _check_hashes(items: list, what: str) -> None:
+    """Refuse unhashable elements, and more than :data:`_MAX_EQUAL_HASHES` sharing one hash value
+    (each insertion compares with all earlier ones of its hash: quadratic time, outside any clock)."""
+    counts: dict[int, int] = {}
+    for item in items:
+        try:
+            value = hash(item)
+        except TypeError as err:
+            raise WireError(str(err)) from None
+        count = counts.get(value, 0) + 1
+        if count > _MAX_EQUAL_HASHES:
+            raise WireError(f"a {what} whose elements share one hash value ({count} or more): refused")
+        counts[value] = count
 
 
 def dumps(message: dict) -> bytes:
@@ -94,8 +142,14 @@ def dumps(message: dict) -> bytes:
     return json.dumps(message, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode() + b"\n"
 
 
-def loads(line: bytes) -> dict:
-    """Parse one message; anything but a JSON object (or a bare NaN / Infinity) raises WireError."""
+def loads(line: bytes, *, max_elements: int | None = None) -> dict:
+    """Parse one message; anything but a JSON object (or a bare NaN / Infinity) raises WireError.
+
+    With ``max_elements``, a message with more values than that is refused from its bytes (its
+    separators and brackets outside strings, counted in linear time) before any is built.
+    """
+    if max_elements is not None and _count_values(line, max_elements) > max_elements:
+        raise WireError(f"a message of more than {max_elements} elements")
 
     def no_constants(name: str) -> None:
         raise WireError(f"bare {name} is not in the wire format")
@@ -107,6 +161,20 @@ def loads(line: bytes) -> dict:
     if type(message) is not dict:
         raise WireError("a message must be a JSON object")
     return message
+
+
+def _count_values(line: bytes, limit: int) -> int:
+    """An upper bound on the values in a JSON text: each one but the first follows a ``,``, a ``:``
+    or an opening bracket outside strings (counted with strings too first, which is enough when
+    that is within ``limit``)."""
+
+    def separators(text: bytes) -> int:
+        return text.count(b",") + text.count(b":") + text.count(b"[") + text.count(b"{") + 1
+
+    count = separators(line)
+    if count > limit and b'"' in line:
+        count = separators(_JSON_STRING.sub(b'""', line))
+    return count
 
 
 # --- the sandbox side ----------------------------------------------------------------------------
@@ -143,8 +211,10 @@ def serve(entry_point: str, source: str = "candidate.py", requests: int = 3, res
         request = loads(line)
         answer: dict = {"id": request["id"]}
         try:
-            args = decode(request["args"])
-            kwargs = {key: decode(value) for key, value in request["kwargs"].items()}
+            args = decode(request["args"], max_depth=_MAX_ARGUMENT_DEPTH)
+            kwargs = {
+                key: decode(value, max_depth=_MAX_ARGUMENT_DEPTH) for key, value in request["kwargs"].items()
+            }
             result = func(*args, **kwargs)
         except BaseException as err:
             answer["raised"] = type(err).__name__
@@ -174,45 +244,84 @@ MAX_STRETCH = 4.0  # a wait may last this many times its charged limit in wall-c
 
 
 class CandidateClock:
-    """The candidate's time: wall-clock time minus the time its process waited for a CPU.
+    """The candidate's time: wall-clock time minus the time its process, or the judge waiting on
+    it, waited for a CPU.
 
     On a machine running more sandboxes than cores, a correct but CPU-bound solution would
     otherwise time out for the machine's load; a sleeping or looping one is charged in full. The
     kernel's per-task run delay (``/proc/<pid>/schedstat``) is not something the candidate can
     forge; it can only raise its own by competing with itself, which :data:`MAX_STRETCH` bounds.
-    Without schedstat (or the process) this is the wall clock.
+
+    The program's process is found by :meth:`attach` once the program has greeted the judge, so
+    it exists then: found by the shape of the launcher's tree, never by racing its start. Without
+    schedstat (or the process) the candidate's share is the wall clock (:attr:`kind` says which).
     """
 
     def __init__(self, launcher_pid: int | None) -> None:
-        self.path = None
-        if launcher_pid:
-            pid = launcher_pid
-            for _ in range(3):  # launcher -> setup -> init -> the program (the server)
-                pid = _only_child(pid)
-                if pid is None:
-                    break
-            else:
-                self.path = f"/proc/{pid}/schedstat"
+        self.launcher_pid = launcher_pid
+        self.path: str | None = None
+
+    def attach(self) -> None:
+        """Find the program's process (call after its first message: it is alive and forked)."""
+        pid = _program_pid(self.launcher_pid) if self.launcher_pid else None
+        if pid is not None and _delay(f"/proc/{pid}/schedstat") is not None:
+            self.path = f"/proc/{pid}/schedstat"
+
+    @property
+    def kind(self) -> str:
+        """``"candidate"`` when the program's run delay is subtracted, else ``"wall"``."""
+        return "candidate" if self.path else "wall"
 
     def run_delay(self) -> float:
-        """Seconds the program's main thread has spent runnable but not running."""
-        if self.path is None:
-            return 0.0
+        """Seconds the program's main thread and this judge have spent runnable but not running."""
+        own = _delay("/proc/thread-self/schedstat") or 0.0
+        program = _delay(self.path) if self.path else None
+        return own + (program or 0.0)
+
+
+def _delay(path: str) -> float | None:
+    """The run delay in a schedstat file, in seconds (None where it cannot be read)."""
+    try:
+        with open(path, encoding="ascii") as fh:
+            return int(fh.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _program_pid(launcher_pid: int) -> int | None:
+    """The program's pid: launcher -> setup -> init (each the only child of the one before) -> the
+    program, init's first child (pid 2 of its namespace; init's only child without one)."""
+    setup = _only_child(launcher_pid)
+    init = _only_child(setup) if setup else None
+    if init is None:
+        return None
+    children = _children(init)
+    if len(children) == 1:
+        return children[0]
+    for child in children:
         try:
-            with open(self.path, encoding="ascii") as fh:
-                return int(fh.read().split()[1]) / 1e9
-        except (OSError, ValueError, IndexError):
-            return 0.0
+            with open(f"/proc/{child}/status", encoding="ascii") as fh:
+                nspid = next(line.split()[1:] for line in fh if line.startswith("NSpid:"))
+        except (OSError, StopIteration):
+            continue
+        if nspid and nspid[-1] == "2":
+            return child
+    return None
+
+
+def _children(pid: int) -> list[int]:
+    """The children of ``pid``'s main thread, read from /proc."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as fh:
+            return [int(child) for child in fh.read().split()]
+    except OSError:
+        return []
 
 
 def _only_child(pid: int) -> int | None:
-    """The single child of ``pid``, read from /proc (None if it has none or several)."""
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as fh:
-            children = fh.read().split()
-    except OSError:
-        return None
-    return int(children[0]) if len(children) == 1 else None
+    """The single child of ``pid`` (None if it has none or several)."""
+    children = _children(pid)
+    return children[0] if len(children) == 1 else None
 
 
 class Channel:
@@ -226,7 +335,8 @@ class Channel:
         self.budget_s = total_timeout_s  # time the candidate may use, spent while the judge waits
         self.startup_timeout_s = startup_timeout_s
         self.max_message_bytes = max_message_bytes
-        self.buffer = b""
+        self.buffer = bytearray()
+        self.scanned = 0  # bytes of the buffer already searched for a newline
         self.calls = 0
         self.dead: str | None = None
         self.next_id = 0
@@ -240,6 +350,7 @@ class Channel:
         if hello != {"hello": 1}:
             self.dead = "the sandbox's first message was not its greeting"
             return
+        self.clock.attach()  # the program exists: it just wrote to us
         try:
             loaded = self._receive(self.budget_s)
         except CandidateError as err:
@@ -255,8 +366,8 @@ class Channel:
         try:
             request = {
                 "id": self.next_id,
-                "args": encode(list(args)),
-                "kwargs": {k: encode(v) for k, v in kwargs.items()},
+                "args": encode(list(args), max_depth=_MAX_ARGUMENT_DEPTH),
+                "kwargs": {k: encode(v, max_depth=_MAX_ARGUMENT_DEPTH) for k, v in kwargs.items()},
             }
         except WireError as err:
             raise HarnessError(f"the test passes an argument that is not plain data ({err})") from None
@@ -286,7 +397,7 @@ class Channel:
         if "ok" not in answer:
             raise CandidateError(str(answer.get("raised") or answer.get("bad_return"))[:200])
         try:
-            return decode(answer["ok"])
+            return decode(answer["ok"], max_elements=MAX_REPLY_ELEMENTS)
         except WireError as err:
             self.dead = f"a return value out of protocol ({err})"
             raise CandidateError(self.dead) from None
@@ -300,26 +411,31 @@ class Channel:
             return time.monotonic() - start - (self.clock.run_delay() - delay)
 
         try:
-            while b"\n" not in self.buffer:
+            while (end := self.buffer.find(b"\n", self.scanned)) < 0:
+                self.scanned = len(self.buffer)
+                if self.scanned > self.max_message_bytes:
+                    raise CandidateError(f"a message over {self.max_message_bytes} bytes")
                 remaining = timeout_s - used()
-                if remaining <= 0 or time.monotonic() - start >= MAX_STRETCH * timeout_s:
+                stretch = start + MAX_STRETCH * timeout_s - time.monotonic()
+                if remaining <= 0 or stretch <= 0:
                     raise CandidateError("timed out")
-                if not select.select([self.responses], [], [], min(remaining, 0.05))[0]:
+                # Charged time runs no faster than the wall clock: wake when it could be up.
+                if not select.select([self.responses], [], [], min(remaining, stretch))[0]:
                     continue
                 chunk = os.read(self.responses, 1 << 16)
                 if not chunk:
                     raise CandidateError("the sandbox exited")
                 self.buffer += chunk
-                if len(self.buffer) > self.max_message_bytes and b"\n" not in self.buffer:
-                    raise CandidateError(f"a message over {self.max_message_bytes} bytes")
         finally:
             if charge:
                 self.budget_s -= max(used(), 0.0)
-        line, self.buffer = self.buffer.split(b"\n", 1)
-        if len(line) > self.max_message_bytes:
+        if end > self.max_message_bytes:
             raise CandidateError(f"a message over {self.max_message_bytes} bytes")
+        line = bytes(self.buffer[:end])
+        del self.buffer[: end + 1]
+        self.scanned = 0
         try:
-            return loads(line)
+            return loads(line, max_elements=MAX_REPLY_ELEMENTS)
         except WireError as err:
             raise CandidateError(str(err)) from None
 
@@ -468,7 +584,7 @@ def run_check(config: dict, channel: Channel) -> dict:
         verdict["finished"] = True
     except Exception as err:
         verdict["failure"] = f"{type(err).__name__}: {err}"[:300]
-    verdict.update(calls=channel.calls, **counts)
+    verdict.update(calls=channel.calls, clock=channel.clock.kind, **counts)
     return verdict
 
 
@@ -477,6 +593,8 @@ def judge(config_path: str) -> int:
     with open(config_path, encoding="utf-8") as fh:
         config = json.load(fh)
     verdict_fd = config["verdict_fd"]
+    limit = config["memory_mb"] << 20  # the judge's own bound: nothing it decodes or runs grows past it
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 (a test's prints go nowhere)
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 3000))
     channel = Channel(

@@ -52,6 +52,9 @@ _LANG_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 _STARTUP_S = 30.0  # the sandbox's interpreter must greet the judge within this (a harness matter)
 _JUDGE_SLACK_S = 10.0  # the judge's own work on top of the candidate's time
 _MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # one argument list or return value on the wire
+# The judge's address-space bound: it decodes at most 4 MiB and MAX_REPLY_ELEMENTS values per reply
+# (a judge of a HumanEval task peaks near 16 MB); reserved beside each sandbox in the memory budget.
+JUDGE_MEMORY_MB = 256
 _HARNESS_PATH = Path(harness.__file__)
 
 
@@ -161,14 +164,14 @@ def make_humaneval_reward(
         prompt: Sequence[Any] | None = None,
         **kwargs: Any,
     ) -> list[float | None]:
-        if not checked.is_set():
-            preflight()
         n = len(completions)
-        prefixes = _code_prefixes(n, kwargs.get("code_prompt"), prompt, kwargs.get("prompts"))
         if len(test) != n or len(entry_point) != n:
             raise ValueError(
                 f"humaneval reward: got {n} completions but {len(test)} tests, {len(entry_point)} entry points"
             )
+        if not checked.is_set():
+            preflight()
+        prefixes = _code_prefixes(n, kwargs.get("code_prompt"), prompt, kwargs.get("prompts"))
         jobs = [
             _job(completion, prefix, tests, entry)
             for completion, prefix, tests, entry in zip(completions, prefixes, test, entry_point)
@@ -176,11 +179,15 @@ def make_humaneval_reward(
         judge = functools.partial(
             _judge_job, fraction=fraction, timeout_s=timeout_s, call_timeout_s=per_call, memory_mb=memory_mb
         )
-        with ThreadPoolExecutor(max_workers=pool_size(n, max_workers)) as pool:
-            scores = list(pool.map(judge, jobs))
+        with ThreadPoolExecutor(max_workers=pool_size(n, max_workers, memory_mb)) as pool:
+            judged = list(pool.map(judge, jobs))
+        scores = [score for score, _ in judged]
         log_metric = kwargs.get("log_metric")
         if callable(log_metric) and n:
             log_metric("humaneval/sandbox_errors", sum(s is None for s in scores) / n)
+            # Judges that could not read the candidate's clock and charged it wall time (load then
+            # counts against it): should be 0.
+            log_metric("humaneval/wall_clock", sum(clock == "wall" for _, clock in judged) / n)
         return scores
 
     reward.__name__ = reward.__qualname__ = name
@@ -204,25 +211,27 @@ def _judge_job(
     timeout_s: float,
     call_timeout_s: float,
     memory_mb: int,
-) -> float | None:
-    """The judged score of one job; a failure of the harness (ours, not the candidate's) is None."""
+) -> tuple[float | None, str | None]:
+    """The judged score of one job (a failure of the harness, ours and not the candidate's, is
+    None) and the clock its judge charged the candidate by (None without a verdict)."""
     code, prefix, tests, entry = job
     if code is None:
-        return 0.0
+        return 0.0, None
     try:
-        return judge_completion(
+        return _judge(
             prefix, code, tests, entry, fraction=fraction, timeout_s=timeout_s,
             call_timeout_s=call_timeout_s, memory_mb=memory_mb,
         )  # fmt: skip
     except Exception as err:  # a bug of ours must not lose the batch: this rollout only
         _log_once("harness", f"the HumanEval harness failed: {type(err).__name__}: {err}")
-        return None
+        return None, None
 
 
-def pool_size(n: int, max_workers: int | None = None) -> int:
+def pool_size(n: int, max_workers: int | None = None, memory_mb: int = 1024) -> int:
     """Threads for a batch of ``n``: all of it at once (waiting costs no CPU, so a batch of timeouts
-    takes one timeout), at most ``max_workers`` and the process-wide sandbox concurrency."""
-    return max(1, min(max_workers or n, sandbox_concurrency(), n))
+    takes one timeout), at most ``max_workers`` and the process-wide sandbox concurrency for runs of
+    ``memory_mb``, each with its judge (their bounds fit the sandbox memory budget together)."""
+    return max(1, min(max_workers or n, sandbox_concurrency(memory_mb, JUDGE_MEMORY_MB), n))
 
 
 def judge_completion(
@@ -240,6 +249,24 @@ def judge_completion(
 
     Returns 1.0 / 0.0 (or the fraction), or None when the harness (not the candidate) failed.
     """
+    return _judge(
+        code_prompt, code, test, entry_point, fraction=fraction, timeout_s=timeout_s,
+        call_timeout_s=call_timeout_s, memory_mb=memory_mb,
+    )[0]  # fmt: skip
+
+
+def _judge(
+    code_prompt: str,
+    code: str,
+    test: str,
+    entry_point: str,
+    *,
+    fraction: bool,
+    timeout_s: float,
+    call_timeout_s: float | None,
+    memory_mb: int,
+) -> tuple[float | None, str | None]:
+    """:func:`judge_completion`'s score and the clock the judge charged the candidate by."""
     program = _server_source(entry_point)
     candidate = build_candidate(code_prompt, code)
     sandbox_timeout = _STARTUP_S + harness.MAX_STRETCH * timeout_s + _JUDGE_SLACK_S
@@ -252,6 +279,7 @@ def judge_completion(
             timeout_s=sandbox_timeout,
             memory_mb=memory_mb,
             pass_fds={3: requests_r, 4: responses_w},
+            companion_mb=JUDGE_MEMORY_MB,
         )
     except BaseException:
         for fd in (requests_w, responses_r):
@@ -271,6 +299,7 @@ def judge_completion(
                 "call_timeout_s": call_timeout_s or timeout_s,
                 "startup_timeout_s": _STARTUP_S,
                 "max_message_bytes": _MAX_MESSAGE_BYTES,
+                "memory_mb": JUDGE_MEMORY_MB,
                 "launcher_pid": run.pid,
             },
             requests_w,
@@ -281,8 +310,9 @@ def judge_completion(
         result = run.stop()
     if result.status == "error":
         _log_once("sandbox", f"the sandbox could not run a HumanEval program: {result.stderr[-500:]}")
-        return None
-    return score_verdict(verdict, fraction=fraction, note=judge_note)
+        return None, None
+    clock = verdict.get("clock") if isinstance(verdict, dict) else None
+    return score_verdict(verdict, fraction=fraction, note=judge_note), clock
 
 
 def score_verdict(verdict: object, *, fraction: bool, note: str = "") -> float | None:

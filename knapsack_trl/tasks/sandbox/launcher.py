@@ -5,12 +5,16 @@ once and starts it for every sandboxed program. Process tree of one run::
 
     launcher (caller's uid, host namespaces: keeps the clock, writes uid maps, kills everything at the end)
       └─ setup  (joins the run's cgroup, creates the namespaces, builds the root file system)
-          └─ init  (pid 1 of the new pid namespace: pivots into the new root, reaps orphans)
-              └─ program  (limits, unprivileged uid, seccomp, then exec python)
+          └─ init  (pid 1 of the new pid namespace: pivots into the new root, reaps orphans,
+              │        ignores every signal the program can send it)
+              └─ program  (limits, unprivileged uid, seccomp, the required measures checked, then
+                           exec python)
 
 The caller's half (:mod:`~knapsack_trl.tasks.sandbox.runner`) prepares everything that needs the caller's
 knowledge (the uid, the cgroup, which host paths to show); this half only executes it and reports,
-as marshalled dicts on ``report_fd``, which measures took effect.
+as marshalled dicts on ``report_fd``, which measures took effect, and ``started`` just before the
+program's exec (after it, however the run ends is the program's doing, never a setup failure).
+The runner also imports this module for :data:`REQUIRED_ISOLATION` and :func:`missing_isolation`.
 """
 
 from __future__ import annotations
@@ -55,6 +59,8 @@ PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
 SECCOMP_MODE_FILTER = 2
 
+# What running untrusted code needs; a separate identity is "uid:<n>" (root callers) or "userns".
+REQUIRED_ISOLATION = ("netns", "ipcns", "mountns", "pidns", "rootfs", "seccomp", "no_new_privs", "rlimits")
 SETUP_FAILED = 125  # exit code of the launcher's processes when the sandbox could not be set up
 WORKDIR = "/tmp/sandbox"
 DEVICES = ("null", "zero", "full", "random", "urandom")
@@ -76,7 +82,7 @@ SYSCALLS = {
             "open_by_handle_at": 304, "fanotify_init": 300, "kexec_load": 246, "kexec_file_load": 320,
             "init_module": 175, "finit_module": 313, "delete_module": 176, "swapon": 167, "swapoff": 168,
             "reboot": 169, "acct": 163, "syslog": 103, "sethostname": 170, "clone3": 435, "clone": 56,
-            "socket": 41,
+            "socket": 41, "socketpair": 53,
         },
     ),
     "aarch64": (
@@ -93,7 +99,7 @@ SYSCALLS = {
             "open_by_handle_at": 265, "fanotify_init": 262, "kexec_load": 104, "kexec_file_load": 294,
             "init_module": 105, "finit_module": 273, "delete_module": 106, "swapon": 224, "swapoff": 225,
             "reboot": 142, "acct": 89, "syslog": 116, "sethostname": 161, "clone3": 435, "clone": 220,
-            "socket": 198,
+            "socket": 198, "socketpair": 199,
         },
     ),
 }  # fmt: skip
@@ -101,9 +107,7 @@ SYSCALLS = {
 # What the program may not call (EPERM): kernel objects that outlive the run or escape its memory
 # bound (keyrings, SysV IPC, memfd), namespace and mount changes, tracing, and the interfaces with
 # a record of kernel bugs that no HumanEval solution needs. clone3 answers ENOSYS so that glibc falls
-# back to clone, whose flags the filter can inspect (no new namespaces). ``socket(AF_UNIX, ...)`` is
-# refused too: a path-named socket connects across network namespaces, even through a read-only
-# bind mount (``socketpair`` still works).
+# back to clone, whose flags the filter can inspect (no new namespaces).
 DENIED_SYSCALLS = (
     "keyctl", "add_key", "request_key", "memfd_create", "memfd_secret", "shmget", "shmat", "shmctl",
     "semget", "semop", "semctl", "semtimedop", "msgget", "msgsnd", "msgrcv", "msgctl", "unshare", "setns",
@@ -114,6 +118,21 @@ DENIED_SYSCALLS = (
     "init_module", "finit_module", "delete_module", "swapon", "swapoff", "reboot", "acct", "syslog",
     "sethostname",
 )  # fmt: skip
+
+# Socket families the program may open, an allow-list: AF_INET and AF_INET6, which the empty network
+# namespace confines (a loopback that is down). Every other family fails with EPERM: AF_UNIX (a
+# path-named socket connects across network namespaces, even through a read-only bind mount),
+# AF_VSOCK (the host of a virtual machine), AF_NETLINK, AF_PACKET, AF_ALG and the rest, known or
+# added by a later kernel. ``socketpair`` makes only a connected AF_UNIX pair.
+SOCKET_FAMILIES = {"socket": (2, 10), "socketpair": (1,)}
+
+
+def missing_isolation(capabilities) -> list[str]:
+    """The measures in :data:`REQUIRED_ISOLATION` (and a separate identity) that ``capabilities`` lack."""
+    missing = [m for m in REQUIRED_ISOLATION if m not in capabilities]
+    if not any(c.startswith("uid:") for c in capabilities) and "userns" not in capabilities:
+        missing.append("a separate user (uid pool for root, or a user namespace)")
+    return missing
 
 
 def launch(config_path: str, report_fd: int) -> int:
@@ -400,9 +419,10 @@ def _init(cfg: dict, libc, report_fd: int, isolation: set[str], fs_view: bool, m
             fh.write(text)
         os.chown(path, owner, owner if uid is not None else os.getgid())
     _report(report_fd, {"isolation": added})
+    _set_signals(signal.SIG_IGN)  # nothing the program sends can end init (SIGKILL: see below)
     program = os.fork()
     if program == 0:
-        _guard(report_fd, lambda: _exec_program(cfg, libc, report_fd, isolation, workdir, mode))
+        _guard(report_fd, lambda: _exec_program(cfg, libc, report_fd, isolation | set(added), workdir, mode))
     for fd in cfg["pass_fds"].values():
         os.close(fd)
     status = None
@@ -425,6 +445,7 @@ def _exec_program(cfg: dict, libc, report_fd: int, isolation: set[str], workdir:
     """In the program's process: limits, an unprivileged uid, seccomp, only its own fds; then exec."""
     import resource
 
+    _set_signals(signal.SIG_DFL)  # ignored signals survive exec: give the program the defaults back
     _prctl(libc, PR_SET_PDEATHSIG, signal.SIGKILL)
     limits = cfg["limits"]
     mb = 1024 * 1024
@@ -456,8 +477,11 @@ def _exec_program(cfg: dict, libc, report_fd: int, isolation: set[str], workdir:
     if not _prctl(libc, PR_SET_NO_NEW_PRIVS, 1):
         raise OSError(_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
     added.append("no_new_privs")
-    if install_seccomp(libc, DENIED_SYSCALLS, deny_unix_sockets=True):
+    if install_seccomp(libc, DENIED_SYSCALLS, socket_families=SOCKET_FAMILIES):
         added.append("seccomp")
+    missing = missing_isolation(isolation | set(added)) if cfg["require_isolation"] else []
+    if missing:  # this run lacks what the caller's check found on the machine: never run it so
+        raise PermissionError(f"refusing to run untrusted code without: {', '.join(missing)}")
     python = cfg["python"]
     if not os.access(python, os.X_OK):
         raise PermissionError(
@@ -471,11 +495,27 @@ def _exec_program(cfg: dict, libc, report_fd: int, isolation: set[str], workdir:
     env.update(HOME=workdir, TMPDIR=workdir)
     if cfg["libdir"]:
         env["LD_LIBRARY_PATH"] = cfg["libdir"]
+    # From here on the run is the program's: however it ends, the caller scores it (never "error").
+    _report(report_fd, {"started": True})
     try:
         os.execve(python, [python, "-I", "-S", "-B", "-X", "utf8", "main.py"], env)
     except OSError as err:  # the original report descriptor is closed: report on the kept one
-        _report(report_fd, {"error": f"exec {python}: {err}"})
+        _report(report_fd, {"started": False, "error": f"exec {python}: {err}"})
         os._exit(SETUP_FAILED)
+
+
+def _set_signals(handler) -> None:
+    """Set every catchable signal but SIGCHLD (whose SIG_IGN would reap children unseen) to ``handler``.
+
+    In init, SIG_IGN: the kernel never delivers SIGKILL or SIGSTOP to a namespace's init from
+    inside it, and an ignored signal cannot interrupt it (Python's SIGINT handler would).
+    """
+    for sig in signal.valid_signals():
+        if sig not in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD):
+            try:  # noqa: SIM105
+                signal.signal(sig, handler)
+            except (OSError, ValueError):  # the real-time signals glibc keeps for itself
+                pass
 
 
 def _keep_only_fds(pass_fds: dict[int, int], report_fd: int) -> int:
@@ -497,12 +537,17 @@ def _keep_only_fds(pass_fds: dict[int, int], report_fd: int) -> int:
 
 
 def install_seccomp(
-    libc, denied: tuple[str, ...], *, deny_new_namespaces: bool = True, deny_unix_sockets: bool = False
+    libc,
+    denied: tuple[str, ...],
+    *,
+    deny_new_namespaces: bool = True,
+    socket_families: dict[str, tuple[int, ...]] | None = None,
 ) -> bool:
     """Install a seccomp filter: ``denied`` syscalls fail with EPERM (``clone3`` with ENOSYS); with
-    ``deny_new_namespaces`` so does ``clone`` with a namespace flag, with ``deny_unix_sockets``
-    ``socket(AF_UNIX, ...)``. False on an unknown architecture. Needs ``no_new_privs`` (or
-    CAP_SYS_ADMIN); stacks on filters already in place."""
+    ``deny_new_namespaces`` so does ``clone`` with a namespace flag; ``socket_families`` maps
+    ``socket`` / ``socketpair`` to the only address families they may create (others: EPERM).
+    False on an unknown architecture. Needs ``no_new_privs`` (or CAP_SYS_ADMIN); stacks on filters
+    already in place."""
     import ctypes
 
     arch = os.uname().machine
@@ -526,8 +571,11 @@ def install_seccomp(
         prog += [(jeq, 0, 1, numbers["clone3"]), (ret, 0, 0, errno(38))]
         prog += [(jeq, 0, 4, numbers["clone"]), (ld, 0, 0, 16), (jset, 0, 1, NAMESPACE_FLAGS)]
         prog += [(ret, 0, 0, errno(1)), (ld, 0, 0, 0)]
-    if deny_unix_sockets:
-        prog += [(jeq, 0, 4, numbers["socket"]), (ld, 0, 0, 16), (jeq, 0, 1, 1)]  # AF_UNIX == 1
+    for name, families in (socket_families or {}).items():
+        # [nr?] [load the family (the low 32 bits of arg 0)] [allowed? -> reload] ... [EPERM] [reload nr]
+        k = len(families)
+        prog += [(jeq, 0, k + 3, numbers[name]), (ld, 0, 0, 16)]
+        prog += [(jeq, k - i, 0, family) for i, family in enumerate(families)]
         prog += [(ret, 0, 0, errno(1)), (ld, 0, 0, 0)]
     prog += [(ret, 0, 0, allow)]
     blob = b"".join(struct.pack("=HBBI", *insn) for insn in prog)

@@ -23,10 +23,12 @@ session with an empty environment), which forks a setup process, an init process
   other callers run it as themselves inside their user namespace. Never as uid 0: the launcher
   refuses. No supplementary groups, ``no_new_privs``.
 - **seccomp**: keyrings, SysV IPC, ``memfd_create``, namespace and mount changes, ptrace, bpf,
-  io_uring and similar calls fail with EPERM, so no kernel object outlives the run.
+  io_uring and similar calls fail with EPERM, so no kernel object outlives the run; sockets only
+  of the families the network namespace confines (AF_INET, AF_INET6; socket pairs AF_UNIX).
 - **Memory**: a cgroup per run bounds the whole process tree (page cache and tmpfs included) where
   one can be created (cgroup v2 with the memory controller delegated to us, else v1 as root); else
-  the weaker bound is ``RLIMIT_AS`` per process times ``max_processes``, with memfd refused.
+  the weaker bound is ``RLIMIT_AS`` per process times ``max_processes``, with memfd refused. Runs
+  are admitted only while the sum of their bounds fits :func:`sandbox_memory_budget_mb`.
 - **Resource limits**: ``RLIMIT_AS``, ``RLIMIT_CPU``, ``RLIMIT_FSIZE`` (stdout and stderr
   included), ``RLIMIT_NPROC``, ``RLIMIT_CORE`` 0, ``RLIMIT_NOFILE``, ``RLIMIT_MSGQUEUE`` 0.
 - **Environment and output**: a fixed minimal environment, never the caller's; stdout and stderr go
@@ -35,11 +37,14 @@ session with an empty environment), which forks a setup process, an init process
 
 :func:`sandbox_capabilities` reports which measures this machine provides; :func:`require_isolation`
 raises :class:`SandboxUnavailableError` (what is missing, how to enable it) when one that untrusted
-code needs is absent, unless ``KNAPSACK_TRL_UNSAFE_SANDBOX=1`` accepts the risk (still never as root).
+code needs is absent, unless root sets ``KNAPSACK_TRL_UNSAFE_SANDBOX=1`` (the program then runs as
+a pool uid; any other caller is refused). :func:`run_python` and :func:`start_python` check it
+before every run, and the launcher checks the run's own measures again before the program's exec.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import io
 import logging
@@ -61,14 +66,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from knapsack_trl.tasks.sandbox.launcher import REQUIRED_ISOLATION as REQUIRED_ISOLATION
+from knapsack_trl.tasks.sandbox.launcher import missing_isolation
+
 logger = logging.getLogger(__name__)
 
 SandboxStatus = Literal["ok", "failed", "timeout", "stopped", "error"]
 
 UNSAFE_ENV = "KNAPSACK_TRL_UNSAFE_SANDBOX"
 CONCURRENCY_ENV = "KNAPSACK_TRL_SANDBOX_CONCURRENCY"
-# What running untrusted code needs; a separate identity is "uid:<n>" (root callers) or "userns".
-REQUIRED_ISOLATION = ("netns", "ipcns", "mountns", "pidns", "rootfs", "seccomp", "no_new_privs", "rlimits")
+MEMORY_ENV = "KNAPSACK_TRL_SANDBOX_MEMORY_MB"
 
 _SETUP_FAILED = 125  # the launcher's exit code when the sandbox could not be set up
 _MIN_OUTPUT_BYTES = 256
@@ -160,20 +167,64 @@ def start_python(
     max_output_bytes: int = 65536,
     files: Mapping[str, str] | None = None,
     pass_fds: Mapping[int, int] | None = None,
+    companion_mb: int = 0,
 ) -> SandboxRun:
     """Start a sandboxed run as :func:`run_python` does, without waiting for it.
 
     ``pass_fds`` maps descriptor numbers in the program (3 and up) to descriptors of the caller
     (pipes), to talk to the program while it runs; the caller may close its copies once this
-    returns. Holds one of the process-wide sandbox slots (:func:`sandbox_concurrency`) until the
-    run is collected with :meth:`SandboxRun.wait` or :meth:`SandboxRun.stop`.
+    returns. Holds room in the process-wide budget (:func:`sandbox_concurrency`: a count, and the
+    sum of the runs' memory bounds within :func:`sandbox_memory_budget_mb`), waiting for it if
+    needed, until the run is collected with :meth:`SandboxRun.wait` or :meth:`SandboxRun.stop`;
+    ``companion_mb`` reserves, with the run, the bound of a trusted process the caller runs beside
+    it (the HumanEval judge).
+
+    Raises :class:`SandboxUnavailableError` where this machine cannot isolate untrusted code (as
+    :func:`require_isolation` does); the launcher checks the measures again for this very run, in
+    the program's process, and refuses to start the program without them.
     """
+    settings = _settings(
+        timeout_s,
+        memory_mb,
+        max_processes,
+        max_file_mb,
+        disk_mb,
+        max_output_bytes,
+        files,
+        pass_fds,
+        companion_mb,
+    )
+    caps = require_isolation("running untrusted code")
+    return SandboxRun(source, stdin=stdin, enforce=not missing_isolation(caps), **settings)
+
+
+def _settings(
+    timeout_s: float,
+    memory_mb: int,
+    max_processes: int,
+    max_file_mb: int,
+    disk_mb: int,
+    max_output_bytes: int,
+    files: Mapping[str, str] | None,
+    pass_fds: Mapping[int, int] | None,
+    companion_mb: int = 0,
+) -> dict:
+    """A run's settings, checked (ValueError naming the setting) before anything starts."""
     if sys.platform != "linux":
         raise SandboxUnavailableError(
             "knapsack_trl.tasks.sandbox.runner needs Linux (namespaces, rlimits, prctl)."
         )
     if timeout_s <= 0 or memory_mb <= 0 or max_processes <= 0 or max_file_mb <= 0 or disk_mb <= 0:
         raise ValueError("run_python: timeout_s, memory_mb, max_processes, max_file_mb, disk_mb must be > 0")
+    if companion_mb < 0:
+        raise ValueError(f"start_python: companion_mb must be >= 0, got {companion_mb}")
+    bound, budget = run_memory_bound_mb(memory_mb, companion_mb), sandbox_memory_budget_mb()
+    if bound > budget:
+        raise ValueError(
+            f"run_python: a run bounded at {bound} MB (memory_mb={memory_mb}, the sandbox's own processes"
+            f"{f' and companion_mb={companion_mb}' if companion_mb else ''}) does not fit the sandbox "
+            f"memory budget of {budget} MB: lower memory_mb or raise {MEMORY_ENV}"
+        )
     pass_fds = dict(pass_fds or {})
     if any(target < 3 for target in pass_fds):
         raise ValueError(f"start_python: pass_fds targets must be 3 or more, got {sorted(pass_fds)}")
@@ -187,15 +238,14 @@ def start_python(
         "disk_mb": int(disk_mb),
         "cpu_s": int(timeout_s) + 1,
     }
-    return SandboxRun(
-        source,
-        names,
-        timeout_s=float(timeout_s),
-        limits=limits,
-        stdin=stdin,
-        max_output_bytes=max(int(max_output_bytes), _MIN_OUTPUT_BYTES),
-        pass_fds=pass_fds,
-    )
+    return {
+        "files": names,
+        "timeout_s": float(timeout_s),
+        "limits": limits,
+        "max_output_bytes": max(int(max_output_bytes), _MIN_OUTPUT_BYTES),
+        "pass_fds": pass_fds,
+        "companion_mb": int(companion_mb),
+    }
 
 
 class SandboxRun:
@@ -211,15 +261,18 @@ class SandboxRun:
         stdin: str | None,
         max_output_bytes: int,
         pass_fds: dict[int, int],
+        enforce: bool,
+        companion_mb: int = 0,
     ) -> None:
         self._start = time.monotonic()
+        self._enforce = enforce
         self._timeout_s = timeout_s
         self._max_output_bytes = max_output_bytes
         self._result: SandboxResult | None = None
         self._stack = ExitStack()
         self._control_w: int | None = None
         try:
-            self._stack.enter_context(_slot())
+            self._stack.enter_context(_slot(run_memory_bound_mb(limits["memory_mb"], companion_mb)))
             self._outer = tempfile.mkdtemp(prefix="knapsack-sbx-")
             self._stack.callback(_rmtree, self._outer)
             uid = self._stack.enter_context(_lease_uid())
@@ -261,6 +314,7 @@ class SandboxRun:
             "files": files,
             "timeout_s": self._timeout_s,
             "namespaces": _USE_NAMESPACES,
+            "require_isolation": self._enforce,
             "uid": uid,
             "outer_uid": os.geteuid(),
             "outer_gid": os.getegid(),
@@ -352,7 +406,10 @@ class SandboxRun:
             self._stack.close()
         status, returncode = _classify(timed_out, proc.returncode, report)
         if "error" in report:
-            stderr = f"{stderr}\n[sandbox setup failed: {report['error']}]".lstrip("\n")
+            what = (
+                "the run ended after the program started" if report.get("started") else "sandbox setup failed"
+            )
+            stderr = f"{stderr}\n[{what}: {report['error']}]".lstrip("\n")
         _warn_if_partial(isolation, report.get("notes", ()))
         self._result = SandboxResult(
             status, returncode, stdout, stderr, time.monotonic() - self._start, isolation
@@ -374,7 +431,8 @@ def sandbox_capabilities() -> frozenset[str]:
     with _CAPABILITIES_LOCK:
         key = _USE_NAMESPACES
         if key not in _CAPABILITIES:
-            result = run_python("pass", timeout_s=30.0)
+            settings = _settings(30.0, 128, 16, 16, 64, 65536, None, None)
+            result = SandboxRun("pass", stdin=None, enforce=False, **settings).wait()  # what is there
             if result.status != "ok":
                 raise SandboxUnavailableError(
                     f"the sandbox cannot run a trivial program on this machine ({result.status}): "
@@ -384,18 +442,11 @@ def sandbox_capabilities() -> frozenset[str]:
         return _CAPABILITIES[key]
 
 
-def missing_isolation(capabilities: frozenset[str]) -> list[str]:
-    """The measures in :data:`REQUIRED_ISOLATION` (and a separate identity) that ``capabilities`` lack."""
-    missing = [m for m in REQUIRED_ISOLATION if m not in capabilities]
-    if not any(c.startswith("uid:") for c in capabilities) and "userns" not in capabilities:
-        missing.append("a separate user (uid pool for root, or a user namespace)")
-    return missing
-
-
 def require_isolation(purpose: str = "running untrusted code") -> frozenset[str]:
     """The capabilities, if this machine isolates untrusted code fully; else raise, naming what is
-    missing and how to enable it. ``KNAPSACK_TRL_UNSAFE_SANDBOX=1`` runs anyway with a loud
-    warning (the launcher still never runs a program as uid 0)."""
+    missing and how to enable it. For root, ``KNAPSACK_TRL_UNSAFE_SANDBOX=1`` runs anyway with a
+    loud warning (the program runs as a pool uid, never as uid 0). Any other caller is refused even
+    then: without namespaces its program would run as its own uid, beside its judge and trainer."""
     unsafe = os.environ.get(UNSAFE_ENV, "") == "1"
     try:
         caps = sandbox_capabilities()
@@ -410,6 +461,12 @@ def require_isolation(purpose: str = "running untrusted code") -> frozenset[str]
     )
     if not unsafe:
         raise SandboxUnavailableError(message)
+    if os.geteuid() != 0:
+        raise SandboxUnavailableError(
+            f"{message} ({UNSAFE_ENV}=1 is refused for a caller other than root: the program would run "
+            "as your uid beside its judge and your trainer, so it could write its own verdict through "
+            "/proc, read the tests and their expected values, or kill the trainer.)"
+        )
     if not _UNSAFE_WARNED.is_set():
         _UNSAFE_WARNED.set()
         logger.warning(
@@ -427,8 +484,8 @@ _HOW_TO_ENABLE = (
     "--security-opt seccomp=unconfined), or allow unprivileged user namespaces "
     "(sysctl -w kernel.unprivileged_userns_clone=1 user.max_user_namespaces=15000; on Ubuntu 23.10+ "
     "also kernel.apparmor_restrict_unprivileged_userns=0); seccomp needs x86_64 or aarch64. Check with "
-    f"`python -m knapsack_trl.tasks.sandbox`. To run anyway with partial isolation (never as root), set "
-    f"{UNSAFE_ENV}=1."
+    f"`python -m knapsack_trl.tasks.sandbox`. To run anyway with partial isolation, as root only (the "
+    f"program then runs as a pool uid; other callers are refused), set {UNSAFE_ENV}=1."
 )
 
 _CAPABILITIES: dict[bool, frozenset[str]] = {}
@@ -437,45 +494,110 @@ _WARNED = threading.Event()
 _UNSAFE_WARNED = threading.Event()
 
 
-def sandbox_concurrency() -> int:
-    """How many sandboxed runs may exist at once in this process, across all reward calls.
+def sandbox_concurrency(memory_mb: int = 1024, companion_mb: int = 0) -> int:
+    """How many runs of ``memory_mb`` (each beside a trusted process of ``companion_mb``, the
+    HumanEval judge) may exist at once in this process, across all reward calls.
 
-    ``KNAPSACK_TRL_SANDBOX_CONCURRENCY`` if set; else 64, or fewer on a small machine (one per
-    256 MB of RAM). Waiting programs (sleeps, timeouts) cost no CPU, so this is sized for memory.
+    At most ``KNAPSACK_TRL_SANDBOX_CONCURRENCY`` (default 64: waiting programs cost no CPU) and at
+    most as many as fit, with their memory bounds, in :func:`sandbox_memory_budget_mb`; at least one.
     """
-    raw = os.environ.get(CONCURRENCY_ENV, "").strip()
+    bound = run_memory_bound_mb(memory_mb, companion_mb)
+    return max(1, min(_max_runs(), sandbox_memory_budget_mb() // bound))
+
+
+def run_memory_bound_mb(memory_mb: int, companion_mb: int = 0) -> int:
+    """The memory one run may hold: its cgroup's bound (the program's ``memory_mb`` plus the
+    sandbox's own processes) and a trusted companion's bound; what the budget reserves for it."""
+    return int(memory_mb) + _CGROUP_OVERHEAD_MB + int(companion_mb)
+
+
+def sandbox_memory_budget_mb() -> int:
+    """The memory all runs of this process may hold together: ``KNAPSACK_TRL_SANDBOX_MEMORY_MB``,
+    else half of this machine's memory (or of this process's cgroup limit, where lower), leaving
+    the other half to the trainer. Runs wait for room, so the sum of their bounds always fits."""
+    raw = os.environ.get(MEMORY_ENV, "").strip()
     if raw:
-        try:
-            value = int(raw)
-        except ValueError:
-            value = 0
-        if value < 1:
-            raise ValueError(f"{CONCURRENCY_ENV} must be a positive integer, got {raw!r}")
-        return value
+        return _positive(MEMORY_ENV, raw)
+    return max(1, _machine_memory_mb() // 2)
+
+
+def _max_runs() -> int:
+    raw = os.environ.get(CONCURRENCY_ENV, "").strip()
+    return _positive(CONCURRENCY_ENV, raw) if raw else 64
+
+
+def _positive(name: str, raw: str) -> int:
     try:
-        total_mb = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // (1024 * 1024)
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {raw!r}")
+    return value
+
+
+def _machine_memory_mb() -> int:
+    """Physical memory, or the memory limit of this process's cgroup where that is lower."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError):
-        total_mb = 16384
-    return max(4, min(64, total_mb // 256))
-
-
-_SLOTS: threading.BoundedSemaphore | None = None
-_SLOTS_LOCK = threading.Lock()
-
-
-@contextmanager
-def _slot() -> Iterator[None]:
-    """Hold one of the process-wide sandbox slots."""
-    global _SLOTS
-    with _SLOTS_LOCK:
-        if _SLOTS is None:
-            _SLOTS = threading.BoundedSemaphore(sandbox_concurrency())
-        slots = _SLOTS
-    slots.acquire()
+        total = 16 << 30
     try:
-        yield
-    finally:
-        slots.release()
+        mounts, membership = _cgroup_mounts(), _cgroup_membership()
+    except OSError:
+        mounts, membership = {}, {}
+    limits = []
+    if "cgroup2" in mounts and "" in membership:
+        limits.append(os.path.join(mounts["cgroup2"], membership[""].lstrip("/"), "memory.max"))
+    if "memory" in mounts and "memory" in membership:
+        limits.append(
+            os.path.join(mounts["memory"], membership["memory"].lstrip("/"), "memory.limit_in_bytes")
+        )
+    for path in limits:
+        with suppress(OSError, ValueError):
+            total = min(total, int(Path(path).read_text().strip()))
+    return total // (1 << 20)
+
+
+class _MemoryBudget:
+    """The process-wide admission of runs: a count and the sum of their memory bounds."""
+
+    def __init__(self, runs: int, memory_mb: int) -> None:
+        self.runs, self.memory_mb = runs, memory_mb
+        self.used_runs = self.used_mb = 0
+        self.changed = threading.Condition()
+
+    @contextmanager
+    def hold(self, bound_mb: int) -> Iterator[None]:
+        if bound_mb > self.memory_mb:  # checked with the run's settings; the budget may have changed
+            raise ValueError(f"a run bounded at {bound_mb} MB does not fit {MEMORY_ENV}={self.memory_mb}")
+        with self.changed:
+            self.changed.wait_for(
+                lambda: self.used_runs < self.runs and self.used_mb + bound_mb <= self.memory_mb
+            )
+            self.used_runs += 1
+            self.used_mb += bound_mb
+        try:
+            yield
+        finally:
+            with self.changed:
+                self.used_runs -= 1
+                self.used_mb -= bound_mb
+                self.changed.notify_all()
+
+
+_BUDGETS: dict[tuple[int, int], _MemoryBudget] = {}
+_BUDGETS_LOCK = threading.Lock()
+
+
+def _slot(bound_mb: int) -> contextlib.AbstractContextManager[None]:
+    """Hold room for one run of ``bound_mb`` in the process-wide budget (waiting for it if needed)."""
+    key = (_max_runs(), sandbox_memory_budget_mb())
+    with _BUDGETS_LOCK:
+        budget = _BUDGETS.get(key)
+        if budget is None:  # the settings changed: runs already admitted keep their old budget
+            budget = _BUDGETS[key] = _MemoryBudget(*key)
+    return budget.hold(bound_mb)
 
 
 # Runs the launcher from the precompiled code object at the head of the config file: a script
@@ -500,8 +622,14 @@ def _launcher_code() -> bytes:
 
 
 def _classify(timed_out: bool, launcher_rc: int | None, report: dict) -> tuple[SandboxStatus, int | None]:
-    """Turn the launcher's exit and its report into a status and the program's return code."""
-    if "error" in report:
+    """Turn the launcher's exit and its report into a status and the program's return code.
+
+    ``"error"`` only when the program never started (``started`` is reported just before its exec):
+    however a run ends after that, by the clock, the caller, or anything the program did (its init
+    killed, the tree gone), it is the program's run and never a harness failure.
+    """
+    started = bool(report.get("started"))
+    if "error" in report and not started:
         return "error", None
     if report.get("wait_status") is not None:
         returncode = os.waitstatus_to_exitcode(report["wait_status"])
@@ -514,7 +642,9 @@ def _classify(timed_out: bool, launcher_rc: int | None, report: dict) -> tuple[S
         return "timeout", None
     if report.get("stopped"):
         return "stopped", None
-    # The launcher died without a report (killed from outside): not the program's doing.
+    if started:  # the program's tree ended without its init's report: the program's doing
+        return "failed", None
+    # The launcher died before the program started (killed from outside): not the program's doing.
     return "error", launcher_rc
 
 

@@ -1,0 +1,201 @@
+"""Choosing the prompts (``knapsack_candidate_factor``): the batch holds c times the prompts with the same
+rows, the knapsack may give a prompt none, and a skipped prompt is never generated nor scored."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import pytest
+from helpers import (
+    REWARDS,
+    FakeAllocation,
+    give_allocations,
+    numpy_grpo,
+    record_lasts,
+    record_reward_calls,
+)
+
+from knapsack_trl import KnapsackGRPOConfig, KnapsackGRPOTrainer
+
+pytestmark = pytest.mark.slow
+
+
+def skipping_allocations(trainer: Any, seed: int) -> list[np.ndarray]:
+    """Random allocations over the candidates: about half get 0, the rest at least 2, summing to the budget."""
+    rng = np.random.default_rng(seed)
+    drawn: list[np.ndarray] = []
+
+    def allocate(prompt_ids: list[str], budget: int, step: int) -> FakeAllocation:
+        chosen = np.sort(rng.choice(len(prompt_ids), size=len(prompt_ids) // 2, replace=False))
+        sizes = np.zeros(len(prompt_ids), dtype=np.int64)
+        sizes[chosen] = 2 + rng.multinomial(budget - 2 * chosen.size, np.full(chosen.size, 1 / chosen.size))
+        drawn.append(sizes)
+        return FakeAllocation(sizes)
+
+    give_allocations(trainer, allocate)
+    return drawn
+
+
+def make(tiny_model, tiny_tokenizer, dataset, tiny_args, **overrides) -> KnapsackGRPOTrainer:
+    return KnapsackGRPOTrainer(
+        model=tiny_model(),
+        reward_funcs=[REWARDS["parity"], REWARDS["sparse"]],
+        args=tiny_args(KnapsackGRPOConfig, **overrides),
+        train_dataset=dataset,
+        processing_class=tiny_tokenizer,
+    )
+
+
+def test_skipped_candidates_are_never_generated_and_groups_match_numpy(
+    tiny_model, tiny_tokenizer, train_dataset, tiny_args
+) -> None:
+    trainer = make(
+        tiny_model, tiny_tokenizer, train_dataset, tiny_args, max_steps=3, knapsack_candidate_factor=2
+    )
+    drawn = skipping_allocations(trainer, seed=0)
+    calls = record_reward_calls(trainer)
+    lasts = record_lasts(trainer)
+    trainer.train()
+    prompt_of = {row["prompt_id"]: row["prompt"] for row in train_dataset}
+    assert len(drawn) == len(lasts) == len(calls) == 3
+    for sizes, last, call in zip(drawn, lasts, calls, strict=True):
+        ids = last["prompt_ids"]
+        assert len(ids) == len(set(ids)) == 8  # c x P = 2 x 16 / 4 distinct candidates
+        assert last["rollouts"] == sizes.tolist() and sum(last["rollouts"]) == 16
+        scored = Counter(call["prompts"])
+        assert scored == Counter({prompt_of[pid]: n for pid, n in zip(ids, sizes.tolist(), strict=True) if n})
+        expected = numpy_grpo(
+            last["rewards_per_func"].numpy(), sizes.tolist(), np.ones(2), "group", "sum_then_normalize"
+        )
+        np.testing.assert_allclose(last["advantages"].numpy(), expected, rtol=1e-4, atol=1e-4)
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert all(h["knapsack/informative_prompts"] <= 4 for h in logged)  # at most the chosen prompts
+
+
+def test_an_epoch_keeps_its_steps_and_offers_every_prompt_c_times(
+    tiny_model, tiny_tokenizer, train_dataset, tiny_args
+) -> None:
+    dataset = train_dataset.select(range(8))
+    steps = {}
+    for factor in (1, 2):
+        trainer = make(
+            tiny_model,
+            tiny_tokenizer,
+            dataset,
+            tiny_args,
+            max_steps=-1,
+            num_train_epochs=1,
+            knapsack_candidate_factor=factor,
+        )
+        if factor > 1:
+            skipping_allocations(trainer, seed=2)
+        lasts = record_lasts(trainer)
+        trainer.train()
+        steps[factor] = trainer.state.max_steps
+        offered = Counter(pid for last in lasts for pid in last["prompt_ids"])
+        assert offered == Counter({pid: factor for pid in dataset["prompt_id"]})
+    assert steps[1] == steps[2] == 2
+
+
+def test_candidate_rows_per_process_and_budget_stay_stock(
+    tiny_model, tiny_tokenizer, train_dataset, tiny_args
+):
+    """Every local batch TRL trains on keeps its shape: the same rows as without candidates."""
+    trainer = make(
+        tiny_model, tiny_tokenizer, train_dataset, tiny_args, max_steps=2, knapsack_candidate_factor=4
+    )
+    skipping_allocations(trainer, seed=1)
+    shapes = []
+    trainer.add_knapsack_listener(
+        lambda event: shapes.append((len(event.prompt_ids), int(event.rollouts.sum())))
+    )
+    trainer.train()
+    assert shapes == [(16, 16), (16, 16)]
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        ({"knapsack_candidate_factor": 0}, r"knapsack_candidate_factor=0 must be a whole number >= 1"),
+        ({"knapsack_candidate_factor": 1.5}, r"knapsack_candidate_factor=1.5 must be a whole number"),
+        ({"knapsack_candidate_factor": 3}, r"knapsack_candidate_factor=3 must divide num_generations=4"),
+        (
+            {"knapsack_candidate_factor": 2, "knapsack_n_min": 1},
+            r"knapsack_n_min=1.*set knapsack_n_min >= 2",
+        ),
+        (
+            {"knapsack_candidate_factor": 2, "knapsack_mode": "uniform"},
+            r"knapsack_mode='uniform'.*num_generations=2 at the same generation_batch_size",
+        ),
+        (
+            {"knapsack_candidate_factor": 2, "knapsack_preset": "reference"},
+            r"knapsack_preset='reference'.*no candidates",
+        ),
+        (
+            {"knapsack_candidate_factor": 2, "knapsack_pilot_rollouts": 3},
+            r"knapsack_pilot_rollouts=3 x 8 prompts = 24 > generation_batch_size=16",
+        ),
+    ],
+)
+def test_bad_candidate_settings_fail_at_config_time(tiny_args, fields: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        tiny_args(KnapsackGRPOConfig, **fields)
+
+
+def test_a_dataset_smaller_than_the_candidates_fails_before_training(
+    tiny_model, tiny_tokenizer, train_dataset, tiny_args
+) -> None:
+    with pytest.raises(
+        ValueError, match=r"has 6 prompts, fewer than one generation batch of candidates.*= 8"
+    ):
+        make(
+            tiny_model, tiny_tokenizer, train_dataset.select(range(6)), tiny_args, knapsack_candidate_factor=2
+        )
+    with pytest.raises(ValueError, match=r"needs a map-style train_dataset"):
+        make(
+            tiny_model,
+            tiny_tokenizer,
+            train_dataset.to_iterable_dataset(),
+            tiny_args,
+            knapsack_candidate_factor=2,
+        )
+
+
+def test_the_knapsack_skips_candidates_it_knows_are_solved_or_hopeless(
+    tiny_model, tiny_tokenizer, train_dataset, tiny_args
+) -> None:
+    """The real allocator with c = 2 on a reward whose 1-digit sums are always solved and 3-digit never:
+    every batch offers all 8 prompts, and from the fifth batch on (each seen at least once, most several
+    times) the skipped ones are exactly such prompts, the mixed ones always get a group, and the logs
+    say which and why."""
+    dataset = train_dataset.select(range(8))
+    trainer = KnapsackGRPOTrainer(
+        model=tiny_model(),
+        reward_funcs=REWARDS["difficulty"],
+        args=tiny_args(KnapsackGRPOConfig, max_steps=8, knapsack_n_max=10, knapsack_candidate_factor=2),
+        train_dataset=dataset,
+        processing_class=tiny_tokenizer,
+    )
+    lasts = record_lasts(trainer)
+    trainer.train()
+    digits = {pid: len(pid.split(":")[1].split("+")[0]) for pid in dataset["prompt_id"]}
+    assert all(sum(last["rollouts"]) == 16 and len(last["prompt_ids"]) == 8 for last in lasts)
+    later = [
+        (digits[pid], n)
+        for last in lasts[4:]
+        for pid, n in zip(last["prompt_ids"], last["rollouts"], strict=True)
+    ]
+    skipped = [d for d, n in later if n == 0]
+    assert skipped and all(d in (1, 3) for d in skipped), later  # only prompts known to be solved or hopeless
+    assert all(n >= 2 for d, n in later if d == 2)  # the mixed 2-digit prompts always get a group
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert all(h["knapsack/prompts_considered"] == 8 for h in logged if "knapsack/prompts_considered" in h)
+    shares = [
+        h["knapsack/skipped_solved_share"] + h["knapsack/skipped_hopeless_share"]
+        for h in logged[4:]
+        if "knapsack/skipped_solved_share" in h
+    ]
+    assert shares and all(s == pytest.approx(1.0) for s in shares)
+    assert all("knapsack/informative_prompts" in h and "knapsack/prompts_skipped" in h for h in logged)
