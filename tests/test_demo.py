@@ -281,3 +281,46 @@ def test_compare_quick_on_the_real_pretrained_model(tmp_path):
     assert {(s["n_min"], s["n_max"]) for s in runs["uniform"]["steps"]} == {(8, 8)}
     assert all(s["n_min"] >= 4 for s in runs["pilot"]["steps"])
     assert data["aggregate"]["verdict"] in proc.stdout
+
+
+@pytest.mark.slow
+def test_runs_in_worker_processes_equal_runs_in_this_one(tmp_path):
+    """``--workers 2`` (a spawned process per run) gives every run the numbers it gets run after run in one
+    process: the demo's default on 2 cores changes nothing but the wall time."""
+    from dataclasses import replace
+
+    from knapsack_trl.experiments.demo import DemoSettings, _run_all, prepare_checkpoint
+
+    settings = DemoSettings.for_task("levels", quick=True, sft_steps=100, steps=3, eval_every=3)
+    checkpoint = str(tmp_path / "checkpoint")
+    prep = prepare_checkpoint(settings, checkpoint, progress=False)
+    jobs = [
+        (m, checkpoint, prep, replace(settings, seed=seed), str(tmp_path))
+        for seed in (0, 1)
+        for m in ("uniform", "pilot")
+    ]
+    alone = {(r.method, r.seed): r for r in _run_all(jobs, 1, False, 64)}
+    pooled = {(r.method, r.seed): r for r in _run_all(jobs, 2, False, 64)}
+    assert set(alone) == set(pooled) == {(m, s) for m in ("uniform", "pilot") for s in (0, 1)}
+    for key, run in alone.items():
+        other = pooled[key]
+        assert (run.steps, run.evals, run.allocation) == (other.steps, other.evals, other.allocation), key
+    assert alone[("uniform", 0)].steps != alone[("uniform", 1)].steps  # the seeds differ
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_quick_levels_task_is_in_its_regime_for_every_seed(seed):
+    """The protocol's start-of-run check on the ``--quick`` variant: whatever the seed, at least 40% of the
+    pool is all-fail or all-success with 8 fresh samples and at least 20% is mixed; the level past the
+    warm-up fails everywhere, the easy level is mostly mixed."""
+    from knapsack_trl.experiments.demo import DemoSettings, start_of_run
+
+    start = start_of_run(DemoSettings.for_task("levels", quick=True, seed=seed))
+    regime = start["regime"]
+    assert regime["prompts"] == 256 and regime["samples"] == 8
+    assert regime["all_fail"] + regime["all_success"] >= 0.4 and regime["mixed"] >= 0.2, regime
+    assert regime["by_level"]["beyond"]["all_fail"] == 1.0
+    assert regime["by_level"]["easy"]["mixed"] > 0.5, regime
+    shares = [regime["all_fail"], regime["mixed"], regime["all_success"]]
+    assert sum(shares) == pytest.approx(1.0, abs=1e-3)

@@ -168,14 +168,14 @@ def test_verdict_names_the_best_non_oracle_arm_against_the_best_uniform_group_si
 
 def test_task_presets():
     levels = DemoSettings.for_task("levels")
-    assert levels == DemoSettings() and levels.sft_target is None  # a fixed warm-up schedule
-    assert levels.levels == ("2+2", "3+3", "4+4") and levels.pool_size >= 2000
-    assert levels.sft_levels == ("1+1", "2+2", "3+3")  # the warm-up starts on 1+1 and never shows 4+4
+    assert levels == DemoSettings() and levels.sft_target == 0.2
+    assert levels.levels == ("easy", "medium", "hard", "beyond") and levels.pool_size >= 2000
+    assert levels.sft_levels == ("easy", "medium", "hard")  # the warm-up never shows "beyond"
     assert levels.steps * levels.prompts_per_step / levels.pool_size >= 2  # several epochs of the pool
     control = DemoSettings.for_task("control")
     assert {k: getattr(control, k) for k in CONTROL} == CONTROL and control.task == "control"
     quick = DemoSettings.for_task("levels", quick=True)
-    assert quick.run_seeds == [0, 1, 2] and quick.sft_target is None
+    assert quick.run_seeds == [0, 1, 2] and quick.levels == levels.levels
     assert set(QUICK) == set(TASKS)
     with pytest.raises(ValueError, match="--task must be one of levels, control"):
         DemoSettings.for_task("headroom")

@@ -44,6 +44,7 @@ from knapsack_trl.experiments.demo import (
     DEFAULT_TASK,
     TASKS,
     DemoSettings,
+    default_workers,
     demo_protocol,
     quiet_libraries,
     report_from_folder,
@@ -463,6 +464,12 @@ def _parser() -> argparse.ArgumentParser:
         help="supervised warm-up steps for tiny:// models (default: the demo's); 0 trains from random weights",
     )
     p.add_argument("--quick", action="store_true", help="without --config: the demo's --quick preset")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="without --config: runs at once, a process each (default: 2 on 2 or more cores, else 1)",
+    )
     p.add_argument("--steps", type=int, default=None, help="without --config: GRPO steps per run")
     p.add_argument("--target-accuracy", type=float, default=None, help="target for 'rollouts to target'")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
@@ -493,7 +500,12 @@ def main(argv: list[str] | None = None) -> int:
             if not ns.report_only:
                 folder.announce(planned)
                 run_experiment(
-                    settings, methods, progress=ns.progress, oracle_samples=ns.oracle_samples, folder=folder
+                    settings,
+                    methods,
+                    progress=ns.progress,
+                    oracle_samples=ns.oracle_samples,
+                    folder=folder,
+                    workers=default_workers(ns.workers),
                 )
             agg, runs, _ = report_from_folder(
                 folder,

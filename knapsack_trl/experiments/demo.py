@@ -33,7 +33,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,7 @@ import torch
 from datasets import Dataset
 
 from knapsack_trl.experiments.evaluation import heldout_metrics, success_rates
-from knapsack_trl.experiments.harness import StepClock, train_method, warm_up, warm_up_arithmetic
+from knapsack_trl.experiments.harness import StepClock, train_method, warm_up_arithmetic
 from knapsack_trl.experiments.methods import ARMS, parse_methods
 from knapsack_trl.experiments.report import (
     RunRecord,
@@ -87,21 +87,19 @@ class DemoSettings:
     checkpoint_seed: int | None = None
     hidden_size: int = 128
     num_layers: int = 4
-    sft_steps: int = 900
-    # None: a fixed schedule of ``sft_steps``, the learning rate constant and then, over the last
-    # ``sft_decay`` share of the steps, decaying to 0 (cosine); a number: stop once 96 probe problems reach
-    # this success rate at T=1 (the control task's warm-up).
-    sft_target: float | None = None
-    sft_decay: float = 0.2
+    # The warm-up stops at the first check (every 50 steps) where 96 probe problems at its levels reach
+    # ``sft_target`` success at T=1, after at most ``sft_steps`` steps.
+    sft_steps: int = 3000
+    sft_target: float = 0.2
     sft_batch_size: int = 128
     sft_lr: float = 3e-3
-    pool_size: int = 2100
+    pool_size: int = 2000
     heldout_size: int = 384
     # The fixed part of the pool measured for "training pool accuracy" (0: the whole pool).
-    train_eval_size: int = 240
-    levels: tuple[str, ...] = ("2+2", "3+3", "4+4")
-    # The warm-up's levels (None: ``levels``): the levels task starts on 1+1 and never shows 4+4.
-    sft_levels: tuple[str, ...] | None = ("1+1", "2+2", "3+3")
+    train_eval_size: int = 256
+    levels: tuple[str, ...] = ("easy", "medium", "hard", "beyond")
+    # The warm-up's levels (None: ``levels``): the levels task never shows the "beyond" level.
+    sft_levels: tuple[str, ...] | None = ("easy", "medium", "hard")
     steps: int = 160
     prompts_per_step: int = 32
     num_generations: int = 8
@@ -144,7 +142,6 @@ DEFAULT_TASK = "levels"
 # 2026-12-01, with its probe-stopped warm-up and the three named levels.
 CONTROL = {
     "sft_steps": 2500,
-    "sft_target": 0.2,
     "pool_size": 384,
     "heldout_size": 192,
     "train_eval_size": 0,
@@ -293,50 +290,35 @@ def pool_regime(
 def prepare_checkpoint(settings: DemoSettings, folder: str, progress: bool = True) -> dict[str, Any]:
     """Build, warm up and save the tiny policy; return the data splits and the checkpoint's measurements.
 
-    The data are drawn at the task's levels in equal shares, nothing selected by the policy. The warm-up
-    is a fixed schedule (``sft_target`` None: ``sft_steps`` steps, cosine decay) or stops at a probe target
-    (the control task). The start is measured on the held-out set and on the pool (:func:`pool_regime`).
+    The data are drawn at the task's levels in equal shares, nothing selected by the policy; the warm-up
+    stops at a probe target (:func:`.harness.warm_up_arithmetic`). The start is measured on the held-out set
+    and on the pool (:func:`pool_regime`).
     """
     torch.set_num_threads(settings.threads)
-    fixed = settings.sft_target is None
     splits = make_splits(
         settings.seed,
         settings.pool_size,
         settings.heldout_size,
         settings.levels,
-        probe_size=0 if fixed else 96,
         sft_levels=settings.sft_levels,
     )
     tokenizer = build_tokenizer()
     model = build_model(tokenizer, settings.hidden_size, settings.num_layers, seed=settings.seed)
 
     start = time.perf_counter()
-    if fixed:
-        sft = warm_up(
-            model,
-            tokenizer,
-            splits["sft"],
-            settings.sft_steps,
-            batch_size=settings.sft_batch_size,
-            lr=settings.sft_lr,
-            seed=settings.seed,
-            progress=progress,
-            decay=settings.sft_decay,
-        )
-    else:
-        sft = warm_up_arithmetic(
-            model,
-            tokenizer,
-            splits["sft"],
-            splits["probe"],
-            steps=settings.sft_steps,
-            batch_size=settings.sft_batch_size,
-            lr=settings.sft_lr,
-            target=settings.sft_target,
-            seed=settings.seed,
-            progress=progress,
-            max_new_tokens=settings.max_completion_length,
-        )
+    sft = warm_up_arithmetic(
+        model,
+        tokenizer,
+        splits["sft"],
+        splits["probe"],
+        steps=settings.sft_steps,
+        batch_size=settings.sft_batch_size,
+        lr=settings.sft_lr,
+        target=settings.sft_target,
+        seed=settings.seed,
+        progress=progress,
+        max_new_tokens=settings.max_completion_length,
+    )
     sft_seconds = time.perf_counter() - start
     save_tiny(folder, model, tokenizer)
     pool, heldout = splits["pool"], splits["heldout"]
@@ -435,13 +417,16 @@ def run_experiment(
     progress: bool = True,
     oracle_samples: int = 64,
     folder: RunFolder | None = None,
+    workers: int = 1,
 ) -> tuple[list[RunRecord], dict[str, Any]]:
     """Warm up once (seed ``checkpoint_seed``, default ``seed``), then train every method once per GRPO seed from that same
     checkpoint; the runs (seed by seed, methods in order) and the warm-up facts.
 
     With ``folder`` (:class:`.run_folder.RunFolder`): the checkpoint and its measurements are saved there
     (or reused when saved), each run's file is written as the run ends, and runs already there are read back
-    instead of run; the runs returned are as their files hold them."""
+    instead of run; the runs returned are as their files hold them. ``workers`` > 1: that many runs at once,
+    each in a process of its own (the tiny model trains on one thread; a run's numbers do not depend on
+    which process made it)."""
     with contextlib.ExitStack() as stack:
         if work_dir is None:
             work_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="knapsack_demo_"))
@@ -451,18 +436,48 @@ def run_experiment(
             prep = prepare_checkpoint(start, checkpoint, progress)
         else:
             checkpoint, prep = saved_checkpoint(folder, start, progress)
-        runs = []
+        done: dict[tuple[str, int], RunRecord] = {}
+        todo = []
         for seed in settings.run_seeds:
             for m in methods:
                 run = None if folder is None else folder.finished(m, seed)
                 if run is None:
-                    run = run_demo_method(
-                        m, checkpoint, prep, replace(settings, seed=seed), work_dir, progress, oracle_samples
-                    )
-                    if folder is not None:
-                        run = folder.save_run(run)
-                runs.append(run)
+                    todo.append((m, checkpoint, prep, replace(settings, seed=seed), work_dir))
+                else:
+                    done[(m, seed)] = run
+        for run in _run_all(todo, workers, progress, oracle_samples):
+            done[(run.method, run.seed)] = run if folder is None else folder.save_run(run)
+    runs = [done[(m, seed)] for seed in settings.run_seeds for m in methods]
     return runs, checkpoint_facts(prep)
+
+
+def _run_all(
+    jobs: Sequence[tuple[str, str, dict[str, Any], DemoSettings, str]],
+    workers: int,
+    progress: bool,
+    oracle_samples: int,
+) -> Iterator[RunRecord]:
+    """Each job's :func:`run_demo_method`, as it finishes: in this process, or ``workers`` at a time in
+    processes of their own (spawned, without progress bars; a line per finished run instead)."""
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            yield run_demo_method(*job, progress, oracle_samples)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(
+        min(workers, len(jobs)), mp_context=context, initializer=quiet_libraries
+    ) as pool:
+        futures = [pool.submit(run_demo_method, *job, False, oracle_samples) for job in jobs]
+        for n, future in enumerate(as_completed(futures), 1):
+            run = future.result()
+            if progress:
+                print(
+                    f"  run {n}/{len(jobs)} done: {run.method} seed {run.seed}", file=sys.stderr, flush=True
+                )
+            yield run
 
 
 def checkpoint_seed(settings: DemoSettings) -> int:
@@ -616,6 +631,13 @@ def _parser() -> argparse.ArgumentParser:
         help="torch threads (default 1: on a busy machine more threads spin-wait and run slower)",
     )
     p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="runs at once, each in a process of its own (default: 2 on a machine with 2 or more cores, else 1; "
+        "the numbers do not depend on it)",
+    )
+    p.add_argument(
         "--start-only",
         action="store_true",
         help="build the task and warm the policy up, print the start-of-run regime (JSON; also "
@@ -624,6 +646,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_folder_flags(p)
     return p
+
+
+def default_workers(asked: int | None) -> int:
+    """``--workers``: as asked, else one run per core up to 2 (a process each; the tiny model trains on
+    one thread)."""
+    if asked is not None:
+        if asked < 1:
+            raise SystemExit(f"--workers must be at least 1 (got {asked}).")
+        return asked
+    return max(1, min(2, os.cpu_count() or 1))
 
 
 def parse_settings(ns: argparse.Namespace) -> DemoSettings:
@@ -658,7 +690,13 @@ def main(argv: list[str] | None = None) -> int:
     with open_folder(ns, demo_protocol(settings, methods), "knapsack-trl demo") as folder:
         if not ns.report_only:
             folder.announce([(m, seed) for seed in settings.run_seeds for m in methods])
-            run_experiment(settings, methods, progress=not ns.no_progress, folder=folder)
+            run_experiment(
+                settings,
+                methods,
+                progress=not ns.no_progress,
+                folder=folder,
+                workers=default_workers(ns.workers),
+            )
         quick = " (--quick)" if ns.quick else ""
         agg, runs, notes = report_from_folder(
             folder,
@@ -694,11 +732,7 @@ def experiment_notes(settings: DemoSettings, info: dict[str, Any], runs: Sequenc
     )
     seeds = settings.run_seeds
     checkpoint_seed = settings.checkpoint_seed if settings.checkpoint_seed is not None else settings.seed
-    warm = (
-        f"a fixed schedule of {info['sft_steps']} supervised steps (the last {settings.sft_decay:.0%} decaying)"
-        if settings.sft_target is None
-        else f"{info['sft_steps']} supervised steps (stopped at a probe success of {settings.sft_target})"
-    )
+    warm = f"{info['sft_steps']} supervised steps (stopped at a probe success of {settings.sft_target})"
     return [
         f"Tiny Llama ({info['params']:,} parameters, character tokenizer), warmed up with {warm} "
         f"({info['sft_seconds']:.0f} s). At the start of GRPO: held-out accuracy {info['start_reward']:.3f} at "

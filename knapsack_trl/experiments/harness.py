@@ -342,18 +342,14 @@ def warm_up(
     probe: Callable[[Any], float] | None = None,
     target: float | None = None,
     check_every: int = 50,
-    decay: float = 0.0,
 ) -> dict[str, Any]:
-    """Supervised warm-up (AdamW, short linear warm-up, then constant; with ``decay`` > 0 the last ``decay``
-    share of ``max_steps`` decays it to 0 along a cosine); stops early at ``target``.
+    """Supervised warm-up (AdamW, short linear warm-up, then constant); stops early at ``target``.
 
-    Two ways to leave GRPO many prompts strictly between always-solved and always-failed. A fixed schedule
-    (``decay``, no probe) runs the same steps for every seed and ends on a decayed learning rate, so the
-    policy is not caught mid-spike; on a task whose difficulty levels are graded, the levels the policy
-    has learned are solved, the ones beyond it fail, and the ones in between are mixed, whichever they
-    are. With ``probe`` (mean success on problems outside every other split) it stops at the first check
-    where the probe reaches ``target`` (when that happens varies a lot between seeds: the model learns
-    addition in jumps). Returns ``steps``, ``losses`` and the last ``probe`` value.
+    Stopped while the policy is still unreliable, so GRPO starts with many prompts strictly between
+    always-solved and always-failed. When the supervised phase ends varies a lot between seeds (the
+    model learns addition in jumps), so with ``probe`` (mean success on problems outside every other
+    split) it stops at the first check where the probe reaches ``target``: every seed starts GRPO
+    from a comparable policy. Returns ``steps``, ``losses`` and the last ``probe`` value.
     """
     import torch
     from tqdm.auto import tqdm
@@ -361,18 +357,7 @@ def warm_up(
     rng = random.Random(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     warm = 20
-
-    decay_start = max_steps * (1.0 - decay)
-
-    def factor(step: int) -> float:
-        ramp = min(1.0, (step + 1) / warm)
-        if decay <= 0 or step < decay_start:
-            return ramp
-        return (
-            ramp * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - decay_start) / (max_steps - decay_start))))
-        )
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
     model.train()
     losses: list[float] = []
     probe_value = math.nan

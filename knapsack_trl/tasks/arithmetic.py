@@ -168,6 +168,7 @@ LEVELS = {
     "easy": (1, 2),  # a one-digit number plus a number below 100
     "medium": (2, 2),
     "hard": (3, 3),
+    "beyond": (4, 4),  # a four-digit number plus a number below 10,000: past what the warm-ups teach
 }
 
 
@@ -219,10 +220,10 @@ def make_splits(
     """Disjoint problem sets, difficulty levels in equal shares (interleaved): ``sft``, ``probe``, ``pool``,
     ``heldout``.
 
-    ``pool`` is GRPO's (small, so prompts recur and history can help), ``heldout`` is only ever
-    evaluated, ``probe`` decides when the warm-up stops, ``sft`` (drawn with replacement) is the
-    warm-up's data, at ``sft_levels`` (default ``levels``; a task may warm up on an easier level first and
-    leave out a level beyond what the warm-up teaches). Built here rather than with :func:`arithmetic_rows` because the splits must be
+    ``pool`` is GRPO's (it recurs, so history can help), ``heldout`` is only ever evaluated, ``probe``
+    decides when the warm-up stops, ``sft`` (drawn with replacement) is the warm-up's data. ``probe`` and
+    ``sft`` are at ``sft_levels`` (default ``levels``): a task may leave out of the warm-up a level beyond
+    what it teaches. Built here rather than with :func:`arithmetic_rows` because the splits must be
     disjoint and that generator's one-digit space holds only 100 problems.
     """
     sft_levels = tuple(levels) if sft_levels is None else tuple(sft_levels)
@@ -231,11 +232,11 @@ def make_splits(
     rng = random.Random(seed)
     taken: set[str] = set()
 
-    def distinct(n: int) -> list[dict[str, str]]:
+    def distinct(n: int, at: Sequence[str] = levels) -> list[dict[str, str]]:
         rows: list[dict[str, str]] = []
         tries = 0
         while len(rows) < n:
-            row = level_problem(rng, levels[len(rows) % len(levels)])
+            row = level_problem(rng, at[len(rows) % len(at)])
             tries += 1
             if row["prompt"] in taken:
                 if tries > 100 * n:
@@ -248,7 +249,8 @@ def make_splits(
             rows.append(row)
         return rows
 
-    splits = {"heldout": distinct(heldout_size), "pool": distinct(pool_size), "probe": distinct(probe_size)}
+    splits = {"heldout": distinct(heldout_size), "pool": distinct(pool_size)}
+    splits["probe"] = distinct(probe_size, sft_levels)
     sft: list[dict[str, str]] = []
     while len(sft) < sft_size:
         row = level_problem(rng, rng.choice(sft_levels))
