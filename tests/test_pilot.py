@@ -528,3 +528,17 @@ def test_the_pilot_checks_values_up_to_the_schedules_highest_n_max_rounded_as_th
     schedule = BudgetSchedule.from_config(16, "linear:16.5:2.4:10")
     assert (schedule.highest_n_max(), schedule.lowest_n_max()) == (17, 2)
     assert max(schedule.n_max_at(t) for t in range(11)) == schedule.highest_n_max()
+
+
+@pytest.mark.parametrize("solver", ["cpsat", "dp"])
+def test_identical_prompts_with_different_pilots_keep_their_own_limits(solver):
+    """Found by hypothesis: four copies of one unseen prompt, one of which already drew its pilot. Ties
+    between identical rows went to the earliest whatever each row's cap, breaking the budget; ties now
+    stay among prompts with the same limits."""
+    alloc = make_allocator({}, n_min=0, n_max=2, value_function="nonzero_gradient", solver=solver)
+    rows = np.array([0, 1, 0, 0])
+    for budget in range(8):
+        out = allocate_second_round(
+            alloc, ["p0"] * 4, np.zeros(4, int), rows, budget, pilot_scored=np.zeros(4, int), allow_skip=True
+        )
+        assert out.extra_rollouts.sum() == budget and (out.group_sizes <= 2).all()

@@ -429,7 +429,17 @@ def test_tiny_recipe_trains_end_to_end(
     for entry in steps:
         for reward in raw["reward_funcs"]:
             assert f"rewards/{reward.rsplit('.', 1)[-1]}/mean" in entry
-        if raw["knapsack_enabled"]:
+        if (
+            raw.get("knapsack_candidate_factor", 1) > 1
+        ):  # candidates: a mean over c x the prompts, zeros included
+            factor = raw["knapsack_candidate_factor"]
+            assert entry["knapsack/rollouts_mean"] == raw["num_generations"] / factor
+            budget = raw["per_device_train_batch_size"] * raw["gradient_accumulation_steps"]
+            assert entry["knapsack/prompts_considered"] == factor * budget // raw["num_generations"]
+            assert (
+                0 <= entry["knapsack/rollouts_min"] <= entry["knapsack/rollouts_max"] <= raw["knapsack_n_max"]
+            )
+        elif raw["knapsack_enabled"]:
             assert entry["knapsack/rollouts_mean"] == raw["num_generations"]
             assert raw["knapsack_n_min"] <= entry["knapsack/rollouts_min"] <= entry["knapsack/rollouts_max"]
             assert entry["knapsack/rollouts_max"] <= raw["knapsack_n_max"]

@@ -199,3 +199,8 @@ def test_the_knapsack_skips_candidates_it_knows_are_solved_or_hopeless(
     ]
     assert shares and all(s == pytest.approx(1.0) for s in shares)
     assert all("knapsack/informative_prompts" in h and "knapsack/prompts_skipped" in h for h in logged)
+
+
+def test_greedy_with_candidates_warns_that_it_is_a_heuristic(tiny_args) -> None:
+    with pytest.warns(UserWarning, match=r"knapsack_solver='greedy'.*heuristic.*'cpsat' is exact"):
+        tiny_args(KnapsackGRPOConfig, knapsack_candidate_factor=2, knapsack_solver="greedy")

@@ -258,10 +258,18 @@ class KnapsackRolloutAllocator:
         check_budget(int(budget), m, n_min, n_max, allow_skip)
         return int(budget), n_min, n_max
 
+    def valid_history(self, prompt_ids: Sequence[str]) -> np.ndarray:
+        """Whether each prompt's history is used (the validity rule: at least ``min_observations``
+        outcomes ever seen); a prompt without one counts as unseen."""
+        return self._valid(self.tracker.stats([str(p) for p in prompt_ids]))
+
+    def _valid(self, stats: Any) -> np.ndarray:
+        return stats.total_observations >= self.config.min_observations
+
     def _valid_counts(self, ids: list[str]) -> tuple[np.ndarray, np.ndarray, Any]:
         """Counts behind each estimate, zeroed where the validity rule ignores the history."""
         st = self.tracker.stats(ids)
-        valid = st.total_observations >= self.config.min_observations
+        valid = self._valid(st)
         return np.where(valid, st.successes, 0.0), np.where(valid, st.num_observations, 0.0), st
 
     def _batch(
@@ -302,24 +310,30 @@ class KnapsackRolloutAllocator:
         token_budget: float | None = None,
         skippable: np.ndarray | bool | None = None,
     ) -> SolverResult:
-        """The configured solver on ``table``, with ties between identical prompts given to the earliest.
+        """The configured solver on ``table``, with ties between identical prompts (identical rows and
+        limits) given to the earliest.
 
-        ``n_min`` / ``n_max`` are one bound for all or one per prompt; identical rows must then have
-        identical bounds (a pilot's table keeps rows with different floors apart). ``skippable``: prompts
-        that may get 0 instead (see :func:`.solvers.solve`)."""
+        ``n_min`` / ``n_max`` are one bound for all or one per prompt. ``skippable``: prompts that may get 0
+        instead (see :func:`.solvers.solve`)."""
         k = table.shape[0]
+        lower = np.broadcast_to(np.asarray(n_min, dtype=np.int64), (k,)).copy()
+        upper = np.broadcast_to(np.asarray(n_max, dtype=np.int64), (k,)).copy()
+        skip = np.broadcast_to(
+            np.asarray(bool(skippable) if skippable is None else skippable, dtype=bool), (k,)
+        )
         result = solve(
             table,
             budget,
-            np.broadcast_to(np.asarray(n_min, dtype=np.int64), (k,)).copy(),
-            np.broadcast_to(np.asarray(n_max, dtype=np.int64), (k,)).copy(),
+            lower,
+            upper,
             solver=self.config.solver,
             costs=costs,
             token_budget=token_budget,
             time_limit_s=float(self.config.time_limit_s),
             skippable=skippable,
         )
-        rollouts = earliest_first(np.asarray(result.rollouts, dtype=np.int64), table, costs)
+        limits = np.column_stack([lower, upper, skip])
+        rollouts = earliest_first(np.asarray(result.rollouts, dtype=np.int64), table, costs, limits)
         return dataclasses.replace(result, rollouts=rollouts)
 
     def _expected_value(self, n: np.ndarray, batch: Batch) -> float:

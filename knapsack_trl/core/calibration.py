@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 
+from knapsack_trl.core.tracker import is_success
+
 
 def calibration_metrics(
     predicted: np.ndarray, successes: np.ndarray, counts: np.ndarray, n_bins: int = 10
@@ -71,7 +73,7 @@ def group_successes(
     """
     r, group, valid, counts = _scorable_groups(rewards, sizes)
     successes = np.bincount(
-        group[valid], weights=(r[valid] > threshold).astype(np.float64), minlength=counts.size
+        group[valid], weights=is_success(r[valid], threshold).astype(np.float64), minlength=counts.size
     )
     return successes, counts
 

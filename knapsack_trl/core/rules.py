@@ -193,13 +193,18 @@ def fallback_costs(p: np.ndarray, confidence: float, n_max: int) -> np.ndarray:
     return np.floor(np.minimum(cost, n_max)).astype(np.int64)
 
 
-def earliest_first(rollouts: np.ndarray, table: np.ndarray, costs: np.ndarray | None) -> np.ndarray:
-    """Among prompts with identical value rows (and costs), the larger counts go to the earlier ones.
+def earliest_first(
+    rollouts: np.ndarray, table: np.ndarray, costs: np.ndarray | None, bounds: np.ndarray | None = None
+) -> np.ndarray:
+    """Among prompts with identical value rows (and costs, and ``bounds``: one row of per-prompt limits
+    each, e.g. floor, cap and whether it may be skipped), the larger counts go to the earlier ones.
 
     Any optimum stays an optimum under that permutation; it makes the choice among equal optima
-    independent of the solver, so prompts that look alike at the start get the uniform split.
+    independent of the solver, so prompts that look alike at the start get the uniform split. Prompts
+    with other bounds are never swapped, so every count stays within its own prompt's limits.
     """
-    keys = table if costs is None else np.column_stack([table, costs])
+    parts = [table] + ([] if costs is None else [costs]) + ([] if bounds is None else [bounds])
+    keys = np.column_stack([np.asarray(x, dtype=np.float64).reshape(table.shape[0], -1) for x in parts])
     groups: dict[bytes, list[int]] = {}
     for i, row in enumerate(np.ascontiguousarray(keys)):
         groups.setdefault(row.tobytes(), []).append(i)

@@ -55,6 +55,13 @@ def prompt_id(prompt: str | list[dict] | dict) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
 
+def is_success(rewards: float | np.ndarray, threshold: float) -> np.ndarray:
+    """The success rule, everywhere a reward becomes an outcome: strictly above ``threshold``; NaN (an
+    unscorable rollout) is no success (callers that must skip it check for NaN first)."""
+    r = np.asarray(rewards, dtype=np.float64)
+    return np.nan_to_num(r, nan=-np.inf) > float(threshold)
+
+
 @dataclass(frozen=True)
 class PromptStats:
     """History of the requested prompts, arrays aligned with the requested ids.
@@ -160,7 +167,7 @@ class SuccessRateTracker:
             if math.isnan(r):
                 continue
             outcomes, lengths = batch.setdefault(str(pid), ([], []))
-            outcomes.append(int(r > self.success_threshold))
+            outcomes.append(int(is_success(r, self.success_threshold)))
             lengths.append(length if math.isfinite(length) else math.nan)
         step = int(step)
         for pid, (outcomes, lengths) in batch.items():

@@ -184,7 +184,7 @@ def _report_settings(
         "trainer": plan.script_args.trainer_type,
         "model": plan.model_args.model_name_or_path,
         "rollouts per step (generation_batch_size)": args.generation_batch_size,
-        "prompts per step": args.generation_batch_size // args.num_generations,
+        "prompts per step": args.knapsack_prompts_per_batch,
         "max_steps": args.max_steps,
         "training prompts": start.get("training prompts"),
         "held-out prompts": start.get("held-out prompts"),

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from knapsack_trl.core.tracker import is_success
+
 
 def _prompt_text(tokenizer: Any, prompt: Any) -> str:
     if isinstance(prompt, str):
@@ -58,7 +60,7 @@ def success_rates(
                 chunk = list(rows[start : start + batch_prompts])
                 ids, decoded = _sample(model, tokenizer, chunk, reps, max_new_tokens, sampling)
                 total = _score(chunk, ids, decoded, reps, reward_funcs, weights)
-                ok = np.nan_to_num(total, nan=-np.inf) > threshold
+                ok = is_success(total, threshold)
                 out[start : start + len(chunk)] = ok.reshape(len(chunk), reps).mean(axis=1)
     finally:
         tokenizer.padding_side = side

@@ -81,26 +81,32 @@ ARMS: Mapping[str, Arm] = _arms(
     ),
     Arm("oracle", "knapsack, oracle p", "#55a868", {"knapsack_enabled": True}, oracle=True),
     # Choosing prompts: c x the prompts in the same rows, the knapsack decides which get rollouts; each is
-    # judged against its control, stock uniform over c x the prompts with num_generations / c each.
+    # judged against its control, stock uniform over c x the prompts with num_generations / c each. CP-SAT:
+    # a prompt's value is not concave from 0, so greedy is no longer exact.
     Arm(
         "candidates2",
         "knapsack, 2x candidates",
         "#e6a117",
-        {"knapsack_enabled": True, "knapsack_candidate_factor": 2},
+        {"knapsack_enabled": True, "knapsack_solver": "cpsat", "knapsack_candidate_factor": 2},
         control="uniform_half",
     ),
     Arm(
         "candidates4",
         "knapsack, 4x candidates",
         "#b5651d",
-        {"knapsack_enabled": True, "knapsack_candidate_factor": 4},
+        {"knapsack_enabled": True, "knapsack_solver": "cpsat", "knapsack_candidate_factor": 4},
         control="uniform_quarter",
     ),
     Arm(
         "candidates2_head",
         "knapsack, 2x candidates, value head",
         "#cc79a7",
-        {"knapsack_enabled": True, "knapsack_candidate_factor": 2, "knapsack_value_estimator": "blend"},
+        {
+            "knapsack_enabled": True,
+            "knapsack_solver": "cpsat",
+            "knapsack_candidate_factor": 2,
+            "knapsack_value_estimator": "blend",
+        },
         control="uniform_half",
     ),
     # A pilot of 2 over every candidate (half the budget at c = 2), the rest committed on what it showed.
@@ -108,7 +114,12 @@ ARMS: Mapping[str, Arm] = _arms(
         "pilot_candidates2",
         "knapsack, pilot over 2x candidates",
         "#a02c2c",
-        {"knapsack_enabled": True, "knapsack_candidate_factor": 2, "knapsack_pilot_rollouts": 2},
+        {
+            "knapsack_enabled": True,
+            "knapsack_solver": "cpsat",
+            "knapsack_candidate_factor": 2,
+            "knapsack_pilot_rollouts": 2,
+        },
         control="uniform_half",
     ),
     Arm(
@@ -117,6 +128,7 @@ ARMS: Mapping[str, Arm] = _arms(
         "#6b8e23",
         {
             "knapsack_enabled": True,
+            "knapsack_solver": "cpsat",
             "knapsack_candidate_factor": 2,
             "knapsack_value_function": "informative_rollouts",
         },

@@ -192,12 +192,14 @@ def check_recipe_dataset(
 ) -> dict[str, Any]:
     """Raise if the dataset lacks a column TRL or a reward needs, or rows for one batch; report what it has."""
     columns = list(dataset.column_names)
-    prompts = training_args.generation_batch_size // training_args.num_generations
+    factor = training_args.knapsack_candidate_factor if training_args.knapsack_enabled else 1
+    prompts = factor * training_args.knapsack_prompts_per_batch
     if len(dataset) < prompts:
         # TRL's sampler drops incomplete batches: a dataset smaller than one batch trains zero steps.
+        candidates = f"knapsack_candidate_factor={factor} x " if factor > 1 else ""
         raise RecipeError(
             f"the dataset has {len(dataset)} rows but every generation batch takes {prompts} distinct prompts "
-            f"(generation_batch_size={training_args.generation_batch_size} // num_generations="
+            f"({candidates}generation_batch_size={training_args.generation_batch_size} // num_generations="
             f"{training_args.num_generations}): lower generation_batch_size or use more rows."
         )
     if "prompt" not in columns:

@@ -9,6 +9,7 @@ meaning for the *sampler* and becomes the *average* rollouts per prompt: each ge
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -402,6 +403,13 @@ class KnapsackConfigMixin:
             raise ValueError(
                 f"knapsack_candidate_factor={factor} with knapsack_token_cost=True: the token cap is the uniform "
                 "split's tokens, which choosing prompts changes; turn one of them off."
+            )
+        if self.knapsack_solver == "greedy":
+            warnings.warn(
+                f"knapsack_candidate_factor={factor} with knapsack_solver='greedy': a candidate's value is not "
+                "concave from 0 rollouts, so greedy is a heuristic here (knapsack/solver_optimal logs 0); "
+                "knapsack_solver='cpsat' is exact.",
+                stacklevel=3,
             )
         if self.knapsack_rule == "buckets" and self.num_generations // factor < self.knapsack_n_min:
             raise ValueError(

@@ -201,8 +201,7 @@ class KnapsackTrainerMixin(KnapsackAgentMixin):
             allocator.set_total_steps(horizon)
         observed = None
         if head_p is not None:  # the head stands in where the validity rule ignores a prompt's history
-            total = allocator.tracker.stats(prompt_ids).total_observations
-            observed = np.where(total >= self.args.knapsack_min_observations, total, 0)
+            observed = allocator.valid_history(prompt_ids).astype(np.float64)
         return estimator_prior(self.args.knapsack_value_estimator, head_p, observed)
 
     def _knapsack_decide_allocation(self, batch: GenerationBatch) -> tuple[Any, np.ndarray, np.ndarray, dict]:
