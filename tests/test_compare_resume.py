@@ -62,25 +62,33 @@ def _run_files(folder: Path) -> dict[str, bytes]:
 
 
 def _deterministic(results: dict[str, Any]) -> dict[str, Any]:
-    """``results.json`` less what measures time (wall times, evaluation seconds) and the code record."""
+    """``results.json`` less what measures time (wall times, seconds per step and their comparisons,
+    evaluation seconds) and the code record."""
     out = json.loads(json.dumps(results))
     del out["settings"]["code"]
     for run in out["runs"]:
         del run["wall_time_s"], run["extra"]
     for row in out["aggregate"]["table"].values():
-        del row["wall_time_s"]
+        for key in [k for k in row if k == "wall_time_s" or k.startswith("seconds_")]:
+            del row[key]
+    for roles in out["aggregate"]["comparisons"].values():
+        for comparison in roles.values():
+            del comparison["seconds_per_step"]
     return out
 
 
 def _report_without_times(text: str) -> str:
-    """``report.md`` less the table's wall-time column and the note on this invocation's time."""
-    lines = []
-    for line in text.splitlines():
-        if line.startswith("- Wall time excludes"):
-            continue
-        if line.startswith("|"):
-            line = "|".join(line.split("|")[:-2]) + "|"
-        lines.append(line)
+    """``report.md`` less the results table's seconds-per-step column, the comparisons' seconds per step and
+    the note on this invocation's time."""
+    lines = [re.sub(r"; s/step [^;]*", "", line) for line in text.splitlines()]
+    lines = [line for line in lines if not line.startswith("- Wall time excludes")]
+    header = next(i for i, line in enumerate(lines) if line.startswith("| method |") and "s/step" in line)
+    column = next(i for i, cell in enumerate(lines[header].split("|")) if "s/step" in cell)
+    for i in range(header, len(lines)):
+        if not lines[i].startswith("|"):
+            break
+        cells = lines[i].split("|")
+        lines[i] = "|".join(cells[:column] + cells[column + 1 :])
     return "\n".join(lines)
 
 

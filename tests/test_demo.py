@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import subprocess
@@ -18,7 +17,6 @@ from knapsack_trl.experiments.plots import PLOT_FILES
 from knapsack_trl.experiments.report import (
     RunRecord,
     aggregate,
-    default_target,
     group_stats,
     rollouts_to_reach,
     summarize_run,
@@ -81,12 +79,16 @@ def _fake_run(method: str, seed: int, useful: float, accs: list[float], groups: 
     ]
     evals = [
         {"step": 5 * i, "rollouts_consumed": 320 * i, "accuracy": a, "reward": a, "frac_mid": 0.5}
+        | {"reward_2+2": a / 2}
         for i, a in enumerate(accs)
     ]
     alloc = None
     if method != "uniform":
         alloc = {"step": 5, "p_estimate": [0.1, 0.5, 1.0], "n": [10, 12, 2], "p_true": None, "uniform_n": 8}
-    return RunRecord(method, seed, steps, evals, alloc, wall_time_s=1.0)
+    seconds = {"seconds_step": 0.5, "seconds_generation": 0.2, "seconds_scoring": 0.01}
+    seconds |= {"seconds_allocation": 0.02, "seconds_optimisation": 0.27}
+    extra = {"step_seconds": [seconds] * 10, "eval_train_seconds": [2.5 * i for i in range(len(accs))]}
+    return RunRecord(method, seed, steps, evals, alloc, wall_time_s=1.0, extra=extra)
 
 
 def test_aggregate_pairs_seeds_and_report_files(tmp_path):
@@ -96,18 +98,25 @@ def test_aggregate_pairs_seeds_and_report_files(tmp_path):
         _fake_run("uniform", 1, 0.5, [0.2, 0.3, 0.4]),
         _fake_run("knapsack", 1, 0.5, [0.2, 0.35, 0.45]),
     ]
-    target = default_target(runs)
-    assert target == pytest.approx(0.2 + 0.9 * 0.2)
-    agg = aggregate(runs, target)
-    informative, _, n = agg["ratios"]["knapsack"]["informative_ratio"]
-    assert n == 2 and informative == pytest.approx((5 / 4 + 1.0) / 2)
-    egr_ratio, _, n = agg["ratios"]["knapsack"]["egr_ratio"]
-    assert n == 2 and egr_ratio == pytest.approx((0.6 / 0.4 + 1.0) / 2)
+    agg = aggregate(runs)
+    c = agg["comparisons"]["knapsack"]["uniform, its control, the best uniform group size"]
+    assert c["against"] == "uniform" and agg["best_uniform"] == "uniform"
+    assert c["informative_prompts"][0] == pytest.approx((5 / 4 + 1.0) / 2)
+    assert c["informative_rollouts"][0] == pytest.approx((0.6 / 0.4 + 1.0) / 2)
+    assert c["final_accuracy"][0] == pytest.approx(0.075)
+    # the area under (0.2, 0.3, 0.4) is 0.3 and under (0.2, 0.4, 0.5) and (0.2, 0.35, 0.45) 0.375 and 0.3375
+    assert c["auc"][0] == pytest.approx((0.075 + 0.0375) / 2)
+    # uniform's mean curve reaches its 0.4 at 640 rollouts; knapsack's mean (0.2, 0.375, 0.475) at
+    # 320 + 0.025 / 0.1 * 320.
+    assert c["rollouts_ratio"][0] == pytest.approx((320 + 0.25 * 320) / 640)
     assert agg["table"]["knapsack"]["informative_prompts"][0] == pytest.approx(4.5)
-    assert agg["ratios"]["knapsack"]["final_accuracy_delta"][0] == pytest.approx(0.075)
-    assert summarize_run(runs[0], target)["rollouts_to_target"] == pytest.approx(320 + 320 * 0.8)
-    write_report(runs, tmp_path, title="t", settings={"x": 1})
-    assert (tmp_path / "report.md").read_text().startswith("# t")
+    assert agg["table"]["uniform"]["seconds_generation"][0] == pytest.approx(0.2)
+    assert summarize_run(runs[0], 0.38)["rollouts_to_target"] == pytest.approx(320 + 320 * 0.8)
+    write_report(runs, tmp_path, title="t", settings={"x": 1}, verdict_task="T")
+    report = (tmp_path / "report.md").read_text()
+    assert report.startswith("# t") and "| 2+2 |" in report
+    assert "| uniform GRPO | x1.00 (reference) |" in report
+    assert "0.50 (0.20 / 0.01 / 0.02 / 0.27)" in report  # seconds per step and its four parts
     for name in PLOT_FILES.values():
         assert (tmp_path / name).stat().st_size > 1000
 
@@ -115,7 +124,7 @@ def test_aggregate_pairs_seeds_and_report_files(tmp_path):
 @pytest.mark.slow
 def test_demo_quick_end_to_end(tmp_path):
     """``knapsack-trl demo --quick`` as a newcomer runs it (with the pilot method added): the table, the report
-    folder, consistent numbers."""
+    folder, consistent numbers, the verdict against the best uniform group size."""
     out = tmp_path / "report"
     args = [
         "demo",
@@ -131,26 +140,37 @@ def test_demo_quick_end_to_end(tmp_path):
     assert "| uniform GRPO |" in proc.stdout and "| knapsack GRPO |" in proc.stdout
 
     report = (out / "report.md").read_text()
-    assert "| method |" in report
+    assert "| method |" in report and "### Held-out accuracy (T=1) per level" in report
     for name in PLOT_FILES.values():
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         assert f"]({name})" in report
 
     data = json.loads((out / "results.json").read_text())
     settings = data["settings"]
-    assert settings["task"] == "headroom" and settings["run_seeds"] == [0, 1]
+    assert settings["task"] == "levels" and settings["run_seeds"] == [0, 1, 2]
     budget = settings["rollouts_per_step"]
     runs = {(r["method"], r["seed"]): r for r in data["runs"]}
-    assert set(runs) == {(m, s) for m in ("uniform", "knapsack", "pilot") for s in (0, 1)}
+    seeds = (0, 1, 2)
+    assert set(runs) == {(m, s) for m in ("uniform", "knapsack", "pilot") for s in seeds}
     consumed = {key: sum(s["rollouts"] for s in r["steps"]) for key, r in runs.items()}
     assert set(consumed.values()) == {settings["steps"] * budget}  # the same budget for every run
     for key, r in runs.items():
         assert len(r["steps"]) == settings["steps"]
         assert all(s["rollouts"] == budget for s in r["steps"]), key
         assert all(0 <= s["useful_rollouts"] <= s["rollouts"] for s in r["steps"]), key
+        # every step timed, its parts adding up to the step (generation is what is left of the first part)
+        for s in r["steps"]:
+            parts = sum(s[f"seconds_{p}"] for p in ("generation", "scoring", "allocation", "optimisation"))
+            assert s["seconds_scoring"] > 0 and parts == pytest.approx(s["seconds_step"], rel=0.02), key
         assert r["evals"][-1]["rollouts_consumed"] == consumed[key]
         assert all(0.0 <= e["accuracy"] <= 1.0 for e in r["evals"])
+        assert [e["train_seconds"] for e in r["evals"][1:]] == sorted(
+            e["train_seconds"] for e in r["evals"][1:]
+        )
         assert r["evals"][0] == runs[("uniform", 0)]["evals"][0]  # one checkpoint, measured once
+        assert {k for k in r["evals"][-1] if k.startswith("reward_")} == {
+            f"reward_{lv}" for lv in settings["levels"]
+        }
     uniform_sizes = {(s["n_min"], s["n_max"]) for s in runs[("uniform", 0)]["steps"]}
     assert uniform_sizes == {(settings["num_generations"], settings["num_generations"])}
     # Seeds differ in sampling: the two uniform runs do not see the same rewards.
@@ -162,34 +182,20 @@ def test_demo_quick_end_to_end(tmp_path):
     assert snap is not None and sum(snap["n"]) == budget and min(snap["n"]) >= 4
     assert "| knapsack, pilot round |" in proc.stdout
 
-    table = data["aggregate"]["table"]
+    agg = data["aggregate"]
     for m in ("uniform", "knapsack"):
-        for key in ("egr_rollouts", "egr_groups"):
-            value = table[m][key][0]
-            assert 0.0 <= value <= 1.0 and not math.isnan(value)
-        assert table[m]["rollouts_consumed"][0] == settings["steps"] * budget
-        per_step = np.mean([s["useful_groups"] for seed in (0, 1) for s in runs[(m, seed)]["steps"]])
-        assert table[m]["informative_prompts"][0] == pytest.approx(per_step)
-    # The verdict opens the report and the terminal output; its first ratio is the best arm's, paired by seed.
-    verdict = data["aggregate"]["verdict"]
-    assert verdict.startswith("Headroom task (--quick), 2 seeds") and verdict in proc.stdout
-    assert f"**{verdict}**" in report
-    best = max(("knapsack", "pilot"), key=lambda m: data["aggregate"]["ratios"][m]["informative_ratio"][0])
-    ratio = np.mean(
-        [
-            np.mean([s["useful_groups"] for s in runs[(best, seed)]["steps"]])
-            / np.mean([s["useful_groups"] for s in runs[("uniform", seed)]["steps"]])
-            for seed in (0, 1)
-        ]
+        per_step = np.mean([s["useful_groups"] for seed in seeds for s in runs[(m, seed)]["steps"]])
+        assert agg["table"][m]["informative_prompts"][0] == pytest.approx(per_step)
+    # The verdict opens the report and the terminal output, against the best uniform group size (uniform).
+    verdict = agg["verdict"]
+    assert verdict.startswith(
+        "Levels task (--quick), 3 seeds, 95% bootstrap intervals: the best uniform group"
     )
-    assert f"gave x{ratio:.2f} [" in verdict
-    # The table leads with informative prompts per step, the rollout-level ratio after the prompt share.
-    row = re.search(
-        r"\| knapsack GRPO \| ([\d.]+) ± [\d.]+ \| ([\d.]+) ± [\d.]+% \| ([\d.]+) ± [\d.]+%", report
-    )
-    assert row is not None
-    assert float(row.group(1)) == pytest.approx(table["knapsack"]["informative_prompts"][0], abs=0.06)
-    assert float(row.group(3)) == pytest.approx(100 * table["knapsack"]["egr_rollouts"][0], abs=0.06)
+    assert verdict in proc.stdout and f"**{verdict}**" in report
+    assert agg["best_uniform"] == "uniform"
+    finals = [runs[("uniform", s)]["evals"][-1]["reward"] for s in seeds]
+    assert agg["best_uniform_final"] == pytest.approx(np.mean(finals))
+    assert "Per level (all-fail / mixed / all-success)" in report  # the start-of-run regime, in the notes
 
 
 def test_methods_flag_takes_uniform_plus_known_methods():
@@ -275,3 +281,46 @@ def test_compare_quick_on_the_real_pretrained_model(tmp_path):
     assert {(s["n_min"], s["n_max"]) for s in runs["uniform"]["steps"]} == {(8, 8)}
     assert all(s["n_min"] >= 4 for s in runs["pilot"]["steps"])
     assert data["aggregate"]["verdict"] in proc.stdout
+
+
+@pytest.mark.slow
+def test_runs_in_worker_processes_equal_runs_in_this_one(tmp_path):
+    """``--workers 2`` (a spawned process per run) gives every run the numbers it gets run after run in one
+    process: the demo's default on 2 cores changes nothing but the wall time."""
+    from dataclasses import replace
+
+    from knapsack_trl.experiments.demo import DemoSettings, _run_all, prepare_checkpoint
+
+    settings = DemoSettings.for_task("levels", quick=True, sft_steps=100, steps=3, eval_every=3)
+    checkpoint = str(tmp_path / "checkpoint")
+    prep = prepare_checkpoint(settings, checkpoint, progress=False)
+    jobs = [
+        (m, checkpoint, prep, replace(settings, seed=seed), str(tmp_path))
+        for seed in (0, 1)
+        for m in ("uniform", "pilot")
+    ]
+    alone = {(r.method, r.seed): r for r in _run_all(jobs, 1, False, 64)}
+    pooled = {(r.method, r.seed): r for r in _run_all(jobs, 2, False, 64)}
+    assert set(alone) == set(pooled) == {(m, s) for m in ("uniform", "pilot") for s in (0, 1)}
+    for key, run in alone.items():
+        other = pooled[key]
+        assert (run.steps, run.evals, run.allocation) == (other.steps, other.evals, other.allocation), key
+    assert alone[("uniform", 0)].steps != alone[("uniform", 1)].steps  # the seeds differ
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_quick_levels_task_is_in_its_regime_for_every_seed(seed):
+    """The protocol's start-of-run check on the ``--quick`` variant: whatever the seed, at least 40% of the
+    pool is all-fail or all-success with 8 fresh samples and at least 20% is mixed; the level past the
+    warm-up fails everywhere, the easy level is mostly mixed."""
+    from knapsack_trl.experiments.demo import DemoSettings, start_of_run
+
+    start = start_of_run(DemoSettings.for_task("levels", quick=True, seed=seed))
+    regime = start["regime"]
+    assert regime["prompts"] == 256 and regime["samples"] == 8
+    assert regime["all_fail"] + regime["all_success"] >= 0.4 and regime["mixed"] >= 0.2, regime
+    assert regime["by_level"]["beyond"]["all_fail"] == 1.0
+    assert regime["by_level"]["easy"]["mixed"] > 0.5, regime
+    shares = [regime["all_fail"], regime["mixed"], regime["all_success"]]
+    assert sum(shares) == pytest.approx(1.0, abs=1e-3)

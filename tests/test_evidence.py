@@ -1,5 +1,6 @@
 """The benchmark protocol's pieces: bootstrap intervals against the exact bootstrap distribution, the
-headroom task's selection, the best-arm verdict, the task presets."""
+rollouts-to-target statistic against hand computation, the comparators of each arm, the verdict, the task
+presets."""
 
 from __future__ import annotations
 
@@ -11,10 +12,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from knapsack_trl.experiments.demo import CONTROL, DemoSettings
-from knapsack_trl.experiments.headroom import Bands, select_headroom
-from knapsack_trl.experiments.report import RunRecord, aggregate, best_method, verdict
-from knapsack_trl.experiments.statistics import bootstrap_interval
+from knapsack_trl.experiments.demo import CONTROL, QUICK, TASKS, DemoSettings
+from knapsack_trl.experiments.report import (
+    RunRecord,
+    aggregate,
+    area_under_accuracy,
+    best_method,
+    comparators,
+    first_reach,
+    uniform_arms,
+    verdict,
+)
+from knapsack_trl.experiments.statistics import bootstrap_interval, bootstrap_statistic
 
 
 def _exact_bootstrap_percentiles(values: list[float], tails: tuple[float, float]) -> tuple[float, float]:
@@ -49,47 +58,50 @@ def test_bootstrap_interval_lies_within_the_values_and_around_the_mean(values):
     assert min(values) - 1e-9 <= lo <= hi <= max(values) + 1e-9
 
 
-def _candidates(p: list[float]) -> list[dict[str, str]]:
-    return [
-        {"prompt": f"{i}+0=", "answer": str(i), "prompt_id": f"add:{i}+0", "level": "easy"}
-        for i in range(len(p))
-    ]
+def test_bootstrap_statistic_of_the_mean_matches_the_exact_distribution_and_reads_inf():
+    values = np.array([0.2, -0.1, 0.05, 0.3, 0.0])
+    lo, hi = bootstrap_statistic(lambda idx: values[idx].mean(axis=1), values.size, resamples=200_000)
+    exact_lo, exact_hi = _exact_bootstrap_percentiles(list(values), (2.5, 97.5))
+    assert lo == pytest.approx(exact_lo, abs=0.004) and hi == pytest.approx(exact_hi, abs=0.004)
+    # A statistic that is inf whenever the resample holds seed 0 (about 1 - (4/5)^5 = 67% of resamples):
+    # the upper end is inf, the lower end is finite.
+    lo, hi = bootstrap_statistic(lambda idx: np.where((idx == 0).any(axis=1), np.inf, 1.0), 5)
+    assert lo == 1.0 and math.isinf(hi)
+    assert all(math.isnan(v) for v in bootstrap_statistic(lambda idx: idx.mean(axis=1), 1))
 
 
-def test_select_headroom_takes_bands_in_drawn_order_and_interleaves_the_pool():
-    bands = Bands(solved_min=0.97, hard_low=0.03, hard_high=0.15, pool_solved=2, pool_hard=2, heldout_hard=2)
-    p = [1.0, 0.5, 0.1, 0.0, 0.97, 0.03, 0.16, 0.15, 0.98, 0.12, 0.02]
-    pool, heldout = select_headroom(_candidates(p), np.array(p), bands)
-    assert [r["prompt_id"] for r in pool] == ["add:0+0", "add:2+0", "add:4+0", "add:5+0"]
-    assert [r["band"] for r in pool] == ["solved", "hard", "solved", "hard"]
-    assert [r["prompt_id"] for r in heldout] == [
-        "add:7+0",
-        "add:9+0",
-    ]  # the next hard ones; 0.16 and 0.02 out
+def test_first_reach_interpolates_per_row_and_reads_never_as_inf():
+    x = np.array([0.0, 100.0, 200.0])
+    assert first_reach(x, np.array([0.2, 0.4, 0.6]), 0.5) == pytest.approx(150.0)
+    assert first_reach(x, np.array([0.2, 0.4, 0.6]), 0.1) == 0.0
+    assert math.isinf(first_reach(x, np.array([0.2, 0.4, 0.6]), 0.7))
+    rows = first_reach(
+        x, np.array([[0.2, 0.4, 0.6], [0.5, 0.5, 0.5], [0.0, 0.1, 0.2]]), np.array([0.3, 0.5, 0.3])
+    )
+    assert rows[0] == pytest.approx(50.0) and rows[1] == 0.0 and math.isinf(rows[2])
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.lists(st.integers(0, 64), min_size=20, max_size=120), st.integers(1, 4), st.integers(1, 4))
-def test_select_headroom_invariants(successes, n_solved, n_hard):
-    bands = Bands(pool_solved=n_solved, pool_hard=n_hard, heldout_hard=n_hard)
-    p = np.array(successes) / 64
-    rows = _candidates(list(p))
-    rate = {r["prompt_id"]: q for r, q in zip(rows, p)}
-    try:
-        pool, heldout = select_headroom(rows, p, bands)
-    except ValueError as err:
-        assert "candidates" in str(err) and "sft_target" in str(err)
-        assert (p >= 0.97).sum() < n_solved or ((p >= 0.03) & (p <= 0.15)).sum() < 2 * n_hard
-        return
-    assert len(pool) == n_solved + n_hard and len(heldout) == n_hard
-    assert not {r["prompt_id"] for r in pool} & {r["prompt_id"] for r in heldout}
-    for r in pool + heldout:
-        q = rate[r["prompt_id"]]
-        assert q > 0 and (q >= 0.97 if r["band"] == "solved" else 0.03 <= q <= 0.15)
-    assert all(r["band"] == "hard" for r in heldout)
+def test_area_under_accuracy_is_the_mean_accuracy_per_rollout():
+    evals = [{"rollouts_consumed": 0, "reward": 0.2}, {"rollouts_consumed": 100, "reward": 0.4}]
+    evals.append({"rollouts_consumed": 300, "reward": 0.4})
+    assert area_under_accuracy(evals) == pytest.approx((0.3 * 100 + 0.4 * 200) / 300)
 
 
-def _run(method: str, seed: int, useful: int, accs: list[float]) -> RunRecord:
+def test_comparators_name_uniform_the_control_and_the_best_group_size_once_each():
+    methods = ["uniform", "knapsack", "uniform_half", "uniform_quarter"]
+    assert uniform_arms(methods) == ["uniform", "uniform_half", "uniform_quarter"]
+    assert comparators("knapsack", "uniform_half", methods) == {
+        "uniform, its control": "uniform",
+        "the best uniform group size": "uniform_half",
+    }
+    assert comparators("knapsack", "uniform", methods) == {
+        "uniform, its control, the best uniform group size": "uniform"
+    }
+    assert comparators("uniform", "uniform_half", methods) == {"the best uniform group size": "uniform_half"}
+    assert comparators("uniform_half", "uniform_half", methods) == {"uniform, its control": "uniform"}
+
+
+def _run(method: str, seed: int, accs: list[float], useful: int = 4) -> RunRecord:
     steps = [
         {"step": i + 1, "rollouts": 64, "groups": 8, "useful_groups": useful, "useful_rollouts": 8 * useful}
         | {"reward_mean": 0.5, "prompt_reward_mean": 0.5, "n_min": 8, "n_mean": 8, "n_max": 8}
@@ -98,42 +110,72 @@ def _run(method: str, seed: int, useful: int, accs: list[float]) -> RunRecord:
     evals = [
         {"step": 2 * i, "rollouts_consumed": 128 * i, "accuracy": a, "reward": a} for i, a in enumerate(accs)
     ]
-    return RunRecord(method, seed, steps, evals)
+    seconds = [{"seconds_step": 1.0 + 0.1 * (method == "pilot")}] * 4
+    return RunRecord(method, seed, steps, evals, extra={"step_seconds": seconds})
 
 
-def test_verdict_names_the_best_non_oracle_arm_with_paired_intervals():
+def _runs() -> list[RunRecord]:
     runs = []
-    for seed, (u, k, pl, o) in enumerate([(4, 5, 6, 8), (4, 4, 5, 8), (5, 6, 6, 8)]):
+    for seed, noise in enumerate([0.0, 0.01, -0.01]):
         runs += [
-            _run("uniform", seed, u, [0.1, 0.2, 0.3]),
-            _run("knapsack", seed, k, [0.1, 0.25, 0.3]),
-            _run("pilot", seed, pl, [0.1, 0.3, 0.35]),
-            _run("oracle", seed, o, [0.1, 0.3, 0.4]),
+            _run("uniform", seed, [0.1, 0.2 + noise, 0.3 + noise]),
+            _run("uniform_half", seed, [0.1, 0.25 + noise, 0.34 + noise]),
+            _run("knapsack", seed, [0.1, 0.3 + noise, 0.36 + noise], useful=5),
+            _run("pilot", seed, [0.1, 0.22 + noise, 0.3 + noise], useful=6),
+            _run("oracle", seed, [0.1, 0.4 + noise, 0.5 + noise], useful=8),
         ]
-    agg = aggregate(runs, target=0.28)
-    assert best_method(agg) == "pilot"  # the oracle is never the best arm
-    ratios = [6 / 4, 5 / 4, 6 / 5]
-    lo, hi = bootstrap_interval(ratios)
-    text = verdict(agg, "Headroom task")
-    assert text.startswith("Headroom task, 3 seeds, 95% bootstrap intervals: knapsack, pilot round gave ")
-    assert f"x{np.mean(ratios):.2f} [{lo:.2f}, {hi:.2f}] uniform's informative prompts per step" in text
-    # uniform reaches 0.28 at 128 + 0.8 * 128 rollouts, the pilot at 128 * 0.9: ratio 0.5 on every seed
-    assert "reached the held-out target with x0.50 [0.50, 0.50] its rollouts (3 of 3 seeds" in text
-    assert "ended +5.0 points [+5.0, +5.0] in held-out accuracy" in text
-    assert text.endswith("; both targets met.")
-    agg["target"] = None  # uniform did not improve: no target, and the sentence says why
-    assert "had no rollouts-to-target comparison (uniform did not improve held-out accuracy)" in verdict(
-        agg, "T"
+    return runs
+
+
+def test_aggregate_rollouts_to_the_best_uniform_final_accuracy_by_hand():
+    agg = aggregate(_runs())
+    assert agg["best_uniform"] == "uniform_half"
+    assert agg["best_uniform_final"] == pytest.approx(0.34)
+    c = agg["comparisons"]["knapsack"]["the best uniform group size"]
+    # uniform_half's mean curve (0.1, 0.25, 0.34) reaches 0.34 at 256 rollouts; knapsack's (0.1, 0.3, 0.36)
+    # at 128 + (0.34 - 0.3) / 0.06 * 128.
+    assert c["rollouts_ratio"][0] == pytest.approx((128 + 0.04 / 0.06 * 128) / 256)
+    lo, hi = c["rollouts_ratio"][1]
+    assert lo <= c["rollouts_ratio"][0] <= hi < 1
+    assert c["final_reward"][0] == pytest.approx(0.02)  # paired by seed: the same 0.02 every seed
+    assert c["final_reward"][3] == pytest.approx((0.02, 0.02))
+    assert c["informative_prompts"][0] == pytest.approx(5 / 4)
+    # Against uniform, the target is uniform's own final accuracy, 0.3: knapsack gets there at 128 rollouts.
+    vs_uniform = agg["comparisons"]["knapsack"]["uniform, its control"]
+    assert vs_uniform["rollouts_ratio"][0] == pytest.approx(128 / 256)
+    # uniform never reaches uniform_half's 0.34: "not reached", an infinite ratio with an infinite interval.
+    never = agg["comparisons"]["uniform"]["the best uniform group size"]["rollouts_ratio"]
+    assert math.isinf(never[0]) and math.isinf(never[1][1])
+    assert agg["comparisons"]["pilot"]["uniform, its control"]["seconds_per_step"][0] == pytest.approx(1.1)
+    assert agg["gains"]["uniform"][0] == pytest.approx(0.2)
+
+
+def test_verdict_names_the_best_non_oracle_arm_against_the_best_uniform_group_size():
+    agg = aggregate(_runs())
+    assert best_method(agg) == "knapsack"  # the oracle is never the best arm; the pilot never reaches 0.34
+    text = verdict(agg, "Levels task")
+    ratio = (128 + 0.04 / 0.06 * 128) / 256
+    assert text.startswith(
+        "Levels task, 3 seeds, 95% bootstrap intervals: the best uniform group size is uniform GRPO, half the "
+        "group (final held-out acc. 0.340 at T=1, +24.0 points [+23.0, +25.0] over the run); the best other "
+        f"arm, knapsack GRPO, reached it with x{ratio:.2f} ["
     )
+    assert "final +2.0 points [+2.0, +2.0] at equal budget" in text
+    assert text.endswith("met for final accuracy only.")  # x0.76 is above the x0.7 target
+    only_uniform = aggregate([r for r in _runs() if r.method in ("uniform", "uniform_half")])
+    assert verdict(only_uniform, "T").endswith("over the run); no other arm ran.")
 
 
 def test_task_presets():
-    assert DemoSettings.for_task("headroom") == DemoSettings(checkpoint_seed=99)
+    levels = DemoSettings.for_task("levels")
+    assert levels == DemoSettings() and levels.sft_target == 0.2
+    assert levels.levels == ("easy", "medium", "hard", "beyond") and levels.pool_size >= 2000
+    assert levels.sft_levels == ("easy", "medium", "hard")  # the warm-up never shows "beyond"
+    assert levels.steps * levels.prompts_per_step / levels.pool_size >= 2  # several epochs of the pool
     control = DemoSettings.for_task("control")
     assert {k: getattr(control, k) for k in CONTROL} == CONTROL and control.task == "control"
-    headroom = DemoSettings.for_task("headroom")
-    assert headroom.pool_size == headroom.bands.pool_solved + headroom.bands.pool_hard
-    assert headroom.pool_size // headroom.prompts_per_step == 3  # each prompt back every 3 steps
-    assert DemoSettings.for_task("headroom", quick=True, seeds=3).run_seeds == [0, 1, 2]
-    with pytest.raises(ValueError, match="--task must be one of headroom, control"):
-        DemoSettings.for_task("hard")
+    quick = DemoSettings.for_task("levels", quick=True)
+    assert quick.run_seeds == [0, 1, 2] and quick.levels == levels.levels
+    assert set(QUICK) == set(TASKS)
+    with pytest.raises(ValueError, match="--task must be one of levels, control"):
+        DemoSettings.for_task("headroom")

@@ -41,8 +41,10 @@ import torch
 from trl import get_peft_config
 
 from knapsack_trl.experiments.demo import (
+    DEFAULT_TASK,
     TASKS,
     DemoSettings,
+    default_workers,
     demo_protocol,
     quiet_libraries,
     report_from_folder,
@@ -132,7 +134,7 @@ def _plan_recipe(ns: argparse.Namespace, recipe_flags: list[str], work_dir: str)
     script_args, training_args, model_args = parse_args([*base, "--seed", str(ns.seed), "--output_dir", out])
     _scale_eval(ns, training_args)
     if ns.warmup_steps is None:
-        ns.warmup_steps = DemoSettings().sft_steps
+        ns.warmup_steps = DemoSettings.for_task("control").sft_steps
     eval_every = ns.eval_every or max(1, training_args.max_steps // 8)
     tiny = model_args.model_name_or_path.startswith(TINY_SCHEME)
     configs = {m: _arm_args(base, ns.seed, m, training_args.num_generations, out)[0] for m in _methods(ns)}
@@ -422,15 +424,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--task",
         choices=tuple(TASKS),
-        default="headroom",
-        help="without --config: the demo's task, headroom (default) or control",
+        default=DEFAULT_TASK,
+        help=f"without --config: the demo's task, {DEFAULT_TASK} (default) or control",
     )
     p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
     p.add_argument(
         "--checkpoint-seed",
         type=int,
         default=None,
-        help="without --config: the warm-up's seed (headroom default 99)",
+        help="without --config: the seed of the data and the warm-up, if not --seed",
     )
     p.add_argument("--oracle", action="store_true", help="add the oracle row: allocation with the true p")
     p.add_argument(
@@ -473,6 +475,12 @@ def _parser() -> argparse.ArgumentParser:
         help="supervised warm-up steps for tiny:// models (default: the demo's); 0 trains from random weights",
     )
     p.add_argument("--quick", action="store_true", help="without --config: the demo's --quick preset")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="without --config: runs at once, a process each (default: 2 on 2 or more cores, else 1)",
+    )
     p.add_argument("--steps", type=int, default=None, help="without --config: GRPO steps per run")
     p.add_argument("--target-accuracy", type=float, default=None, help="target for 'rollouts to target'")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
@@ -503,7 +511,12 @@ def main(argv: list[str] | None = None) -> int:
             if not ns.report_only:
                 folder.announce(planned)
                 run_experiment(
-                    settings, methods, progress=ns.progress, oracle_samples=ns.oracle_samples, folder=folder
+                    settings,
+                    methods,
+                    progress=ns.progress,
+                    oracle_samples=ns.oracle_samples,
+                    folder=folder,
+                    workers=default_workers(ns.workers),
                 )
             agg, runs, _ = report_from_folder(
                 folder,

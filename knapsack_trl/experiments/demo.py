@@ -2,36 +2,38 @@
 
 The experiment, end to end and offline:
 
-1. build a character-level Llama from a config (:mod:`knapsack_trl.tasks.arithmetic`) and warm it up with a short
-   supervised phase on additions at three difficulty levels, stopped once a probe set reaches a target
-   success rate, so that many prompts are neither always solved nor always failed (the regime where
-   rollout allocation matters);
-2. headroom task (default): screen candidate problems with the warmed-up policy into a pool of solved
-   and hard-but-solvable prompts and a hard held-out set (:mod:`.headroom`); control task: a random
-   pool and held-out set;
-3. measure the checkpoint on the held-out set (greedy accuracy, success of ``k`` samples at
-   temperature 1) and on the GRPO prompts;
-4. train every method from that same checkpoint once per GRPO seed, each seed's methods with the same
-   prompt order and the same rollout budget per step (``generation_batch_size``). The pool is small
-   enough that each prompt recurs every few steps, so the success-rate history can help;
-5. print the verdict (the best method against uniform, paired by seed, with bootstrap intervals), the
-   table, and write the report folder (markdown, ``results.json``, PNG plots).
+1. draw the task's problems at graded difficulty levels in equal shares (:mod:`knapsack_trl.tasks.arithmetic`):
+   the levels task (default) takes additions of 2+1, 2+2, 3+2 and 3+3 digits, a pool of 2,000 for GRPO and
+   a held-out set from the same levels; nothing is selected by the policy;
+2. build a character-level Llama from a config and warm it up with a fixed supervised schedule on other
+   problems at the same levels, ending on a decayed learning rate. The model learns shorter additions
+   first, so whatever a seed's warm-up reached, the levels it learned are solved, the ones beyond it fail
+   and the ones in between are mixed: the regime rollout allocation is for follows from the structure;
+3. measure the checkpoint on the held-out set (greedy accuracy, success of ``k`` samples at temperature 1,
+   per level) and the pool's regime (shares at all-fail, mixed and all-success on fresh samples);
+4. train every arm (:data:`.methods.ARMS`) from that same checkpoint once per GRPO seed, each seed's arms
+   with the same prompt order and the same rollout budget per step (``generation_batch_size``), for
+   several epochs of the pool so the success-rate history can help;
+5. print the verdict (the best arm against the best uniform group size, paired by seed, with bootstrap
+   intervals), the table, and write the report folder (markdown, ``results.json``, PNG plots).
 
-Every run is measured by the same harness (:mod:`knapsack_trl.compare`: a trainer subclass that sees
-each generation batch's rewards and prompt ids, and a callback that evaluates on its own RNG stream),
-so uniform and knapsack are measured identically. A run is deterministic for a given seed.
+Every run is measured by the same harness (:mod:`.harness`: a listener on the trainer's public hook that
+sees each generation batch's rewards and prompt ids, a callback that evaluates on its own RNG stream, a
+clock for each step's parts), so every arm is measured identically. A run is deterministic for a given
+seed and thread count.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -41,8 +43,7 @@ import torch
 from datasets import Dataset
 
 from knapsack_trl.experiments.evaluation import heldout_metrics, success_rates
-from knapsack_trl.experiments.harness import train_method, warm_up_arithmetic
-from knapsack_trl.experiments.headroom import Bands, screen_headroom
+from knapsack_trl.experiments.harness import StepClock, train_method, warm_up_arithmetic
 from knapsack_trl.experiments.methods import ARMS, parse_methods
 from knapsack_trl.experiments.report import (
     RunRecord,
@@ -76,36 +77,40 @@ DEFAULT_OUTPUT_DIR = "knapsack_demo_report"
 
 @dataclass
 class DemoSettings:
-    """Every knob of the demo experiment. The defaults are the headroom task of docs/benchmark_protocol.md
-    (about 8 minutes on 2 idle cores for two methods and five seeds); :meth:`control` is the random-pool
-    task where no allocation can add much."""
+    """Every knob of the demo experiment. The defaults are the levels task of docs/benchmark_protocol.md
+    (2026-12-06); :meth:`for_task` gives a task's preset, and its ``--quick`` variant for CI."""
 
-    task: str = "headroom"
+    task: str = "levels"
     seed: int = 0
     seeds: int = 5
     # The warm-up's seed when it differs from the first GRPO seed (None: ``seed``).
     checkpoint_seed: int | None = None
     hidden_size: int = 128
     num_layers: int = 4
-    sft_steps: int = 2500
-    sft_target: float = 0.45
+    # The warm-up stops at the first check (every 50 steps) where 96 probe problems at its levels reach
+    # ``sft_target`` success at T=1, after at most ``sft_steps`` steps.
+    sft_steps: int = 3000
+    sft_target: float = 0.2
     sft_batch_size: int = 128
     sft_lr: float = 3e-3
-    pool_size: int = 48
-    heldout_size: int = 48
-    candidates: int = 2000
-    screen_samples: int = 64
-    bands: Bands = field(default_factory=Bands)
-    levels: tuple[str, ...] = ("easy", "medium", "hard")
-    steps: int = 60
-    prompts_per_step: int = 16
+    pool_size: int = 2000
+    heldout_size: int = 384
+    # The fixed part of the pool measured for "training pool accuracy" (0: the whole pool).
+    train_eval_size: int = 256
+    levels: tuple[str, ...] = ("easy", "medium", "hard", "beyond")
+    # The warm-up's levels (None: ``levels``): the levels task never shows the "beyond" level.
+    sft_levels: tuple[str, ...] | None = ("easy", "medium", "hard")
+    steps: int = 160
+    prompts_per_step: int = 32
     num_generations: int = 8
     learning_rate: float = 5e-4
     warmup_steps: int = 10
     max_completion_length: int = 5
-    eval_every: int = 10
-    eval_samples: int = 16
-    allocation_snapshot_step: int = 30
+    eval_every: int = 16
+    eval_samples: int = 8
+    # Samples per pool prompt for the start-of-run regime (shares at p = 0, 0 < p < 1, p = 1).
+    regime_samples: int = 8
+    allocation_snapshot_step: int = 80
     knapsack: dict[str, Any] = field(default_factory=dict)
     threads: int = 1
 
@@ -121,7 +126,7 @@ class DemoSettings:
 
     @classmethod
     def for_task(cls, task: str, quick: bool = False, **overrides: Any) -> DemoSettings:
-        """The preset of ``task`` (``headroom`` or ``control``), optionally its ``--quick`` variant for CI."""
+        """The preset of ``task`` (:data:`TASKS`), optionally its ``--quick`` variant for CI."""
         if task not in TASKS:
             raise ValueError(f"--task must be one of {', '.join(TASKS)} (got {task!r}).")
         base = dict(TASKS[task])
@@ -131,39 +136,37 @@ class DemoSettings:
         return cls(task=task, **base)
 
 
-# The control task: the random pool of the earlier demo (docs/benchmark.md), 100 steps as pre-registered.
+DEFAULT_TASK = "levels"
+# The levels task (docs/benchmark_protocol.md, 2026-12-06): the defaults above.
+# The control task: the random pool of the earlier demo (docs/benchmark.md), 100 steps as pre-registered in
+# 2026-12-01, with its probe-stopped warm-up and the three named levels.
 CONTROL = {
-    "sft_target": 0.2,
+    "sft_steps": 2500,
     "pool_size": 384,
     "heldout_size": 192,
+    "train_eval_size": 0,
+    "levels": ("easy", "medium", "hard"),
+    "sft_levels": None,
     "steps": 100,
     "prompts_per_step": 32,
     "eval_every": 20,
+    "eval_samples": 16,
     "allocation_snapshot_step": 50,
 }
-# The headroom checkpoint is built with seed 99: seed 0's warm-up never reaches the probe target within
-# sft_steps and leaves no solved prompt (docs/benchmark_protocol.md, deviations).
-TASKS: dict[str, dict[str, Any]] = {"headroom": {"checkpoint_seed": 99}, "control": CONTROL}
-# --quick: the same pipeline at a fraction of the work. The headroom variant loosens the bands (a short
-# warm-up solves few prompts); its numbers only keep the path working.
+TASKS: dict[str, dict[str, Any]] = {"levels": {}, "control": CONTROL}
+# --quick: the same pipeline at a fraction of the work; its numbers only keep the path working.
 QUICK: dict[str, dict[str, Any]] = {
-    "headroom": {
-        "checkpoint_seed": None,
-        "sft_steps": 1200,
-        "sft_target": 0.4,
-        "candidates": 400,
-        "screen_samples": 32,
-        "bands": Bands(
-            solved_min=0.9, hard_low=0.03, hard_high=0.3, pool_solved=6, pool_hard=6, heldout_hard=12
-        ),
-        "pool_size": 12,
-        "heldout_size": 12,
-        "seeds": 2,
-        "steps": 12,
-        "prompts_per_step": 4,
-        "eval_every": 6,
-        "eval_samples": 8,
-        "allocation_snapshot_step": 6,
+    "levels": {
+        "sft_steps": 400,
+        "pool_size": 256,
+        "heldout_size": 64,
+        "train_eval_size": 32,
+        "seeds": 3,
+        "steps": 8,
+        "prompts_per_step": 8,
+        "eval_every": 4,
+        "eval_samples": 4,
+        "allocation_snapshot_step": 4,
     },
     "control": {
         "sft_steps": 300,
@@ -197,9 +200,12 @@ def _evaluate_fn(
     (``eval_seed``, default ``s.seed + 1000``: the same for every run of an experiment, so paired runs
     are measured with the same sampling noise).
 
-    With ``train_rows``, also the mean success at T=1 on the GRPO prompts themselves
-    (``train_reward``): the RL objective, measured the same way for every allocation.
+    With ``train_rows``, also the mean success at T=1 on the GRPO prompts themselves (``train_reward``):
+    the RL objective, measured the same way for every allocation, on the pool's first
+    ``train_eval_size`` rows (levels interleaved; 0: all of them).
     """
+    if train_rows and s.train_eval_size:
+        train_rows = list(train_rows)[: s.train_eval_size]
 
     def evaluate(model: Any) -> dict[str, float]:
         seed = s.seed + 1000 if eval_seed is None else eval_seed
@@ -251,19 +257,50 @@ def grpo_config(method: str, settings: DemoSettings, output_dir: str) -> Any:
     return KnapsackGRPOConfig(**kwargs)
 
 
+def pool_regime(
+    model: Any, tokenizer: Any, rows: Sequence[dict[str, str]], settings: DemoSettings, seed: int
+) -> dict[str, Any]:
+    """The start-of-run regime of ``rows``: with ``regime_samples`` fresh samples per prompt at T=1 (on an
+    RNG stream of its own), the shares at all-fail, all-success and mixed, overall and per level, and the
+    mean success rate."""
+    p = success_rates(
+        model,
+        tokenizer,
+        rows,
+        [arithmetic_reward],
+        k=settings.regime_samples,
+        max_new_tokens=settings.max_completion_length,
+        seed=seed,
+        batch_prompts=256,
+    )
+
+    def shares(q: np.ndarray) -> dict[str, float]:
+        return {
+            "all_fail": round(float(np.mean(q == 0)), 4),
+            "all_success": round(float(np.mean(q == 1)), 4),
+            "mixed": round(float(np.mean((q > 0) & (q < 1))), 4),
+            "mean_p": round(float(q.mean()), 4),
+        }
+
+    levels = [r.get("level") for r in rows]
+    by_level = {lv: shares(p[[x == lv for x in levels]]) for lv in settings.levels if lv in levels}
+    return {**shares(p), "samples": settings.regime_samples, "prompts": len(rows), "by_level": by_level}
+
+
 def prepare_checkpoint(settings: DemoSettings, folder: str, progress: bool = True) -> dict[str, Any]:
     """Build, warm up and save the tiny policy; return the data splits and the checkpoint's measurements.
 
-    Headroom task: the pool and held-out rows are screened from ``candidates`` with the warmed-up policy
-    (:mod:`.headroom`); control task: random problems at the three levels.
+    The data are drawn at the task's levels in equal shares, nothing selected by the policy; the warm-up
+    stops at a probe target (:func:`.harness.warm_up_arithmetic`). The start is measured on the held-out set
+    and on the pool (:func:`pool_regime`).
     """
     torch.set_num_threads(settings.threads)
-    headroom = settings.task == "headroom"
     splits = make_splits(
         settings.seed,
-        settings.candidates if headroom else settings.pool_size,
-        0 if headroom else settings.heldout_size,
+        settings.pool_size,
+        settings.heldout_size,
         settings.levels,
+        sft_levels=settings.sft_levels,
     )
     tokenizer = build_tokenizer()
     model = build_model(tokenizer, settings.hidden_size, settings.num_layers, seed=settings.seed)
@@ -284,35 +321,11 @@ def prepare_checkpoint(settings: DemoSettings, folder: str, progress: bool = Tru
     )
     sft_seconds = time.perf_counter() - start
     save_tiny(folder, model, tokenizer)
-    facts: dict[str, Any] = {}
-    if headroom:
-        screened = screen_headroom(
-            model,
-            tokenizer,
-            splits["pool"],
-            settings.bands,
-            samples=settings.screen_samples,
-            max_new_tokens=settings.max_completion_length,
-            seed=settings.seed + 3,
-        )
-        pool, heldout, facts["screen"] = screened["pool"], screened["heldout"], screened["screen"]
-        facts["screen_seconds"] = time.perf_counter() - start - sft_seconds
-    else:
-        pool, heldout = splits["pool"], splits["heldout"]
+    pool, heldout = splits["pool"], splits["heldout"]
     eval_seed = settings.seed + 1000
     start_eval = _evaluate_fn(tokenizer, heldout, settings, pool, eval_seed)(model)
-    pool_p = success_rates(
-        model,
-        tokenizer,
-        pool,
-        [arithmetic_reward],
-        k=settings.eval_samples,
-        max_new_tokens=settings.max_completion_length,
-        seed=settings.seed + 5,
-        batch_prompts=256,
-    )
+    regime = pool_regime(model, tokenizer, pool, settings, seed=settings.seed + 5)
     return {
-        **facts,
         "eval_seed": eval_seed,
         "pool": pool,
         "heldout": heldout,
@@ -321,14 +334,31 @@ def prepare_checkpoint(settings: DemoSettings, folder: str, progress: bool = Tru
         "sft_steps": sft["steps"],
         "sft_probe": sft["probe"],
         "sft_final_loss": float(np.mean(sft["losses"][-20:])) if sft["losses"] else math.nan,
-        "pool_frac_mid": float(np.mean((pool_p > 0) & (pool_p < 1))),
-        "pool_mean_p": float(pool_p.mean()),
-        "pool_p_by_level": {
-            lv: round(float(np.mean([q for q, r in zip(pool_p, pool) if r["level"] == lv])), 3)
-            for lv in settings.levels
-            if any(r["level"] == lv for r in pool)
-        },
+        "regime": regime,
+        "pool_frac_mid": regime["mixed"],
+        "pool_mean_p": regime["mean_p"],
+        "pool_p_by_level": {lv: round(v["mean_p"], 3) for lv, v in regime["by_level"].items()},
         "params": int(sum(p.numel() for p in model.parameters())),
+    }
+
+
+def start_of_run(settings: DemoSettings, folder: str | None = None, progress: bool = False) -> dict[str, Any]:
+    """Build the task and the checkpoint (seed ``checkpoint_seed``, default ``seed``; kept in ``folder``
+    when given) and return what the start measured: the pool's regime per level, the held-out start, the
+    warm-up's steps and seconds, the thread count."""
+    start = settings if settings.checkpoint_seed is None else replace(settings, seed=settings.checkpoint_seed)
+    with contextlib.ExitStack() as stack:
+        if folder is None:
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="knapsack_start_"))
+        prep = prepare_checkpoint(start, os.path.join(folder, "checkpoint"), progress)
+    return {
+        "task": settings.task,
+        "seed": start.seed,
+        "threads": settings.threads,
+        "sft_steps": prep["sft_steps"],
+        "sft_seconds": round(prep["sft_seconds"], 1),
+        "regime": prep["regime"],
+        "heldout_start": {k: round(v, 4) for k, v in prep["start_eval"].items()},
     }
 
 
@@ -345,9 +375,10 @@ def run_demo_method(
     torch.set_num_threads(settings.threads)
     model, tokenizer = load_tiny(checkpoint)
     by_id = {r["prompt_id"]: r for r in prep["pool"]}
+    clock = StepClock()
     trainer = KnapsackGRPOTrainer(
         model=model,
-        reward_funcs=[arithmetic_reward],
+        reward_funcs=[clock.timed(arithmetic_reward)],
         args=grpo_config(method, settings, os.path.join(work_dir, f"{method}_seed{settings.seed}")),
         train_dataset=Dataset.from_list(list(prep["pool"])),
         processing_class=tokenizer,
@@ -375,6 +406,7 @@ def run_demo_method(
         snapshot_step=settings.allocation_snapshot_step,
         truth=truth,
         progress=progress,
+        clock=clock,
     )
 
 
@@ -385,13 +417,16 @@ def run_experiment(
     progress: bool = True,
     oracle_samples: int = 64,
     folder: RunFolder | None = None,
+    workers: int = 1,
 ) -> tuple[list[RunRecord], dict[str, Any]]:
     """Warm up once (seed ``checkpoint_seed``, default ``seed``), then train every method once per GRPO seed from that same
     checkpoint; the runs (seed by seed, methods in order) and the warm-up facts.
 
     With ``folder`` (:class:`.run_folder.RunFolder`): the checkpoint and its measurements are saved there
     (or reused when saved), each run's file is written as the run ends, and runs already there are read back
-    instead of run; the runs returned are as their files hold them."""
+    instead of run; the runs returned are as their files hold them. ``workers`` > 1: that many runs at once,
+    each in a process of its own (the tiny model trains on one thread; a run's numbers do not depend on
+    which process made it)."""
     with contextlib.ExitStack() as stack:
         if work_dir is None:
             work_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="knapsack_demo_"))
@@ -401,18 +436,48 @@ def run_experiment(
             prep = prepare_checkpoint(start, checkpoint, progress)
         else:
             checkpoint, prep = saved_checkpoint(folder, start, progress)
-        runs = []
+        done: dict[tuple[str, int], RunRecord] = {}
+        todo = []
         for seed in settings.run_seeds:
             for m in methods:
                 run = None if folder is None else folder.finished(m, seed)
                 if run is None:
-                    run = run_demo_method(
-                        m, checkpoint, prep, replace(settings, seed=seed), work_dir, progress, oracle_samples
-                    )
-                    if folder is not None:
-                        run = folder.save_run(run)
-                runs.append(run)
+                    todo.append((m, checkpoint, prep, replace(settings, seed=seed), work_dir))
+                else:
+                    done[(m, seed)] = run
+        for run in _run_all(todo, workers, progress, oracle_samples):
+            done[(run.method, run.seed)] = run if folder is None else folder.save_run(run)
+    runs = [done[(m, seed)] for seed in settings.run_seeds for m in methods]
     return runs, checkpoint_facts(prep)
+
+
+def _run_all(
+    jobs: Sequence[tuple[str, str, dict[str, Any], DemoSettings, str]],
+    workers: int,
+    progress: bool,
+    oracle_samples: int,
+) -> Iterator[RunRecord]:
+    """Each job's :func:`run_demo_method`, as it finishes: in this process, or ``workers`` at a time in
+    processes of their own (spawned, without progress bars; a line per finished run instead)."""
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            yield run_demo_method(*job, progress, oracle_samples)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(
+        min(workers, len(jobs)), mp_context=context, initializer=quiet_libraries
+    ) as pool:
+        futures = [pool.submit(run_demo_method, *job, False, oracle_samples) for job in jobs]
+        for n, future in enumerate(as_completed(futures), 1):
+            run = future.result()
+            if progress:
+                print(
+                    f"  run {n}/{len(jobs)} done: {run.method} seed {run.seed}", file=sys.stderr, flush=True
+                )
+            yield run
 
 
 def checkpoint_seed(settings: DemoSettings) -> int:
@@ -497,6 +562,7 @@ def settings_dict(settings: DemoSettings) -> dict[str, Any]:
     """Settings as plain values, with the derived budget, for the report."""
     d = asdict(settings)
     d["levels"] = list(settings.levels)
+    d["sft_levels"] = None if settings.sft_levels is None else list(settings.sft_levels)
     d["run_seeds"] = settings.run_seeds
     d["rollouts_per_step"] = settings.budget
     return d
@@ -508,13 +574,13 @@ def _parser() -> argparse.ArgumentParser:
         description="Train a tiny policy offline on CPU, then uniform and knapsack GRPO from the same checkpoint "
         "with the same rollout budget; print the table and write a report folder.",
     )
-    p.add_argument("--quick", action="store_true", help="a short run for CI (well under 2 minutes)")
+    p.add_argument("--quick", action="store_true", help="a short run for CI (3 seeds, a few minutes)")
     p.add_argument(
         "--task",
         choices=tuple(TASKS),
-        default="headroom",
-        help="headroom (default: solved and hard-but-solvable prompts, screened from the policy) or control "
-        "(the random pool, where no allocation can add much)",
+        default=DEFAULT_TASK,
+        help="levels (default: a pool of 2,000 additions at four graded levels after a fixed warm-up, so some "
+        "levels are solved, some fail and some are mixed) or control (the earlier random pool)",
     )
     p.add_argument(
         "--output-dir",
@@ -535,16 +601,15 @@ def _parser() -> argparse.ArgumentParser:
         "--checkpoint-seed",
         type=int,
         default=None,
-        help="seed of the warm-up, if not --seed (headroom default 99)",
+        help="seed of the data and the warm-up, if not --seed",
     )
     p.add_argument("--steps", type=int, default=None, help="GRPO steps per run")
     p.add_argument(
         "--sft-steps",
         type=int,
         default=None,
-        help="most supervised warm-up steps (it stops earlier once a probe set reaches --sft-target)",
+        help="supervised warm-up steps (the control task stops earlier once a probe set reaches its target)",
     )
-    p.add_argument("--sft-target", type=float, default=None, help="probe success rate that ends the warm-up")
     p.add_argument("--prompts-per-step", type=int, default=None, help="distinct prompts per GRPO step")
     p.add_argument("--num-generations", type=int, default=None, help="average rollouts per prompt")
     p.add_argument("--pool-size", type=int, default=None, help="GRPO training prompts (they recur)")
@@ -555,8 +620,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--methods",
         default=None,
-        help="comma-separated runs: uniform plus any of knapsack, pilot (a pilot round of 4 rollouts per "
-        "prompt, then the knapsack), reference, oracle; default uniform,knapsack (+oracle with --oracle)",
+        help="comma-separated arms: uniform plus any of the registry's (knapsack_trl.experiments.methods: "
+        "knapsack, pilot, paper_value, value_head, reference, oracle, uniform_half, uniform_quarter, ...); "
+        "default uniform,knapsack (+oracle with --oracle)",
     )
     p.add_argument(
         "--threads",
@@ -564,9 +630,32 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="torch threads (default 1: on a busy machine more threads spin-wait and run slower)",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="runs at once, each in a process of its own (default: 2 on a machine with 2 or more cores, else 1; "
+        "the numbers do not depend on it)",
+    )
+    p.add_argument(
+        "--start-only",
+        action="store_true",
+        help="build the task and warm the policy up, print the start-of-run regime (JSON; also "
+        "OUTPUT_DIR/start.json, the checkpoint in OUTPUT_DIR/checkpoint) and stop",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_folder_flags(p)
     return p
+
+
+def default_workers(asked: int | None) -> int:
+    """``--workers``: as asked, else one run per core up to 2 (a process each; the tiny model trains on
+    one thread)."""
+    if asked is not None:
+        if asked < 1:
+            raise SystemExit(f"--workers must be at least 1 (got {asked}).")
+        return asked
+    return max(1, min(2, os.cpu_count() or 1))
 
 
 def parse_settings(ns: argparse.Namespace) -> DemoSettings:
@@ -591,15 +680,28 @@ def main(argv: list[str] | None = None) -> int:
     )
     t0 = time.perf_counter()
     quiet_libraries()
+    if ns.start_only:
+        out = Path(ns.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        start = start_of_run(settings, str(out), progress=not ns.no_progress)
+        (out / "start.json").write_text(json.dumps(start, indent=1))
+        print(json.dumps(start, indent=1))
+        return 0
     with open_folder(ns, demo_protocol(settings, methods), "knapsack-trl demo") as folder:
         if not ns.report_only:
             folder.announce([(m, seed) for seed in settings.run_seeds for m in methods])
-            run_experiment(settings, methods, progress=not ns.no_progress, folder=folder)
+            run_experiment(
+                settings,
+                methods,
+                progress=not ns.no_progress,
+                folder=folder,
+                workers=default_workers(ns.workers),
+            )
         quick = " (--quick)" if ns.quick else ""
         agg, runs, notes = report_from_folder(
             folder,
             settings,
-            title=f"knapsack-trl demo: uniform vs knapsack GRPO, {settings.task} task{quick}",
+            title=f"knapsack-trl demo: {', '.join(methods)}, {settings.task} task{quick}",
             verdict_task=f"{settings.task.capitalize()} task{quick}",
             notes=[
                 "Wall time excludes held-out evaluation; this invocation of the demo took "
@@ -621,30 +723,29 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def experiment_notes(settings: DemoSettings, info: dict[str, Any], runs: Sequence[RunRecord]) -> list[str]:
-    """What the report should say about the starting point, the task and the seeds."""
-    levels = ", ".join(f"{lv} {p:.2f}" for lv, p in info["pool_p_by_level"].items())
+    """What the report should say about the starting point (the pool's regime per level), the task and the
+    seeds."""
+    regime = info["regime"]
+    levels = "; ".join(
+        f"{lv}: mean p {v['mean_p']:.2f}, {v['all_fail']:.0%} / {v['mixed']:.0%} / {v['all_success']:.0%}"
+        for lv, v in regime["by_level"].items()
+    )
     seeds = settings.run_seeds
-    notes = [
-        f"Tiny Llama ({info['params']:,} parameters, character tokenizer) warmed up for {info['sft_steps']} "
-        f"supervised steps ({info['sft_seconds']:.0f} s). At the start of GRPO: held-out accuracy "
-        f"{info['start_reward']:.3f} at T=1 (greedy {info['start_accuracy']:.3f}); GRPO prompts: mean success "
-        f"{info['pool_mean_p']:.2f} ({levels}), {info['pool_frac_mid']:.0%} with 0<p<1.",
-        f"Every run starts from that checkpoint (seed {settings.checkpoint_seed if settings.checkpoint_seed is not None else settings.seed}); GRPO seeds {seeds[0]}-{seeds[-1]}, "
-        f"each method of a seed with the same prompt order and {settings.budget} rollouts per step "
-        f"({settings.prompts_per_step} prompts x {settings.num_generations} on average, {settings.pool_size} "
-        f"GRPO prompts so each recurs every {settings.pool_size // settings.prompts_per_step} steps); only the "
-        "split of each step's rollouts differs.",
+    checkpoint_seed = settings.checkpoint_seed if settings.checkpoint_seed is not None else settings.seed
+    warm = f"{info['sft_steps']} supervised steps (stopped at a probe success of {settings.sft_target})"
+    return [
+        f"Tiny Llama ({info['params']:,} parameters, character tokenizer), warmed up with {warm} "
+        f"({info['sft_seconds']:.0f} s). At the start of GRPO: held-out accuracy {info['start_reward']:.3f} at "
+        f"T=1 (greedy {info['start_accuracy']:.3f}).",
+        f"The pool at the start ({regime['prompts']} prompts, {regime['samples']} fresh samples each): "
+        f"{regime['all_fail']:.0%} all-fail, {regime['mixed']:.0%} mixed, {regime['all_success']:.0%} "
+        f"all-success, mean p {regime['mean_p']:.2f}. Per level (all-fail / mixed / all-success): {levels}.",
+        f"Every run starts from that checkpoint (seed {checkpoint_seed}); GRPO seeds {seeds[0]}-{seeds[-1]}, "
+        f"each arm of a seed with the same prompt order and {settings.budget} rollouts per step "
+        f"({settings.prompts_per_step} prompts x {settings.num_generations} on average; {settings.pool_size} "
+        f"GRPO prompts, {settings.steps * settings.prompts_per_step / settings.pool_size:.1f} epochs); only the "
+        "split of each step's rollouts (and, for the group-size arms, the group size) differs.",
     ]
-    if "screen" in info:
-        sc, b = info["screen"], settings.bands
-        notes.append(
-            f"Headroom task: {sc['candidates']} candidates screened with {sc['samples']} samples each "
-            f"({info['screen_seconds']:.0f} s): {sc['solved']} solved (p >= {b.solved_min}), {sc['hard']} hard "
-            f"({b.hard_low} <= p <= {b.hard_high}), {sc['zero']} at 0. Pool: {b.pool_solved} solved (screened "
-            f"mean p {sc['pool_p_solved']:.3f}) + {b.pool_hard} hard ({sc['pool_p_hard']:.3f}); held-out: "
-            f"{b.heldout_hard} other hard prompts ({sc['heldout_p']:.3f})."
-        )
-    return notes
 
 
 def quiet_libraries() -> None:

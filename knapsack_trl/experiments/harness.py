@@ -8,6 +8,7 @@ reports through :meth:`KnapsackTrainerMixin.add_knapsack_listener`.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import time
@@ -72,6 +73,82 @@ class Recorder:
         }
 
 
+class StepClock:
+    """Wall-clock parts of every optimiser step, from public hooks only: a TrainerCallback's step
+    boundaries, the knapsack listener's call, a timed reward function and the trainer's logged
+    ``knapsack/overhead_seconds``.
+
+    Rows (one per step): ``seconds_step``; ``seconds_generation`` (generation, with TRL's own work around
+    it); ``seconds_scoring`` (the reward functions, when wrapped by :meth:`timed`); ``seconds_allocation``
+    (the knapsack's decision); ``seconds_optimisation`` (loss, backward and optimiser step). The listener
+    runs once the batch's rewards and advantages are final, so everything before it is generation, scoring
+    and allocation, everything after it the update. Callbacks added after this one (evaluation) are not
+    counted.
+    """
+
+    def __init__(self) -> None:
+        from transformers import TrainerCallback
+
+        self.rows: list[dict[str, float]] = []
+        self._scoring = 0.0
+        self._begin = 0.0
+        self._event: float | None = None
+        outer = self
+
+        class _Callback(TrainerCallback):
+            def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                outer._begin, outer._scoring, outer._event = time.perf_counter(), 0.0, None
+
+            def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                outer._end(time.perf_counter())
+
+        self.callback = _Callback()
+
+    def __call__(self, event: AllocationEvent) -> None:
+        """The knapsack listener: generation and scoring of this step's batch are over."""
+        self._event = time.perf_counter()
+
+    def timed(self, reward: Callable[..., Any]) -> Callable[..., Any]:
+        """``reward`` with its calls added to the step's scoring time (its name, which TRL logs, kept)."""
+
+        @functools.wraps(reward)
+        def scored(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return reward(*args, **kwargs)
+            finally:
+                self._scoring += time.perf_counter() - start
+
+        return scored
+
+    def _end(self, now: float) -> None:
+        if self._event is None:
+            return
+        self.rows.append(
+            {
+                "seconds_step": now - self._begin,
+                "seconds_scoring": self._scoring,
+                "seconds_optimisation": now - self._event,
+                "seconds_generation": max(0.0, self._event - self._begin - self._scoring),
+            }
+        )
+
+    def step_seconds(self, log_history: Sequence[dict[str, Any]]) -> list[dict[str, float]]:
+        """The rows, one per step in order, with the trainer's logged ``knapsack/overhead_seconds`` of each
+        step (``log_history``, logging every step) moved from generation to allocation."""
+        overhead = [
+            float(entry["knapsack/overhead_seconds"])
+            for entry in log_history
+            if "knapsack/overhead_seconds" in entry
+        ]
+        rows = [dict(r) for r in self.rows]
+        if len(overhead) == len(rows):
+            for row, seconds in zip(rows, overhead):
+                row["seconds_allocation"] = seconds
+                row["seconds_generation"] = max(0.0, row["seconds_generation"] - seconds)
+        return rows
+
+
 class OracleAllocator(KnapsackRolloutAllocator):
     """Allocates with the *true* success rates (``truth(prompt_ids)``, e.g. from many extra samples of the
     current policy): what the allocation could do with perfect estimates. Keeps the tracker observing."""
@@ -104,15 +181,19 @@ class EvalCallback:
         self.desc = desc
         self.progress = progress
         self.evals: list[dict[str, float]] = []
+        # Training seconds (evaluations excluded) at each evaluation, aligned with ``evals``.
+        self.train_seconds: list[float] = []
         self.eval_seconds = 0.0
         self.recorder: Recorder | None = None
         self._bar: Any = None
+        self._train_start: float | None = None
         outer = self
 
         class _Callback(TrainerCallback):
             def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
                 from tqdm.auto import tqdm
 
+                outer._train_start = time.perf_counter()
                 outer._bar = tqdm(
                     total=outer.total_steps, desc=outer.desc, disable=not outer.progress, dynamic_ncols=True
                 )
@@ -132,13 +213,16 @@ class EvalCallback:
         return float(self.recorder.consumed) if self.recorder is not None else 0.0
 
     def run(self, model: Any, step: int) -> None:
-        """Evaluate now and record the point against the rollouts consumed so far."""
+        """Evaluate now and record the point against the rollouts consumed so far, and the training time so
+        far (evaluations excluded) in :attr:`train_seconds`."""
         start = time.perf_counter()
+        trained = 0.0 if self._train_start is None else start - self._train_start - self.eval_seconds
         result = dict(self.evaluate(model))
         self.eval_seconds += time.perf_counter() - start
         result["step"] = float(step)
         result["rollouts_consumed"] = self.consumed()
         self.evals.append(result)
+        self.train_seconds.append(trained)
 
     def on_step(self, step: int, model: Any) -> None:
         if step % self.eval_every == 0 or step == self.total_steps:
@@ -169,12 +253,15 @@ def train_method(
     snapshot_step: int | None = None,
     truth: Callable[[list[str]], np.ndarray] | None = None,
     progress: bool = True,
+    clock: StepClock | None = None,
 ) -> RunRecord:
     """Train one method's trainer (built with that method's config) and return its record.
 
     ``truth`` (the true success rates, from many samples of the current policy): the oracle allocates with
     it; other methods use it once, for the snapshot plot. ``start_eval`` (the shared checkpoint's
-    evaluation) is step 0 of the curve, measured once for all methods.
+    evaluation) is step 0 of the curve, measured once for all methods. ``clock``: each step's wall-clock
+    parts go into the record's ``extra["step_seconds"]`` (give the trainer ``clock.timed(reward)`` to
+    separate scoring), the training time at each evaluation into ``extra["eval_train_seconds"]``.
     """
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -183,7 +270,10 @@ def train_method(
         recorder.snapshot_step, recorder.truth = snapshot_step, truth
     if ARMS[method].oracle and truth is not None:
         trainer.knapsack_allocator = OracleAllocator(trainer.knapsack_allocator, truth)
+    clock = clock or StepClock()
+    trainer.add_knapsack_listener(clock)
     trainer.add_knapsack_listener(recorder)
+    trainer.add_callback(clock.callback)
     evaluator = EvalCallback(
         evaluate, eval_every, trainer.args.max_steps, f"{method:>8} seed {seed}", progress
     )
@@ -193,6 +283,7 @@ def train_method(
         trainer.remove_callback(callback)
     if start_eval is not None:
         evaluator.evals.append({**start_eval, "step": 0.0, "rollouts_consumed": 0.0})
+        evaluator.train_seconds.append(0.0)
     else:
         evaluator.run(trainer.model, 0)
     start = time.perf_counter()
@@ -205,7 +296,13 @@ def train_method(
         evals=evaluator.evals,
         allocation=recorder.allocation,
         wall_time_s=wall - evaluator.eval_seconds,
-        extra={"eval_seconds": evaluator.eval_seconds, "train_seconds_with_eval": wall},
+        extra={
+            "eval_seconds": evaluator.eval_seconds,
+            "train_seconds_with_eval": wall,
+            # Times are not deterministic: they live here, beside the run's measurements.
+            "step_seconds": clock.step_seconds(trainer.state.log_history),
+            "eval_train_seconds": evaluator.train_seconds,
+        },
     )
 
 

@@ -1,4 +1,5 @@
-"""The report's three figures: accuracy against rollouts consumed, informative prompts per step, one allocation."""
+"""The report's figures: held-out accuracy against rollouts consumed and against training wall-clock,
+informative prompts per step, one allocation."""
 
 from __future__ import annotations
 
@@ -13,8 +14,17 @@ from knapsack_trl.experiments.methods import color, label, methods_in
 if TYPE_CHECKING:
     from knapsack_trl.experiments.report import RunRecord
 
+
+def eval_seconds(run: RunRecord) -> list[float] | None:
+    """Training seconds at each of ``run``'s evaluations (``extra["eval_train_seconds"]``), None when not
+    measured."""
+    times = run.extra.get("eval_train_seconds")
+    return None if not times or len(times) != len(run.evals) else [float(t) for t in times]
+
+
 PLOT_FILES = {
     "accuracy": "accuracy_vs_rollouts.png",
+    "wallclock": "accuracy_vs_wallclock.png",
     "informative": "informative_prompts.png",
     "allocation": "allocation.png",
 }
@@ -47,7 +57,8 @@ def _smooth(y: np.ndarray, window: int) -> np.ndarray:
 def make_plots(
     runs: Sequence[RunRecord], out_dir: str | Path, target: float | None = None
 ) -> dict[str, Path]:
-    """Write the three PNGs (Agg backend, no display needed) and return their paths by kind."""
+    """Write the PNGs (Agg backend, no display needed) and return their paths by kind; the wall-clock
+    figure only when every run recorded its training time at each evaluation."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -57,11 +68,12 @@ def make_plots(
     out.mkdir(parents=True, exist_ok=True)
     methods = methods_in(runs)
     n_seeds = len({r.seed for r in runs})
-    return {
-        "accuracy": _accuracy_plot(plt, runs, out, methods, n_seeds, target),
-        "informative": _informative_plot(plt, runs, out, methods, n_seeds, target),
-        "allocation": _allocation_plot(plt, runs, out, methods, n_seeds, target),
-    }
+    plots = {"accuracy": _accuracy_plot(plt, runs, out, methods, n_seeds, target)}
+    if runs and all(eval_seconds(r) is not None for r in runs):
+        plots["wallclock"] = _wallclock_plot(plt, runs, out, methods, n_seeds, target)
+    plots["informative"] = _informative_plot(plt, runs, out, methods, n_seeds, target)
+    plots["allocation"] = _allocation_plot(plt, runs, out, methods, n_seeds, target)
+    return plots
 
 
 def _accuracy_plot(
@@ -92,6 +104,37 @@ def _accuracy_plot(
         ax.legend()
     fig.tight_layout()
     path = out / PLOT_FILES["accuracy"]
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _wallclock_plot(
+    plt: Any, runs: Sequence[RunRecord], out: Path, methods: list[str], n_seeds: int, target: float | None
+) -> Path:
+    """Held-out accuracy (T=1) against training wall-clock (evaluations excluded): each evaluation's mean
+    time and accuracy over seeds."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for m in methods:
+        rs = [r for r in runs if r.method == m and r.evals]
+        if not rs:
+            continue
+        n = min(len(r.evals) for r in rs)
+        x = np.mean([eval_seconds(r)[:n] for r in rs], axis=0)
+        y = np.array([[float(e["reward"]) for e in r.evals[:n]] for r in rs])
+        ax.plot(x, y.mean(axis=0), marker="o", ms=3, color=color(m), label=label(m))
+        if n_seeds > 1:
+            sd = y.std(axis=0, ddof=1)
+            ax.fill_between(x, y.mean(axis=0) - sd, y.mean(axis=0) + sd, color=color(m), alpha=0.2)
+    if target is not None:
+        ax.axhline(target, color="gray", ls="--", lw=1, label=f"target {target:.3f}")
+    band = f" (mean ± std over {n_seeds} seeds)" if n_seeds > 1 else ""
+    ax.set_title("Held-out accuracy, T=1 samples" + band, fontsize=10)
+    ax.set_xlabel("training wall-clock (s, evaluations excluded)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = out / PLOT_FILES["wallclock"]
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -168,14 +168,43 @@ LEVELS = {
     "easy": (1, 2),  # a one-digit number plus a number below 100
     "medium": (2, 2),
     "hard": (3, 3),
+    "beyond": (4, 4),  # a four-digit number plus a number below 10,000: past what the warm-ups teach
 }
 
 
+def operand_digits(level: str) -> tuple[int, int] | None:
+    """The operands' exact digit counts of a level named ``"A+B"`` (e.g. ``"3+2"``), None for other names."""
+    parts = level.split("+")
+    if len(parts) != 2 or not all(p.isdigit() and len(p) == 1 and p != "0" for p in parts):
+        return None
+    return int(parts[0]), int(parts[1])
+
+
+def level_capacity(level: str) -> int:
+    """How many distinct problems a level holds."""
+    if level in LEVELS:
+        da, db = LEVELS[level]
+        return (10**da - (0 if da == 1 else 10 ** (da - 1))) * 10**db
+    digits = operand_digits(level)
+    if digits is None:
+        raise ValueError(f"unknown level {level!r}: use one of {', '.join(LEVELS)} or 'A+B' (digit counts).")
+    exact = [10**d - (0 if d == 1 else 10 ** (d - 1)) for d in digits]
+    return exact[0] * exact[1]
+
+
 def level_problem(rng: random.Random, level: str) -> dict[str, str]:
-    """One ``a+b=`` problem in :func:`arithmetic_rows`' format (stable ``prompt_id``), at a level."""
-    da, db = LEVELS[level]
-    a = rng.randint(0 if da == 1 else 10 ** (da - 1), 10**da - 1)
-    b = rng.randint(0, 10**db - 1)
+    """One ``a+b=`` problem in :func:`arithmetic_rows`' format (stable ``prompt_id``), at a level.
+
+    Named levels (:data:`LEVELS`) take ``a`` with the first digit count and ``b`` below ``10**second``;
+    ``"A+B"`` levels take ``a`` of exactly A digits and ``b`` of exactly B (``"3+2"``: 345+67).
+    """
+    digits = operand_digits(level)
+    if digits is None:
+        da, db = LEVELS[level]
+        a = rng.randint(0 if da == 1 else 10 ** (da - 1), 10**da - 1)
+        b = rng.randint(0, 10**db - 1)
+    else:
+        a, b = (rng.randint(0 if d == 1 else 10 ** (d - 1), 10**d - 1) for d in digits)
     return {"prompt": f"{a}+{b}=", "answer": str(a + b), "prompt_id": f"add:{a}+{b}", "level": level}
 
 
@@ -186,35 +215,45 @@ def make_splits(
     levels: Sequence[str] = tuple(LEVELS),
     sft_size: int = 20000,
     probe_size: int = 96,
+    sft_levels: Sequence[str] | None = None,
 ) -> dict[str, list[dict[str, str]]]:
-    """Disjoint problem sets, difficulty levels in equal shares: ``sft``, ``probe``, ``pool``, ``heldout``.
+    """Disjoint problem sets, difficulty levels in equal shares (interleaved): ``sft``, ``probe``, ``pool``,
+    ``heldout``.
 
-    ``pool`` is GRPO's (small, so prompts recur and history can help), ``heldout`` is only ever
-    evaluated, ``probe`` decides when the warm-up stops, ``sft`` (drawn with replacement) is the
-    warm-up's data. Built here rather than with :func:`arithmetic_rows` because the splits must be
+    ``pool`` is GRPO's (it recurs, so history can help), ``heldout`` is only ever evaluated, ``probe``
+    decides when the warm-up stops, ``sft`` (drawn with replacement) is the warm-up's data. ``probe`` and
+    ``sft`` are at ``sft_levels`` (default ``levels``): a task may leave out of the warm-up a level beyond
+    what it teaches. Built here rather than with :func:`arithmetic_rows` because the splits must be
     disjoint and that generator's one-digit space holds only 100 problems.
     """
+    sft_levels = tuple(levels) if sft_levels is None else tuple(sft_levels)
+    for level in (*levels, *sft_levels):
+        level_capacity(level)  # an unknown level fails here, before any drawing
     rng = random.Random(seed)
     taken: set[str] = set()
 
-    def distinct(n: int) -> list[dict[str, str]]:
+    def distinct(n: int, at: Sequence[str] = levels) -> list[dict[str, str]]:
         rows: list[dict[str, str]] = []
         tries = 0
         while len(rows) < n:
-            row = level_problem(rng, levels[len(rows) % len(levels)])
+            row = level_problem(rng, at[len(rows) % len(at)])
             tries += 1
             if row["prompt"] in taken:
                 if tries > 100 * n:
-                    raise ValueError(f"cannot draw {n} distinct problems at levels {tuple(levels)}.")
+                    raise ValueError(
+                        f"cannot draw {n} distinct problems at levels {tuple(levels)} (capacities "
+                        f"{[level_capacity(lv) for lv in levels]}): ask for fewer, or use larger levels."
+                    )
                 continue
             taken.add(row["prompt"])
             rows.append(row)
         return rows
 
-    splits = {"heldout": distinct(heldout_size), "pool": distinct(pool_size), "probe": distinct(probe_size)}
+    splits = {"heldout": distinct(heldout_size), "pool": distinct(pool_size)}
+    splits["probe"] = distinct(probe_size, sft_levels)
     sft: list[dict[str, str]] = []
     while len(sft) < sft_size:
-        row = level_problem(rng, rng.choice(levels))
+        row = level_problem(rng, rng.choice(sft_levels))
         if row["prompt"] not in taken:
             sft.append(row)
     splits["sft"] = sft
