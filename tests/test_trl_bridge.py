@@ -3,6 +3,7 @@ whenever the knapsack state was never set up (a trainer built without ``__init__
 
 from __future__ import annotations
 
+import functools
 import inspect
 import io
 import itertools
@@ -10,9 +11,11 @@ import re
 import tokenize
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import torch
 import transformers
 import trl
 from trl import GRPOTrainer, RLOOTrainer
@@ -78,7 +81,12 @@ def overridden(bridge: type) -> list[str]:
 @pytest.mark.parametrize(("ours", "stock", "bridge"), TRAINERS, ids=["grpo", "rloo"])
 def test_every_override_is_trls_method_without_knapsack_state(monkeypatch, ours, stock, bridge) -> None:
     names = overridden(bridge)
-    assert {"_generate_and_score_completions", "_calculate_rewards", "_generate_single_turn"} <= set(names)
+    assert {
+        "_generate_and_score_completions",
+        "_calculate_rewards",
+        "_generate_single_turn",
+        "_get_per_token_logps_and_entropies",
+    } <= set(names)
     for name in names:
         required = [
             p
@@ -100,6 +108,82 @@ def test_every_override_is_trls_method_without_knapsack_state(monkeypatch, ours,
         trainer.model = type("Model", (), {"training": True})()
         assert getattr(ours, name)(trainer, *args) is sentinel, name
         assert len(calls) == 1 and calls[0][0] is trainer and calls[0][1] == args, name
+
+
+class _TextModel(torch.nn.Module):
+    """Stands in for a causal LM whose forward takes ``logits_to_keep`` (never called here)."""
+
+    def forward(self, input_ids: Any = None, attention_mask: Any = None, logits_to_keep: int = 0) -> Any:
+        raise AssertionError("the model is not called in these dispatch tests")
+
+
+class _OldModel(torch.nn.Module):
+    def forward(self, input_ids: Any = None, attention_mask: Any = None) -> Any:
+        raise AssertionError("the model is not called in these dispatch tests")
+
+
+@pytest.mark.parametrize(("ours", "stock", "bridge"), TRAINERS, ids=["grpo", "rloo"])
+@pytest.mark.parametrize(
+    ("setting", "extra", "expected"),
+    [
+        (False, {}, "trl"),
+        (True, {}, "completion"),
+        (True, {"batch_size": 2, "compute_entropy": True, "compute_aux_loss": False}, "completion"),
+        (True, {"pixel_values": torch.zeros(2, 3), "num_images": [1, 1]}, "trl"),
+        (True, {"token_type_ids": torch.zeros(2, 6, dtype=torch.long)}, "trl"),
+        (True, {"image_grid_thw": torch.ones(2, 3, dtype=torch.long)}, "trl"),
+        (True, {"compute_aux_loss": True}, "trl"),
+        (True, {"cast_lm_head_to_fp32": True}, "trl"),
+        (True, {"logits_to_keep": 6}, "trl"),  # the completion is the whole sequence
+        (True, {"model": _OldModel()}, "trl"),  # a forward without logits_to_keep
+    ],
+    ids=lambda v: "-".join(v) if isinstance(v, dict) else str(v),
+)
+def test_completion_logps_only_takes_text_and_gives_the_rest_to_trl(
+    monkeypatch, ours, stock, bridge, setting, extra, expected
+) -> None:
+    """The completion-only path takes only text-only calls with the setting on; every other call reaches TRL's
+    method with exactly its arguments (the numbers themselves: tests/test_completion_logps.py)."""
+    original = stock._get_per_token_logps_and_entropies
+    trl_calls: list[tuple[Any, ...]] = []
+    ours_calls: list[dict[str, Any]] = []
+
+    @functools.wraps(original)  # keeps TRL's signature, which the override binds the call to
+    def stock_method(self: Any, *given: Any, **kwargs: Any) -> Any:
+        trl_calls.append((given, kwargs))
+        return "trl"
+
+    def completion_logps(trainer: Any, **text: Any) -> Any:
+        ours_calls.append(text)
+        return "completion"
+
+    monkeypatch.setattr(stock, "_get_per_token_logps_and_entropies", stock_method)
+    monkeypatch.setattr(trl_bridge, "completion_logps", completion_logps)
+    trainer = object.__new__(ours)
+    extra = dict(extra)
+    trainer.args = SimpleNamespace(
+        knapsack_completion_logps_only=setting,
+        cast_lm_head_to_fp32=extra.pop("cast_lm_head_to_fp32", False),
+        report_to=[],
+    )
+    trainer.accelerator = SimpleNamespace(unwrap_model=lambda model: model, is_main_process=True)
+    trainer.state = SimpleNamespace(global_step=0)
+    trainer.beta = 0.0
+    args = (
+        extra.pop("model", _TextModel()),
+        torch.ones(2, 6, dtype=torch.long),
+        torch.ones(2, 6, dtype=torch.long),
+    )
+    args += (extra.pop("logits_to_keep", 4),)
+    assert ours._get_per_token_logps_and_entropies(trainer, *args, **extra) == expected
+    if expected == "trl":
+        assert ours_calls == [] and len(trl_calls) == 1
+        assert trl_calls[0][0] == args and trl_calls[0][1] == extra
+    else:
+        assert trl_calls == [] and len(ours_calls) == 1
+        names = ("model", "input_ids", "attention_mask", "logits_to_keep")
+        assert dict(zip(names, args, strict=True)).items() <= ours_calls[0].items()
+        assert set(ours_calls[0]) == set(names) | (set(extra) - {"compute_aux_loss"})
 
 
 @pytest.mark.parametrize("config_class", [KnapsackGRPOConfig, KnapsackRLOOConfig])

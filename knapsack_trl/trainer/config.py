@@ -86,7 +86,8 @@ class KnapsackConfigMixin:
         default=True,
         metadata={
             "help": "Re-allocate each generation batch's rollouts across its prompts. False gives exactly the "
-            "stock trainer's behaviour (every override passes straight through)."
+            "stock trainer's behaviour (every override passes straight through; knapsack_completion_logps_only, "
+            "off by default, is the one setting that applies either way)."
         },
     )
     knapsack_mode: str = field(
@@ -327,6 +328,20 @@ class KnapsackConfigMixin:
             "help": "Write each generation batch's allocation (prompt ids, rollouts, rewards, the p used) to "
             "output_dir/knapsack_allocations.jsonl (main process; a resumed run continues it without duplicates) "
             "and the tracker's final state to output_dir/knapsack_state_final.json."
+        },
+    )
+    knapsack_completion_logps_only: bool = field(
+        default=False,
+        metadata={
+            "help": "Score only the completion: the per-token log-probabilities (and entropies) come from the "
+            "logits of the last completion-length positions (the model called with logits_to_keep = completion "
+            "length + 1, the logits divided by the temperature, then a log-softmax), not from TRL's fused LM head, "
+            "which on a device without Triton (a CPU) projects every position of every sequence, prompt "
+            "included, onto the vocabulary. The same numbers within float rounding, in less time on a CPU "
+            "(docs/own_model_cpu.md#speed). It holds those logits in memory (rows x completion length x "
+            "vocabulary floats): meant for CPUs; on a GPU with Triton TRL already scores only the completion. "
+            "Text-only inputs: images, token type ids, a MoE aux loss or cast_lm_head_to_fp32 use TRL's method. "
+            "Applies whether or not knapsack_enabled. False = TRL's method always."
         },
     )
 

@@ -4,7 +4,9 @@ TRL has no public hook for the group size, the rollouts per prompt or the advant
 override private methods. Each override here does one small thing and hands over to a public
 ``knapsack_*`` method of :class:`.mixin.KnapsackTrainerMixin`; when the knapsack state was never set up
 (``knapsack_enabled=False``, or a trainer built with ``object.__new__`` as TRL's own tests do) every
-override is exactly TRL's method.
+override is exactly TRL's method. The one opt-in exception is ``knapsack_completion_logps_only`` (off by
+default): the log-probabilities of the completion scored from its own positions' logits, with or without
+the knapsack.
 
 What lives here, and only here:
 
@@ -32,6 +34,7 @@ import trl
 from packaging.version import Version
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
+from trl.extras.profiling import profiling_context
 from trl.trainer.utils import RepeatSampler
 
 # ----------------------------------------------------------------------------------------------- versions
@@ -120,6 +123,78 @@ def group_size(trainer: Any, size: int) -> Iterator[None]:
         trainer.num_generations = saved
 
 
+# The arguments of TRL's ``_get_per_token_logps_and_entropies`` the completion-only path reads; any other one
+# given as neither None nor False (images, token type ids, the MoE aux loss, whatever a later TRL adds) sends
+# the call to TRL's own method.
+TEXT_LOGPS_ARGS = ("model", "input_ids", "attention_mask", "logits_to_keep", "batch_size", "compute_entropy")
+
+
+def _completion_only_args(trainer: Any, stock: Any, args: tuple, kwargs: dict) -> dict[str, Any] | None:
+    """The arguments of a ``_get_per_token_logps_and_entropies`` call that :func:`completion_logps` takes, or
+    None for TRL's method: when ``knapsack_completion_logps_only`` is off (or the trainer has no ``args``, as
+    one built without ``__init__``), any input but text is given (pixel values, image grids, token type ids,
+    the MoE aux loss...), ``cast_lm_head_to_fp32`` is set, the model's forward takes no ``logits_to_keep``,
+    or the completion is the whole sequence."""
+    settings = getattr(trainer, "args", None)
+    if not getattr(settings, "knapsack_completion_logps_only", False):
+        return None
+    if getattr(settings, "cast_lm_head_to_fp32", False):
+        return None
+    try:
+        given = inspect.signature(stock).bind(*args, **kwargs).arguments
+    except TypeError:
+        return None  # TRL's method raises its own error
+    if not set(TEXT_LOGPS_ARGS[:4]) <= given.keys():
+        return None
+    if any(v is not None and v is not False for k, v in given.items() if k not in TEXT_LOGPS_ARGS):
+        return None
+    if int(given["logits_to_keep"]) >= given["input_ids"].size(1):
+        return None
+    if not _takes_logits_to_keep(trainer, given["model"]):
+        return None
+    return {k: v for k, v in given.items() if k in TEXT_LOGPS_ARGS}
+
+
+def _takes_logits_to_keep(trainer: Any, model: Any) -> bool:
+    """Whether ``model``'s own forward (under accelerate's and PEFT's wrappers) takes ``logits_to_keep``."""
+    inner = trainer.accelerator.unwrap_model(model)
+    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    return "logits_to_keep" in inspect.signature(type(inner).forward).parameters
+
+
+def completion_logps(
+    trainer: Any,
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    logits_to_keep: int,
+    batch_size: int | None = None,
+    compute_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None, None]:
+    """TRL's per-token log-probabilities and entropies of the last ``logits_to_keep`` tokens, from the logits of
+    those positions only: the model's own forward (its logit scaling and softcapping included) on
+    ``logits_to_keep + 1`` positions in TRL's autocast, in fp32 times ``1 / temperature`` as TRL's fused
+    head does, then a log-softmax; 0 where the token is padding, as TRL's. ``(logps, entropies, None)``."""
+    batch_size = batch_size or input_ids.size(0)
+    scale = 1 / trainer.temperature
+    all_logps, all_entropies = [], []
+    for start in range(0, input_ids.size(0), batch_size):
+        ids, mask = input_ids[start : start + batch_size], attention_mask[start : start + batch_size]
+        with trainer.accelerator.autocast():
+            logits = model(
+                input_ids=ids, attention_mask=mask, logits_to_keep=logits_to_keep + 1, use_cache=False
+            ).logits
+        log_probs = torch.log_softmax(logits[:, :-1].float() * scale, dim=-1)
+        padding = mask[:, -logits_to_keep:] == 0
+        token_logps = log_probs.gather(-1, ids[:, -logits_to_keep:].unsqueeze(-1)).squeeze(-1)
+        all_logps.append(token_logps.masked_fill(padding, 0.0))
+        if compute_entropy:
+            entropy = -(log_probs.exp() * log_probs).sum(-1)
+            all_entropies.append(entropy.masked_fill(padding, 0.0))
+    entropies = torch.cat(all_entropies, dim=0) if compute_entropy else None
+    return torch.cat(all_logps, dim=0), entropies, None
+
+
 def _knapsack_on(trainer: Any) -> bool:
     """Whether the knapsack state was set up (False for a disabled trainer or one built without ``__init__``)."""
     return getattr(trainer, "knapsack_allocator", None) is not None
@@ -175,6 +250,17 @@ class _Bridge:
                 "_calculate_rewards was not called during generation; cannot compute advantages."
             )
         return output, capture
+
+    def _get_per_token_logps_and_entropies(self, *args: Any, **kwargs: Any) -> Any:
+        """TRL's method, or with ``knapsack_completion_logps_only`` and text-only inputs the same numbers from
+        the completion's positions only (:func:`completion_logps`; see :func:`_completion_only_args` for when
+        TRL's method runs instead)."""
+        stock = super()._get_per_token_logps_and_entropies  # type: ignore[misc]
+        text = _completion_only_args(self, stock, args, kwargs)
+        if text is None:
+            return stock(*args, **kwargs)
+        with profiling_context(self, "_get_per_token_logps_and_entropies"):
+            return completion_logps(self, **text)
 
     def _generate_and_score_completions(self, inputs):
         if _knapsack_on(self) and self.model.training:
