@@ -394,6 +394,7 @@ def test_smollm2_recipes_fit_a_laptop_cpu(recipe: Path, capsys: pytest.CaptureFi
     # bf16 autocast over fp32 weights, kept only on a CPU with AMX (recipe.hardware), and eager attention
     assert raw["use_cpu"] is True and raw["bf16"] is True and raw["dtype"] == "float32"
     assert raw["attn_implementation"] == "eager" and raw["gradient_checkpointing"] is False
+    assert raw["knapsack_completion_logps_only"] is True  # the loss scores the completion's positions only
     assert raw["max_completion_length"] <= 16
     assert raw["model_name_or_path"].endswith(".gguf")
     assert (raw["task"], raw["reward_funcs"]) == ("chat_arithmetic", ["chat_arithmetic"])

@@ -99,6 +99,7 @@ def _fields(recipe: Path, setting: str) -> dict[str, Any]:
         "num_generations": args.num_generations,
         "steps_per_generation": args.steps_per_generation,
         "gradient_checkpointing": args.gradient_checkpointing,
+        "completion_logps_only": args.knapsack_completion_logps_only,
     }
 
 
@@ -114,6 +115,7 @@ def test_today_restates_the_old_smollm2_recipe_and_recipe_is_the_new_defaults(re
         "num_generations": 8,
         "steps_per_generation": 4,
         "gradient_checkpointing": True,
+        "completion_logps_only": False,
     }
     assert recipe_now == {
         **today,
@@ -122,7 +124,9 @@ def test_today_restates_the_old_smollm2_recipe_and_recipe_is_the_new_defaults(re
         "micro_batches": (16, 2),
         "steps_per_generation": 2,
         "gradient_checkpointing": False,
+        "completion_logps_only": True,
     }
+    assert _fields(recipe, "recipe_full_logps") == {**recipe_now, "completion_logps_only": False}
     # the speed settings keep the budget: same rollouts per step, same prompts per step
     for name in SETTINGS:
         fields = _fields(recipe, name)

@@ -75,15 +75,20 @@ class SpeedSetting:
 
 
 # The smollm2 recipes before the speed defaults: fp32, SDPA attention (the model's default), 8 x 4 batches,
-# gradient checkpointing (TRL's GRPOConfig default).
+# gradient checkpointing (TRL's GRPOConfig default), TRL's fused LM head over every position.
+FULL_LOGPS = ("--knapsack_completion_logps_only", "false")
 TODAY = ("--bf16", "false", "--attn_implementation", "sdpa", "--gradient_checkpointing", "true")
-TODAY += ("--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "4")
+TODAY += ("--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "4", *FULL_LOGPS)
 LORA = ("--use_peft", "true", "--lora_r", "16", "--lora_alpha", "32")
 SETTINGS: dict[str, SpeedSetting] = {
     "today": SpeedSetting(
         TODAY, help="the recipes before the speed defaults: fp32, SDPA, 8 x 4 micro-batches"
     ),
     "recipe": SpeedSetting(help="the recipe as it is, nothing added"),
+    "recipe_full_logps": SpeedSetting(
+        FULL_LOGPS,
+        help="the recipe with TRL's log-probabilities (its fused LM head over every position, prompt included)",
+    ),
     "recipe_generate_autocast": SpeedSetting(
         generate_autocast=True, help="the recipe, generation in one autocast context (a trainer change)"
     ),
