@@ -271,8 +271,10 @@ def train_method(
     if ARMS[method].oracle and truth is not None:
         trainer.knapsack_allocator = OracleAllocator(trainer.knapsack_allocator, truth)
     clock = clock or StepClock()
-    trainer.add_knapsack_listener(clock)
+    # The recorder first: its allocation snapshot (extra samples of the policy) then falls inside the
+    # trainer's logged overhead and before the clock's mark, so the step's parts still add up to the step.
     trainer.add_knapsack_listener(recorder)
+    trainer.add_knapsack_listener(clock)
     trainer.add_callback(clock.callback)
     evaluator = EvalCallback(
         evaluate, eval_every, trainer.args.max_steps, f"{method:>8} seed {seed}", progress
