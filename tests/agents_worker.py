@@ -42,6 +42,7 @@ def main(model_dir: str, out_dir: str) -> None:
         seed=0,
         disable_tqdm=True,
         knapsack_n_max=12,
+        knapsack_candidate_factor=1,
         knapsack_balance_tokens=True,
     )
     trainer = KnapsackGRPOTrainer(

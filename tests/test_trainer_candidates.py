@@ -3,6 +3,7 @@ rows, the knapsack may give a prompt none, and a skipped prompt is never generat
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from typing import Any
 
@@ -204,3 +205,55 @@ def test_the_knapsack_skips_candidates_it_knows_are_solved_or_hopeless(
 def test_greedy_with_candidates_warns_that_it_is_a_heuristic(tiny_args) -> None:
     with pytest.warns(UserWarning, match=r"knapsack_solver='greedy'.*heuristic.*'cpsat' is exact"):
         tiny_args(KnapsackGRPOConfig, knapsack_candidate_factor=2, knapsack_solver="greedy")
+
+
+# --------------------------------------------------------------------------- the default (issue 22)
+@pytest.mark.parametrize(
+    ("fields", "factor"),
+    [
+        ({}, 4),  # G = 4: 4 candidates per prompt slot, one copy each
+        ({"num_generations": 8, "per_device_train_batch_size": 16}, 4),
+        ({"num_generations": 2}, 2),  # G / 4 is no whole number of copies
+        ({"knapsack_pilot_rollouts": 2}, 2),  # a pilot of 2 over 4x the prompts is the whole budget
+        ({"knapsack_solver": "greedy"}, 1),  # greedy is a heuristic over candidates: no default warning
+        ({"knapsack_mode": "uniform"}, 1),
+        ({"knapsack_preset": "reference"}, 1),
+        ({"knapsack_token_cost": True}, 1),
+        ({"knapsack_enabled": False}, 1),
+        ({"knapsack_candidate_factor": 2}, 2),  # explicit: kept
+    ],
+)
+def test_the_default_candidate_factor_is_the_largest_the_settings_allow(tmp_path, fields, factor) -> None:
+    common = dict(output_dir=str(tmp_path), use_cpu=True, report_to="none", per_device_train_batch_size=16)
+    args = KnapsackGRPOConfig(**{"num_generations": 4, **common, **fields})
+    assert args.knapsack_candidate_factor == factor
+    assert args.knapsack_candidate_factor_defaulted is ("knapsack_candidate_factor" not in fields)
+
+
+def test_the_default_arm_is_what_the_config_defaults_run(tmp_path) -> None:
+    """The demo's second arm (methods.DEFAULT_ARM) sets exactly what a default config resolves to."""
+    from knapsack_trl.experiments.methods import ARMS, DEFAULT_ARM
+
+    common = dict(output_dir=str(tmp_path), use_cpu=True, report_to="none", per_device_train_batch_size=16)
+    default = KnapsackGRPOConfig(num_generations=8, **common).to_dict()
+    arm = KnapsackGRPOConfig(num_generations=8, **common, **ARMS[DEFAULT_ARM].config_fields(8)).to_dict()
+    assert default == arm
+    within = KnapsackGRPOConfig(num_generations=8, **common, **ARMS["knapsack"].config_fields(8))
+    assert within.knapsack_candidate_factor == 1  # the within-batch arms stay within the batch
+
+
+def test_a_defaulted_factor_is_lowered_to_what_the_dataset_holds(
+    tiny_model, tiny_tokenizer, train_dataset, tiny_args
+) -> None:
+    """16 prompts, P = 4: a default of 4 needs 16 candidates (kept), 2 needs 8; fewer than 8 gives 1; a dataset
+    without a length gives 1. Each change is a warning naming the field; an explicit factor is refused
+    instead (the test above)."""
+    for rows, expected in ((16, 4), (12, 2), (6, 1), (None, 1)):
+        dataset = train_dataset.to_iterable_dataset() if rows is None else train_dataset.select(range(rows))
+        fields = {"knapsack_candidate_factor": None}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer = make(tiny_model, tiny_tokenizer, dataset, tiny_args, **fields)
+        assert trainer.args.knapsack_candidate_factor == expected, rows
+        notes = [str(w.message) for w in caught if "knapsack_candidate_factor (default)" in str(w.message)]
+        assert len(notes) == (expected != 4), (rows, notes)

@@ -315,6 +315,7 @@ def test_pilot_that_does_not_split_over_processes_fails_at_config_time(tmp_path,
             per_device_train_batch_size=16,
             num_generations=32,  # 2 x 16 rows = 32 per batch: one prompt, one pilot rollout
             knapsack_pilot_rollouts=1,
+            knapsack_candidate_factor=1,  # (4 candidates would split: the default's factor is checked apart)
         )
 
 

@@ -2,13 +2,14 @@
 
 The experiment, end to end and offline:
 
-1. draw the task's problems at graded difficulty levels in equal shares (:mod:`knapsack_trl.tasks.arithmetic`):
-   the levels task (default) takes additions of 2+1, 2+2, 3+2 and 3+3 digits, a pool of 2,000 for GRPO and
-   a held-out set from the same levels; nothing is selected by the policy;
-2. build a character-level Llama from a config and warm it up with a fixed supervised schedule on other
-   problems at the same levels, ending on a decayed learning rate. The model learns shorter additions
-   first, so whatever a seed's warm-up reached, the levels it learned are solved, the ones beyond it fail
-   and the ones in between are mixed: the regime rollout allocation is for follows from the structure;
+1. draw the task's problems at graded difficulty levels in equal shares (``tasks.arithmetic.LEVELS``):
+   the levels task (default) takes additions at four levels, ``easy`` (a one-digit number plus a number
+   below 100), ``medium``, ``hard`` and ``beyond`` (four digits, never shown in the warm-up), a pool of
+   2,000 for GRPO and a held-out set from the same levels; nothing is selected by the policy;
+2. build a character-level Llama from a config and warm it up on other problems at the first three levels,
+   stopping at the first check where a probe set reaches a fixed success at temperature 1. The model learns
+   shorter additions first, so at that point the short levels are mostly mixed, ``hard`` mostly fails and
+   ``beyond`` always fails: the regime rollout allocation is for follows from the structure;
 3. measure the checkpoint on the held-out set (greedy accuracy, success of ``k`` samples at temperature 1,
    per level) and the pool's regime (shares at all-fail, mixed and all-success on fresh samples);
 4. train every arm (:data:`.methods.ARMS`) from that same checkpoint once per GRPO seed, each seed's arms
@@ -44,7 +45,7 @@ from datasets import Dataset
 
 from knapsack_trl.experiments.evaluation import heldout_metrics, success_rates
 from knapsack_trl.experiments.harness import StepClock, train_method, warm_up_arithmetic
-from knapsack_trl.experiments.methods import ARMS, parse_methods
+from knapsack_trl.experiments.methods import ARMS, DEFAULT_ARM, parse_methods
 from knapsack_trl.experiments.report import (
     RunRecord,
     format_ratios,
@@ -157,7 +158,7 @@ TASKS: dict[str, dict[str, Any]] = {"levels": {}, "control": CONTROL}
 # --quick: the same pipeline at a fraction of the work; its numbers only keep the path working.
 QUICK: dict[str, dict[str, Any]] = {
     "levels": {
-        "sft_steps": 400,
+        "sft_steps": 1500,  # a cap: the warm-up stops at the probe target (650-1,000 steps for seeds 0-2)
         "pool_size": 256,
         "heldout_size": 64,
         "train_eval_size": 32,
@@ -622,7 +623,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="comma-separated arms: uniform plus any of the registry's (knapsack_trl.experiments.methods: "
         "knapsack, pilot, paper_value, value_head, reference, oracle, uniform_half, uniform_quarter, ...); "
-        "default uniform,knapsack (+oracle with --oracle)",
+        f"default uniform,{DEFAULT_ARM} (the library's default; +oracle with --oracle)",
     )
     p.add_argument(
         "--threads",
@@ -676,7 +677,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     settings = parse_settings(ns)
     methods = parse_methods(
-        ns.methods, ("uniform", "knapsack", "oracle") if ns.oracle else ("uniform", "knapsack"), "demo"
+        ns.methods, ("uniform", DEFAULT_ARM, "oracle") if ns.oracle else ("uniform", DEFAULT_ARM), "demo"
     )
     t0 = time.perf_counter()
     quiet_libraries()

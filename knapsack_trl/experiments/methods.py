@@ -33,7 +33,9 @@ class Arm:
 
     def config_fields(self, num_generations: int) -> dict[str, Any]:
         """The fields this arm sets on a run whose recipe has ``num_generations`` rollouts per prompt."""
-        out = dict(self.fields)
+        # An arm that names no candidate factor runs without candidates: the config's default (4, issue 22's
+        # verdict) would otherwise turn every within-batch arm into a candidate arm.
+        out = {"knapsack_candidate_factor": 1, **self.fields}
         if self.group_divisor != 1:
             if num_generations % self.group_divisor or num_generations // self.group_divisor < 2:
                 raise ValueError(
@@ -139,6 +141,9 @@ ARMS: Mapping[str, Arm] = _arms(
     Arm("uniform_quarter", "uniform GRPO, a quarter of the group", "#8c8c8c", _UNIFORM, group_divisor=4),
 )
 METHOD_ORDER = tuple(ARMS)
+# The arm KnapsackGRPOConfig's defaults run (knapsack_candidate_factor 4 with CP-SAT, where num_generations
+# allows it): the best arm of the pre-registered levels comparison (docs/benchmark.md). The demo's second arm.
+DEFAULT_ARM = "candidates4"
 
 
 def parse_methods(text: str | None, default: Sequence[str], command: str) -> tuple[str, ...]:

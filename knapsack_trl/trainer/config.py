@@ -36,6 +36,9 @@ __all__ = [
 ]
 
 MODES = ("knapsack", "uniform")
+# knapsack_candidate_factor's default, in order of preference: 4 won the pre-registered levels comparison
+# (docs/benchmark.md; never below its control in the simulator, docs/method.md), 2 where 4 does not fit.
+DEFAULT_CANDIDATE_FACTORS = (4, 2)
 # transformers >= 5.25 renamed gradient_checkpointing to activation_checkpointing (the old name warns).
 _ACTIVATION_CHECKPOINTING = any(f.name == "activation_checkpointing" for f in fields(GRPOConfig))
 
@@ -251,15 +254,20 @@ class KnapsackConfigMixin:
             "(knapsack_candidate_factor > 1), off otherwise (allocations exactly as before)."
         },
     )
-    knapsack_candidate_factor: int = field(
-        default=1,
+    knapsack_candidate_factor: int | None = field(
+        default=None,
         metadata={
             "help": "Choose the prompts, not only their rollouts: each generation batch holds this many times the "
             "prompts (c x generation_batch_size / num_generations candidates, num_generations / c sampler copies "
             "each, the same rows), and the knapsack decides which get rollouts and how many; a prompt may get "
             "none (it leaves the batch before generation). 1 = every prompt of the batch gets rollouts. An "
             "epoch keeps its number of steps: each prompt is a candidate c times per epoch. Needs "
-            "num_generations divisible by c and knapsack_n_min >= 2."
+            "num_generations divisible by c and knapsack_n_min >= 2. None (the default) = 4, the best arm of "
+            "the pre-registered comparison (docs/benchmark.md), where the settings allow it (knapsack_mode "
+            "'knapsack', an exact solver, no preset or token cost, num_generations divisible by 4), else 2, "
+            "else 1; at start-up a dataset too small or without a length lowers a defaulted factor (with a "
+            "warning) where an explicit one is refused. The value in force is this field after the config is "
+            "built."
         },
     )
     knapsack_total_steps: int | None = field(
@@ -352,7 +360,10 @@ class KnapsackConfigMixin:
             # config from transformers 5.25: carry its value to the new name, which the alias then mirrors.
             self.activation_checkpointing, self.gradient_checkpointing = self.gradient_checkpointing, None
         super().__post_init__()  # type: ignore[misc]  # the TRL config's own checks set generation_batch_size
+        self.knapsack_candidate_factor_defaulted = self.knapsack_candidate_factor is None
         if not self.knapsack_enabled:
+            if self.knapsack_candidate_factor_defaulted:
+                self.knapsack_candidate_factor = 1
             return
         try:
             self._check_knapsack_fields()
@@ -373,6 +384,8 @@ class KnapsackConfigMixin:
             raise ValueError(f"knapsack_history_size={self.knapsack_history_size} must be >= 0.")
         if not self.knapsack_prompt_id_column:
             raise ValueError("knapsack_prompt_id_column is empty; name the dataset's prompt id column.")
+        if self.knapsack_candidate_factor_defaulted:
+            self.knapsack_candidate_factor = self._default_candidate_factor()
         self._check_candidate_factor()
         # Build the core objects once: their constructors check every value (errors renamed above).
         # Schedules without an explicit horizon get max_steps at train time; validate with a stand-in.
@@ -382,6 +395,47 @@ class KnapsackConfigMixin:
         self.knapsack_value_head_config()
         check_budget(self, allocator_config.budget_schedule().lowest_n_max())
         self.knapsack_pilot_round()
+
+    def _default_candidate_factor(self) -> int:
+        """The largest of :data:`DEFAULT_CANDIDATE_FACTORS` these settings accept without an error or a
+        warning, else 1 (every prompt gets rollouts, as before candidates)."""
+        if self.knapsack_mode != "knapsack" or self.knapsack_solver == "greedy" or self.knapsack_preset:
+            return 1
+        for factor in DEFAULT_CANDIDATE_FACTORS:
+            self.knapsack_candidate_factor = factor
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error")
+                    self._check_candidate_factor()
+                    config = self.knapsack_allocator_config(total_steps=self.knapsack_horizon() or 1)
+                    config.validate()
+                    check_budget(self, config.budget_schedule().lowest_n_max())
+                    self.knapsack_pilot_round()
+            except (ValueError, SettingError, Warning):
+                continue
+            return factor
+        return 1
+
+    def lower_default_candidate_factor(self, dataset_size: int | None) -> str | None:
+        """At start-up: a defaulted factor lowered to what ``dataset_size`` prompts (None: a dataset with no
+        length) can hold, returning the note to show; None when nothing changes. An explicit factor is
+        never lowered (the start-up check refuses it instead)."""
+        old = self.knapsack_candidate_factor
+        if not self.knapsack_candidate_factor_defaulted or old == 1:
+            return None
+        fits = [
+            c
+            for c in (*DEFAULT_CANDIDATE_FACTORS, 1)
+            if c <= old and dataset_size is not None and dataset_size >= c * self.knapsack_prompts_per_batch
+        ]
+        self.knapsack_candidate_factor = fits[0] if fits else 1
+        if self.knapsack_candidate_factor == old:
+            return None
+        why = "has no length" if dataset_size is None else f"has {dataset_size} prompts"
+        return (
+            f"knapsack_candidate_factor (default) {old} -> {self.knapsack_candidate_factor}: the training "
+            f"dataset {why}, too few for {old} x {self.knapsack_prompts_per_batch} candidates per batch."
+        )
 
     def _check_candidate_factor(self) -> None:
         factor = self.knapsack_candidate_factor

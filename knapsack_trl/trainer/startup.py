@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from trl.trainer.utils import get_config_model_id
@@ -42,8 +43,15 @@ def check_train_dataset(dataset: Any, args: KnapsackConfigMixin, environment_fac
     """
     if not args.knapsack_enabled:
         return
-    factor = args.knapsack_candidate_factor
-    if factor > 1:
+    if args.knapsack_candidate_factor > 1 and (dataset is None or not hasattr(dataset, "__len__")):
+        note = args.lower_default_candidate_factor(None)
+    elif args.knapsack_candidate_factor > 1:
+        note = args.lower_default_candidate_factor(len(dataset))
+    else:
+        note = None
+    if note:
+        warnings.warn(note, stacklevel=3)
+    if args.knapsack_candidate_factor > 1:
         _check_candidate_dataset(dataset, args)
     if dataset is None:
         return
