@@ -325,3 +325,16 @@ def test_the_quick_levels_task_is_in_its_regime_for_every_seed(seed):
     assert regime["by_level"]["easy"]["mixed"] > 0.5, regime
     shares = [regime["all_fail"], regime["mixed"], regime["all_success"]]
     assert sum(shares) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_the_demo_runs_three_seeds_of_the_levels_task_unless_told():
+    """The demo's seed count is sized for 10 minutes on 2 cores; the benchmark's comparison runs 5."""
+    from knapsack_trl.experiments import demo
+
+    def seeds(*argv: str) -> int:
+        return demo.parse_settings(demo._parser().parse_args(list(argv))).seeds
+
+    assert seeds() == demo.DEMO_SEEDS == 3
+    assert seeds("--seeds", "5") == 5
+    assert seeds("--task", "control") == demo.DemoSettings.for_task("control").seeds
+    assert seeds("--quick") == demo.DemoSettings.for_task("levels", quick=True).seeds
