@@ -392,3 +392,46 @@ def test_skippable_prompts_with_a_floor_of_one_or_less_have_no_gap():
     result = solve(table, 7, 1, 4, solver="greedy", skippable=True)
     assert result.optimal
     assert result.objective == pytest.approx(brute_force(table, 7, [0] * 3, [4] * 3))
+
+
+def test_a_cut_cpsat_search_allocates_alike_on_an_idle_and_a_loaded_machine():
+    """A real allocation where CP-SAT's search is cut by its limit (the levels task, 4x candidates, seed 0,
+    step 29: 128 candidates, n_max 128; tests/fixtures/cut_cpsat_allocation.json). The limit counts CP-SAT's
+    deterministic time, so two busy cores change nothing; under a wall-clock limit the search stopped at a
+    load-dependent point and two runs of one seed diverged there (docs/benchmark.md)."""
+    import json
+    import threading
+    from pathlib import Path
+
+    from knapsack_trl.core.allocator import KnapsackRolloutAllocator
+    from knapsack_trl.core.config import AllocatorConfig
+    from knapsack_trl.core.tracker import SuccessRateTracker
+
+    case = json.loads((Path(__file__).parent / "fixtures" / "cut_cpsat_allocation.json").read_text())
+    allocator = KnapsackRolloutAllocator(AllocatorConfig(**case["config"]), SuccessRateTracker())
+    allocator.load_state_dict(case["state"])
+
+    def allocate() -> tuple[list[int], str]:
+        out = allocator.allocate(case["prompt_ids"], case["budget"], step=case["step"], allow_skip=True)
+        return out.rollouts_per_prompt.tolist(), out.solver_result.status
+
+    idle = allocate()
+    stop = threading.Event()
+
+    def burn() -> None:
+        a = np.random.default_rng(0).random((300, 300))
+        while not stop.is_set():
+            a = a @ a / 300.0
+
+    burners = [threading.Thread(target=burn) for _ in range(2)]
+    for t in burners:
+        t.start()
+    try:
+        loaded = allocate()
+    finally:
+        stop.set()
+        for t in burners:
+            t.join()
+    assert idle[1] == "FEASIBLE"  # the search was cut: its result is whatever the limit allowed
+    assert loaded == idle
+    assert sum(idle[0]) == case["budget"]

@@ -12,6 +12,8 @@ from knapsack_trl.core.solvers.problem import Problem, SolverResult
 # the largest value difference in play, token costs so the largest total cost is ~2**40 units.
 _OBJECTIVE_RESOLUTION = 1e-10
 _COST_BITS = 40
+# A search cut by this much wall-clock time (x the deterministic limit) depends on the machine's load.
+WALL_CLOCK_BACKSTOP = 20.0
 
 
 def cpsat(problem: Problem, start: float, time_limit_s: float, num_workers: int) -> SolverResult:
@@ -33,7 +35,10 @@ def cpsat(problem: Problem, start: float, time_limit_s: float, num_workers: int)
 
     model, picks, fixed = _reduced_model(problem, keep, hint)
     solver = cp_model.CpSolver()
-    solver.parameters.max_time_in_seconds = time_limit_s
+    # The limit is CP-SAT's deterministic time, so a search cut short stops at the same point on a loaded
+    # machine as on an idle one: every run of a seed allocates alike. Wall-clock time only backs it up.
+    solver.parameters.max_deterministic_time = time_limit_s
+    solver.parameters.max_time_in_seconds = WALL_CLOCK_BACKSTOP * time_limit_s
     solver.parameters.num_workers = num_workers
     status = solver.solve(model)
     proven = status == cp_model.OPTIMAL
