@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from knapsack_trl.experiments.methods import DEFAULT_ARM
 from knapsack_trl.experiments.report import RunRecord
 from knapsack_trl.experiments.run_folder import (
     PROTOCOL_FILE,
@@ -247,7 +248,7 @@ def test_the_demo_adds_a_seed_on_its_saved_checkpoint(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     seed0 = _run_files(grown)
     checkpoint = {p: p.read_bytes() for p in sorted((grown / "start").rglob("*")) if p.is_file()}
-    assert sorted(seed0) == ["knapsack_seed0.json", "uniform_seed0.json"] and checkpoint
+    assert sorted(seed0) == sorted([f"{DEFAULT_ARM}_seed0.json", "uniform_seed0.json"]) and checkpoint
 
     second = _cli([*DEMO, "--seeds", "2", "--output-dir", str(grown)], ROOT)
     assert second.returncode == 0, second.stderr[-3000:]

@@ -575,16 +575,16 @@ def settings_dict(settings: DemoSettings) -> dict[str, Any]:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="knapsack-trl demo",
-        description="Train a tiny policy offline on CPU, then uniform and knapsack GRPO from the same checkpoint "
-        "with the same rollout budget; print the table and write a report folder.",
+        description="Train a tiny policy offline on CPU, then uniform GRPO and the default knapsack arm from the "
+        "same checkpoint with the same rollout budget; print the verdict and the table, write a report folder.",
     )
     p.add_argument("--quick", action="store_true", help="a short run for CI (3 seeds, a few minutes)")
     p.add_argument(
         "--task",
         choices=tuple(TASKS),
         default=DEFAULT_TASK,
-        help="levels (default: a pool of 2,000 additions at four graded levels after a fixed warm-up, so some "
-        "levels are solved, some fail and some are mixed) or control (the earlier random pool)",
+        help="levels (default: a pool of 2,000 additions at four graded levels after a warm-up stopped at a "
+        "probe success of 0.2, so some levels are mixed and some fail) or control (the earlier random pool)",
     )
     p.add_argument(
         "--output-dir",
@@ -606,10 +606,7 @@ def _parser() -> argparse.ArgumentParser:
         "cores; the benchmark runs 5)",
     )
     p.add_argument(
-        "--checkpoint-seed",
-        type=int,
-        default=None,
-        help="seed of the data and the warm-up, if not --seed",
+        "--checkpoint-seed", type=int, default=None, help="seed of the data and the warm-up, if not --seed"
     )
     p.add_argument("--steps", type=int, default=None, help="GRPO steps per run")
     p.add_argument(
