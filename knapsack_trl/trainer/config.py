@@ -392,9 +392,12 @@ class KnapsackConfigMixin:
             raise ValueError("knapsack_prompt_id_column is empty; name the dataset's prompt id column.")
         if self.knapsack_candidate_factor_defaulted:
             self.knapsack_candidate_factor = self._default_candidate_factor()
+        self._check_allocation_settings()
+
+    def _check_allocation_settings(self) -> None:
+        """Build the core objects once: their constructors check every value (errors renamed above).
+        Schedules without an explicit horizon get max_steps at train time; validate with a stand-in."""
         self._check_candidate_factor()
-        # Build the core objects once: their constructors check every value (errors renamed above).
-        # Schedules without an explicit horizon get max_steps at train time; validate with a stand-in.
         allocator_config = self.knapsack_allocator_config(total_steps=self.knapsack_horizon() or 1)
         allocator_config.validate()
         self.knapsack_tracker()
@@ -412,11 +415,7 @@ class KnapsackConfigMixin:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("error")
-                    self._check_candidate_factor()
-                    config = self.knapsack_allocator_config(total_steps=self.knapsack_horizon() or 1)
-                    config.validate()
-                    check_budget(self, config.budget_schedule().lowest_n_max())
-                    self.knapsack_pilot_round()
+                    self._check_allocation_settings()
             except (ValueError, SettingError, Warning):
                 continue
             return factor
@@ -429,12 +428,15 @@ class KnapsackConfigMixin:
         old = self.knapsack_candidate_factor
         if not self.knapsack_candidate_factor_defaulted or old == 1:
             return None
-        fits = [
-            c
-            for c in (*DEFAULT_CANDIDATE_FACTORS, 1)
-            if c <= old and dataset_size is not None and dataset_size >= c * self.knapsack_prompts_per_batch
-        ]
-        self.knapsack_candidate_factor = fits[0] if fits else 1
+        size = 0 if dataset_size is None else dataset_size
+        self.knapsack_candidate_factor = next(
+            (
+                c
+                for c in DEFAULT_CANDIDATE_FACTORS
+                if c <= old and size >= c * self.knapsack_prompts_per_batch
+            ),
+            1,
+        )
         if self.knapsack_candidate_factor == old:
             return None
         why = "has no length" if dataset_size is None else f"has {dataset_size} prompts"

@@ -43,14 +43,10 @@ def check_train_dataset(dataset: Any, args: KnapsackConfigMixin, environment_fac
     """
     if not args.knapsack_enabled:
         return
-    if args.knapsack_candidate_factor > 1 and (dataset is None or not hasattr(dataset, "__len__")):
-        note = args.lower_default_candidate_factor(None)
-    elif args.knapsack_candidate_factor > 1:
-        note = args.lower_default_candidate_factor(len(dataset))
-    else:
-        note = None
-    if note:
-        warnings.warn(note, stacklevel=3)
+    if args.knapsack_candidate_factor > 1:
+        note = args.lower_default_candidate_factor(len(dataset) if hasattr(dataset, "__len__") else None)
+        if note:
+            warnings.warn(note, stacklevel=3)
     if args.knapsack_candidate_factor > 1:
         _check_candidate_dataset(dataset, args)
     if dataset is None:
