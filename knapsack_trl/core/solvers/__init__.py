@@ -13,7 +13,8 @@ Three solvers, all pure numpy (plus OR-Tools CP-SAT), one module each:
   prunes its states (branch and bound), so it takes milliseconds where a full DP takes ~1 s.
 - ``cpsat`` (default): exact, and the only one that takes a token budget. The same bound removes
   every value that provably cannot beat the greedy hint, so CP-SAT only sees the few undecided
-  prompts; it never returns an allocation worse than its hint.
+  prompts, counted by class of interchangeable prompts (a pool of unseen candidates is one class); it
+  never returns an allocation worse than its hint.
 
 The Lagrangian multipliers (:mod:`.lagrangian`) come from each row's upper concave envelope, where
 the relaxation is the LP relaxation: for Knapsack RL's value the bound usually proves the hint

@@ -33,7 +33,7 @@ def cpsat(problem: Problem, start: float, time_limit_s: float, num_workers: int)
     if keep.sum() == hint.size:  # every other allocation is provably worse than the hint
         return result(hint, True, "OPTIMAL")
 
-    model, picks, fixed = _reduced_model(problem, keep, hint)
+    model, classes, fixed = _reduced_model(problem, keep, hint)
     solver = cp_model.CpSolver()
     # The limit is CP-SAT's deterministic time, so a search cut short stops at the same point on a loaded
     # machine as on an idle one: every run of a seed allocates alike. Wall-clock time only backs it up.
@@ -44,8 +44,9 @@ def cpsat(problem: Problem, start: float, time_limit_s: float, num_workers: int)
     proven = status == cp_model.OPTIMAL
     if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         rollouts = fixed.copy()
-        for i, options in picks.items():
-            rollouts[i] = next(n for n, var in options if solver.boolean_value(var))
+        for members, options in classes:
+            counts = {n: solver.value(var) for n, var in options}
+            rollouts[members] = _hand_out(counts, hint[members])
         if not problem.token_feasible(rollouts):  # float rounding of the cost sum only
             return result(hint, False, "HINT")
         if problem.objective(rollouts) >= hint_objective:
@@ -53,32 +54,69 @@ def cpsat(problem: Problem, start: float, time_limit_s: float, num_workers: int)
     return result(hint, proven, "HINT")
 
 
+Options = list[tuple[int, cp_model.IntVar]]
+
+
+def alike_prompts(problem: Problem, open_rows: np.ndarray) -> list[np.ndarray]:
+    """The open prompts in classes of prompts that are interchangeable: the same allowed counts, the same
+    value for each and the same token cost. Ordered by first member; members in index order.
+
+    Unseen candidates share one prior, so a pool of 4x candidates holds a few dozen classes, not hundreds
+    of prompts: one count per class and value leaves CP-SAT no symmetric copies of a solution to search."""
+    values = problem.used_values()
+    costs = np.zeros(problem.lower.size) if problem.costs is None else problem.costs
+    classes: dict[bytes, list[int]] = {}
+    for i in open_rows.tolist():
+        classes.setdefault(values[i].tobytes() + costs[i].tobytes(), []).append(i)
+    return [np.array(members, dtype=np.int64) for members in classes.values()]
+
+
+def _hand_out(counts: dict[int, int], hints: np.ndarray) -> np.ndarray:
+    """Interchangeable prompts' rollouts from how many of them take each count: a prompt keeps its hint's
+    count while that count lasts, the rest take what is left, smallest first, in index order."""
+    left = dict(counts)
+    out = np.full(hints.size, -1, dtype=np.int64)
+    for j, n in enumerate(hints.tolist()):
+        if left.get(n, 0) > 0:
+            out[j], left[n] = n, left[n] - 1
+    rest = [n for n in sorted(left) for _ in range(left[n])]
+    out[out < 0] = rest
+    return out
+
+
 def _reduced_model(
     problem: Problem, keep: np.ndarray, hint: np.ndarray
-) -> tuple[cp_model.CpModel, dict[int, list[tuple[int, cp_model.IntVar]]], np.ndarray]:
-    """One Boolean per kept ``(i, n)``; prompts with a single kept value are constants.
+) -> tuple[cp_model.CpModel, list[tuple[np.ndarray, Options]], np.ndarray]:
+    """One integer per class of interchangeable open prompts and kept count: how many of the class take
+    that count (a class keeps the counts any member keeps). Prompts with a single kept value are constants.
 
-    Returns the model, each open prompt's ``(n, Boolean)`` options, and the rollouts of the
-    fixed prompts (0 for open ones). Values are scaled to integers at ``_OBJECTIVE_RESOLUTION``
-    of the largest value spread among open prompts; the float objective is recomputed after.
+    Returns the model, each class's members and ``(n, how many)`` options, and the rollouts of the fixed
+    prompts (0 for open ones). Values are scaled to integers at ``_OBJECTIVE_RESOLUTION`` of the largest
+    value spread among open prompts; the float objective is recomputed after.
     """
     model = cp_model.CpModel()
     counts = keep.sum(axis=1)
     fixed = np.where(counts == 1, keep.argmax(axis=1), 0).astype(np.int64)
-    rows, ns = np.nonzero(keep & (counts > 1)[:, None])
-    picks: dict[int, list[tuple[int, cp_model.IntVar]]] = {}
-    booleans = []
-    for i, n in zip(rows.tolist(), ns.tolist()):
-        booleans.append(model.new_bool_var(f"x{i}_{n}"))
-        picks.setdefault(i, []).append((n, booleans[-1]))
-    for options in picks.values():
-        model.add_exactly_one(var for _, var in options)
-    kept = np.where(keep, problem.table[:, : keep.shape[1]], np.nan)
-    floor = np.nanmin(kept, axis=1)
-    values = problem.table[rows, ns]
-    value_unit = max(float((values - floor[rows]).max(initial=0.0)), 1e-300) * _OBJECTIVE_RESOLUTION
-    gains = np.rint((values - floor[rows]) / value_unit).astype(np.int64)
-    model.add(cp_model.LinearExpr.weighted_sum(booleans, ns.tolist()) == problem.budget - int(fixed.sum()))
+    rows, ns, variables, floors = [], [], [], []
+    classes: list[tuple[np.ndarray, Options]] = []
+    for members in alike_prompts(problem, np.flatnonzero(counts > 1)):
+        kept = np.flatnonzero(keep[members].any(axis=0))
+        hinted = np.bincount(hint[members], minlength=keep.shape[1])
+        options: Options = []
+        for n in kept.tolist():
+            options.append((n, model.new_int_var(0, members.size, f"c{members[0]}_{n}")))
+            model.add_hint(options[-1][1], int(hinted[n]))
+        model.add(sum(var for _, var in options) == members.size)
+        classes.append((members, options))
+        rows += [int(members[0])] * kept.size
+        ns += kept.tolist()
+        variables += [var for _, var in options]
+        floors += [float(problem.table[members[0], kept].min())] * kept.size
+    rows_a, ns_a = np.array(rows, dtype=np.int64), np.array(ns, dtype=np.int64)
+    values = problem.table[rows_a, ns_a] - np.array(floors)
+    value_unit = max(float(values.max(initial=0.0)), 1e-300) * _OBJECTIVE_RESOLUTION
+    gains = np.rint(values / value_unit).astype(np.int64)
+    model.add(cp_model.LinearExpr.weighted_sum(variables, ns) == problem.budget - int(fixed.sum()))
     most = 0.0 if problem.costs is None else float(problem.costs @ problem.upper)
     if problem.costs is not None and problem.token_limit is not None and most > problem.token_limit:
         # Costs in power-of-two units (exact for whole-token costs), rounded up, and the budget
@@ -88,8 +126,6 @@ def _reduced_model(
         unit = 2.0 ** (np.ceil(np.log2(max(most, float(problem.costs.max())))) - _COST_BITS)
         scaled = np.ceil(problem.costs / unit).astype(np.int64)
         room = int(np.floor(problem.token_limit / unit)) - int(scaled @ fixed)
-        model.add(cp_model.LinearExpr.weighted_sum(booleans, (scaled[rows] * ns).tolist()) <= room)
-    model.maximize(cp_model.LinearExpr.weighted_sum(booleans, gains.tolist()))
-    for var, i, n in zip(booleans, rows.tolist(), ns.tolist()):
-        model.add_hint(var, int(n == hint[i]))
-    return model, picks, fixed
+        model.add(cp_model.LinearExpr.weighted_sum(variables, (scaled[rows_a] * ns_a).tolist()) <= room)
+    model.maximize(cp_model.LinearExpr.weighted_sum(variables, gains.tolist()))
+    return model, classes, fixed

@@ -4,11 +4,11 @@
 ``{"results": [...]}`` with one row per (solver, prompts, budget, n_min). The gap is measured
 against the exact DP's objective.
 
-``--candidates`` times instead the choice of prompts from a candidate pool (issue 21): 512 candidates,
-2,048 rollouts, each candidate 0 or 2..128 rollouts, on the posterior rule's own tables (the
+``--candidates`` times instead the choice of prompts from a candidate pool (issue 21): 512 candidates
+(``--pool``), 2,048 rollouts, each candidate 0 or 2..128 rollouts, on the posterior rule's own tables (the
 ``nonzero_gradient`` value's expectation under each candidate's posterior: a population prior fitted
-to the pool's histories, times each candidate's 0-3 past visits of 4-8 rollouts), for two difficulty
-mixes and several seeds. Run it on one core (``OMP_NUM_THREADS=1``; CP-SAT uses one worker).
+to the pool's histories, times each candidate's past visits), for three mixes (:func:`candidate_table`)
+and several seeds. Run it on one core (``OMP_NUM_THREADS=1``; CP-SAT uses one worker).
 """
 
 from __future__ import annotations
@@ -71,16 +71,24 @@ def run(prompt_counts: Sequence[int], repeats: int, seed: int) -> list[dict]:
     return rows
 
 
+CANDIDATE_MIXES = ("paper", "real", "training")
+
+
 def candidate_table(mix: str, prompts: int, rng: np.random.Generator) -> np.ndarray:
     """The posterior rule's table for a candidate pool: ``paper`` (30% p = 0, 20% p = 1, the rest
-    U(0.05, 0.95)) or ``real`` (40% p = 0, the rest Beta(1, 8)); each candidate seen 0-3 times before."""
+    U(0.05, 0.95)) or ``real`` (40% p = 0, the rest Beta(1, 8)), each candidate seen 0-3 times before with
+    4-8 rollouts a visit; or ``training``, the success rates of ``real`` as a pool meets them early in a run:
+    60% never seen, the rest seen once with a whole group of 2, 4 or 8 (many candidates share a history)."""
     kind = rng.random(prompts)
     if mix == "paper":
         p = np.where(kind < 0.3, 0.0, np.where(kind < 0.5, 1.0, rng.uniform(0.05, 0.95, prompts)))
     else:
         p = np.where(kind < 0.4, 0.0, rng.beta(1.0, 8.0, prompts))
-    visits = rng.integers(0, 4, prompts)
-    trials = np.array([rng.integers(4, 9, v).sum() for v in visits])
+    if mix == "training":
+        trials = np.where(rng.random(prompts) < 0.6, 0, rng.choice([2, 4, 8], prompts))
+    else:
+        visits = rng.integers(0, 4, prompts)
+        trials = np.array([rng.integers(4, 9, v).sum() for v in visits])
     successes = rng.binomial(trials, p)
     prior = PopulationPrior.fit(successes, trials)
     return prior.posterior(successes, trials).value_table(nonzero_gradient_probability, N_MAX)
@@ -90,7 +98,7 @@ def run_candidates(prompts: int, budget: int, repeats: int, seeds: int) -> list[
     """One row per (solver, mix): median and worst seconds of the whole call (validation included) over
     seeds x repeats, and the worst gap to the DP's objective."""
     rows = []
-    for mix in ("paper", "real"):
+    for mix in CANDIDATE_MIXES:
         times: dict[str, list[float]] = {name: [] for name in SOLVERS}
         gaps: dict[str, list[float]] = {name: [] for name in SOLVERS}
         proven: dict[str, bool] = {name: True for name in SOLVERS}
@@ -125,11 +133,11 @@ def run_candidates(prompts: int, budget: int, repeats: int, seeds: int) -> list[
 
 
 def format_candidates(rows: list[dict]) -> str:
-    header = f"{'solver':<7} {'mix':<6} {'prompts':>7} {'budget':>7} {'median s':>9} {'worst s':>9} {'gap':>9} proven"
+    header = f"{'solver':<7} {'mix':<8} {'prompts':>7} {'budget':>7} {'median s':>9} {'worst s':>9} {'gap':>9} proven"
     lines = [header, "-" * len(header)]
     for r in rows:
         lines.append(
-            f"{r['solver']:<7} {r['mix']:<6} {r['prompts']:>7} {r['budget']:>7} {r['median_seconds']:>9.4f} "
+            f"{r['solver']:<7} {r['mix']:<8} {r['prompts']:>7} {r['budget']:>7} {r['median_seconds']:>9.4f} "
             f"{r['max_seconds']:>9.4f} {r['worst_gap']:>9.1e} {r['optimal']}"
         )
     return "\n".join(lines)
@@ -158,14 +166,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--candidates",
         action="store_true",
-        help="time the choice of prompts from a candidate pool instead (512 candidates, 2,048 rollouts)",
+        help="time the choice of prompts from a candidate pool instead (--pool candidates, 2,048 rollouts)",
     )
+    parser.add_argument("--pool", type=int, default=512, help="with --candidates: candidates per table")
     parser.add_argument("--seeds", type=int, default=5, help="with --candidates: tables per mix")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.seeds < 1:
         parser.error("--repeats and --seeds must be >= 1")
     if args.candidates:
-        rows = run_candidates(512, 2048, args.repeats, args.seeds)
+        rows = run_candidates(args.pool, 2048, args.repeats, args.seeds)
         text = format_candidates(rows)
     else:
         rows = run(args.prompts, args.repeats, args.seed)
