@@ -242,6 +242,14 @@ def test_the_default_arm_is_what_the_config_defaults_run(tmp_path) -> None:
     assert within.knapsack_candidate_factor == 1  # the within-batch arms stay within the batch
 
 
+def test_compare_runs_uniform_against_the_default_arm_without_methods() -> None:
+    from knapsack_trl.experiments import compare
+    from knapsack_trl.experiments.methods import DEFAULT_ARM
+
+    for argv, extra in (([], ()), (["--oracle"], ("oracle",))):
+        assert compare._methods(compare._parser().parse_args(argv)) == ("uniform", DEFAULT_ARM, *extra)
+
+
 def test_a_defaulted_factor_is_lowered_to_what_the_dataset_holds(
     tiny_model, tiny_tokenizer, train_dataset, tiny_args
 ) -> None:

@@ -52,7 +52,7 @@ from knapsack_trl.experiments.demo import (
 )
 from knapsack_trl.experiments.evaluation import heldout_evaluator, load_policy, true_rates
 from knapsack_trl.experiments.harness import train_method, warm_up_arithmetic
-from knapsack_trl.experiments.methods import ARMS, parse_methods
+from knapsack_trl.experiments.methods import ARMS, DEFAULT_ARM, default_methods, parse_methods
 from knapsack_trl.experiments.report import RunRecord, format_ratios, format_table
 from knapsack_trl.experiments.run_folder import (
     RunFolder,
@@ -84,7 +84,6 @@ from knapsack_trl.trainer.plan import row_prompt_id
 
 DEFAULT_OUTPUT_DIR = "knapsack_compare_report"
 COMMAND = "knapsack-trl compare"
-METHODS = ("uniform", "knapsack", "oracle")
 
 
 # --------------------------------------------------------------------------- recipes
@@ -409,13 +408,13 @@ def _flag(name: str, value: Any) -> str:
 
 
 def _methods(ns: argparse.Namespace) -> tuple[str, ...]:
-    return parse_methods(ns.methods, METHODS if ns.oracle else METHODS[:2], "compare")
+    return parse_methods(ns.methods, default_methods(ns.oracle), "compare")
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="knapsack-trl compare",
-        description="Run a recipe with uniform and knapsack allocation (and optionally the oracle) over several "
+        description="Run a recipe with uniform allocation and the library's default (or any arms) over several "
         "seeds, from the same starting weights; write a report with mean ± std. Unknown flags are passed "
         "to the recipe (e.g. --max_steps 200). Without --config, runs the demo's experiment per seed.",
     )
@@ -438,9 +437,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--methods",
         default=None,
-        help="comma-separated runs per seed: uniform, knapsack (the defaults), pilot (a pilot round of 4 "
-        "rollouts per prompt, then the knapsack), reference (knapsack_preset='reference': the paper's rule), "
-        "oracle (the true p); default uniform,knapsack (+oracle with --oracle)",
+        help="comma-separated arms per seed: uniform plus any of the registry's "
+        "(knapsack_trl.experiments.methods: knapsack, pilot, candidates2, uniform_half, reference, oracle, ...); "
+        f"default uniform,{DEFAULT_ARM} (the library's default; +oracle with --oracle)",
     )
     p.add_argument(
         "--oracle-samples", type=int, default=64, help="samples per prompt for the true p (default 64)"

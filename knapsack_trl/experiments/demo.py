@@ -45,7 +45,7 @@ from datasets import Dataset
 
 from knapsack_trl.experiments.evaluation import heldout_metrics, success_rates
 from knapsack_trl.experiments.harness import StepClock, train_method, warm_up_arithmetic
-from knapsack_trl.experiments.methods import ARMS, DEFAULT_ARM, parse_methods
+from knapsack_trl.experiments.methods import ARMS, DEFAULT_ARM, default_methods, parse_methods
 from knapsack_trl.experiments.report import (
     RunRecord,
     format_ratios,
@@ -682,9 +682,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     settings = parse_settings(ns)
-    methods = parse_methods(
-        ns.methods, ("uniform", DEFAULT_ARM, "oracle") if ns.oracle else ("uniform", DEFAULT_ARM), "demo"
-    )
+    methods = parse_methods(ns.methods, default_methods(ns.oracle), "demo")
     t0 = time.perf_counter()
     quiet_libraries()
     if ns.start_only:

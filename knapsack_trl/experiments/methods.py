@@ -146,6 +146,12 @@ METHOD_ORDER = tuple(ARMS)
 DEFAULT_ARM = "candidates4"
 
 
+def default_methods(oracle: bool) -> tuple[str, ...]:
+    """What an experiment command runs without ``--methods``: uniform against the library's default (and
+    the oracle with ``--oracle``)."""
+    return ("uniform", DEFAULT_ARM, "oracle") if oracle else ("uniform", DEFAULT_ARM)
+
+
 def parse_methods(text: str | None, default: Sequence[str], command: str) -> tuple[str, ...]:
     """``--methods`` of an experiment command: comma-separated, ``uniform`` plus any other known arm;
     ``default`` when unset. A SystemExit naming the choices otherwise."""
