@@ -9,13 +9,16 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from helpers import (
     REWARDS,
     FakeAllocation,
     give_allocations,
+    mock_vllm_server,
     numpy_grpo,
     record_lasts,
     record_reward_calls,
+    reversed_reward,
 )
 
 from knapsack_trl import KnapsackGRPOConfig, KnapsackGRPOTrainer
@@ -73,6 +76,34 @@ def test_skipped_candidates_are_never_generated_and_groups_match_numpy(
         np.testing.assert_allclose(last["advantages"].numpy(), expected, rtol=1e-4, atol=1e-4)
     logged = [h for h in trainer.state.log_history if "loss" in h]
     assert all(h["knapsack/informative_prompts"] <= 4 for h in logged)  # at most the chosen prompts
+
+
+def test_a_vllm_server_generates_only_the_chosen_candidates(
+    tiny_model, tiny_tokenizer, train_dataset, tiny_args, recorder
+) -> None:
+    """A MOCK vLLM server (none can run here): one completion per row of the chosen candidates only, and the
+    importance-sampling fields cover exactly the budget's rows."""
+    trainer = KnapsackGRPOTrainer(
+        model=tiny_model(),
+        reward_funcs=reversed_reward,
+        args=tiny_args(KnapsackGRPOConfig, max_steps=2, knapsack_candidate_factor=2),
+        train_dataset=train_dataset,
+        processing_class=tiny_tokenizer,
+    )
+    client = mock_vllm_server(trainer, tiny_tokenizer, importance_sampling=True)
+    drawn = skipping_allocations(trainer, seed=1)
+    outputs = recorder(trainer)
+    trainer.train()
+    prompts = [Counter(map(str, c.kwargs["prompts"])) for c in client.generate.call_args_list]
+    assert [sum(c.values()) for c in prompts] == [16, 16] and all(
+        c.kwargs["n"] == 1 for c in client.generate.call_args_list
+    )
+    for sizes, asked in zip(drawn, prompts, strict=True):
+        assert sorted(asked.values()) == sorted(n for n in sizes.tolist() if n)  # a skipped candidate: no row
+    assert all(h["reward"] == 1.0 for h in trainer.state.log_history if "loss" in h)
+    for output in outputs:
+        for key in ("sampling_per_token_logps", "importance_sampling_ratio", "old_per_token_logps"):
+            assert output[key].shape[0] == 16 and torch.isfinite(output[key]).all(), key
 
 
 def test_an_epoch_keeps_its_steps_and_offers_every_prompt_c_times(
