@@ -147,10 +147,16 @@ def test_gpu_recipe_passes_dry_run(recipe: Path, capsys: pytest.CaptureFixture[s
     gpus = 1 if raw.get("use_peft") else 8
     assert raw["per_device_train_batch_size"] * gpus * raw["gradient_accumulation_steps"] == b
     assert gpus in budget["process_counts_that_divide_the_batch"]
-    if raw["knapsack_enabled"]:
+    if raw["knapsack_enabled"] and raw.get("knapsack_pilot_rollouts", 0):
+        # A pilot of 4 over 2x candidates would take the whole budget: the default stays within the batch.
+        assert budget["knapsack_candidate_factor"].startswith("1 (the default 4, lowered by the settings")
         assert budget["feasible"] == (
             f"n_min*P = {raw['knapsack_n_min'] * b // g} <= B = {b} <= n_max*P = {raw['knapsack_n_max'] * b // g}"
         )
+    elif raw["knapsack_enabled"]:  # the library's default: the knapsack chooses among 4x the prompts
+        assert budget["knapsack_candidate_factor"].startswith("4 (the default")
+        assert budget["candidates_per_batch"] == 4 * b // g
+        assert budget["feasible"].startswith(f"B = {b} in whole groups of n_min..n_max")
     assert report["model"]["model_name_or_path"] in (
         "Qwen/Qwen2.5-0.5B-Instruct",
         "Qwen/Qwen2.5-1.5B-Instruct",

@@ -233,6 +233,18 @@ def test_the_knapsack_skips_candidates_it_knows_are_solved_or_hopeless(
     assert all("knapsack/informative_prompts" in h and "knapsack/prompts_skipped" in h for h in logged)
 
 
+def test_a_pilot_that_takes_the_whole_budget_warns_that_the_knapsack_allocates_nothing(tiny_args) -> None:
+    """k x candidates = B: every prompt gets k, exactly the uniform split (G = 4, 16 rollouts, 8 candidates)."""
+    with pytest.warns(
+        UserWarning,
+        match=r"knapsack_pilot_rollouts=2 x 8 prompts = generation_batch_size=16.*"
+        r"allocates none; lower knapsack_pilot_rollouts or knapsack_candidate_factor",
+    ):
+        tiny_args(KnapsackGRPOConfig, knapsack_candidate_factor=2, knapsack_pilot_rollouts=2)
+    with pytest.warns(UserWarning, match=r"knapsack_pilot_rollouts=4 x 4 prompts .*pilot_rollouts\.$"):
+        tiny_args(KnapsackGRPOConfig, knapsack_candidate_factor=1, knapsack_pilot_rollouts=4)
+
+
 def test_greedy_with_candidates_warns_that_it_is_a_heuristic(tiny_args) -> None:
     with pytest.warns(UserWarning, match=r"knapsack_solver='greedy'.*heuristic.*'cpsat' is exact"):
         tiny_args(KnapsackGRPOConfig, knapsack_candidate_factor=2, knapsack_solver="greedy")
@@ -245,7 +257,8 @@ def test_greedy_with_candidates_warns_that_it_is_a_heuristic(tiny_args) -> None:
         ({}, 4),  # G = 4: 4 candidates per prompt slot, one copy each
         ({"num_generations": 8, "per_device_train_batch_size": 16}, 4),
         ({"num_generations": 2}, 2),  # G / 4 is no whole number of copies
-        ({"knapsack_pilot_rollouts": 2}, 2),  # a pilot of 2 over 4x the prompts is the whole budget
+        ({"knapsack_pilot_rollouts": 2}, 1),  # over 4x the prompts: beyond the budget; over 2x: all of it
+        ({"knapsack_pilot_rollouts": 1}, 2),  # over 4x the prompts: the whole budget; over 2x: half of it
         ({"knapsack_solver": "greedy"}, 1),  # greedy is a heuristic over candidates: no default warning
         ({"knapsack_mode": "uniform"}, 1),
         ({"knapsack_preset": "reference"}, 1),

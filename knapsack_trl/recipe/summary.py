@@ -52,27 +52,51 @@ def budget_summary(training_args: Any) -> dict[str, Any]:
     }
     if getattr(training_args, "knapsack_enabled", False):
         n_min, n_max = training_args.knapsack_n_min, training_args.knapsack_n_max
+        factor = training_args.knapsack_candidate_factor
         summary.update(
             {
                 "knapsack_mode": getattr(training_args, "knapsack_mode", "knapsack"),
+                "knapsack_candidate_factor": candidate_factor_in_words(training_args),
                 "knapsack_n_min": n_min,
                 "knapsack_n_max": n_max,
-                "feasible": f"n_min*P = {n_min * p} <= B = {b} <= n_max*P = {n_max * p}",
-                "effective_n_max": effective_n_max(training_args),
             }
         )
+        if factor > 1:
+            c = training_args.knapsack_candidates_per_batch
+            summary["candidates_per_batch"] = c
+            summary["feasible"] = (
+                f"B = {b} in whole groups of n_min..n_max = {n_min}..{n_max} over at most {c} candidates "
+                f"(from {-(-b // n_max)} to {min(c, b // n_min)} of them get rollouts)"
+            )
+        else:
+            summary["feasible"] = f"n_min*P = {n_min * p} <= B = {b} <= n_max*P = {n_max * p}"
+        summary["effective_n_max"] = effective_n_max(training_args)
     else:
         summary["knapsack_enabled"] = False
     return summary
 
 
+def candidate_factor_in_words(training_args: Any) -> str:
+    """The candidate factor in force, and why: explicit, the default, or the default lowered by the settings."""
+    factor = training_args.knapsack_candidate_factor
+    if not getattr(training_args, "knapsack_candidate_factor_defaulted", False):
+        return f"{factor} (set)"
+    if factor == 4:
+        return "4 (the default: the best arm of the benchmark, docs/benchmark.md)"
+    why = "greedy is not exact with skipping" if training_args.knapsack_solver == "greedy" else "the settings"
+    return f"{factor} (the default 4, lowered by {why}; every prompt gets rollouts at 1)"
+
+
 def effective_n_max(training_args: Any) -> str:
     """The most rollouts one prompt can get at step 0: the allocator's ``n_max`` (its schedule's value),
-    capped by the batch, since every other prompt keeps ``n_min`` (``B - n_min * (P - 1)``)."""
+    capped by the batch, since every other prompt keeps ``n_min`` (``B - n_min * (P - 1)``); with candidates
+    the others may get none, so the cap is the budget itself."""
     b, g = training_args.generation_batch_size, training_args.num_generations
     p, n_min = b // g, training_args.knapsack_n_min
     steps = training_args.max_steps if training_args.max_steps > 0 else None
     scheduled = training_args.knapsack_allocator_config(total_steps=steps).budget_schedule().n_max_at(0)
+    if training_args.knapsack_candidate_factor > 1:
+        return f"{min(scheduled, b)} (min of n_max {scheduled} and B = {b}: other candidates may get none)"
     room = b - n_min * (p - 1)
     return f"{min(scheduled, room)} (min of n_max {scheduled} and B - n_min*(P-1) = {b} - {n_min}*{p - 1} = {room})"
 
@@ -103,6 +127,11 @@ def describe_run(trainer_name: str, training_args: Any) -> str:
         allocation = "uniform (knapsack_enabled: false)"
     else:
         allocation = f"{training_args.knapsack_mode}, n in [{training_args.knapsack_n_min}, {training_args.knapsack_n_max}]"
+        if training_args.knapsack_candidate_factor > 1:
+            allocation += (
+                f", chosen among {training_args.knapsack_candidates_per_batch} candidates "
+                f"(knapsack_candidate_factor {training_args.knapsack_candidate_factor}; a candidate may get 0)"
+            )
     return (
         f"{trainer_name} on {training_args.world_size} process(es); {b} rollouts per generation batch = "
         f"{b // g} prompts x {g} on average; allocation: {allocation}"

@@ -403,7 +403,15 @@ class KnapsackConfigMixin:
         self.knapsack_tracker()
         self.knapsack_value_head_config()
         check_budget(self, allocator_config.budget_schedule().lowest_n_max())
-        self.knapsack_pilot_round()
+        pilot = self.knapsack_pilot_round()
+        if pilot is not None and pilot.second_round_budget == 0:
+            warnings.warn(
+                f"knapsack_pilot_rollouts={pilot.pilot_rollouts} x {pilot.num_prompts} prompts = generation_batch_size"
+                f"={pilot.budget}: the pilot round takes the whole budget, so every prompt gets "
+                f"{pilot.pilot_rollouts} rollouts and the knapsack allocates none; lower knapsack_pilot_rollouts"
+                + (" or knapsack_candidate_factor." if self.knapsack_candidate_factor > 1 else "."),
+                stacklevel=4,
+            )
 
     def _default_candidate_factor(self) -> int:
         """The largest of :data:`DEFAULT_CANDIDATE_FACTORS` these settings accept without an error or a
