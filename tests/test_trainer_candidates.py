@@ -245,6 +245,15 @@ def test_a_pilot_that_takes_the_whole_budget_warns_that_the_knapsack_allocates_n
         tiny_args(KnapsackGRPOConfig, knapsack_candidate_factor=1, knapsack_pilot_rollouts=4)
 
 
+def test_the_informative_rollouts_value_with_candidates_warns_with_what_it_measured(tiny_args) -> None:
+    fields = {"knapsack_value_function": "informative_rollouts"}
+    with pytest.warns(UserWarning, match=r"'informative_rollouts'.*lost 20 points.*'nonzero_gradient'"):
+        tiny_args(KnapsackGRPOConfig, knapsack_candidate_factor=2, **fields)
+    assert (
+        tiny_args(KnapsackGRPOConfig, knapsack_candidate_factor=None, **fields).knapsack_candidate_factor == 1
+    )
+
+
 def test_greedy_with_candidates_warns_that_it_is_a_heuristic(tiny_args) -> None:
     with pytest.warns(UserWarning, match=r"knapsack_solver='greedy'.*heuristic.*'cpsat' is exact"):
         tiny_args(KnapsackGRPOConfig, knapsack_candidate_factor=2, knapsack_solver="greedy")
