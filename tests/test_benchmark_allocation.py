@@ -89,3 +89,14 @@ def test_candidate_table_cli(small_candidates: str, capsys: pytest.CaptureFixtur
     assert 0.5 <= block["head_auc"] <= 1.0
     with pytest.raises(SystemExit):
         sim.main(["--candidates", "--mixes", "paper"])
+
+
+def test_a_run_of_1024_candidates_is_allocated_exactly_from_its_first_step() -> None:
+    """The first steps of a run, where every candidate is unseen and alike: CP-SAT proves its choice among
+    1,024 candidates (counting alike candidates as one class; seen one by one it was cut at its limit)."""
+    from knapsack_trl.experiments.benchmarks.solvers import run_simulated
+
+    rows = run_simulated(3, 1024, 2048)
+    assert [r["optimal"] for r in rows] == [True, True, True]
+    assert all(2048 // 128 <= r["chosen"] <= 1024 for r in rows)
+    assert len({r["chosen"] for r in rows}) > 1  # the choice follows what the run has seen

@@ -8,7 +8,10 @@ against the exact DP's objective.
 (``--pool``), 2,048 rollouts, each candidate 0 or 2..128 rollouts, on the posterior rule's own tables (the
 ``nonzero_gradient`` value's expectation under each candidate's posterior: a population prior fitted
 to the pool's histories, times each candidate's past visits), for three mixes (:func:`candidate_table`)
-and several seeds. Run it on one core (``OMP_NUM_THREADS=1``; CP-SAT uses one worker).
+and several seeds. ``--simulated-run STEPS`` times the allocator's own calls over a simulated run instead:
+``--pool`` candidates a step drawn from 2,000 prompts (a pass every two steps), rewards drawn from each
+prompt's success rate and fed back, so ages and histories are a run's. Run it on one core
+(``OMP_NUM_THREADS=1``; CP-SAT uses one worker).
 """
 
 from __future__ import annotations
@@ -132,6 +135,43 @@ def run_candidates(prompts: int, budget: int, repeats: int, seeds: int) -> list[
     return rows
 
 
+def run_simulated(steps: int, candidates: int, budget: int, prompts: int = 2000, seed: int = 0) -> list[dict]:
+    """One row per step of a simulated run with the default allocator (CP-SAT, ``n_min`` 2, ``n_max``
+    128): the ``allocate`` call's seconds, whether CP-SAT proved its allocation optimal, prompts chosen."""
+    from knapsack_trl.core.allocator import KnapsackRolloutAllocator
+    from knapsack_trl.core.config import AllocatorConfig
+
+    rng = np.random.default_rng(seed)
+    rates = np.where(rng.random(prompts) < 0.4, 0.0, rng.beta(1.0, 3.0, prompts))
+    allocator = KnapsackRolloutAllocator(AllocatorConfig(n_min=2, n_max=N_MAX))
+    order, at, rows = rng.permutation(prompts), 0, []
+    for step in range(steps):
+        if at + candidates > prompts:  # a new pass over the prompts
+            order, at = rng.permutation(prompts), 0
+        drawn, at = order[at : at + candidates], at + candidates
+        ids = [f"p{i}" for i in drawn]
+        start = time.perf_counter()
+        allocation = allocator.allocate(ids, budget, step=step, allow_skip=True)
+        seconds = time.perf_counter() - start
+        n = allocation.rollouts_per_prompt
+        rewards = [float(rng.random() < rates[i]) for i, k in zip(drawn, n.tolist()) for _ in range(k)]
+        allocator.observe([p for p, k in zip(ids, n.tolist()) for _ in range(k)], rewards, step=step)
+        result = allocation.solver_result
+        rows.append(
+            {"step": step, "seconds": seconds, "optimal": bool(result.optimal), "chosen": int((n > 0).sum())}
+        )
+    return rows
+
+
+def format_simulated(rows: list[dict]) -> str:
+    seconds = [r["seconds"] for r in rows]
+    proven = sum(r["optimal"] for r in rows)
+    return (
+        f"{len(rows)} steps: allocate median {statistics.median(seconds):.3f} s, worst {max(seconds):.3f} s; "
+        f"proven optimal on {proven} of {len(rows)}"
+    )
+
+
 def format_candidates(rows: list[dict]) -> str:
     header = f"{'solver':<7} {'mix':<8} {'prompts':>7} {'budget':>7} {'median s':>9} {'worst s':>9} {'gap':>9} proven"
     lines = [header, "-" * len(header)]
@@ -170,10 +210,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--pool", type=int, default=512, help="with --candidates: candidates per table")
     parser.add_argument("--seeds", type=int, default=5, help="with --candidates: tables per mix")
+    parser.add_argument(
+        "--simulated-run",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="time the allocator over a simulated run",
+    )
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.seeds < 1:
         parser.error("--repeats and --seeds must be >= 1")
-    if args.candidates:
+    if args.simulated_run:
+        rows = run_simulated(args.simulated_run, args.pool, 2048, seed=args.seed)
+        text = format_simulated(rows)
+    elif args.candidates:
         rows = run_candidates(args.pool, 2048, args.repeats, args.seeds)
         text = format_candidates(rows)
     else:
