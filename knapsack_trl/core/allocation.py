@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -56,23 +57,9 @@ class Allocation:
         ``history_half_life``: the half-life in force (inf: history not weighed by age), absent when off.
         """
         n = self.rollouts_per_prompt
-        res = self.solver_result
-        out = {
-            "rollouts_min": float(n.min()),
-            "rollouts_mean": float(n.mean()),
-            "rollouts_max": float(n.max()),
-            "informative_prompts_expected": float(self.expected_informative),
-            "informative_prompts_uniform_expected": float(self.uniform_expected_informative),
-            "informative_rollouts_expected": float(self.expected_informative_rollouts),
-            "informative_rollouts_uniform_expected": float(self.uniform_expected_informative_rollouts),
-            "expected_value": float(self.expected_value),
-            "uniform_expected_value": float(self.uniform_expected_value),
-            "fallback_rollouts": float(self.fallback_rollouts),
-            "solver_seconds": 0.0 if res is None else float(res.seconds),
-            "solver_optimal": 1.0 if res is None else float(bool(res.optimal)),
-            "n_max": float(self.n_max),
-            "exploration_share": float(self.exploration_share),
-        }
+        out = decision_metrics(self, n)
+        out["fallback_rollouts"] = float(self.fallback_rollouts)
+        out["exploration_share"] = float(self.exploration_share)
         for name in BUCKETS:
             out[f"prompts_{name}"] = float(np.count_nonzero(self.bucket == name))
         if self.allow_skip:
@@ -80,6 +67,26 @@ class Allocation:
         if self.history_half_life is not None:
             out["history_half_life"] = float(self.history_half_life)
         return out
+
+
+def decision_metrics(decision: Any, rollouts: np.ndarray) -> dict[str, float]:
+    """The metrics an allocation and a pilot round's decision share, under the same names: group sizes, the
+    expectations against the uniform split, the solver's time and proof, ``n_max``."""
+    res: SolverResult | None = decision.solver_result
+    return {
+        "rollouts_min": float(rollouts.min()),
+        "rollouts_mean": float(rollouts.mean()),
+        "rollouts_max": float(rollouts.max()),
+        "informative_prompts_expected": float(decision.expected_informative),
+        "informative_prompts_uniform_expected": float(decision.uniform_expected_informative),
+        "informative_rollouts_expected": float(decision.expected_informative_rollouts),
+        "informative_rollouts_uniform_expected": float(decision.uniform_expected_informative_rollouts),
+        "expected_value": float(decision.expected_value),
+        "uniform_expected_value": float(decision.uniform_expected_value),
+        "solver_seconds": 0.0 if res is None else float(res.seconds),
+        "solver_optimal": 1.0 if res is None else float(bool(res.optimal)),
+        "n_max": float(decision.n_max),
+    }
 
 
 def candidate_metrics(rollouts: np.ndarray, bucket: np.ndarray) -> dict[str, float]:

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from knapsack_trl.core.allocation import candidate_metrics
+from knapsack_trl.core.allocation import candidate_metrics, decision_metrics
 from knapsack_trl.core.allocator import KnapsackRolloutAllocator
 from knapsack_trl.core.budget import check_budget, fill_evenly
 from knapsack_trl.core.calibration import group_successes
@@ -262,27 +262,18 @@ class SecondRound:
         final group) and ``skipped_*_share`` by what the pilot showed (solved: all successes, hopeless: all
         failures, mixed, unknown: nothing scored).
         """
-        n, extra, res = self.group_sizes, self.extra_rollouts, self.solver_result
+        n, extra = self.group_sizes, self.extra_rollouts
         total = int(n.sum())
-        out = {
-            "rollouts_min": float(n.min()),
-            "rollouts_mean": float(n.mean()),
-            "rollouts_max": float(n.max()),
-            "informative_prompts_expected": float(self.expected_informative),
-            "informative_prompts_uniform_expected": float(self.uniform_expected_informative),
-            "informative_rollouts_expected": float(self.expected_informative_rollouts),
-            "informative_rollouts_uniform_expected": float(self.uniform_expected_informative_rollouts),
-            "expected_value": float(self.expected_value),
-            "uniform_expected_value": float(self.uniform_expected_value),
-            "pilot_informative_prompts": float(self.pilot_informative),
-            "second_round_rollouts": float(extra.sum()),
-            "second_round_share": float(extra.sum()) / total if total else 0.0,
-            "second_round_prompts": float(np.count_nonzero(extra)),
-            "spare_rollouts": float(self.spare_rollouts),
-            "solver_seconds": 0.0 if res is None else float(res.seconds),
-            "solver_optimal": 1.0 if res is None else float(bool(res.optimal)),
-            "n_max": float(self.n_max),
-        }
+        out = decision_metrics(self, n)
+        out.update(
+            {
+                "pilot_informative_prompts": float(self.pilot_informative),
+                "second_round_rollouts": float(extra.sum()),
+                "second_round_share": float(extra.sum()) / total if total else 0.0,
+                "second_round_prompts": float(np.count_nonzero(extra)),
+                "spare_rollouts": float(self.spare_rollouts),
+            }
+        )
         if self.allow_skip and self.pilot_bucket is not None:
             out.update(candidate_metrics(extra, self.pilot_bucket))
         return out
