@@ -42,14 +42,11 @@ from knapsack_trl.recipe import (
 )
 from knapsack_trl.recipe.hardware import cpu_bf16_flags
 from knapsack_trl.recipe.models import recipe_model_init_kwargs
+from knapsack_trl.recipe.trainers import recipe_trainer
 
 
 def train(script_args: Any, training_args: Any, model_args: Any) -> Any:
     """Build the trainer from parsed arguments, train, save the model; returns the trainer."""
-    from trl import get_peft_config, get_quantization_config
-
-    from knapsack_trl.trainer import KnapsackGRPOTrainer, KnapsackRLOOTrainer
-
     rewards = recipe_rewards(script_args.reward_funcs)
     agents = recipe_agents(script_args)
     preflight(rewards)
@@ -64,18 +61,17 @@ def train(script_args: Any, training_args: Any, model_args: Any) -> Any:
     model_path = prepare_model(model_args, training_args)
     training_args.model_init_kwargs = recipe_model_init_kwargs(model_args, training_args)
 
-    trainer_cls = KnapsackGRPOTrainer if script_args.trainer_type == "grpo" else KnapsackRLOOTrainer
-    trainer = trainer_cls(
-        model=model_path,
-        reward_funcs=rewards,
-        args=training_args,
-        train_dataset=train_dataset,
+    trainer = recipe_trainer(
+        script_args,
+        model_args,
+        training_args,
+        model_path,
+        rewards,
+        train_dataset,
         eval_dataset=eval_dataset,
-        peft_config=get_peft_config(model_args),
-        quantization_config=get_quantization_config(model_args),
         **agents,
     )
-    trainer.accelerator.print(f"knapsack-trl: {describe_run(trainer_cls.__name__, training_args)}")
+    trainer.accelerator.print(f"knapsack-trl: {describe_run(type(trainer).__name__, training_args)}")
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
     # trainer_state.json keeps the full log history (knapsack/* metrics included) next to the model.

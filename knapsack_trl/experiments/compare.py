@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from trl import get_peft_config
 
 from knapsack_trl.experiments.demo import (
     DEFAULT_TASK,
@@ -78,8 +77,8 @@ from knapsack_trl.recipe import (
     recipe_rewards,
 )
 from knapsack_trl.recipe.hardware import cpu_bf16_flags
+from knapsack_trl.recipe.trainers import recipe_trainer
 from knapsack_trl.tasks.arithmetic import load_tiny, make_splits, save_tiny
-from knapsack_trl.trainer import KnapsackGRPOTrainer, KnapsackRLOOTrainer
 from knapsack_trl.trainer.plan import row_prompt_id
 
 DEFAULT_OUTPUT_DIR = "knapsack_compare_report"
@@ -301,14 +300,14 @@ def _run_recipe_method(
     for note in notes:
         print(f"knapsack-trl compare: {note}", file=sys.stderr)
     model, tokenizer = load_policy(shared.model_path, shared.model_args)
-    trainer_cls = KnapsackGRPOTrainer if shared.script_args.trainer_type == "grpo" else KnapsackRLOOTrainer
-    trainer = trainer_cls(
-        model=model,
-        reward_funcs=list(shared.rewards),
-        args=args,
-        train_dataset=shared.train_ds,
+    trainer = recipe_trainer(
+        shared.script_args,
+        shared.model_args,
+        args,
+        model,
+        shared.rewards,
+        shared.train_ds,
         processing_class=tokenizer,
-        peft_config=get_peft_config(shared.model_args),
     )
     by_id = {row_prompt_id(row, args.knapsack_prompt_id_column): row for row in shared.train_ds}
     truth = true_rates(

@@ -327,7 +327,7 @@ def worker(config: str, setting: str, steps: int, output_dir: str, extra: Sequen
     )
     from knapsack_trl.recipe.hardware import cpu_bf16_flags
     from knapsack_trl.recipe.models import recipe_model_init_kwargs
-    from knapsack_trl.trainer import KnapsackGRPOTrainer, KnapsackRLOOTrainer
+    from knapsack_trl.recipe.trainers import recipe_trainer
 
     argv = ["--config", config, *SETTINGS[setting].flags, *extra]
     argv += ["--max_steps", str(steps + 1), "--output_dir", output_dir, "--logging_steps", "1"]
@@ -339,16 +339,8 @@ def worker(config: str, setting: str, steps: int, output_dir: str, extra: Sequen
     dataset = load_recipe_dataset(script_args, seed=training_args.seed)
     model_path = prepare_model(model_args, training_args)
     training_args.model_init_kwargs = recipe_model_init_kwargs(model_args, training_args)
-    from trl import get_peft_config
-
-    trainer_cls = KnapsackGRPOTrainer if script_args.trainer_type == "grpo" else KnapsackRLOOTrainer
-    trainer = trainer_cls(
-        model=model_path,
-        reward_funcs=rewards,
-        args=training_args,
-        train_dataset=dataset,
-        peft_config=get_peft_config(model_args),
-        callbacks=[_callback(clock)],
+    trainer = recipe_trainer(
+        script_args, model_args, training_args, model_path, rewards, dataset, callbacks=[_callback(clock)]
     )
     from transformers import PrinterCallback
 
