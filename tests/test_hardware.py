@@ -109,7 +109,11 @@ def test_cpu_smoke_turns_every_gpu_recipe_into_a_valid_cpu_run(
     assert resolved["output_dir"] == raw["output_dir"] + "-cpu-smoke"
     assert budget["prompts_per_batch"] == 2 and budget["num_generations"] == raw["num_generations"]
     assert budget["generation_batch_size"] == 2 * raw["num_generations"]
-    if raw["knapsack_enabled"]:
+    if raw["knapsack_enabled"] and not raw.get("knapsack_pilot_rollouts"):  # the default: 4x candidates
+        assert budget["knapsack_candidate_factor"].startswith("4 (the default")
+        assert budget["candidates_per_batch"] == 8
+        assert budget["feasible"].startswith(f"B = {budget['generation_batch_size']} in whole groups")
+    elif raw["knapsack_enabled"]:
         n_min, n_max = raw["knapsack_n_min"], raw["knapsack_n_max"]
         assert (
             budget["feasible"]
