@@ -652,6 +652,34 @@ def test_concurrency_is_bounded_and_configurable(monkeypatch):
 
 
 @needs_isolation
+def test_a_passed_pipe_numbered_like_the_launchers_report_pipe_gets_only_the_programs_bytes():
+    """The run's report pipe takes the lowest free descriptor numbers of the caller, and a program's
+    descriptor may carry the same number. The launcher's last report ("started") went to the program's
+    pipe when they met: under load, HumanEval's judge read it as the program's first message and the
+    rollout scored None (tests/test_sandbox_users.py's red team). Here every low number is a program
+    descriptor of one pipe: only the program's bytes may arrive, and the run is the program's."""
+    sandbox.sandbox_capabilities()  # measured once, before: the run itself opens nothing else first
+    data_r, data_w = os.pipe()
+    copies = [os.dup(data_w) for _ in range(6)]  # one caller descriptor per program descriptor
+    os.close(data_w)
+    targets = [os.dup(0) for _ in copies]  # the numbers the run's own pipes (and its uid lock) will take
+    for fd in targets:
+        os.close(fd)
+    run_ = sandbox.start_python(
+        f"import os\nos.write({targets[0]}, b'hello')\n", pass_fds=dict(zip(targets, copies, strict=True))
+    )
+    for fd in copies:
+        os.close(fd)
+    result = run_.wait()
+    chunks = []
+    while chunk := os.read(data_r, 4096):
+        chunks.append(chunk)
+    os.close(data_r)
+    assert b"".join(chunks) == b"hello"
+    assert result.status == "ok", result
+
+
+@needs_isolation
 def test_pipes_passed_to_the_program_and_stop():
     to_r, to_w = os.pipe()
     from_r, from_w = os.pipe()

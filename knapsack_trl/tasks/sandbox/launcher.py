@@ -520,12 +520,18 @@ def _set_signals(handler) -> None:
 
 def _keep_only_fds(pass_fds: dict[int, int], report_fd: int) -> int:
     """Close every descriptor but stdin, stdout, stderr and the caller's pipes, moved to their
-    numbers; the report pipe stays open until exec (close-on-exec) and its new number is returned."""
-    moved = {target: fcntl.fcntl(source, fcntl.F_DUPFD_CLOEXEC, 64) for target, source in pass_fds.items()}
+    numbers; the report pipe stays open until exec (close-on-exec) and its new number is returned.
+
+    Everything is copied above every target first: a target may carry the report pipe's number (the
+    caller's lowest free ones), and a ``dup2`` onto it would send the launcher's last report into the
+    program's pipe."""
+    above = max(64, *pass_fds, report_fd) + 1
+    report = fcntl.fcntl(report_fd, fcntl.F_DUPFD_CLOEXEC, above)
+    moved = {target: fcntl.fcntl(source, fcntl.F_DUPFD_CLOEXEC, above) for target, source in pass_fds.items()}
     for target, fd in moved.items():
         os.dup2(fd, target, inheritable=True)
     keep = {0, 1, 2, *moved}
-    report = fcntl.fcntl(report_fd, fcntl.F_DUPFD_CLOEXEC, max(keep) + 1)
+    report = fcntl.fcntl(report, fcntl.F_DUPFD_CLOEXEC, max(keep) + 1)
     for fd in range(3, report):
         if fd not in keep:
             try:  # noqa: SIM105 (contextlib would be one more import in every launcher)
