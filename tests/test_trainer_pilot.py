@@ -40,16 +40,17 @@ def aggregate(rpf: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- the pilot is the whole group
 def test_whole_group_pilot_is_stock_grpo(run_pair, rewards) -> None:
-    stock, knap = run_pair(
-        GRPOTrainer,
-        GRPOConfig,
-        KnapsackGRPOTrainer,
-        KnapsackGRPOConfig,
-        [rewards["parity"], rewards["sparse"], rewards["sparser"]],
-        reward_weights=[1.0, 0.5, 2.0],
-        beta=0.05,
-        knapsack_pilot_rollouts=4,
-    )
+    with pytest.warns(UserWarning, match="the pilot round takes the whole budget"):  # and is stock GRPO
+        stock, knap = run_pair(
+            GRPOTrainer,
+            GRPOConfig,
+            KnapsackGRPOTrainer,
+            KnapsackGRPOConfig,
+            [rewards["parity"], rewards["sparse"], rewards["sparser"]],
+            reward_weights=[1.0, 0.5, 2.0],
+            beta=0.05,
+            knapsack_pilot_rollouts=4,
+        )
     assert_same_run(stock, knap)
     logged = [h for h in knap[0].state.log_history if "loss" in h]
     stock_logged = [h for h in stock[0].state.log_history if "loss" in h]
@@ -60,17 +61,18 @@ def test_whole_group_pilot_is_stock_grpo(run_pair, rewards) -> None:
 
 
 def test_whole_group_pilot_is_stock_rloo(run_pair, rewards) -> None:
-    stock, knap = run_pair(
-        RLOOTrainer,
-        RLOOConfig,
-        KnapsackRLOOTrainer,
-        KnapsackRLOOConfig,
-        [rewards["parity"], rewards["sparse"]],
-        reward_weights=[1.0, 0.5],
-        beta=0.05,
-        normalize_advantages=True,
-        knapsack_pilot_rollouts=4,
-    )
+    with pytest.warns(UserWarning, match="the pilot round takes the whole budget"):  # and is stock RLOO
+        stock, knap = run_pair(
+            RLOOTrainer,
+            RLOOConfig,
+            KnapsackRLOOTrainer,
+            KnapsackRLOOConfig,
+            [rewards["parity"], rewards["sparse"]],
+            reward_weights=[1.0, 0.5],
+            beta=0.05,
+            normalize_advantages=True,
+            knapsack_pilot_rollouts=4,
+        )
     assert_same_run(stock, knap)
 
 
