@@ -78,13 +78,15 @@ def budget_summary(training_args: Any) -> dict[str, Any]:
 
 def candidate_factor_in_words(training_args: Any) -> str:
     """The candidate factor in force, and why: explicit, the default, or the default lowered by the settings."""
-    factor = training_args.knapsack_candidate_factor
+    from knapsack_trl.trainer.config import DEFAULT_CANDIDATE_FACTORS
+
+    factor, default = training_args.knapsack_candidate_factor, DEFAULT_CANDIDATE_FACTORS[0]
     if not getattr(training_args, "knapsack_candidate_factor_defaulted", False):
         return f"{factor} (set)"
-    if factor == 4:
-        return "4 (the default: the best arm of the benchmark, docs/benchmark.md)"
+    if factor == default:
+        return f"{default} (the default: the best arm of the benchmark, docs/benchmark.md)"
     why = "greedy is not exact with skipping" if training_args.knapsack_solver == "greedy" else "the settings"
-    return f"{factor} (the default 4, lowered by {why}; every prompt gets rollouts at 1)"
+    return f"{factor} (the default {default}, lowered by {why}; every prompt gets rollouts at 1)"
 
 
 def effective_n_max(training_args: Any) -> str:
